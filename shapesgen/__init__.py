@@ -1,0 +1,22 @@
+"""shapesgen: occlusion scenes with exact amodal ground truth and N-layer masks."""
+
+from shapesgen.config import PRESETS, SceneConfig, ShapeSpec, StorageConfig, preset
+from shapesgen.errors import ConfigError, DatasetError, ShapesgenError, ValidationError
+from shapesgen.scene import Scene, render_scene
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "PRESETS",
+    "ConfigError",
+    "DatasetError",
+    "Scene",
+    "SceneConfig",
+    "ShapeSpec",
+    "ShapesgenError",
+    "StorageConfig",
+    "ValidationError",
+    "__version__",
+    "preset",
+    "render_scene",
+]
