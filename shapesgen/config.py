@@ -51,13 +51,12 @@ class ShapeSpec:
         object.__setattr__(self, "size", tuple(self.size))
         arity = SHAPE_KINDS[self.kind].size_arity
         if len(self.size) != arity:
-            raise _fail(
-                f"size of {self.kind}", self.size, f"must have {arity} number(s), see SHAPE_KINDS"
-            )
+            raise _fail(f"size of {self.kind}", self.size, f"must have {arity} number(s), see SHAPE_KINDS")
         for value in self.size:
             if not _is_number(value) or not 0.0 < value <= 1.0:
                 raise _fail(
-                    f"size of {self.kind}", self.size,
+                    f"size of {self.kind}",
+                    self.size,
                     "each number must be in (0, 1], a fraction of the image side",
                 )
         if not self.name:
@@ -114,9 +113,9 @@ class SceneConfig:
             raise _fail("mask_size", self.mask_size, f"must be an integer in [1, {self.image_size}]")
         if self.image_size % self.mask_size:
             raise _fail(
-                "mask_size", self.mask_size,
-                f"must divide image_size={self.image_size} so each mask pixel covers "
-                "a whole block of image pixels",
+                "mask_size",
+                self.mask_size,
+                f"must divide image_size={self.image_size} so each mask pixel covers a whole block of image pixels",
             )
         if not self.shapes:
             raise _fail("shapes", self.shapes, "at least one shape class is needed")
@@ -130,7 +129,8 @@ class SceneConfig:
             raise _fail("instances_per_class", self.instances_per_class, "must be an integer >= 1")
         if self.num_instances > MAX_INSTANCES_PER_SCENE:
             raise _fail(
-                "instances_per_class", self.instances_per_class,
+                "instances_per_class",
+                self.instances_per_class,
                 f"classes x instances must be <= {MAX_INSTANCES_PER_SCENE}",
             )
         if not _is_int(self.layers) or self.layers < 1:
@@ -272,4 +272,53 @@ class StorageConfig:
             raise _fail("batch_scenes", self.batch_scenes, "must be an integer >= 1")
 
     def to_json(self) -> str:
-        return json.dumps({"compression_level": self.compression_level, "batch_scenes": self.batch_scenes}, sort_keys=True)
+        return json.dumps(
+            {"compression_level": self.compression_level, "batch_scenes": self.batch_scenes}, sort_keys=True
+        )
+
+
+def parse_pair(name: str, text: str) -> tuple[float, float]:
+    """``"0.1,0.9"`` -> ``(0.1, 0.9)``, with an error naming the option."""
+    parts = text.split(",")
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        return float(parts[0]), float(parts[1])
+    except ValueError:
+        raise _fail(name, text, "must be two numbers 'low,high'") from None
+
+
+def parse_sizes(items: list[str]) -> dict[str, tuple[float, ...]]:
+    """``["rectangle=0.1x0.8", "circle=0.3"]`` -> ``{"rectangle": (0.1, 0.8), ...}``."""
+    sizes: dict[str, tuple[float, ...]] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        try:
+            if not sep:
+                raise ValueError
+            sizes[name.strip()] = tuple(float(v) for v in value.lower().split("x"))
+        except ValueError:
+            raise _fail("size", item, "must look like 'rectangle=0.1x0.8' or 'circle=0.25'") from None
+    return sizes
+
+
+def build_config(
+    preset_name: str = "paper",
+    *,
+    classes: list[str] | None = None,
+    sizes: dict[str, tuple[float, ...]] | None = None,
+    **overrides: Any,
+) -> SceneConfig:
+    """A preset with overrides applied (``None`` values mean "keep the preset's")."""
+    base = preset(preset_name)
+    changes = {key: value for key, value in overrides.items() if value is not None}
+    if classes is not None or sizes:
+        names = classes if classes is not None else [spec.kind for spec in base.shapes]
+        current = {spec.kind: spec.size for spec in base.shapes}
+        merged = {name: current[name] for name in names if name in current}
+        merged.update(sizes or {})
+        changes["shapes"] = shape_specs(names, merged)
+    try:
+        return base.replace(**changes)
+    except TypeError as exc:
+        raise ConfigError(str(exc)) from None

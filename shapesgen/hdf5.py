@@ -37,7 +37,10 @@ class DatasetWriter:
     def __init__(self, path: Path, config: SceneConfig, storage: StorageConfig, num_scenes: int) -> None:
         self.path = path
         self.config = config
-        self.file = h5py.File(path, "a")
+        try:
+            self.file = h5py.File(path, "a")
+        except OSError as exc:
+            raise DatasetError(f"{path}: cannot open for writing ({exc})") from None
         self.hashers = {name: hashlib.sha256() for name in [f.name for f in DATASETS] + list(OFFSETS)}
         if "format" in self.file.attrs:
             self._reopen()
@@ -60,9 +63,7 @@ class DatasetWriter:
         attrs["created"] = datetime.now(UTC).isoformat(timespec="seconds")
         attrs["checksums"] = "{}"
         gzip: dict[str, Any] = (
-            {"compression": "gzip", "compression_opts": storage.compression_level}
-            if storage.compression_level
-            else {}
+            {"compression": "gzip", "compression_opts": storage.compression_level} if storage.compression_level else {}
         )
         per_axis = {"scene": 1, "instance": config.num_instances, "vertex": VERTEX_CHUNK}
         for field in DATASETS:
@@ -76,9 +77,7 @@ class DatasetWriter:
                 **gzip,
             )
         for name in OFFSETS:
-            self.file.create_dataset(
-                name, data=np.zeros(1, np.int64), maxshape=(None,), chunks=(OFFSET_CHUNK,)
-            )
+            self.file.create_dataset(name, data=np.zeros(1, np.int64), maxshape=(None,), chunks=(OFFSET_CHUNK,))
         for name in OFFSETS:
             self.hashers[name].update(np.zeros(1, np.int64).tobytes())
 

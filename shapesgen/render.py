@@ -141,9 +141,7 @@ def render_dataset(
                 f"--resume: {partial} was started with another config ({_config_difference(config, file_config)})"
             )
         if file_scenes != num_scenes:
-            raise ConfigError(
-                f"--resume: num_scenes={num_scenes} differs from the interrupted render's {file_scenes}"
-            )
+            raise ConfigError(f"--resume: num_scenes={num_scenes} differs from the interrupted render's {file_scenes}")
     elif partial.exists() and not force:
         raise DatasetError(
             f"{partial}: an interrupted render exists; pass --resume to continue it or --force to start over"

@@ -52,9 +52,7 @@ def render_scene(config: SceneConfig, index: int) -> Scene:
     class_layers = class_of_id[layers]
     visible_masks = layers[0][None, :, :] == np.arange(1, config.num_instances + 1)[:, None, None]
     flat_rings = [ring for group in rings for ring in group]
-    image = raster.draw_outlines(
-        flat_rings, poses.depth, config.image_size, config.outline_pixels, config.channels
-    )
+    image = raster.draw_outlines(flat_rings, poses.depth, config.image_size, config.outline_pixels, config.channels)
 
     vertices, vertex_offsets = geometry.exterior_rings(amodal)
     table = np.zeros(config.num_instances, dtype=INSTANCE_DTYPE)

@@ -77,26 +77,53 @@ class DatasetField:
 
 
 DATASETS: tuple[DatasetField, ...] = (
-    DatasetField("images", "scene", np.dtype("uint8"), "(scenes, S, S, C)",
-                 "rendered image: 255 background and fills, 0 outlines"),
-    DatasetField("layers", "scene", np.dtype("uint16"), "(scenes, L, M, M)",
-                 "layer k = id of the k-th instance from the top at each mask pixel, 0 = none"),
-    DatasetField("class_layers", "scene", np.dtype("uint8"), "(scenes, L, M, M)",
-                 "class_id of the instance in `layers`, 0 = background"),
-    DatasetField("amodal_masks", "instance", np.dtype("bool"), "(instances, M, M)",
-                 "full extent of each instance at mask resolution"),
-    DatasetField("visible_masks", "instance", np.dtype("bool"), "(instances, M, M)",
-                 "visible part of each instance (equals layer 1 == id)"),
-    DatasetField("instances", "instance", INSTANCE_DTYPE, "(instances,)",
-                 "per-instance table, columns below"),
-    DatasetField("vertices", "vertex", np.dtype("float64"), "(vertices, 2)",
-                 "exterior ring (x, y) of each amodal polygon clipped to the frame, image pixels"),
+    DatasetField(
+        "images",
+        "scene",
+        np.dtype("uint8"),
+        "(scenes, S, S, C)",
+        "rendered image: 255 background and fills, 0 outlines",
+    ),
+    DatasetField(
+        "layers",
+        "scene",
+        np.dtype("uint16"),
+        "(scenes, L, M, M)",
+        "layer k = id of the k-th instance from the top at each mask pixel, 0 = none",
+    ),
+    DatasetField(
+        "class_layers",
+        "scene",
+        np.dtype("uint8"),
+        "(scenes, L, M, M)",
+        "class_id of the instance in `layers`, 0 = background",
+    ),
+    DatasetField(
+        "amodal_masks",
+        "instance",
+        np.dtype("bool"),
+        "(instances, M, M)",
+        "full extent of each instance at mask resolution",
+    ),
+    DatasetField(
+        "visible_masks",
+        "instance",
+        np.dtype("bool"),
+        "(instances, M, M)",
+        "visible part of each instance (equals layer 1 == id)",
+    ),
+    DatasetField("instances", "instance", INSTANCE_DTYPE, "(instances,)", "per-instance table, columns below"),
+    DatasetField(
+        "vertices",
+        "vertex",
+        np.dtype("float64"),
+        "(vertices, 2)",
+        "exterior ring (x, y) of each amodal polygon clipped to the frame, image pixels",
+    ),
 )
 OFFSETS: dict[str, tuple[Axis, Axis, str]] = {
-    "instance_offsets": ("scene", "instance",
-                         "scene i owns instance rows instance_offsets[i]:instance_offsets[i+1]"),
-    "vertex_offsets": ("instance", "vertex",
-                       "instance row j owns vertex rows vertex_offsets[j]:vertex_offsets[j+1]"),
+    "instance_offsets": ("scene", "instance", "scene i owns instance rows instance_offsets[i]:instance_offsets[i+1]"),
+    "vertex_offsets": ("instance", "vertex", "instance row j owns vertex rows vertex_offsets[j]:vertex_offsets[j+1]"),
 }
 FIELDS: dict[str, DatasetField] = {f.name: f for f in DATASETS}
 

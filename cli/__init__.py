@@ -1,0 +1,1 @@
+"""The ``shapesgen`` command line: a thin layer over the library."""

@@ -1,0 +1,155 @@
+"""Check a dataset against every invariant of the format; stop at the first violation."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+
+import numpy as np
+
+from shapesgen.errors import ValidationError
+from shapesgen.hdf5 import HASH_SLICE, ShapesDataset
+from shapesgen.raster import layer_maps
+from shapesgen.scene import Scene, render_scene
+from shapesgen.schema import DATASETS, OFFSETS
+
+Check = Callable[[bool, str], None]
+
+
+def _check(condition: bool | np.bool_, message: str) -> None:
+    if not condition:
+        raise ValidationError(message)
+
+
+def check_structure(ds: ShapesDataset) -> None:
+    """Lengths, shapes, dtypes and offsets agree with each other and the config."""
+    n = len(ds)
+    attrs = ds.file.attrs
+    _check(n == int(attrs["num_scenes"]), f"scenes_written={n} but num_scenes={int(attrs['num_scenes'])}")
+    for field in DATASETS:
+        dataset = ds.file[field.name]
+        _check(dataset.dtype == field.dtype, f"dataset {field.name}: dtype {dataset.dtype}, expected {field.dtype}")
+        record = field.record_shape(ds.config)
+        _check(
+            dataset.shape[1:] == record, f"dataset {field.name}: record shape {dataset.shape[1:]}, expected {record}"
+        )
+    offsets = ds.instance_offsets
+    vertex_offsets = ds.vertex_offsets[:]
+    for name, values, length, total in (
+        ("instance_offsets", offsets, n + 1, ds.instances.shape[0]),
+        ("vertex_offsets", vertex_offsets, ds.instances.shape[0] + 1, ds.vertices.shape[0]),
+    ):
+        _check(len(values) == length, f"{name}: length {len(values)}, expected {length}")
+        _check(values[0] == 0 and values[-1] == total, f"{name}: must run from 0 to {total}")
+        _check(bool(np.all(np.diff(values) >= 0)), f"{name}: not non-decreasing")
+    for name in ("images", "layers", "class_layers"):
+        _check(ds.file[name].shape[0] == n, f"dataset {name}: {ds.file[name].shape[0]} records for {n} scenes")
+    for name in ("amodal_masks", "visible_masks"):
+        _check(ds.file[name].shape[0] == offsets[-1], f"dataset {name}: length differs from instances")
+
+
+def check_checksums(ds: ShapesDataset) -> None:
+    """Every dataset's SHA-256 equals the one recorded when it was written."""
+    _check(ds.complete, "attribute complete is false: the render did not finish")
+    recorded = ds.checksums
+    expected = sorted([f.name for f in DATASETS] + list(OFFSETS))
+    _check(sorted(recorded) == expected, f"checksums attribute lists {sorted(recorded)}, expected {expected}")
+    for name in expected:
+        hasher = hashlib.sha256()
+        dataset = ds.file[name]
+        for start in range(0, dataset.shape[0], HASH_SLICE * 64):
+            hasher.update(np.ascontiguousarray(dataset[start : start + HASH_SLICE * 64]).tobytes())
+        _check(hasher.hexdigest() == recorded[name], f"dataset {name}: SHA-256 does not match the recorded checksum")
+
+
+def check_scene(scene: Scene, ds: ShapesDataset) -> None:
+    """The geometric and layer invariants of one scene."""
+    config = ds.config
+    where = f"scene {scene.index}"
+    table = scene.instances
+    n = len(table)
+    _check(n == config.num_instances, f"{where}: {n} instances, expected {config.num_instances}")
+    _check(bool(np.all(table["scene"] == scene.index)), f"{where}: instance rows name another scene")
+    _check(bool(np.array_equal(table["id"], np.arange(1, n + 1))), f"{where}: ids are not 1..{n} in order")
+    _check(
+        bool(np.array_equal(np.sort(table["depth"]), np.arange(n))),
+        f"{where}: depth is not a permutation of 0..{n - 1}",
+    )
+    _check(
+        bool(np.all((table["class_id"] >= 1) & (table["class_id"] <= config.num_classes))),
+        f"{where}: class_id out of range",
+    )
+    rate = table["occlusion_rate"]
+    _check(bool(np.all((rate >= 0) & (rate <= 1))), f"{where}: occlusion_rate outside [0, 1]")
+    front = int(np.argmin(table["depth"]))
+    _check(rate[front] == 0, f"{where}: front-most instance id {front + 1} has occlusion_rate {rate[front]}")
+    _check(bool(np.all(table["visible_area"] <= table["area"] + 1e-9)), f"{where}: visible_area exceeds area")
+
+    amodal, visible = scene.amodal_masks, scene.visible_masks
+    _check(
+        bool(np.array_equal(table["amodal_pixels"], amodal.sum(axis=(1, 2)))),
+        f"{where}: amodal_pixels differ from the masks",
+    )
+    _check(
+        bool(np.array_equal(table["visible_pixels"], visible.sum(axis=(1, 2)))),
+        f"{where}: visible_pixels differ from the masks",
+    )
+    _check(
+        bool(np.array_equal(table["is_visible"], table["visible_pixels"] > 0)),
+        f"{where}: is_visible != (visible_pixels > 0)",
+    )
+    _check(not bool(np.any(visible & ~amodal)), f"{where}: a visible mask leaves its amodal mask")
+
+    layers = scene.layers
+    expected = layer_maps(amodal, table["depth"].astype(np.int64), config.layers)
+    for k in range(config.layers):
+        if not np.array_equal(layers[k], expected[k]):
+            raise ValidationError(f"{where}: layer {k + 1} is not the {k + 1}-th instance from the top")
+    ids = np.arange(1, n + 1)[:, None, None]
+    _check(bool(np.array_equal(visible, layers[0][None] == ids)), f"{where}: visible masks differ from layer 1")
+    for k in range(1, config.layers):
+        _check(
+            not bool(np.any((layers[k] > 0) & (layers[k - 1] == 0))),
+            f"{where}: layer {k + 1} covers a pixel layer {k} leaves empty",
+        )
+    class_of_id = np.concatenate([[0], table["class_id"]]).astype(np.uint8)
+    _check(bool(np.array_equal(scene.class_layers, class_of_id[layers])), f"{where}: class_layers disagree with layers")
+    in_layers = np.any(layers[None] == ids[:, None], axis=1)
+    _check(not bool(np.any(in_layers & ~amodal)), f"{where}: an instance appears in a layer outside its amodal mask")
+    shallow = amodal.sum(axis=0) <= config.layers
+    _check(
+        bool(np.array_equal(in_layers & shallow, amodal & shallow)),
+        f"{where}: layers miss amodal pixels where the stack is <= {config.layers} deep",
+    )
+
+
+def validate_dataset(
+    ds: ShapesDataset, *, regenerate: int = 2, progress: Callable[[int, int], None] | None = None
+) -> int:
+    """Raise :class:`ValidationError` at the first violation; return scenes checked.
+
+    ``regenerate`` scenes (evenly spread; all if negative) are rendered again from
+    the stored config and must match the file exactly.
+    """
+    check_structure(ds)
+    check_checksums(ds)
+    n = len(ds)
+    count = n if regenerate < 0 else min(regenerate, n)
+    again = set(np.linspace(0, n - 1, count).round().astype(int).tolist()) if count else set()
+    for index in range(n):
+        scene = ds[index]
+        check_scene(scene, ds)
+        if index in again:
+            fresh = render_scene(ds.config, index)
+            for name in ("image", "layers", "class_layers", "amodal_masks", "visible_masks", "instances", "vertices"):
+                if not np.array_equal(getattr(fresh, name), getattr(scene, name)):
+                    raise ValidationError(f"scene {index}: {name} differs from a fresh render of the stored config")
+        if progress:
+            progress(index + 1, n)
+    return n
+
+
+def dataset_checksums(ds: ShapesDataset) -> dict[str, str]:
+    """The recorded checksums, parsed."""
+    return dict(json.loads(str(ds.file.attrs["checksums"])))

@@ -1,0 +1,32 @@
+"""Regenerate the golden files (run only when the format or generator changes on purpose).
+
+python tests/golden/make_golden.py
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+
+from shapesgen import SceneConfig
+from shapesgen.render import render_dataset
+
+HERE = Path(__file__).parent
+
+if __name__ == "__main__":
+    tiny = SceneConfig(image_size=64, mask_size=32, instances_per_class=3, layers=3, seed=11)
+    render_dataset(tiny, HERE / "tiny.h5", num_scenes=3, force=True)
+    render_dataset(tiny, HERE / "schema.h5", num_scenes=12, force=True)
+    with h5py.File(HERE / "schema.h5", "r") as f:
+        layout = {
+            name: {
+                "shape": list(f[name].shape),
+                "dtype": f[name].dtype.descr if f[name].dtype.names else str(f[name].dtype),
+            }
+            for name in sorted(f)
+        }
+        golden = {"attributes": sorted(f.attrs), "datasets": layout}
+    (HERE / "schema.h5").unlink()
+    (HERE / "schema_tiny.json").write_text(json.dumps(golden, indent=1) + "\n")

@@ -1,0 +1,141 @@
+"""The CLI: thin over the library, clean errors with exit code 2, end-to-end runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+import shapesgen.render
+from cli.main import app
+from shapesgen import SceneConfig
+
+runner = CliRunner()
+
+
+def invoke(*args: str) -> Any:
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_render_passes_exactly_the_built_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    received: dict[str, Any] = {}
+
+    def fake(config: SceneConfig, out: Path, **kwargs: Any) -> Path:
+        received.update(config=config, out=out, **kwargs)
+        return Path(out)
+
+    monkeypatch.setattr(shapesgen.render, "render_dataset", fake)
+    result = invoke(
+        "render",
+        "--instances",
+        12,
+        "--layers",
+        3,
+        "--num",
+        1000,
+        "--seed",
+        7,
+        "--out",
+        tmp_path / "s.h5",
+        "--workers",
+        2,
+        "--size",
+        "rectangle=0.1x0.5",
+        "--quiet",
+    )
+    assert result.exit_code == 0, result.output
+    expected = SceneConfig(instances_per_class=12, layers=3, seed=7).replace(
+        shapes=SceneConfig().shapes[:2] + (SceneConfig().shapes[2].__class__(kind="rectangle", size=(0.1, 0.5)),)
+    )
+    assert received["config"] == expected
+    assert received["num_scenes"] == 1000 and received["workers"] == 2
+    assert received["resume"] is False and received["force"] is False
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--instances", "0"], "instances_per_class=0"),
+        (["--layers", "0"], "layers=0"),
+        (["--mask-size", "60"], "mask_size=60"),
+        (["--preset", "nope"], "preset='nope'"),
+        (["--classes", "circle,blob"], "class='blob'"),
+        (["--size", "rectangle=2x1"], "rectangle"),
+        (["--num", "0"], "num_scenes=0"),
+        (["--workers", "0"], "workers=0"),
+        (["--anchor-range", "0.5"], "anchor_range"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str], needle: str) -> None:
+    result = invoke("render", "--out", tmp_path / "x.h5", "--num", "2", *args)
+    assert result.exit_code == 2
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in result.output
+    assert not (tmp_path / "x.h5").exists() and not (tmp_path / "x.h5.partial").exists()
+
+
+def test_render_info_validate_preview_end_to_end(tmp_path: Path) -> None:
+    out = tmp_path / "data" / "s.h5"
+    result = invoke(
+        "render",
+        "--instances",
+        2,
+        "--layers",
+        3,
+        "--num",
+        6,
+        "--seed",
+        3,
+        "--image-size",
+        64,
+        "--mask-size",
+        32,
+        "--out",
+        out,
+        "--quiet",
+    )
+    assert result.exit_code == 0, result.output
+    again = invoke("render", "--num", 6, "--out", out, "--quiet")
+    assert again.exit_code == 2 and "--force" in again.output
+
+    info = invoke("info", out, "--json")
+    assert info.exit_code == 0, info.output
+    summary = json.loads(info.output)
+    assert summary["scenes"] == 6 and summary["instances"] == 36 and summary["seed"] == 3
+    assert sum(summary["occlusion_bands"].values()) == summary["visible_instances"]
+    assert sum(summary["stack_depth_pixels"].values()) == 6 * 32 * 32
+    assert "stack depth" in invoke("info", out).output
+
+    checked = invoke("validate", out, "--deep", "--quiet")
+    assert checked.exit_code == 0 and "all invariants hold" in checked.output
+
+    png = tmp_path / "p.png"
+    shown = invoke("preview", out, "--out", png, "--count", 2)
+    assert shown.exit_code == 0, shown.output
+    with Image.open(png) as image:
+        assert image.width > 5 * 64 and image.height > 2 * 64  # image + 3 layers + amodal columns
+
+
+def test_bad_files_are_clean_errors(tmp_path: Path) -> None:
+    (tmp_path / "bad.h5").write_text("garbage")
+    for command in ("info", "validate", "preview"):
+        result = invoke(command, tmp_path / "bad.h5")
+        assert result.exit_code == 2 and "not a readable HDF5 file" in result.output
+        assert "Traceback" not in result.output
+
+
+def test_validation_failure_exits_1(tiny_dataset: Path, tmp_path: Path) -> None:
+    import shutil
+
+    import h5py
+
+    bad = tmp_path / "bad.h5"
+    shutil.copy(tiny_dataset, bad)
+    with h5py.File(bad, "r+") as f:
+        f["images"][0] = 0
+    result = invoke("validate", bad, "--quiet")
+    assert result.exit_code == 1 and "images: SHA-256" in result.output

@@ -1,0 +1,128 @@
+"""Geometry and layer invariants as properties over random scenes and polygons."""
+
+from __future__ import annotations
+
+import numpy as np
+import shapely
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from shapesgen import SceneConfig, render_scene
+from shapesgen.config import shape_specs
+from shapesgen.geometry import visible_geometry
+from shapesgen.raster import layer_maps, rasterize_convex
+from shapesgen.shapes import SHAPE_KINDS
+
+
+@st.composite
+def configs(draw: st.DrawFn) -> SceneConfig:
+    mask_size = draw(st.sampled_from([8, 16, 32]))
+    image_size = mask_size * draw(st.sampled_from([1, 2, 4]))
+    kinds = draw(st.lists(st.sampled_from(sorted(SHAPE_KINDS)), min_size=1, max_size=3, unique=True))
+    return SceneConfig(
+        image_size=max(image_size, 8),
+        mask_size=mask_size,
+        shapes=shape_specs(kinds),
+        instances_per_class=draw(st.integers(1, 5)),
+        layers=draw(st.integers(1, 4)),
+        anchor=draw(st.sampled_from(["corner", "center"])),
+        seed=draw(st.integers(0, 2**32)),
+    )
+
+
+def naive_layers(amodal: np.ndarray, depth: np.ndarray, num_layers: int) -> np.ndarray:
+    """Per-pixel reference: sort the covering instances by depth."""
+    _, h, w = amodal.shape
+    out = np.zeros((num_layers, h, w), dtype=np.uint16)
+    for y in range(h):
+        for x in range(w):
+            covering = sorted(np.flatnonzero(amodal[:, y, x]), key=lambda i: depth[i])
+            for k, index in enumerate(covering[:num_layers]):
+                out[k, y, x] = index + 1
+    return out
+
+
+@settings(max_examples=40, deadline=None)
+@given(config=configs(), index=st.integers(0, 1000))
+def test_scene_layer_invariants(config: SceneConfig, index: int) -> None:
+    scene = render_scene(config, index)
+    table, layers, amodal = scene.instances, scene.layers, scene.amodal_masks
+    depth = table["depth"].astype(np.int64)
+    ids = np.arange(1, len(table) + 1)[:, None, None]
+
+    front_id = np.where(amodal.any(0), np.argmin(np.where(amodal, depth[:, None, None], 10**9), axis=0) + 1, 0)
+    assert np.array_equal(layers[0], front_id), "layer 1 is the visible instance map"
+    assert np.array_equal(scene.visible_masks, layers[0][None] == ids)
+    for k in range(1, config.layers):
+        assert not np.any((layers[k] > 0) & (layers[k - 1] == 0)), "layer k+1 lies inside layer k"
+    in_layers = np.any(layers[None] == ids[:, None], axis=1)
+    assert not np.any(in_layers & ~amodal), "an instance's layer pixels lie inside its amodal mask"
+    shallow = amodal.sum(0) <= config.layers
+    assert np.array_equal(in_layers & shallow, amodal & shallow), "equal where the stack is <= N deep"
+
+    rate = table["occlusion_rate"]
+    assert np.all((rate >= 0) & (rate <= 1))
+    assert rate[np.argmin(depth)] == 0
+    assert np.all(table["visible_area"] <= table["area"] + 1e-9)
+    assert np.array_equal(table["is_visible"], scene.visible_masks.any(axis=(1, 2)))
+    assert np.array_equal(np.sort(depth), np.arange(len(table)))
+
+
+@settings(max_examples=25, deadline=None)
+@given(config=configs(), index=st.integers(0, 1000))
+def test_layer_maps_match_per_pixel_sorting(config: SceneConfig, index: int) -> None:
+    scene = render_scene(config, index)
+    depth = scene.instances["depth"].astype(np.int64)
+    expected = naive_layers(scene.amodal_masks, depth, config.layers)
+    assert np.array_equal(layer_maps(scene.amodal_masks, depth, config.layers), expected)
+
+
+convex_rings = st.lists(
+    st.tuples(st.floats(-10, 74, allow_nan=False), st.floats(-10, 74, allow_nan=False)), min_size=3, max_size=12
+).map(lambda pts: shapely.convex_hull(shapely.multipoints(pts)))
+
+
+@settings(max_examples=150, deadline=None)
+@given(hull=convex_rings, size=st.sampled_from([8, 16, 32]))
+def test_rasteriser_equals_exact_point_in_polygon(hull: shapely.Geometry, size: int) -> None:
+    if not isinstance(hull, shapely.Polygon) or hull.area < 1e-6:
+        return
+    ring = np.asarray(hull.exterior.coords)[:-1]
+    scale = 64 / size
+    mask = rasterize_convex(ring[None], size, scale)[0]
+    centres = (np.arange(size) + 0.5) * scale
+    x, y = np.meshgrid(centres, centres)
+    inside = shapely.contains_xy(hull, x, y)
+    on_edge = shapely.distance(hull.exterior, shapely.points(x, y)) < 1e-9
+    assert np.array_equal(mask[~on_edge], inside[~on_edge])
+
+
+@settings(max_examples=40, deadline=None)
+@given(config=configs(), index=st.integers(0, 1000))
+def test_visible_geometry_equals_difference_with_the_union_in_front(config: SceneConfig, index: int) -> None:
+    scene = render_scene(config, index)
+    depth = scene.instances["depth"].astype(np.int64)
+    offsets = scene.vertex_offsets
+    amodal = np.array(
+        [shapely.Polygon(scene.vertices[offsets[i] : offsets[i + 1]]) for i in range(len(depth))], dtype=object
+    )
+    visible = visible_geometry(amodal, depth)
+    for i in range(len(depth)):
+        in_front = amodal[depth < depth[i]]
+        expected = amodal[i].difference(shapely.union_all(in_front)) if len(in_front) else amodal[i]
+        assert abs(visible[i].area - expected.area) <= 1e-6 * max(1.0, amodal[i].area)
+    assert np.allclose(shapely.area(visible), scene.instances["visible_area"], atol=1e-6)
+
+
+def test_scenes_are_pure_functions_of_config_and_index(tiny_config: SceneConfig) -> None:
+    a, b = render_scene(tiny_config, 5), render_scene(tiny_config, 5)
+    other = render_scene(tiny_config, 6)
+    assert a.image.tobytes() == b.image.tobytes() and a.instances.tobytes() == b.instances.tobytes()
+    assert a.image.tobytes() != other.image.tobytes()
+
+
+def test_image_shows_only_outlines(tiny_config: SceneConfig) -> None:
+    image = render_scene(tiny_config.replace(channels=3), 0).image
+    assert image.shape == (64, 64, 3) and image.dtype == np.uint8
+    assert set(np.unique(image)) <= {0, 255} and (image == 0).any()
+    assert np.array_equal(image[..., 0], image[..., 2])

@@ -1,0 +1,155 @@
+"""HDF5 round trips, determinism across workers, resume, atomicity and the schema."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from shapesgen import ConfigError, DatasetError, SceneConfig, render_scene
+from shapesgen.config import StorageConfig
+from shapesgen.hdf5 import open_dataset
+from shapesgen.render import RenderInterrupted, partial_path, render_dataset
+from shapesgen.schema import DATASETS, FORMAT_NAME, FORMAT_VERSION, OFFSETS, format_markdown
+
+GOLDEN = Path(__file__).parent / "golden"
+ROOT = Path(__file__).parent.parent
+
+
+def data_bytes(path: Path) -> dict[str, bytes]:
+    with h5py.File(path, "r") as f:
+        return {name: f[name][()].tobytes() for name in [d.name for d in DATASETS] + list(OFFSETS)}
+
+
+def test_reader_returns_exactly_what_render_scene_makes(tiny_dataset: Path, tiny_config: SceneConfig) -> None:
+    with open_dataset(tiny_dataset) as ds:
+        assert len(ds) == 12 and ds.config == tiny_config and ds.seed == 11
+        assert ds.class_names == ["circle", "triangle", "rectangle"]
+        for index in (0, 7, 11, -1):
+            stored, fresh = ds[index], render_scene(tiny_config, index % 12)
+            for name in ("image", "layers", "class_layers", "amodal_masks", "visible_masks", "instances", "vertices"):
+                assert np.array_equal(getattr(stored, name), getattr(fresh, name)), name
+            assert np.array_equal(stored.vertex_offsets, fresh.vertex_offsets)
+        with pytest.raises(IndexError):
+            ds[12]
+
+
+def test_same_bytes_for_any_worker_count(tmp_path: Path, tiny_config: SceneConfig) -> None:
+    storage = StorageConfig(batch_scenes=3)
+    one = render_dataset(tiny_config, tmp_path / "w1.h5", num_scenes=10, workers=1, storage=storage)
+    two = render_dataset(tiny_config, tmp_path / "w2.h5", num_scenes=10, workers=2, storage=storage)
+    assert data_bytes(one) == data_bytes(two)
+    with h5py.File(one, "r") as a, h5py.File(two, "r") as b:
+        assert a.attrs["checksums"] == b.attrs["checksums"]
+
+
+def test_batch_size_does_not_change_the_data(tmp_path: Path, tiny_config: SceneConfig) -> None:
+    a = render_dataset(tiny_config, tmp_path / "a.h5", num_scenes=7, storage=StorageConfig(batch_scenes=2))
+    b = render_dataset(tiny_config, tmp_path / "b.h5", num_scenes=7, storage=StorageConfig(batch_scenes=64))
+    assert data_bytes(a) == data_bytes(b)
+
+
+def interrupt_after(scenes: int):
+    def progress(done: int, total: int) -> None:
+        if done >= scenes:
+            raise KeyboardInterrupt
+
+    return progress
+
+
+def test_interrupted_render_leaves_no_output_and_resumes_to_the_same_data(
+    tmp_path: Path, tiny_config: SceneConfig
+) -> None:
+    storage = StorageConfig(batch_scenes=2)
+    whole = render_dataset(tiny_config, tmp_path / "whole.h5", num_scenes=9, storage=storage)
+    out = tmp_path / "cut.h5"
+    with pytest.raises(RenderInterrupted, match="--resume"):
+        render_dataset(tiny_config, out, num_scenes=9, storage=storage, progress=interrupt_after(4))
+    assert not out.exists() and partial_path(out).exists()
+    with h5py.File(partial_path(out), "r") as f:
+        assert int(f.attrs["scenes_written"]) == 4 and not f.attrs["complete"]
+    with pytest.raises(DatasetError, match="--resume"):
+        render_dataset(tiny_config, out, num_scenes=9, storage=storage)
+    with pytest.raises(ConfigError, match="instances_per_class"):
+        render_dataset(tiny_config.replace(instances_per_class=2), out, num_scenes=9, resume=True)
+    with pytest.raises(ConfigError, match="num_scenes"):
+        render_dataset(tiny_config, out, num_scenes=10, resume=True)
+    render_dataset(tiny_config, out, num_scenes=9, storage=storage, resume=True)
+    assert out.exists() and not partial_path(out).exists()
+    assert data_bytes(out) == data_bytes(whole)
+    with h5py.File(out, "r") as a, h5py.File(whole, "r") as b:
+        assert a.attrs["checksums"] == b.attrs["checksums"]
+
+
+def test_resume_with_a_drawn_seed_keeps_that_seed(tmp_path: Path, tiny_config: SceneConfig) -> None:
+    unseeded = tiny_config.replace(seed=None)
+    out = tmp_path / "drawn.h5"
+    with pytest.raises(RenderInterrupted):
+        render_dataset(unseeded, out, num_scenes=4, storage=StorageConfig(batch_scenes=1), progress=interrupt_after(2))
+    render_dataset(unseeded, out, num_scenes=4, resume=True)
+    with open_dataset(out) as ds:
+        seed = ds.seed
+        assert np.array_equal(ds[3].image, render_scene(tiny_config.replace(seed=seed), 3).image)
+
+
+def test_existing_output_needs_force(tmp_path: Path, tiny_config: SceneConfig) -> None:
+    out = render_dataset(tiny_config, tmp_path / "x.h5", num_scenes=2)
+    with pytest.raises(DatasetError, match="--force"):
+        render_dataset(tiny_config, out, num_scenes=2)
+    assert render_dataset(tiny_config, out, num_scenes=2, resume=True) == out  # complete: nothing to do
+    render_dataset(tiny_config.replace(seed=12), out, num_scenes=3, force=True)
+    with open_dataset(out) as ds:
+        assert len(ds) == 3 and ds.seed == 12
+
+
+def test_unseeded_config_records_the_drawn_seed(tmp_path: Path, tiny_config: SceneConfig) -> None:
+    out = render_dataset(tiny_config.replace(seed=None), tmp_path / "s.h5", num_scenes=2)
+    with open_dataset(out) as ds:
+        assert ds.config.seed == ds.seed >= 0
+        assert np.array_equal(ds[1].layers, render_scene(ds.config, 1).layers)
+
+
+def test_bad_files_get_clear_errors(tmp_path: Path) -> None:
+    (tmp_path / "text.h5").write_text("not hdf5")
+    with pytest.raises(DatasetError, match="not a readable HDF5 file"):
+        open_dataset(tmp_path / "text.h5")
+    with h5py.File(tmp_path / "foreign.h5", "w") as f:
+        f["x"] = [1, 2]
+    with pytest.raises(DatasetError, match="not a shapesgen dataset"):
+        open_dataset(tmp_path / "foreign.h5")
+    with pytest.raises(DatasetError, match="no such file"):
+        open_dataset(tmp_path / "missing.h5")
+
+
+def test_file_matches_the_golden_schema(tiny_dataset: Path) -> None:
+    golden = json.loads((GOLDEN / "schema_tiny.json").read_text())
+    with h5py.File(tiny_dataset, "r") as f:
+        assert f.attrs["format"] == FORMAT_NAME and f.attrs["format_version"] == FORMAT_VERSION
+        assert sorted(f.attrs) == golden["attributes"]
+        layout = {
+            name: {
+                "shape": list(f[name].shape),
+                "dtype": f[name].dtype.descr if f[name].dtype.names else str(f[name].dtype),
+            }
+            for name in sorted(f)
+        }
+        assert json.loads(json.dumps(layout)) == golden["datasets"]
+        assert f["images"].chunks[0] == 1 and f["images"].compression == "gzip"
+
+
+def test_golden_data_regenerates_exactly() -> None:
+    """The checked-in tiny file pins the generator: any change to scene content shows here."""
+    with open_dataset(GOLDEN / "tiny.h5") as ds:
+        for index in range(len(ds)):
+            stored, fresh = ds[index], render_scene(ds.config, index)
+            for name in ("image", "layers", "class_layers", "amodal_masks", "visible_masks"):
+                assert np.array_equal(getattr(stored, name), getattr(fresh, name)), (index, name)
+            for column in ("area", "visible_area", "occlusion_rate", "anchor_x", "angle"):
+                assert np.allclose(stored.instances[column], fresh.instances[column], rtol=0, atol=1e-9)
+
+
+def test_format_doc_is_generated_from_the_schema() -> None:
+    assert (ROOT / "docs" / "format.md").read_text() == format_markdown()
