@@ -35,7 +35,7 @@ bench: $(VENV)/.full
 	$(BIN)/python benchmarks/bench_render.py
 
 docs: $(VENV)/.base
-	$(BIN)/python -m shapesgen.schema > docs/format.md
+	$(BIN)/python -c "from shapesgen.schema import format_markdown as f; print(f(), end='')" > docs/format.md
 
 clean:
 	rm -rf $(VENV) data preview.png

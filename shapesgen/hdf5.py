@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zlib
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,11 +20,66 @@ import numpy as np
 from shapesgen.config import SceneConfig, StorageConfig
 from shapesgen.errors import ConfigError, DatasetError
 from shapesgen.scene import Scene
-from shapesgen.schema import DATASETS, FORMAT_NAME, FORMAT_VERSION, OFFSETS
+from shapesgen.schema import DATASETS, FIELDS, FORMAT_NAME, FORMAT_VERSION, OFFSETS
 
 VERTEX_CHUNK = 4096
 OFFSET_CHUNK = 1024
-HASH_SLICE = 256
+PER_SCENE_CHUNKED = tuple(f.name for f in DATASETS if f.axis != "vertex")
+PER_SCENE_HASHED = tuple(f.name for f in DATASETS)
+
+
+def digest(data: np.ndarray) -> bytes:
+    """SHA-256 of an array's C-order bytes."""
+    return hashlib.sha256(np.ascontiguousarray(data).tobytes()).digest()
+
+
+def combine_digests(digests: Sequence[bytes]) -> str:
+    """A dataset checksum: SHA-256 over its per-scene digests, in scene order."""
+    return hashlib.sha256(b"".join(digests)).hexdigest()
+
+
+@dataclass(frozen=True)
+class EncodedBatch:
+    """Scenes ready to append: compressed chunks, per-scene digests, raw vertices.
+
+    Built in the worker that rendered the scenes so that compression and hashing
+    scale with the worker count; the writer only moves bytes.
+    """
+
+    count: int
+    chunks: dict[str, list[bytes]]
+    digests: dict[str, list[bytes]]
+    vertices: np.ndarray
+    instance_counts: np.ndarray
+    vertex_counts: np.ndarray
+
+
+def encode_scenes(scenes: Sequence[Scene], compression_level: int) -> EncodedBatch:
+    """Compress each scene's chunk of every per-scene dataset and hash each scene's slices."""
+    chunks: dict[str, list[bytes]] = {name: [] for name in PER_SCENE_CHUNKED}
+    digests: dict[str, list[bytes]] = {name: [] for name in PER_SCENE_HASHED}
+    for scene in scenes:
+        records = {
+            "images": scene.image,
+            "layers": scene.layers,
+            "class_layers": scene.class_layers,
+            "amodal_masks": scene.amodal_masks,
+            "visible_masks": scene.visible_masks,
+            "instances": scene.instances,
+        }
+        for name, data in records.items():
+            raw = np.ascontiguousarray(data).tobytes()
+            chunks[name].append(zlib.compress(raw, compression_level) if compression_level else raw)
+            digests[name].append(hashlib.sha256(raw).digest())
+        digests["vertices"].append(digest(scene.vertices))
+    return EncodedBatch(
+        count=len(scenes),
+        chunks=chunks,
+        digests=digests,
+        vertices=np.concatenate([s.vertices for s in scenes]),
+        instance_counts=np.array([len(s.instances) for s in scenes], dtype=np.int64),
+        vertex_counts=np.concatenate([np.diff(s.vertex_offsets) for s in scenes]),
+    )
 
 
 def _package_version() -> str:
@@ -41,7 +98,7 @@ class DatasetWriter:
             self.file = h5py.File(path, "a")
         except OSError as exc:
             raise DatasetError(f"{path}: cannot open for writing ({exc})") from None
-        self.hashers = {name: hashlib.sha256() for name in [f.name for f in DATASETS] + list(OFFSETS)}
+        self.digests: dict[str, list[bytes]] = {name: [] for name in PER_SCENE_HASHED}
         if "format" in self.file.attrs:
             self._reopen()
         else:
@@ -78,50 +135,51 @@ class DatasetWriter:
             )
         for name in OFFSETS:
             self.file.create_dataset(name, data=np.zeros(1, np.int64), maxshape=(None,), chunks=(OFFSET_CHUNK,))
-        for name in OFFSETS:
-            self.hashers[name].update(np.zeros(1, np.int64).tobytes())
 
     def _reopen(self) -> None:
         """Drop anything past the last complete batch and re-hash what is kept."""
         written = self.scenes_written
-        instances = int(self.file["instance_offsets"][written])
-        vertices = int(self.file["vertex_offsets"][instances])
-        lengths = {"scene": written, "instance": instances, "vertex": vertices}
+        offsets = self.file["instance_offsets"][: written + 1]
+        vertex_offsets = self.file["vertex_offsets"][: int(offsets[-1]) + 1]
+        lengths = {"scene": written, "instance": int(offsets[-1]), "vertex": int(vertex_offsets[-1])}
         for field in DATASETS:
-            dataset = self.file[field.name]
-            dataset.resize(lengths[field.axis], axis=0)
+            self.file[field.name].resize(lengths[field.axis], axis=0)
         self.file["instance_offsets"].resize(written + 1, axis=0)
-        self.file["vertex_offsets"].resize(instances + 1, axis=0)
-        for name, hasher in self.hashers.items():
-            dataset = self.file[name]
-            for start in range(0, dataset.shape[0], HASH_SLICE * 64):
-                hasher.update(np.ascontiguousarray(dataset[start : start + HASH_SLICE * 64]).tobytes())
+        self.file["vertex_offsets"].resize(len(vertex_offsets), axis=0)
+        self.digests = scene_digests(self.file, offsets, vertex_offsets)
 
     @property
     def scenes_written(self) -> int:
         return int(self.file.attrs["scenes_written"])
 
-    def append(self, batch: dict[str, np.ndarray]) -> None:
-        """Write one batch (see :func:`stack_scenes`) after everything already written."""
+    def append(self, batch: EncodedBatch) -> None:
+        """Write one encoded batch after everything already written."""
         written = self.scenes_written
-        instance_base = int(self.file["instance_offsets"][-1])
-        vertex_base = int(self.file["vertex_offsets"][-1])
-        batch = dict(batch)
-        batch["instance_offsets"] = batch["instance_offsets"] + instance_base
-        batch["vertex_offsets"] = batch["vertex_offsets"] + vertex_base
-        for name, data in batch.items():
+        per_scene = {"scene": 1, "instance": self.config.num_instances}
+        for name in PER_SCENE_CHUNKED:
             dataset = self.file[name]
-            start = dataset.shape[0]
-            dataset.resize(start + len(data), axis=0)
-            dataset[start:] = data
-            self.hashers[name].update(np.ascontiguousarray(data).tobytes())
-        self.file.attrs["scenes_written"] = np.int64(written + len(batch["images"]))
+            rows = per_scene[FIELDS[name].axis]
+            dataset.resize((written + batch.count) * rows, axis=0)
+            zeros = (0,) * (dataset.ndim - 1)
+            for j, chunk in enumerate(batch.chunks[name]):
+                dataset.id.write_direct_chunk(((written + j) * rows, *zeros), chunk)
+        vertices = self.file["vertices"]
+        start = vertices.shape[0]
+        vertices.resize(start + len(batch.vertices), axis=0)
+        vertices[start:] = batch.vertices
+        for name, counts in (("instance_offsets", batch.instance_counts), ("vertex_offsets", batch.vertex_counts)):
+            dataset = self.file[name]
+            base = dataset.shape[0]
+            dataset.resize(base + len(counts), axis=0)
+            dataset[base:] = int(dataset[base - 1]) + np.cumsum(counts)
+        for name, digests in batch.digests.items():
+            self.digests[name].extend(digests)
+        self.file.attrs["scenes_written"] = np.int64(written + batch.count)
         self.file.flush()
 
     def finish(self) -> None:
         """Record checksums and mark the file complete."""
-        sums = {name: hasher.hexdigest() for name, hasher in sorted(self.hashers.items())}
-        self.file.attrs["checksums"] = json.dumps(sums, sort_keys=True)
+        self.file.attrs["checksums"] = json.dumps(checksums(self.file, self.digests), sort_keys=True)
         self.file.attrs["complete"] = True
         self.file.flush()
 
@@ -129,21 +187,26 @@ class DatasetWriter:
         self.file.close()
 
 
-def stack_scenes(scenes: Sequence[Scene]) -> dict[str, np.ndarray]:
-    """One batch of scenes as dataset-name -> rows; offsets exclude the leading 0."""
-    counts = np.array([len(s.instances) for s in scenes], dtype=np.int64)
-    vertex_counts = np.concatenate([np.diff(s.vertex_offsets) for s in scenes])
-    return {
-        "images": np.stack([s.image for s in scenes]),
-        "layers": np.stack([s.layers for s in scenes]),
-        "class_layers": np.stack([s.class_layers for s in scenes]),
-        "amodal_masks": np.concatenate([s.amodal_masks for s in scenes]),
-        "visible_masks": np.concatenate([s.visible_masks for s in scenes]),
-        "instances": np.concatenate([s.instances for s in scenes]),
-        "vertices": np.concatenate([s.vertices for s in scenes]),
-        "instance_offsets": np.cumsum(counts),
-        "vertex_offsets": np.cumsum(vertex_counts),
-    }
+def scene_digests(file: h5py.File, offsets: np.ndarray, vertex_offsets: np.ndarray) -> dict[str, list[bytes]]:
+    """Per-scene digests of every hashed dataset, read back from a file."""
+    digests: dict[str, list[bytes]] = {name: [] for name in PER_SCENE_HASHED}
+    for i in range(len(offsets) - 1):
+        rows = slice(int(offsets[i]), int(offsets[i + 1]))
+        for field in DATASETS:
+            if field.axis == "scene":
+                digests[field.name].append(digest(file[field.name][i]))
+            elif field.axis == "instance":
+                digests[field.name].append(digest(file[field.name][rows]))
+        vertex_rows = slice(int(vertex_offsets[rows.start]), int(vertex_offsets[rows.stop]))
+        digests["vertices"].append(digest(file["vertices"][vertex_rows]))
+    return digests
+
+
+def checksums(file: h5py.File, digests: dict[str, list[bytes]]) -> dict[str, str]:
+    """The ``checksums`` attribute: combined per-scene digests, whole-array offsets."""
+    sums = {name: combine_digests(values) for name, values in digests.items()}
+    sums.update({name: hashlib.sha256(file[name][()].tobytes()).hexdigest() for name in OFFSETS})
+    return dict(sorted(sums.items()))
 
 
 class ShapesDataset:

@@ -18,11 +18,10 @@ from multiprocessing import get_context
 from pathlib import Path
 
 import h5py
-import numpy as np
 
 from shapesgen.config import MAX_SEED, SceneConfig, StorageConfig
 from shapesgen.errors import ConfigError, DatasetError, ShapesgenError
-from shapesgen.hdf5 import DatasetWriter, stack_scenes
+from shapesgen.hdf5 import DatasetWriter, EncodedBatch, encode_scenes
 from shapesgen.scene import render_scene
 
 ProgressCallback = Callable[[int, int], None]
@@ -46,34 +45,37 @@ def resolve_seed(config: SceneConfig) -> SceneConfig:
     return config.replace(seed=secrets.randbelow(MAX_SEED + 1))
 
 
-def render_batch(config: SceneConfig, start: int, stop: int) -> dict[str, np.ndarray]:
-    """Scenes ``start..stop-1`` stacked for one write."""
-    return stack_scenes([render_scene(config, index) for index in range(start, stop)])
+def render_batch(config: SceneConfig, start: int, stop: int, compression_level: int) -> EncodedBatch:
+    """Scenes ``start..stop-1``, compressed and hashed, ready for one write."""
+    return encode_scenes([render_scene(config, index) for index in range(start, stop)], compression_level)
 
 
 def _ignore_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def _batches(config: SceneConfig, start: int, total: int, size: int, workers: int) -> Iterator[dict[str, np.ndarray]]:
+def _batches(
+    config: SceneConfig, start: int, total: int, storage: StorageConfig, workers: int
+) -> Iterator[EncodedBatch]:
     """Rendered batches in index order; with workers > 1 a bounded window runs ahead."""
+    size, level = storage.batch_scenes, storage.compression_level
     bounds = [(lo, min(lo + size, total)) for lo in range(start, total, size)]
     if workers == 1:
         for lo, hi in bounds:
-            yield render_batch(config, lo, hi)
+            yield render_batch(config, lo, hi, level)
         return
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_ignore_sigint) as pool:
-        pending: deque[Future[dict[str, np.ndarray]]] = deque()
+        pending: deque[Future[EncodedBatch]] = deque()
         todo = iter(bounds)
         try:
             for lo, hi in todo:
-                pending.append(pool.submit(render_batch, config, lo, hi))
+                pending.append(pool.submit(render_batch, config, lo, hi, level))
                 if len(pending) >= 2 * workers:
                     break
             while pending:
                 batch = pending.popleft().result()
                 for lo, hi in todo:
-                    pending.append(pool.submit(render_batch, config, lo, hi))
+                    pending.append(pool.submit(render_batch, config, lo, hi, level))
                     break
                 yield batch
         finally:
@@ -159,9 +161,9 @@ def render_dataset(
         done = writer.scenes_written
         if progress:
             progress(done, num_scenes)
-        for batch in _batches(config, done, num_scenes, storage.batch_scenes, workers):
+        for batch in _batches(config, done, num_scenes, storage, workers):
             writer.append(batch)
-            done += len(batch["images"])
+            done += batch.count
             if progress:
                 progress(done, num_scenes)
         writer.finish()

@@ -139,7 +139,9 @@ ROOT_ATTRIBUTES: dict[str, str] = {
     "scenes_written": "scenes complete in the file (equals num_scenes once complete)",
     "complete": "true once every scene is written and checksums are set",
     "created": "UTC time the render started, ISO 8601",
-    "checksums": "JSON {dataset: sha256 of its C-order bytes}, set on completion",
+    "checksums": "JSON {dataset: hex SHA-256}, set on completion: for offsets, of the array's bytes; "
+    "for every other dataset, of the concatenated 32-byte SHA-256 digests of each scene's slice "
+    "(C-order bytes), in scene order, so workers hash in parallel",
 }
 
 
