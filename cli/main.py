@@ -19,7 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from shapesgen import ShapesgenError
-from shapesgen.config import PRESET_HELP, PRESETS, StorageConfig, build_config, parse_pair, parse_sizes
+from shapesgen.config import PRESET_HELP, PRESETS, StorageConfig, build_config, load_config, parse_pair, parse_sizes
 
 app = typer.Typer(
     name="shapesgen",
@@ -83,6 +83,9 @@ def render(
     out_path: Annotated[Path, typer.Option("--out", help="HDF5 file to write (parent folders are created).")],
     num: Annotated[int, typer.Option("--num", help="Number of scenes.")] = 1000,
     preset: PresetOpt = "paper",
+    config_file: Annotated[
+        Path | None, typer.Option("--config", help="Start from a SceneConfig JSON (e.g. an export's config.json).")
+    ] = None,
     instances: Annotated[int | None, typer.Option(help="Instances per class (the paper's N).")] = None,
     layers: Annotated[
         int | None, typer.Option(help="Mask layers stored (>= 1); layer k = k-th instance from the top.")
@@ -114,14 +117,19 @@ def render(
     force: Annotated[
         bool, typer.Option("--force", help="Overwrite an existing file (or discard an interrupted one).")
     ] = False,
+    coco: Annotated[
+        Path | None, typer.Option(help="Also export COCO JSON + PNGs into this folder (default export options).")
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Render a dataset of occlusion scenes into a self-describing HDF5 file."""
+    from shapesgen.coco import export_coco
     from shapesgen.render import render_dataset
 
     def call() -> Path:
         config = build_config(
             preset,
+            base=load_config(config_file) if config_file else None,
             classes=[c.strip() for c in classes.split(",")] if classes is not None else None,
             sizes=parse_sizes(size or []),
             instances_per_class=instances,
@@ -147,6 +155,9 @@ def render(
                 force=force,
                 progress=update,
             )
+        if coco is not None:
+            with progress_bar("export", quiet) as update:
+                export_coco(path, coco, force=force, progress=update)
         return path
 
     path = run(call)
@@ -266,6 +277,121 @@ def validate(
 
     checked = run(call)
     out.print(f"OK: {path} ({checked} scenes, all invariants hold)")
+
+
+export_app = typer.Typer(help="Export a dataset for other tools.", no_args_is_help=True)
+app.add_typer(export_app, name="export")
+
+
+@export_app.command("coco")
+def export_coco_command(
+    path: Annotated[Path, typer.Argument(help="A shapesgen HDF5 file.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder to create (annotations.json, images/, card).")],
+    style: Annotated[str, typer.Option(help="'coco' (flat, amodal extras) or 'cocoa' (Zhu et al. regions).")] = "coco",
+    segmentation: Annotated[str, typer.Option(help="'rle' or 'polygon' (exact polygons from the geometry).")] = "rle",
+    resolution: Annotated[
+        str, typer.Option(help="'image' or 'mask' resolution for annotations (and images).")
+    ] = "image",
+    include_hidden: Annotated[
+        bool, typer.Option("--include-hidden", help="Also export instances with no visible mask pixel.")
+    ] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing export folder.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Export to COCO JSON that pycocotools and detectron2-style loaders read unchanged."""
+    from shapesgen.coco import ExportConfig, export_coco
+
+    def call() -> Path:
+        export = ExportConfig(
+            style=style,  # type: ignore[arg-type]
+            segmentation=segmentation,  # type: ignore[arg-type]
+            resolution=resolution,  # type: ignore[arg-type]
+            include_hidden=include_hidden,
+        )
+        with progress_bar("export", quiet) as update:
+            return export_coco(path, out_dir, export, force=force, progress=update)
+
+    written = run(call)
+    if not quiet:
+        err.print(f"wrote {written}")
+
+
+@app.command()
+def evaluate(
+    gt: Annotated[Path, typer.Option("--gt", help="Ground truth: a shapesgen HDF5 file or a COCO/COCOA export JSON.")],
+    dt: Annotated[Path | None, typer.Option("--dt", help="Predictions in COCO results format (RLE masks).")] = None,
+    oracle_layers: Annotated[
+        int | None, typer.Option(help="Score the oracle: each instance = its pixels in the first K GT layers.")
+    ] = None,
+    per_class: Annotated[bool, typer.Option("--per-class", help="Add class-aware AP/AR per class.")] = False,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the metrics to this JSON file.")] = None,
+) -> None:
+    """COCO-amodal AP/AR, class-agnostic, with AR by occlusion band (none/partial/heavy)."""
+    from shapesgen.errors import ConfigError
+    from shapesgen.evaluate import evaluate as run_evaluation
+    from shapesgen.evaluate import load_ground_truth, load_predictions, oracle_predictions
+
+    warnings: list[str] = []
+
+    def call() -> dict[str, Any]:
+        if (dt is None) == (oracle_layers is None):
+            raise ConfigError("give exactly one of --dt (predictions) or --oracle-layers K")
+        truth = load_ground_truth(gt, keep_layers=oracle_layers is not None)
+        if oracle_layers is not None:
+            detections = oracle_predictions(truth, oracle_layers)
+        else:
+            assert dt is not None
+            detections = load_predictions(dt, truth, warnings)
+        metrics = run_evaluation(truth, detections, per_class=per_class)
+        metrics["ground_truth_path"] = str(gt)
+        metrics["predictions"] = f"oracle K={oracle_layers}" if oracle_layers is not None else str(dt)
+        if json_out is not None:
+            write_json(json_out, metrics)
+        return metrics
+
+    metrics = run(call)
+    for warning in warnings:
+        err.print(f"[yellow]warning:[/] {warning}", highlight=False)
+    _print_metrics(metrics)
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON atomically (temporary file, then rename)."""
+    from shapesgen.errors import DatasetError
+
+    tmp = path.with_name(path.name + ".partial")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+        tmp.replace(path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise DatasetError(f"{path}: cannot write ({exc.strerror})") from None
+
+
+def _fmt(value: float) -> str:
+    return "n/a" if value < 0 else f"{value:.4f}"
+
+
+def _print_metrics(metrics: dict[str, Any]) -> None:
+    counts = metrics["ground_truth"]
+    title = f"{metrics['predictions']} vs {metrics['ground_truth_path']}: {counts['instances']} GT instances"
+    table = Table("AP", "AP50", "AP75", "AR100", "AR none", "AR partial", "AR heavy", title=title)
+    overall, bands = metrics["all"], metrics["bands"]
+    table.add_row(
+        *[_fmt(overall[k]) for k in ("AP", "AP50", "AP75", "AR100")],
+        *[_fmt(bands[b]["AR100"]) for b in ("none", "partial", "heavy")],
+    )
+    out.print(table)
+    out.print(
+        f"GT per band: none {counts['none']}, partial {counts['partial']}, heavy {counts['heavy']}; "
+        f"{metrics['detections']} detections"
+    )
+    if "per_class" in metrics:
+        classes = Table("class", "AP", "AR100", title="class-aware")
+        for name, values in metrics["per_class"].items():
+            classes.add_row(name, _fmt(values["AP"]), _fmt(values["AR100"]))
+        out.print(classes)
 
 
 @app.command()

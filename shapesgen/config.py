@@ -11,6 +11,7 @@ import dataclasses
 import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from shapesgen.errors import ConfigError
@@ -302,15 +303,25 @@ def parse_sizes(items: list[str]) -> dict[str, tuple[float, ...]]:
     return sizes
 
 
+def load_config(path: str | Path) -> SceneConfig:
+    """A SceneConfig from a JSON file (as written next to every export)."""
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"--config {path}: cannot read ({exc.strerror})") from None
+    return SceneConfig.from_json(text)
+
+
 def build_config(
     preset_name: str = "paper",
     *,
+    base: SceneConfig | None = None,
     classes: list[str] | None = None,
     sizes: dict[str, tuple[float, ...]] | None = None,
     **overrides: Any,
 ) -> SceneConfig:
-    """A preset with overrides applied (``None`` values mean "keep the preset's")."""
-    base = preset(preset_name)
+    """A preset (or ``base``) with overrides applied; ``None`` values keep what is there."""
+    base = base or preset(preset_name)
     changes = {key: value for key, value in overrides.items() if value is not None}
     if classes is not None or sizes:
         names = classes if classes is not None else [spec.kind for spec in base.shapes]

@@ -139,3 +139,50 @@ def test_validation_failure_exits_1(tiny_dataset: Path, tmp_path: Path) -> None:
         f["images"][0] = 0
     result = invoke("validate", bad, "--quiet")
     assert result.exit_code == 1 and "images: SHA-256" in result.output
+
+
+def test_export_and_evaluate_end_to_end(tmp_path: Path) -> None:
+    data = tmp_path / "p.h5"
+    result = invoke(
+        "render",
+        "--instances",
+        2,
+        "--layers",
+        2,
+        "--num",
+        5,
+        "--seed",
+        1,
+        "--image-size",
+        64,
+        "--mask-size",
+        32,
+        "--out",
+        data,
+        "--coco",
+        tmp_path / "share",
+        "--quiet",
+    )
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "share" / "annotations.json").exists() and (tmp_path / "share" / "SHA256SUMS").exists()
+    cocoa = invoke("export", "coco", data, "--out", tmp_path / "cocoa", "--style", "cocoa", "--quiet")
+    assert cocoa.exit_code == 0, cocoa.output
+    bad = invoke("export", "coco", data, "--out", tmp_path / "x", "--style", "kins")
+    assert bad.exit_code == 2 and "style='kins'" in bad.output
+
+    metrics_path = tmp_path / "m.json"
+    oracle = invoke("evaluate", "--gt", data, "--oracle-layers", 2, "--json", metrics_path, "--per-class")
+    assert oracle.exit_code == 0, oracle.output
+    assert "AR heavy" in oracle.output and "class-aware" in oracle.output
+    metrics = json.loads(metrics_path.read_text())
+    assert set(metrics["bands"]) == {"none", "partial", "heavy"} and 0 < metrics["all"]["AP"] <= 1
+
+    predictions = tmp_path / "dt.json"
+    predictions.write_text(
+        json.dumps([{"image_id": 1, "segmentation": {"size": [32, 32], "counts": "0"}, "score": 0.5}])
+    )
+    scored = invoke("evaluate", "--gt", tmp_path / "share" / "annotations.json", "--dt", predictions)
+    assert scored.exit_code == 0, scored.output
+    assert "resized" in scored.output  # the export is at image resolution (64 px)
+    neither = invoke("evaluate", "--gt", data)
+    assert neither.exit_code == 2 and "exactly one of --dt" in neither.output
