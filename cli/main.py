@@ -395,6 +395,142 @@ def _print_metrics(metrics: dict[str, Any]) -> None:
 
 
 @app.command()
+def train(
+    train_data: Annotated[
+        str,
+        typer.Option("--train", help="HDF5 file, or render:PRESET[,instances=N][,layers=L][,seed=S] for live scenes."),
+    ],
+    out_dir: Annotated[Path, typer.Option("--out", help="Run directory (model, configs, checkpoints, logs).")],
+    val: Annotated[Path | None, typer.Option(help="Validation HDF5, evaluated every --eval-every epochs.")] = None,
+    preset: Annotated[
+        str, typer.Option(help="Model preset: paper (Xception), light (MobileNetV2), cpu, tiny.")
+    ] = "paper",
+    epochs: Annotated[int | None, typer.Option(help="Epochs (paper: 100).")] = None,
+    steps_per_epoch: Annotated[
+        int | None, typer.Option(help="Steps per epoch (default: one pass, or 1000 images live).")
+    ] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Batch size (paper: 2).")] = None,
+    lr: Annotated[float | None, typer.Option(help="Adam learning rate (paper: 1e-4).")] = None,
+    backbone: Annotated[
+        str | None, typer.Option(help="xception, mobilenetv2 or tiny (overrides the preset's).")
+    ] = None,
+    backbone_weights: Annotated[
+        Path | None, typer.Option(help="Local weights file to start from (never downloaded).")
+    ] = None,
+    embedding_dim: Annotated[int | None, typer.Option(help="Embedding dimension C (paper: 6).")] = None,
+    hinge: Annotated[str | None, typer.Option(help="squared (reference code) or linear (paper text).")] = None,
+    distance_scope: Annotated[str | None, typer.Option(help="class (reference code) or all (paper text).")] = None,
+    reg_weight: Annotated[float | None, typer.Option(help="Regulariser weight (reference 0.01, paper 1).")] = None,
+    eval_every: Annotated[int | None, typer.Option(help="Evaluate on --val every N epochs (0 = never).")] = None,
+    eval_scenes: Annotated[int | None, typer.Option(help="Validation scenes used per evaluation.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for weights, shuffling and clustering.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the run's last checkpoint.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing run directory.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Train the layered-embedding model (N layers = the dataset's layers)."""
+    from amodal_model.config import TRAIN_PRESETS
+    from amodal_model.train import Callbacks
+    from amodal_model.train import train as run_training
+    from shapesgen.errors import ConfigError
+
+    def call() -> Path:
+        if preset not in TRAIN_PRESETS:
+            raise ConfigError(f"--preset={preset!r} is invalid: must be one of {', '.join(TRAIN_PRESETS)}")
+        overrides = {
+            "epochs": epochs,
+            "steps_per_epoch": steps_per_epoch,
+            "batch_size": batch_size,
+            "learning_rate": lr,
+            "backbone": backbone,
+            "backbone_weights": str(backbone_weights) if backbone_weights else None,
+            "embedding_dim": embedding_dim,
+            "hinge": hinge,
+            "distance_scope": distance_scope,
+            "reg_weight": reg_weight,
+            "eval_every": eval_every,
+            "eval_scenes": eval_scenes,
+            "seed": seed,
+        }
+        if backbone_weights is not None and not backbone_weights.is_file():
+            raise ConfigError(f"--backbone-weights {backbone_weights}: no such file")
+        config = TRAIN_PRESETS[preset].replace(**{k: v for k, v in overrides.items() if v is not None})
+        bar = None if quiet else Progress(*_train_columns(), console=err)
+        task = bar.add_task("epoch", total=None, loss="") if bar else None
+
+        def on_step(epoch: int, step: int, steps: int, loss: float) -> None:
+            if bar is not None and task is not None:
+                if not bar.live.is_started:
+                    bar.start()
+                bar.update(
+                    task,
+                    description=f"epoch {epoch}/{config.epochs}",
+                    completed=step,
+                    total=steps,
+                    loss=f"loss {loss:.4f}",
+                )
+
+        def on_epoch(row: dict[str, Any]) -> None:
+            shown = ", ".join(f"{k} {row[k]}" for k in ("loss", "images_per_s", "AP", "AR100") if k in row)
+            (bar.console if bar else err).print(f"epoch {row['epoch']}: {shown}", highlight=False)
+
+        try:
+            return run_training(
+                train_data,
+                out_dir,
+                config,
+                val=val,
+                resume=resume,
+                force=force,
+                callbacks=Callbacks(on_step=on_step, on_epoch=on_epoch),
+            )
+        finally:
+            if bar is not None:
+                bar.stop()
+
+    run_dir = run(call)
+    err.print(f"model saved in {run_dir}")
+
+
+def _train_columns() -> tuple[Any, ...]:
+    return (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[loss]}"),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+    )
+
+
+@app.command()
+def predict(
+    model_dir: Annotated[Path, typer.Option("--model", help="A run directory written by `shapesgen train`.")],
+    data: Annotated[Path, typer.Option("--data", help="HDF5 file to predict.")],
+    out_path: Annotated[Path, typer.Option("--out", help="COCO results JSON to write.")],
+    limit: Annotated[int | None, typer.Option(help="Only the first N scenes.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 8,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Predict amodal instances (COCO results, masks at mask resolution) for an HDF5 file."""
+    from amodal_model.predict import predict_run
+    from shapesgen.errors import ConfigError
+
+    def call() -> Path:
+        if limit is not None and limit < 1:
+            raise ConfigError(f"--limit={limit} is invalid: must be >= 1")
+        if batch_size < 1:
+            raise ConfigError(f"--batch-size={batch_size} is invalid: must be >= 1")
+        with progress_bar("predict", quiet) as update:
+            return predict_run(model_dir, data, out_path, limit=limit, batch_size=batch_size, progress=update)
+
+    written = run(call)
+    if not quiet:
+        err.print(f"wrote {written}")
+
+
+@app.command()
 def presets() -> None:
     """List the built-in presets and their settings."""
     table = Table("preset", "description", "classes", "N/class", "layers")

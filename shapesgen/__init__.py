@@ -2,6 +2,7 @@
 
 from shapesgen.config import PRESETS, SceneConfig, ShapeSpec, StorageConfig, preset
 from shapesgen.errors import ConfigError, DatasetError, ShapesgenError, ValidationError
+from shapesgen.hdf5 import ShapesDataset, open_dataset
 from shapesgen.scene import Scene, render_scene
 
 __version__ = "0.1.0"
@@ -11,12 +12,14 @@ __all__ = [
     "ConfigError",
     "DatasetError",
     "Scene",
+    "ShapesDataset",
     "SceneConfig",
     "ShapeSpec",
     "ShapesgenError",
     "StorageConfig",
     "ValidationError",
     "__version__",
+    "open_dataset",
     "preset",
     "render_scene",
 ]

@@ -11,10 +11,12 @@ import json
 import os
 import secrets
 import signal
+import sys
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from multiprocessing import get_context
+from multiprocessing.context import BaseContext
 from pathlib import Path
 
 import h5py
@@ -50,6 +52,12 @@ def render_batch(config: SceneConfig, start: int, stop: int, compression_level: 
     return encode_scenes([render_scene(config, index) for index in range(start, stop)], compression_level)
 
 
+def _pool_context() -> BaseContext:
+    """``fork`` on Linux (fast start, works from notebooks, stdin and unguarded
+    scripts; rendering starts no threads); ``spawn`` elsewhere."""
+    return get_context("fork" if sys.platform.startswith("linux") else "spawn")
+
+
 def _ignore_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
@@ -64,7 +72,7 @@ def _batches(
         for lo, hi in bounds:
             yield render_batch(config, lo, hi, level)
         return
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_ignore_sigint) as pool:
+    with ProcessPoolExecutor(workers, mp_context=_pool_context(), initializer=_ignore_sigint) as pool:
         pending: deque[Future[EncodedBatch]] = deque()
         todo = iter(bounds)
         try:

@@ -1,0 +1,138 @@
+"""Training data: batches from a shapesgen HDF5 file or scenes rendered on the fly.
+
+HDF5 reads go in contiguous blocks of scenes (one decompression per chunk), shuffled
+by block and within a block with a generator seeded by (seed, epoch), so an epoch's
+order is reproducible.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from shapesgen.config import SceneConfig, build_config
+from shapesgen.errors import ConfigError
+from shapesgen.hdf5 import open_dataset
+from shapesgen.scene import render_scene
+
+BLOCK = 256
+LIVE_PREFIX = "render:"
+
+Batch = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where training scenes come from: an HDF5 file, or live renders of a config."""
+
+    scene_config: SceneConfig
+    path: Path | None = None
+    num_scenes: int | None = None
+
+    @property
+    def live(self) -> bool:
+        return self.path is None
+
+
+def parse_live_spec(spec: str) -> SceneConfig:
+    """``render:paper,instances=6,layers=2,seed=1`` -> a SceneConfig with a seed."""
+    body = spec[len(LIVE_PREFIX) :]
+    preset_name, *pairs = [p.strip() for p in body.split(",") if p.strip()] or ["paper"]
+    names = {"instances": "instances_per_class", "layers": "layers", "seed": "seed"}
+    overrides: dict[str, int] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or key not in names or not value.lstrip("-").isdigit():
+            raise ConfigError(f"--train {spec!r} is invalid: use render:PRESET[,instances=N][,layers=L][,seed=S]")
+        overrides[names[key]] = int(value)
+    config = build_config(preset_name, **overrides)  # type: ignore[arg-type]
+    return config if config.seed is not None else config.replace(seed=0)
+
+
+def open_source(spec: str | Path) -> Source:
+    """A training source from a path or a ``render:`` spec."""
+    text = str(spec)
+    if text.startswith(LIVE_PREFIX):
+        return Source(parse_live_spec(text))
+    with open_dataset(text) as ds:
+        return Source(ds.config, Path(text), len(ds))
+
+
+def scene_targets(table_class_ids: np.ndarray) -> np.ndarray:
+    """Class of each instance id (index 0 = background) from class-major class ids."""
+    return np.concatenate([[0], table_class_ids]).astype(np.int32)
+
+
+def hdf5_batches(
+    path: Path, batch_size: int, seed: int, epoch: int, shuffle: bool, limit: int | None = None
+) -> Iterator[Batch]:
+    """Numpy batches (images uint8, layers, class_layers, instance_classes, index)."""
+    with open_dataset(path) as ds:
+        total = len(ds) if limit is None else min(limit, len(ds))
+        n = ds.config.num_instances
+        rng = np.random.default_rng([seed, epoch])
+        starts = np.arange(0, total, BLOCK)
+        if shuffle:
+            rng.shuffle(starts)
+        pending: list[Batch] = []
+        for start in starts.tolist():
+            stop = min(start + BLOCK, total)
+            block = {
+                "image": ds.images[start:stop],
+                "layers": ds.layers[start:stop].astype(np.int32),
+                "class_layers": ds.class_layers[start:stop].astype(np.int32),
+                "instance_classes": np.concatenate(
+                    [
+                        np.zeros((stop - start, 1), np.int32),
+                        ds.instances[int(ds.instance_offsets[start]) : int(ds.instance_offsets[stop])]["class_id"]
+                        .reshape(stop - start, n)
+                        .astype(np.int32),
+                    ],
+                    axis=1,
+                ),
+                "index": np.arange(start, stop, dtype=np.int64),
+            }
+            order = rng.permutation(stop - start) if shuffle else np.arange(stop - start)
+            pending.append({key: value[order] for key, value in block.items()})
+            merged = {key: np.concatenate([p[key] for p in pending]) for key in pending[0]}
+            whole = len(merged["index"]) // batch_size * batch_size
+            for b in range(0, whole, batch_size):
+                yield {key: value[b : b + batch_size] for key, value in merged.items()}
+            pending = [{key: value[whole:] for key, value in merged.items()}] if whole < len(merged["index"]) else []
+        if pending and len(pending[0]["index"]):
+            yield pending[0]
+
+
+def live_batches(config: SceneConfig, batch_size: int, first_index: int, count: int) -> Iterator[Batch]:
+    """Batches of freshly rendered scenes ``first_index ..`` (the paper trained this way)."""
+    for b in range(count):
+        scenes = [render_scene(config, first_index + b * batch_size + j) for j in range(batch_size)]
+        yield {
+            "image": np.stack([s.image for s in scenes]),
+            "layers": np.stack([s.layers for s in scenes]).astype(np.int32),
+            "class_layers": np.stack([s.class_layers for s in scenes]).astype(np.int32),
+            "instance_classes": np.stack([scene_targets(s.instances["class_id"]) for s in scenes]),
+            "index": np.array([s.index for s in scenes], dtype=np.int64),
+        }
+
+
+def to_model_input(image: np.ndarray | tf.Tensor) -> tf.Tensor:
+    """uint8 [0, 255] -> float32 [-1, 1], as the paper feeds the network."""
+    return tf.cast(image, tf.float32) / 127.5 - 1.0
+
+
+def tf_dataset(batches: Iterator[Batch], config: SceneConfig) -> tf.data.Dataset:
+    """Wrap a batch generator in tf.data with prefetching."""
+    s, m, layers, n = config.image_size, config.mask_size, config.layers, config.num_instances
+    signature = {
+        "image": tf.TensorSpec((None, s, s, config.channels), tf.uint8),
+        "layers": tf.TensorSpec((None, layers, m, m), tf.int32),
+        "class_layers": tf.TensorSpec((None, layers, m, m), tf.int32),
+        "instance_classes": tf.TensorSpec((None, n + 1), tf.int32),
+        "index": tf.TensorSpec((None,), tf.int64),
+    }
+    return tf.data.Dataset.from_generator(lambda: batches, output_signature=signature).prefetch(tf.data.AUTOTUNE)
