@@ -1,6 +1,6 @@
 # Two commands do all set-up on a fresh machine:
 #   make demo   builds .venv, renders a small dataset, writes preview.png
-#   make test   builds .venv (with TensorFlow), lints, runs the test suite
+#   make test   builds .venv (with TensorFlow), runs ruff, mypy and the test suite
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -25,6 +25,7 @@ demo: $(VENV)/.base
 
 test: $(VENV)/.full
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
 lint: $(VENV)/.base

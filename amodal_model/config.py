@@ -7,6 +7,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from shapesgen.config import reject_unknown_fields
 from shapesgen.errors import ConfigError
 
 Backbone = Literal["xception", "mobilenetv2", "tiny"]
@@ -90,10 +91,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown train config field(s) {unknown}: allowed are {sorted(known)}")
+        reject_unknown_fields(cls, data, "train config")
         return cls(**data)
 
     def replace(self, **changes: Any) -> TrainConfig:

@@ -26,6 +26,14 @@ def _fail(name: str, value: object, allowed: str) -> ConfigError:
     return ConfigError(f"{name}={value!r} is invalid: {allowed}")
 
 
+def reject_unknown_fields(cls: type, data: dict[str, Any], label: str) -> None:
+    """One clear error for keys that are not fields of the dataclass ``cls``."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"unknown {label} field(s) {unknown}: allowed are {sorted(known)}")
+
+
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -195,10 +203,7 @@ class SceneConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SceneConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown config field(s) {unknown}: allowed are {sorted(known)}")
+        reject_unknown_fields(cls, data, "config")
         values = dict(data)
         if "shapes" in values:
             values["shapes"] = tuple(

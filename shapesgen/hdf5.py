@@ -112,6 +112,8 @@ class DatasetWriter:
         attrs["package_version"] = _package_version()
         attrs["config"] = config.to_json()
         attrs["storage"] = storage.to_json()
+        if config.seed is None:
+            raise ConfigError("seed=None is invalid here: a file records the seed it was rendered with")
         attrs["seed"] = np.int64(config.seed)
         attrs["class_names"] = json.dumps(list(config.class_names))
         attrs["num_scenes"] = np.int64(num_scenes)

@@ -21,6 +21,28 @@ def invoke(*args: str) -> Any:
     return runner.invoke(app, [str(a) for a in args])
 
 
+def render_small(out: Path, *extra: object, layers: int, num: int, seed: int) -> Any:
+    """``shapesgen render`` of a small 64 px dataset, 2 instances per class."""
+    return invoke(
+        "render",
+        "--instances",
+        2,
+        "--layers",
+        layers,
+        "--num",
+        num,
+        "--seed",
+        seed,
+        "--image-size",
+        64,
+        "--mask-size",
+        32,
+        "--out",
+        out,
+        *extra,
+    )
+
+
 def test_render_passes_exactly_the_built_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     received: dict[str, Any] = {}
 
@@ -80,24 +102,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str], needl
 
 def test_render_info_validate_preview_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "data" / "s.h5"
-    result = invoke(
-        "render",
-        "--instances",
-        2,
-        "--layers",
-        3,
-        "--num",
-        6,
-        "--seed",
-        3,
-        "--image-size",
-        64,
-        "--mask-size",
-        32,
-        "--out",
-        out,
-        "--quiet",
-    )
+    result = render_small(out, "--quiet", layers=3, num=6, seed=3)
     assert result.exit_code == 0, result.output
     again = invoke("render", "--num", 6, "--out", out, "--quiet")
     assert again.exit_code == 2 and "--force" in again.output
@@ -143,26 +148,7 @@ def test_validation_failure_exits_1(tiny_dataset: Path, tmp_path: Path) -> None:
 
 def test_export_and_evaluate_end_to_end(tmp_path: Path) -> None:
     data = tmp_path / "p.h5"
-    result = invoke(
-        "render",
-        "--instances",
-        2,
-        "--layers",
-        2,
-        "--num",
-        5,
-        "--seed",
-        1,
-        "--image-size",
-        64,
-        "--mask-size",
-        32,
-        "--out",
-        data,
-        "--coco",
-        tmp_path / "share",
-        "--quiet",
-    )
+    result = render_small(data, "--coco", tmp_path / "share", "--quiet", layers=2, num=5, seed=1)
     assert result.exit_code == 0, result.output
     assert (tmp_path / "share" / "annotations.json").exists() and (tmp_path / "share" / "SHA256SUMS").exists()
     cocoa = invoke("export", "coco", data, "--out", tmp_path / "cocoa", "--style", "cocoa", "--quiet")
@@ -186,3 +172,61 @@ def test_export_and_evaluate_end_to_end(tmp_path: Path) -> None:
     assert "resized" in scored.output  # the export is at image resolution (64 px)
     neither = invoke("evaluate", "--gt", data)
     assert neither.exit_code == 2 and "exactly one of --dt" in neither.output
+
+
+def test_train_builds_the_config_from_preset_and_options(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import amodal_model.train
+    from amodal_model.config import TRAIN_PRESETS
+
+    received: dict[str, Any] = {}
+
+    def fake(source: str, out: Path, config: Any, **kwargs: Any) -> Path:
+        received.update(source=source, out=out, config=config, **kwargs)
+        return Path(out)
+
+    monkeypatch.setattr(amodal_model.train, "train", fake)
+    result = invoke(
+        "train",
+        "--train",
+        "render:paper,instances=6",
+        "--out",
+        tmp_path / "r",
+        "--preset",
+        "cpu",
+        "--epochs",
+        7,
+        "--hinge",
+        "linear",
+        "--distance-scope",
+        "all",
+        "--reg-weight",
+        1.0,
+        "-q",
+    )
+    assert result.exit_code == 0, result.output
+    assert received["config"] == TRAIN_PRESETS["cpu"].replace(
+        epochs=7, hinge="linear", distance_scope="all", reg_weight=1.0
+    )
+    assert received["source"] == "render:paper,instances=6" and received["resume"] is False
+    bad = invoke("train", "--train", "x.h5", "--out", tmp_path / "r", "--hinge", "cubic")
+    assert bad.exit_code == 2 and "hinge='cubic'" in bad.output
+    monkeypatch.undo()
+    missing = invoke("train", "--train", tmp_path / "none.h5", "--out", tmp_path / "r2")
+    assert missing.exit_code == 2 and "no such file" in missing.output
+    weights = invoke("train", "--train", "x.h5", "--out", tmp_path / "r", "--backbone-weights", tmp_path / "w.h5")
+    assert weights.exit_code == 2 and "no such file" in weights.output
+
+
+def test_render_starts_from_a_config_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    received: dict[str, Any] = {}
+    monkeypatch.setattr(
+        shapesgen.render, "render_dataset", lambda config, out, **kw: received.update(config=config) or out
+    )
+    config = SceneConfig(image_size=128, mask_size=32, instances_per_class=4, layers=3, seed=9)
+    (tmp_path / "c.json").write_text(config.to_json())
+    result = invoke("render", "--config", tmp_path / "c.json", "--layers", 4, "--out", tmp_path / "x.h5", "-q")
+    assert result.exit_code == 0, result.output
+    assert received["config"] == config.replace(layers=4)
+    (tmp_path / "bad.json").write_text('{"image_size": 64, "colour": 1}')
+    bad = invoke("render", "--config", tmp_path / "bad.json", "--out", tmp_path / "y.h5")
+    assert bad.exit_code == 2 and "unknown config field(s) ['colour']" in bad.output
