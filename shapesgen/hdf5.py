@@ -93,6 +93,9 @@ class DatasetWriter:
 
     def __init__(self, path: Path, config: SceneConfig, storage: StorageConfig, num_scenes: int) -> None:
         self.path = path
+        if config.seed is None:
+            raise ConfigError("seed=None is invalid here: a file records the seed it was rendered with")
+        self.seed: int = config.seed
         self.config = config
         try:
             self.file = h5py.File(path, "a")
@@ -112,9 +115,7 @@ class DatasetWriter:
         attrs["package_version"] = _package_version()
         attrs["config"] = config.to_json()
         attrs["storage"] = storage.to_json()
-        if config.seed is None:
-            raise ConfigError("seed=None is invalid here: a file records the seed it was rendered with")
-        attrs["seed"] = np.int64(config.seed)
+        attrs["seed"] = np.int64(self.seed)
         attrs["class_names"] = json.dumps(list(config.class_names))
         attrs["num_scenes"] = np.int64(num_scenes)
         attrs["scenes_written"] = np.int64(0)

@@ -91,11 +91,12 @@ def _batches(
                 future.cancel()
 
 
-def _read_partial_header(path: Path) -> tuple[SceneConfig, int]:
+def _read_partial_header(path: Path) -> tuple[SceneConfig, int, StorageConfig]:
     try:
         with h5py.File(path, "r") as file:
-            return SceneConfig.from_json(str(file.attrs["config"])), int(file.attrs["num_scenes"])
-    except (OSError, KeyError, ConfigError) as exc:
+            storage = StorageConfig(**json.loads(str(file.attrs["storage"])))
+            return SceneConfig.from_json(str(file.attrs["config"])), int(file.attrs["num_scenes"]), storage
+    except (OSError, KeyError, ConfigError, json.JSONDecodeError, TypeError) as exc:
         raise DatasetError(
             f"{path}: the interrupted render cannot be read ({exc}); delete it or pass --force"
         ) from None
@@ -143,7 +144,7 @@ def render_dataset(
     _prepare_output(out)
 
     if resume and partial.exists():
-        file_config, file_scenes = _read_partial_header(partial)
+        file_config, file_scenes, storage = _read_partial_header(partial)  # chunks must match its filters
         if config.seed is None:
             config = config.replace(seed=file_config.seed)
         if file_config != config:

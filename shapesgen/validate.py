@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 
 import numpy as np
@@ -12,8 +11,6 @@ from shapesgen.hdf5 import ShapesDataset, checksums, scene_digests
 from shapesgen.raster import layer_maps
 from shapesgen.scene import Scene, render_scene
 from shapesgen.schema import DATASETS, OFFSETS
-
-Check = Callable[[bool, str], None]
 
 
 def _check(condition: bool | np.bool_, message: str) -> None:
@@ -144,8 +141,3 @@ def validate_dataset(
         if progress:
             progress(index + 1, n)
     return n
-
-
-def dataset_checksums(ds: ShapesDataset) -> dict[str, str]:
-    """The recorded checksums, parsed."""
-    return dict(json.loads(str(ds.file.attrs["checksums"])))

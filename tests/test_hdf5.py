@@ -84,6 +84,23 @@ def test_interrupted_render_leaves_no_output_and_resumes_to_the_same_data(
         assert a.attrs["checksums"] == b.attrs["checksums"]
 
 
+def test_resume_keeps_the_files_storage_settings(tmp_path: Path, tiny_config: SceneConfig) -> None:
+    out = tmp_path / "raw.h5"
+    with pytest.raises(RenderInterrupted):
+        render_dataset(
+            tiny_config,
+            out,
+            num_scenes=6,
+            storage=StorageConfig(compression_level=0, batch_scenes=2),
+            progress=interrupt_after(2),
+        )
+    render_dataset(tiny_config, out, num_scenes=6, resume=True)  # default storage asks for gzip 1
+    with open_dataset(out) as ds:
+        assert ds.images.compression is None
+        assert np.array_equal(ds[5].image, render_scene(tiny_config, 5).image)
+        assert np.array_equal(ds[5].amodal_masks, render_scene(tiny_config, 5).amodal_masks)
+
+
 def test_resume_with_a_drawn_seed_keeps_that_seed(tmp_path: Path, tiny_config: SceneConfig) -> None:
     unseeded = tiny_config.replace(seed=None)
     out = tmp_path / "drawn.h5"
