@@ -33,6 +33,24 @@ out = Console()
 T = TypeVar("T")
 
 
+def _version(value: bool) -> None:
+    if value:
+        from shapesgen import __version__
+        from shapesgen.schema import FORMAT_VERSION
+
+        out.print(f"shapesgen {__version__} (HDF5 format {FORMAT_VERSION})")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Occlusion scenes with exact amodal ground truth and N-layer masks."""
+
+
 def run(call: Callable[[], T]) -> T:
     """Run a library call; its errors become one clean line and an exit code."""
     try:

@@ -230,3 +230,8 @@ def test_render_starts_from_a_config_file(monkeypatch: pytest.MonkeyPatch, tmp_p
     (tmp_path / "bad.json").write_text('{"image_size": 64, "colour": 1}')
     bad = invoke("render", "--config", tmp_path / "bad.json", "--out", tmp_path / "y.h5")
     assert bad.exit_code == 2 and "unknown config field(s) ['colour']" in bad.output
+
+
+def test_version() -> None:
+    result = invoke("--version")
+    assert result.exit_code == 0 and "shapesgen 0.1.0 (HDF5 format 1.0)" in result.output
