@@ -20,6 +20,7 @@ from amodal_model.data import Source, hdf5_batches, live_batches, open_source, t
 from amodal_model.loss import total_loss
 from amodal_model.model import DataSpec, build_model
 from amodal_model.predict import MODEL_FILE, SCENE_CONFIG_FILE, TRAIN_CONFIG_FILE, predict_hdf5
+from shapesgen.config import SceneConfig
 from shapesgen.errors import ConfigError, DatasetError, ShapesgenError
 from shapesgen.evaluate import GroundTruth, evaluate, load_ground_truth
 from shapesgen.hdf5 import open_dataset
@@ -45,6 +46,7 @@ class Callbacks:
 
 
 def steps_per_epoch(config: TrainConfig, source: Source) -> int:
+    """Configured steps, else one pass over a file or 1000 live images per epoch."""
     if config.steps_per_epoch is not None:
         return config.steps_per_epoch
     if source.live:
@@ -64,6 +66,12 @@ def _prepare_run_dir(out: Path, config: TrainConfig, source: Source, resume: boo
             diff = {k: v for k, v in asked.items() if saved[k] != v and k != "epochs"}
             if diff:
                 raise ConfigError(f"--resume: {out} was trained with other settings (now asked: {diff})")
+            trained_on = DataSpec.from_scene(SceneConfig.from_json((out / SCENE_CONFIG_FILE).read_text()))
+            if trained_on != DataSpec.from_scene(source.scene_config):
+                raise ConfigError(
+                    f"--resume: the training data's shapes {DataSpec.from_scene(source.scene_config)} differ "
+                    f"from the run's {trained_on}"
+                )
             marker.write_text(json.dumps(asked, indent=2) + "\n")
             return
         if not force:

@@ -224,6 +224,8 @@ def test_resume_continues_from_the_checkpoint(tiny_train_data, tmp_path: Path) -
     with pytest.raises(ConfigError, match="other settings"):
         train(train_path, run_dir, config.replace(epochs=3, learning_rate=0.5), resume=True)
     train(train_path, run_dir, config.replace(epochs=3), resume=True)  # resuming may extend the schedule
+    with pytest.raises(ConfigError, match="shapes"):
+        train("render:paper,instances=2,layers=3", run_dir, config.replace(epochs=4), resume=True)
     epochs = [line.split(",")[0] for line in (run_dir / "metrics.csv").read_text().splitlines()[1:]]
     assert epochs == ["1", "2", "3"]
 
