@@ -17,6 +17,7 @@ from amodal_model.data import hdf5_batches, to_model_input
 from shapesgen.coco import encode_rle
 from shapesgen.config import SceneConfig
 from shapesgen.errors import ConfigError, DatasetError
+from shapesgen.files import write_atomically
 from shapesgen.hdf5 import open_dataset
 
 MODEL_FILE = "model.keras"
@@ -109,16 +110,7 @@ def predict_hdf5(
 
 def write_results(records: list[dict[str, Any]], path: str | Path) -> Path:
     """COCO results JSON, written atomically."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".partial")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(records, separators=(",", ":")) + "\n")
-        tmp.replace(path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise DatasetError(f"--out {path}: cannot write ({exc.strerror})") from None
-    return path
+    return write_atomically(path, (json.dumps(records, separators=(",", ":")) + "\n").encode())
 
 
 def predict_run(

@@ -6,6 +6,7 @@ their exit code (2 for bad input, 1 for a failed validation, 130 for Ctrl-C).
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 from collections.abc import Callable, Iterator
@@ -20,6 +21,7 @@ from rich.table import Table
 
 from shapesgen import ShapesgenError
 from shapesgen.config import PRESET_HELP, PRESETS, StorageConfig, build_config, load_config, parse_pair, parse_sizes
+from shapesgen.files import write_atomically
 
 app = typer.Typer(
     name="shapesgen",
@@ -249,28 +251,22 @@ def preview(
     start: Annotated[int, typer.Option(help="First scene index.")] = 0,
 ) -> None:
     """Write a PNG grid: image | layer 1..N instance maps | amodal outlines."""
-    from shapesgen.errors import ConfigError, DatasetError
+    from shapesgen.errors import ConfigError
     from shapesgen.hdf5 import open_dataset
     from shapesgen.preview import preview_grid
 
     def call() -> Path:
         if count < 1:
             raise ConfigError(f"--count={count} is invalid: must be >= 1")
+        if out_path.suffix.lower() != ".png":
+            raise ConfigError(f"--out {out_path}: the preview is a PNG, give a path ending in .png")
         with open_dataset(path) as ds:
             if not 0 <= start < len(ds):
                 raise ConfigError(f"--start={start} is invalid: the dataset has scenes 0..{len(ds) - 1}")
             grid = preview_grid(ds, count, start)
-        if out_path.suffix.lower() != ".png":
-            raise ConfigError(f"--out {out_path}: the preview is a PNG, give a path ending in .png")
-        tmp = out_path.with_name(out_path.name + ".partial")
-        try:
-            out_path.parent.mkdir(parents=True, exist_ok=True)
-            grid.save(tmp, format="PNG")
-            tmp.replace(out_path)
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            raise DatasetError(f"--out {out_path}: cannot write ({exc.strerror})") from None
-        return out_path
+        png = io.BytesIO()
+        grid.save(png, format="PNG")
+        return write_atomically(out_path, png.getvalue())
 
     written = run(call)
     err.print(f"wrote {written}")
@@ -364,27 +360,13 @@ def evaluate(
         metrics["ground_truth_path"] = str(gt)
         metrics["predictions"] = f"oracle K={oracle_layers}" if oracle_layers is not None else str(dt)
         if json_out is not None:
-            write_json(json_out, metrics)
+            write_atomically(json_out, (json.dumps(metrics, indent=2) + "\n").encode())
         return metrics
 
     metrics = run(call)
     for warning in warnings:
         err.print(f"[yellow]warning:[/] {warning}", highlight=False)
     _print_metrics(metrics)
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically (temporary file, then rename)."""
-    from shapesgen.errors import DatasetError
-
-    tmp = path.with_name(path.name + ".partial")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
-        tmp.replace(path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise DatasetError(f"{path}: cannot write ({exc.strerror})") from None
 
 
 def _fmt(value: float) -> str:

@@ -21,7 +21,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from shapesgen.errors import ConfigError, DatasetError
-from shapesgen.geometry import visible_geometry
+from shapesgen.geometry import front_overlaps, visible_geometry
 from shapesgen.hdf5 import ShapesDataset, open_dataset
 from shapesgen.raster import layer_maps, rasterize_convex
 from shapesgen.scene import Scene
@@ -117,9 +117,7 @@ def _polygon_lists(shapes: np.ndarray, scale: float) -> list[list[list[float]] |
 
 def _occluders(amodal: np.ndarray, depth: np.ndarray) -> list[list[int]]:
     """Per instance: indices of instances in front that overlap it with positive area."""
-    hit, other = shapely.STRtree(amodal).query(amodal, predicate="intersects")
-    keep = depth[other] < depth[hit]
-    hit, other = hit[keep], other[keep]
+    hit, other = front_overlaps(amodal, depth)
     overlap = shapely.area(shapely.intersection(amodal[hit], amodal[other])) > 0
     result: list[list[int]] = [[] for _ in range(len(amodal))]
     for h, o in zip(hit[overlap].tolist(), other[overlap].tolist(), strict=True):
@@ -138,10 +136,11 @@ def scene_annotations(
     depth = table["depth"].astype(np.int64)
     first_row = int(ds.instance_offsets[scene.index])
     amodal_geometry = scene_polygons(scene)
-    visible_shapes = visible_geometry(amodal_geometry, depth)
     amodal_masks, visible_masks = masks_at(scene, export.resolution, config.image_size)
     amodal_rle, visible_rle = encode_rle(amodal_masks), encode_rle(visible_masks)
+    invisible_rle = encode_rle(amodal_masks & ~visible_masks)
     if export.segmentation == "polygon":
+        visible_shapes = visible_geometry(amodal_geometry, depth)
         amodal_poly, visible_poly = _polygon_lists(amodal_geometry, scale), _polygon_lists(visible_shapes, scale)
     occluders = _occluders(amodal_geometry, depth)
     image = {
@@ -170,7 +169,7 @@ def scene_annotations(
                 "bbox": [round(float(v) / scale, 4) for v in row["bbox"]],
                 "iscrowd": 0,
                 "visible_mask": visible_seg,
-                "invisible_mask": encode_rle(amodal_masks[j : j + 1] & ~visible_masks[j : j + 1])[0],
+                "invisible_mask": invisible_rle[j],
                 "visible_area": round(float(row["visible_area"]) / scale**2, 4),
                 "visible_bbox": [round(float(v) / scale, 4) for v in row["visible_bbox"]],
                 "occlude_rate": round(float(row["occlusion_rate"]), 6),

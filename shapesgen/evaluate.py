@@ -25,23 +25,15 @@ from pycocotools.cocoeval import COCOeval
 from shapesgen.coco import decode_segmentation, encode_rle
 from shapesgen.errors import ConfigError, DatasetError
 from shapesgen.hdf5 import open_dataset
+from shapesgen.stats import OCCLUSION_BANDS, occlusion_band
 
-BANDS: dict[str, tuple[float, float]] = {
-    "none": (-math.inf, 1e-5),
-    "partial": (1e-5, 0.25),
-    "heavy": (0.25, math.inf),
-}
 MAX_DETS = (1, 10, 100, 1000)
 SCENE_BLOCK = 256
 
 
 def in_band(rate: float, band: str) -> bool:
-    """The paper's bands: none <= 1e-5 < partial < 0.25 <= heavy."""
-    if band == "none":
-        return rate <= 1e-5
-    if band == "partial":
-        return 1e-5 < rate < 0.25
-    return rate >= 0.25
+    """Whether an occlusion rate falls in a band (see :func:`shapesgen.stats.occlusion_band`)."""
+    return bool(occlusion_band(np.array([rate]))[0] == band)
 
 
 @dataclass
@@ -257,34 +249,33 @@ def _coco(images: list[dict[str, Any]], annotations: list[dict[str, Any]], categ
     return coco
 
 
+def _valid_mean(values: np.ndarray) -> float:
+    """Mean of the entries COCOeval filled (> -1), or -1 when there are none, as COCO reports."""
+    valid = values[values > -1]
+    return float(valid.mean()) if valid.size else -1.0
+
+
 def _summary(evaluator: COCOeval) -> dict[str, float]:
     """AP over IoU 0.5:0.95 at the largest maxDets, AP50, AP75, AR at 100 detections."""
     precision = evaluator.eval["precision"][:, :, :, 0, -1]
     recall = evaluator.eval["recall"][:, :, 0, MAX_DETS.index(100)]
     thresholds = evaluator.params.iouThrs
-
-    def mean(values: np.ndarray) -> float:
-        valid = values[values > -1]
-        return float(valid.mean()) if valid.size else -1.0
-
     return {
-        "AP": mean(precision),
-        "AP50": mean(precision[np.isclose(thresholds, 0.5)]),
-        "AP75": mean(precision[np.isclose(thresholds, 0.75)]),
-        "AR100": mean(recall),
+        "AP": _valid_mean(precision),
+        "AP50": _valid_mean(precision[np.isclose(thresholds, 0.5)]),
+        "AP75": _valid_mean(precision[np.isclose(thresholds, 0.75)]),
+        "AR100": _valid_mean(recall),
     }
 
 
 def _per_class(evaluator: COCOeval, categories: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    out = {}
-    for k, category in enumerate(categories):
-        precision = evaluator.eval["precision"][:, :, k, 0, -1]
-        recall = evaluator.eval["recall"][:, k, 0, MAX_DETS.index(100)]
-        out[category["name"]] = {
-            "AP": float(precision[precision > -1].mean()) if (precision > -1).any() else -1.0,
-            "AR100": float(recall[recall > -1].mean()) if (recall > -1).any() else -1.0,
+    return {
+        category["name"]: {
+            "AP": _valid_mean(evaluator.eval["precision"][:, :, k, 0, -1]),
+            "AR100": _valid_mean(evaluator.eval["recall"][:, k, 0, MAX_DETS.index(100)]),
         }
-    return out
+        for k, category in enumerate(categories)
+    }
 
 
 def _with_boxes(detections: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -319,7 +310,8 @@ def evaluate(
     gt: GroundTruth, detections: list[dict[str, Any]], *, per_class: bool = False, bands: bool = True
 ) -> dict[str, Any]:
     """The paper's metric table: overall AP/AP50/AP75/AR100 and AR (and AP) per band."""
-    counts = {band: sum(in_band(a["occlusion_rate"], band) for a in gt.annotations) for band in BANDS}
+    band_of = occlusion_band(np.array([a["occlusion_rate"] for a in gt.annotations], dtype=np.float64))
+    counts = {band: int((band_of == band).sum()) for band in OCCLUSION_BANDS}
     empty = {"AP": 0.0, "AP50": 0.0, "AP75": 0.0, "AR100": 0.0}
     evaluator = _run(gt, gt.annotations, detections, use_cats=False)
     result: dict[str, Any] = {
@@ -329,8 +321,8 @@ def evaluate(
         "detections": len(detections),
     }
     if bands:
-        for band in BANDS:
-            annotations = [dict(a, iscrowd=0 if in_band(a["occlusion_rate"], band) else 1) for a in gt.annotations]
+        for band in OCCLUSION_BANDS:
+            annotations = [dict(a, iscrowd=int(b != band)) for a, b in zip(gt.annotations, band_of, strict=True)]
             band_eval = _run(gt, annotations, detections, use_cats=False)
             if band_eval is not None:
                 result["bands"][band] = _summary(band_eval)

@@ -78,6 +78,15 @@ def clip_to_frame(shapes: np.ndarray, image_size: int) -> np.ndarray:
     return shapely.clip_by_rect(shapes, 0.0, 0.0, float(image_size), float(image_size))
 
 
+def front_overlaps(amodal: np.ndarray, depth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs (instance, intersecting instance in front of it), sorted by both indices."""
+    hit, other = shapely.STRtree(amodal).query(amodal, predicate="intersects")
+    in_front = depth[other] < depth[hit]
+    hit, other = hit[in_front], other[in_front]
+    order = np.lexsort((other, hit))
+    return hit[order], other[order]
+
+
 def visible_geometry(amodal: np.ndarray, depth: np.ndarray) -> np.ndarray:
     """Exact visible part of each instance: its amodal polygon minus all in front.
 
@@ -86,11 +95,7 @@ def visible_geometry(amodal: np.ndarray, depth: np.ndarray) -> np.ndarray:
     instance's k-th front neighbour at once, so overlays stay small and few.
     """
     visible = amodal.copy()
-    hit, other = shapely.STRtree(amodal).query(amodal, predicate="intersects")
-    in_front = depth[other] < depth[hit]
-    hit, other = hit[in_front], other[in_front]
-    order = np.lexsort((other, hit))
-    hit, other = hit[order], other[order]
+    hit, other = front_overlaps(amodal, depth)
     round_of = np.arange(hit.size) - np.searchsorted(hit, hit)
     for k in range(int(round_of.max(initial=-1)) + 1):
         now = round_of == k

@@ -23,6 +23,7 @@ import h5py
 
 from shapesgen.config import MAX_SEED, SceneConfig, StorageConfig
 from shapesgen.errors import ConfigError, DatasetError, ShapesgenError
+from shapesgen.files import partial_path
 from shapesgen.hdf5 import DatasetWriter, EncodedBatch, encode_scenes
 from shapesgen.scene import render_scene
 
@@ -33,11 +34,6 @@ class RenderInterrupted(ShapesgenError):
     """The render was stopped (Ctrl-C); its partial file can be resumed."""
 
     exit_code = 130
-
-
-def partial_path(out: Path) -> Path:
-    """Where a render of ``out`` keeps its unfinished file."""
-    return out.with_name(out.name + ".partial")
 
 
 def resolve_seed(config: SceneConfig) -> SceneConfig:

@@ -8,13 +8,15 @@ import numpy as np
 
 from shapesgen.hdf5 import ShapesDataset
 
-OCCLUSION_BANDS = {"none": (0.0, 1e-5), "partial": (1e-5, 0.25), "heavy": (0.25, 1.0)}
+OCCLUSION_BANDS = ("none", "partial", "heavy")
+NONE_MAX = 1e-5  # rate <= NONE_MAX: not occluded
+HEAVY_MIN = 0.25  # rate >= HEAVY_MIN: heavily occluded; between the two: partial
 SCENE_BLOCK = 256
 
 
 def occlusion_band(rate: np.ndarray) -> np.ndarray:
-    """Band name per occlusion rate, as in the paper's evaluation."""
-    return np.where(rate <= 1e-5, "none", np.where(rate < 0.25, "partial", "heavy"))
+    """Band name per occlusion rate, as in the paper: none <= 1e-5 < partial < 0.25 <= heavy."""
+    return np.where(rate <= NONE_MAX, "none", np.where(rate < HEAVY_MIN, "partial", "heavy"))
 
 
 def summarize(ds: ShapesDataset) -> dict[str, Any]:
