@@ -24,8 +24,10 @@ def rasterize_convex(rings: np.ndarray, size: int, scale: float) -> np.ndarray:
     centres = np.arange(size) + 0.5
     y0c, y1c = y0[:, :, None], y1[:, :, None]
     crosses = (y0c <= centres) != (y1c <= centres)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        x_at = x0[:, :, None] + (centres - y0c) * ((x1 - x0) / (y1 - y0))[:, :, None]
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        inverse_dy = (1.0 / (y1 - y0))[:, :, None]
+        t = (centres - y0c) * inverse_dy  # in [0, 1] on every crossing edge; others are masked below
+        x_at = x0[:, :, None] + t * (x1 - x0)[:, :, None]
     left = np.where(crosses, x_at, np.inf).min(axis=1)
     right = np.where(crosses, x_at, -np.inf).max(axis=1)
     return (left[:, :, None] <= centres) & (centres < right[:, :, None])
