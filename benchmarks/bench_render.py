@@ -56,7 +56,7 @@ def stage_profile(instances: int, scenes: int = 300) -> dict[str, float]:
     totals["render_scene total"] = time.perf_counter() - whole
     whole = time.perf_counter()
     for start in range(0, scenes, 64):
-        render_batch(config, start, min(start + 64, scenes))
+        render_batch(config, start, min(start + 64, scenes), 1)
     totals["render + stack batches"] = time.perf_counter() - whole
     return {key: 1e3 * value / scenes for key, value in totals.items()}
 

@@ -11,6 +11,7 @@ from shapesgen import geometry, raster
 from shapesgen.config import SceneConfig
 from shapesgen.errors import ConfigError
 from shapesgen.schema import INSTANCE_DTYPE
+from shapesgen.visibility import visibility
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,7 @@ def render_scene(config: SceneConfig, index: int) -> Scene:
     rings = geometry.class_rings(config, poses)
     full = geometry.polygons(rings)
     amodal = geometry.clip_to_frame(full, config.image_size)
-    visible = geometry.visible_geometry(amodal, poses.depth)
+    seen = visibility(rings, poses.depth, config.image_size)
 
     m, scale = config.mask_size, config.mask_scale
     amodal_masks = np.concatenate([raster.rasterize_convex(group, m, scale) for group in rings])
@@ -57,7 +58,8 @@ def render_scene(config: SceneConfig, index: int) -> Scene:
     vertices, vertex_offsets = geometry.exterior_rings(amodal)
     table = np.zeros(config.num_instances, dtype=INSTANCE_DTYPE)
     area = shapely.area(amodal)
-    visible_area = np.minimum(shapely.area(visible), area)
+    bbox = geometry.box_xywh(amodal)
+    visible_area = np.where(seen.occluded, np.clip(seen.area, 0.0, area), area)
     full_area = shapely.area(full)
     amodal_px = amodal_masks.sum(axis=(1, 2), dtype=np.int32)
     visible_px = visible_masks.sum(axis=(1, 2), dtype=np.int32)
@@ -71,8 +73,8 @@ def render_scene(config: SceneConfig, index: int) -> Scene:
     table["visible_area"] = visible_area
     table["occlusion_rate"] = np.where(area > 0, 1.0 - visible_area / np.where(area > 0, area, 1.0), 0.0)
     table["truncation"] = 1.0 - area / full_area
-    table["bbox"] = geometry.box_xywh(amodal)
-    table["visible_bbox"] = geometry.box_xywh(visible)
+    table["bbox"] = bbox
+    table["visible_bbox"] = np.where(seen.occluded[:, None], seen.box, bbox)
     table["amodal_pixels"] = amodal_px
     table["visible_pixels"] = visible_px
     table["pixel_occlusion_rate"] = 1.0 - visible_px / np.maximum(amodal_px, 1)

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import shapely
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shapesgen import SceneConfig, render_scene
 from shapesgen.config import shape_specs
-from shapesgen.geometry import visible_geometry
+from shapesgen.geometry import box_xywh, clip_to_frame, visible_geometry
 from shapesgen.raster import layer_maps, rasterize_convex
 from shapesgen.shapes import SHAPE_KINDS
+from shapesgen.visibility import boundary_visibility, solid_box, visibility
 
 
 @st.composite
@@ -112,6 +114,96 @@ def test_visible_geometry_equals_difference_with_the_union_in_front(config: Scen
         expected = amodal[i].difference(shapely.union_all(in_front)) if len(in_front) else amodal[i]
         assert abs(visible[i].area - expected.area) <= 1e-6 * max(1.0, amodal[i].area)
     assert np.allclose(shapely.area(visible), scene.instances["visible_area"], atol=1e-6)
+    assert np.allclose(box_xywh(visible), scene.instances["visible_bbox"], atol=1e-9)
+
+
+def reference_visibility(rings: list[np.ndarray], depth: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Visible areas and geometry by GEOS: frame-clipped polygon minus the union in front."""
+    amodal = clip_to_frame(np.array([shapely.Polygon(r) for g in rings for r in g], dtype=object), size)
+    visible = [amodal[i].difference(shapely.union_all(amodal[depth < depth[i]])) for i in range(len(depth))]
+    return shapely.area(visible), np.array(visible, dtype=object)
+
+
+def corners(box: np.ndarray) -> np.ndarray:
+    return np.concatenate([box[:, :2], box[:, :2] + box[:, 2:]], axis=1)
+
+
+def assert_box_between(box: np.ndarray, visible: np.ndarray) -> None:
+    """The box covers every visible part with area and no more than all of GEOS's parts.
+
+    Overlays leave zero-area slivers where rounding cuts, so the exact box lies between
+    the box of the solid parts and the box of everything GEOS returns.
+    """
+    solid = solid_box(visible)
+    ours, inner, outer = corners(box), corners(solid), corners(box_xywh(visible))
+    has_solid, seen, tol = solid[:, 2:].all(axis=1), box[:, 2:].any(axis=1), 1e-7
+    assert np.all(ours[has_solid, :2] <= inner[has_solid, :2] + tol)
+    assert np.all(ours[has_solid, 2:] >= inner[has_solid, 2:] - tol)
+    assert np.all(ours[seen, :2] >= outer[seen, :2] - tol)
+    assert np.all(ours[seen, 2:] <= outer[seen, 2:] + tol)
+
+
+def positive_ring(hull: shapely.Geometry) -> np.ndarray:
+    ring = np.asarray(shapely.orient_polygons(hull).exterior.coords)[:-1]
+    return ring
+
+
+# grid points make exact degeneracies (shared sides and vertices, sides on the frame);
+# the others are generic, at a resolution of 2^-20 px so that no detail lies below rounding
+coordinate = st.one_of(
+    st.integers(-20, 148).map(lambda k: k / 2), st.integers(-10 * 2**20, 74 * 2**20).map(lambda k: k / 2**20)
+)
+scene_polygons = st.lists(st.tuples(coordinate, coordinate), min_size=3, max_size=8).map(
+    lambda pts: shapely.convex_hull(shapely.multipoints(pts))
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(hulls=st.lists(scene_polygons, min_size=1, max_size=7), data=st.data())
+def test_visibility_equals_geos_overlays_on_random_convex_polygons(hulls: list, data: st.DataObject) -> None:
+    hulls = [h for h in hulls if isinstance(h, shapely.Polygon) and h.area > 1e-3]
+    if not hulls:
+        return
+    rings = [positive_ring(h)[None] for h in hulls]
+    depth = np.array(data.draw(st.permutations(range(len(rings)))), dtype=np.int64)
+    seen = visibility(rings, depth, 64)
+    area, visible = reference_visibility(rings, depth, 64)
+    assert np.allclose(seen.area, area, rtol=1e-9, atol=1e-7)
+    assert_box_between(seen.box, visible)
+
+
+def test_grazing_crossings_are_measured_by_overlays() -> None:
+    """A side at 1e-9 rad to the frame line: the boundary method declines, GEOS answers."""
+    rings = [np.array([[[0.75, 0.0], [0.0, 1.0], [0.0, 1e-9]]])]
+    assert boundary_visibility(rings, np.array([0]), 64) is None
+    area, visible = reference_visibility(rings, np.array([0]), 64)
+    assert np.allclose(visibility(rings, np.array([0]), 64).area, area, rtol=1e-12)
+
+
+def square(x: float, y: float, side: float) -> np.ndarray:
+    return np.array([[[x, y], [x + side, y], [x + side, y + side], [x, y + side]]])
+
+
+@pytest.mark.parametrize(
+    ("rings", "depth", "area", "occluded"),
+    [
+        ([square(10, 10, 20), square(10, 10, 20)], [0, 1], [400, 0], [False, True]),  # identical: hidden
+        ([square(10, 10, 20), square(30, 10, 20)], [0, 1], [400, 400], [False, False]),  # shared side only
+        ([square(10, 10, 20), square(10, 10, 40)], [0, 1], [400, 1200], [False, True]),  # shared corner sides
+        ([square(15, 15, 5), square(10, 10, 20)], [0, 1], [25, 375], [False, True]),  # a hole
+        ([square(-10, -10, 30), square(0, 0, 30)], [0, 1], [400, 500], [False, True]),  # along the frame
+        ([square(70, 70, 10), square(50, 50, 10)], [0, 1], [0, 100], [False, False]),  # outside the frame
+    ],
+)
+def test_visibility_in_degenerate_layouts(
+    rings: list[np.ndarray], depth: list[int], area: list[float], occluded: list[bool]
+) -> None:
+    seen = visibility(rings, np.array(depth), 64)
+    assert np.allclose(seen.area, area, atol=1e-9)
+    assert seen.occluded.tolist() == occluded
+    expected_area, visible = reference_visibility(rings, np.array(depth), 64)
+    assert np.allclose(seen.area, expected_area, atol=1e-9)
+    assert np.allclose(seen.box, box_xywh(visible), atol=1e-9)
 
 
 def test_scenes_are_pure_functions_of_config_and_index(tiny_config: SceneConfig) -> None:
