@@ -21,7 +21,8 @@ class Poses:
     """Every random draw of one scene, enough to rebuild it exactly.
 
     Instances are in class-major order (all of class 0, then class 1, ...); the
-    instance id used in masks and layers is ``index + 1``.
+    instance id used in masks and layers is ``index + 1``. A batch of scenes stacks
+    them on a leading axis (:func:`stack_poses`).
     """
 
     class_index: np.ndarray  # (n,) int64, 0-based into config.shapes
@@ -41,8 +42,18 @@ def sample_poses(config: SceneConfig, rng: np.random.Generator) -> Poses:
     return Poses(class_index=class_index, anchors=anchors, angles=angles, depth=depth)
 
 
+def stack_poses(poses: list[Poses]) -> Poses:
+    """Several scenes' poses on a leading scene axis."""
+    return Poses(
+        class_index=np.stack([p.class_index for p in poses]),
+        anchors=np.stack([p.anchors for p in poses]),
+        angles=np.stack([p.angles for p in poses]),
+        depth=np.stack([p.depth for p in poses]),
+    )
+
+
 def class_rings(config: SceneConfig, poses: Poses) -> list[np.ndarray]:
-    """Full (unclipped) vertex rings per class, each ``(instances_per_class, V, 2)``.
+    """Full (unclipped) vertex rings per class, each ``(..., instances_per_class, V, 2)``.
 
     ``anchor='corner'`` (reference code): the template's box corner sits at the anchor
     and the shape rotates about it; circles are not rotated. ``anchor='center'``:
@@ -56,21 +67,21 @@ def class_rings(config: SceneConfig, poses: Poses) -> list[np.ndarray]:
         local = kind.template(config.circle_segments) * (np.array([width, height]) * config.image_size)
         if config.anchor == "center":
             local = local - np.array([width, height]) * (config.image_size / 2.0)
-        anchors = poses.anchors[c * k : (c + 1) * k]
+        anchors = poses.anchors[..., c * k : (c + 1) * k, :]
         if kind.rotation_invariant:
-            rings.append(local[None, :, :] + anchors[:, None, :])
+            rings.append(local + anchors[..., None, :])
             continue
-        theta = np.deg2rad(poses.angles[c * k : (c + 1) * k])
-        cos, sin = np.cos(theta)[:, None], np.sin(theta)[:, None]
-        x, y = local[None, :, 0], local[None, :, 1]
+        theta = np.deg2rad(poses.angles[..., c * k : (c + 1) * k])
+        cos, sin = np.cos(theta)[..., None], np.sin(theta)[..., None]
+        x, y = local[:, 0], local[:, 1]
         rotated = np.stack([x * cos - y * sin, x * sin + y * cos], axis=-1)
-        rings.append(rotated + anchors[:, None, :])
+        rings.append(rotated + anchors[..., None, :])
     return rings
 
 
 def polygons(rings: list[np.ndarray]) -> np.ndarray:
-    """Shapely polygons, one per instance, in instance order."""
-    return np.concatenate([shapely.polygons(group) for group in rings])
+    """Shapely polygons, one per instance, in instance order (``(..., n)``)."""
+    return np.concatenate([shapely.polygons(group) for group in rings], axis=-1)
 
 
 def clip_to_frame(shapes: np.ndarray, image_size: int) -> np.ndarray:

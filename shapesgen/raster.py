@@ -16,12 +16,20 @@ def rasterize_convex(rings: np.ndarray, size: int, scale: float) -> np.ndarray:
     """Masks ``(k, size, size)`` of convex polygons ``rings`` ``(k, V, 2)`` in image px.
 
     Scanline form: on each row the polygon covers one interval between its two edge
-    crossings, so the work is ``k * V * size`` plus one comparison per pixel.
+    crossings. Only a window of rows as tall as the tallest polygon is scanned, so
+    the work is ``k * V * rows`` plus one comparison per pixel of the window.
     """
     q = np.concatenate([rings, rings[:, :1]], axis=1) / scale
     x0, y0 = q[:, :-1, 0], q[:, :-1, 1]
     x1, y1 = q[:, 1:, 0], q[:, 1:, 1]
-    centres = np.arange(size) + 0.5
+    out = np.zeros((len(rings), size, size), dtype=bool)
+    first = np.clip(np.ceil(y0.min(axis=1) - 0.5), 0, size).astype(np.int64)
+    stop = np.clip(np.floor(y0.max(axis=1) - 0.5) + 1, 0, size).astype(np.int64)
+    span = int((stop - first).max(initial=0))
+    if span <= 0:
+        return out
+    rows = np.minimum(first, size - span)[:, None] + np.arange(span)  # (k, span), inside the mask
+    centres = (rows + 0.5)[:, None, :]
     y0c, y1c = y0[:, :, None], y1[:, :, None]
     crosses = (y0c <= centres) != (y1c <= centres)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
@@ -30,7 +38,9 @@ def rasterize_convex(rings: np.ndarray, size: int, scale: float) -> np.ndarray:
         x_at = x0[:, :, None] + t * (x1 - x0)[:, :, None]
     left = np.where(crosses, x_at, np.inf).min(axis=1)
     right = np.where(crosses, x_at, -np.inf).max(axis=1)
-    return (left[:, :, None] <= centres) & (centres < right[:, :, None])
+    columns = np.arange(size) + 0.5
+    out[np.arange(len(rings))[:, None], rows] = (left[:, :, None] <= columns) & (columns < right[:, :, None])
+    return out
 
 
 def layer_maps(amodal: np.ndarray, depth: np.ndarray, layers: int) -> np.ndarray:

@@ -25,7 +25,7 @@ from shapesgen.config import MAX_SEED, SceneConfig, StorageConfig
 from shapesgen.errors import ConfigError, DatasetError, ShapesgenError
 from shapesgen.files import partial_path
 from shapesgen.hdf5 import DatasetWriter, EncodedBatch, encode_scenes
-from shapesgen.scene import render_scene
+from shapesgen.scene import render_scenes
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -45,7 +45,7 @@ def resolve_seed(config: SceneConfig) -> SceneConfig:
 
 def render_batch(config: SceneConfig, start: int, stop: int, compression_level: int) -> EncodedBatch:
     """Scenes ``start..stop-1``, compressed and hashed, ready for one write."""
-    return encode_scenes([render_scene(config, index) for index in range(start, stop)], compression_level)
+    return encode_scenes(render_scenes(config, range(start, stop)), compression_level)
 
 
 def _pool_context() -> BaseContext:

@@ -1,7 +1,8 @@
-"""One scene as a pure function of (config, index)."""
+"""One scene as a pure function of (config, index), rendered alone or in a batch."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,57 +37,83 @@ def scene_rng(seed: int, index: int) -> np.random.Generator:
 
 def render_scene(config: SceneConfig, index: int) -> Scene:
     """Render scene ``index`` of the dataset defined by ``config`` (its seed must be set)."""
+    return render_scenes(config, [index])[0]
+
+
+def render_scenes(config: SceneConfig, indices: Sequence[int]) -> list[Scene]:
+    """Render several scenes at once; each equals ``render_scene(config, index)`` bit for bit.
+
+    Geometry, visibility, masks and tables are computed for the whole batch in
+    vectorised calls (every per-scene quantity only ever combines values of its own
+    scene, in the same order), which amortises NumPy's per-call cost over the batch.
+    """
     if config.seed is None:
         raise ConfigError("seed=None is invalid here: resolve a seed before rendering scenes")
-    if index < 0:
-        raise ConfigError(f"index={index} is invalid: must be >= 0")
-    poses = geometry.sample_poses(config, scene_rng(config.seed, index))
-    rings = geometry.class_rings(config, poses)
-    full = geometry.polygons(rings)
+    if any(index < 0 for index in indices):
+        raise ConfigError(f"index={min(indices)} is invalid: must be >= 0")
+    if not indices:
+        return []
+    count, n = len(indices), config.num_instances
+    poses = geometry.stack_poses([geometry.sample_poses(config, scene_rng(config.seed, i)) for i in indices])
+    rings = geometry.class_rings(config, poses)  # per class: (count, k, V, 2)
+    full = geometry.polygons(rings).reshape(-1)
     amodal = geometry.clip_to_frame(full, config.image_size)
     seen = visibility(rings, poses.depth, config.image_size)
 
     m, scale = config.mask_size, config.mask_scale
-    amodal_masks = np.concatenate([raster.rasterize_convex(group, m, scale) for group in rings])
-    layers = raster.layer_maps(amodal_masks, poses.depth, config.layers)
-    class_of_id = np.concatenate([[0], poses.class_index + 1]).astype(np.uint8)
-    class_layers = class_of_id[layers]
-    visible_masks = layers[0][None, :, :] == np.arange(1, config.num_instances + 1)[:, None, None]
-    flat_rings = [ring for group in rings for ring in group]
-    image = raster.draw_outlines(flat_rings, poses.depth, config.image_size, config.outline_pixels, config.channels)
-
+    amodal_masks = np.concatenate(
+        [raster.rasterize_convex(g.reshape(-1, *g.shape[-2:]), m, scale).reshape(count, -1, m, m) for g in rings],
+        axis=1,
+    )
+    layers = np.stack([raster.layer_maps(amodal_masks[b], poses.depth[b], config.layers) for b in range(count)])
+    class_of_id = np.concatenate([[0], np.arange(config.num_classes).repeat(config.instances_per_class) + 1])
+    class_layers = class_of_id.astype(np.uint8)[layers]
+    ids = np.arange(1, n + 1)
+    visible_masks = layers[:, :1] == ids[None, :, None, None]
     vertices, vertex_offsets = geometry.exterior_rings(amodal)
-    table = np.zeros(config.num_instances, dtype=INSTANCE_DTYPE)
-    area = shapely.area(amodal)
-    bbox = geometry.box_xywh(amodal)
+
+    area = shapely.area(amodal).reshape(count, n)
+    bbox = geometry.box_xywh(amodal).reshape(count, n, 4)
     visible_area = np.where(seen.occluded, np.clip(seen.area, 0.0, area), area)
-    full_area = shapely.area(full)
-    amodal_px = amodal_masks.sum(axis=(1, 2), dtype=np.int32)
-    visible_px = visible_masks.sum(axis=(1, 2), dtype=np.int32)
-    table["scene"] = index
-    table["id"] = np.arange(1, config.num_instances + 1)
+    full_area = shapely.area(full).reshape(count, n)
+    amodal_px = amodal_masks.sum(axis=(2, 3), dtype=np.int32)
+    visible_px = visible_masks.sum(axis=(2, 3), dtype=np.int32)
+    table = np.zeros((count, n), dtype=INSTANCE_DTYPE)
+    table["scene"] = np.asarray(indices)[:, None]
+    table["id"] = ids
     table["class_id"] = poses.class_index + 1
     table["depth"] = poses.depth
-    table["anchor_x"], table["anchor_y"] = poses.anchors[:, 0], poses.anchors[:, 1]
+    table["anchor_x"], table["anchor_y"] = poses.anchors[..., 0], poses.anchors[..., 1]
     table["angle"] = poses.angles
     table["area"] = area
     table["visible_area"] = visible_area
     table["occlusion_rate"] = np.where(area > 0, 1.0 - visible_area / np.where(area > 0, area, 1.0), 0.0)
     table["truncation"] = 1.0 - area / full_area
     table["bbox"] = bbox
-    table["visible_bbox"] = np.where(seen.occluded[:, None], seen.box, bbox)
+    table["visible_bbox"] = np.where(seen.occluded[..., None], seen.box, bbox)
     table["amodal_pixels"] = amodal_px
     table["visible_pixels"] = visible_px
     table["pixel_occlusion_rate"] = 1.0 - visible_px / np.maximum(amodal_px, 1)
     table["is_visible"] = visible_px > 0
-    return Scene(
-        index=index,
-        image=image,
-        layers=layers,
-        class_layers=class_layers,
-        amodal_masks=amodal_masks,
-        visible_masks=visible_masks,
-        instances=table,
-        vertices=vertices,
-        vertex_offsets=vertex_offsets,
-    )
+
+    scenes = []
+    for b, index in enumerate(indices):
+        flat_rings = [ring for group in rings for ring in group[b]]
+        image = raster.draw_outlines(
+            flat_rings, poses.depth[b], config.image_size, config.outline_pixels, config.channels
+        )
+        v0, v1 = vertex_offsets[b * n], vertex_offsets[(b + 1) * n]
+        scenes.append(
+            Scene(
+                index=index,
+                image=image,
+                layers=layers[b],
+                class_layers=class_layers[b],
+                amodal_masks=amodal_masks[b],
+                visible_masks=visible_masks[b],
+                instances=table[b],
+                vertices=vertices[v0:v1],
+                vertex_offsets=vertex_offsets[b * n : (b + 1) * n + 1] - v0,
+            )
+        )
+    return scenes

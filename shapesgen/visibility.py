@@ -51,46 +51,72 @@ class Visibility:
 
 @dataclass(frozen=True)
 class _Layout:
-    """Index arrays of a scene's concatenated rings; fixed for a given config."""
+    """Index arrays of a batch of scenes' concatenated rings; fixed for a config and batch size.
 
-    counts: np.ndarray  # (n,) vertices per polygon
-    first: np.ndarray  # (n,) index of each polygon's first vertex
-    owner: np.ndarray  # (V + 4,) polygon of each side, then n for the frame's 4 sides
-    following: np.ndarray  # (V,) index of the next vertex around the same ring
-    own_pairs: np.ndarray  # flat indices of (side, its own polygon) in a (V + 4, n) matrix
+    Vertices are numbered scene by scene (``Vs`` per scene), polygons likewise (``n``),
+    and edges too (``E = Vs + 4`` per scene: every side, then the frame's four sides).
+    """
+
+    scenes: int
+    polygons: int  # n, per scene
+    edges: int  # E, per scene
+    counts: np.ndarray  # (B*n,) vertices per polygon
+    first: np.ndarray  # (B*n,) index of each polygon's first vertex
+    following: np.ndarray  # (B*Vs,) index of the next vertex around the same ring
+    edge_of_vertex: np.ndarray  # (B*Vs,) the edge that starts at each vertex
+    owner: np.ndarray  # (B*E,) polygon of each edge; -1 for the frame's sides
+    own_pairs: np.ndarray  # flat indices of (edge, its own polygon) in a (B, E, n) matrix
 
 
 @lru_cache(maxsize=64)
-def _layout(groups: tuple[tuple[int, int], ...]) -> _Layout:
-    """``groups``: (polygons, vertices per polygon) of each ring group."""
+def _layout(groups: tuple[tuple[int, int], ...], scenes: int) -> _Layout:
+    """``groups``: (polygons, vertices per polygon) of each ring group in one scene."""
     counts = np.concatenate([np.full(k, v, dtype=np.int64) for k, v in groups])
-    n, total = counts.size, int(counts.sum())
+    n, per_scene = counts.size, int(counts.sum())
     first = np.concatenate([[0], np.cumsum(counts)[:-1]])
     owner = np.repeat(np.arange(n), counts)
-    position = np.arange(total) - first[owner]
+    position = np.arange(per_scene) - first[owner]
     following = first[owner] + (position + 1) % counts[owner]
-    own_pairs = np.arange(total) * n + owner
-    return _Layout(counts, first, np.append(owner, np.full(4, n)), following, own_pairs)
+    num_edges = per_scene + 4
+    base_vertex = np.arange(scenes)[:, None] * per_scene
+    base_edge = np.arange(scenes)[:, None] * num_edges
+    edge_owner = np.concatenate([owner, np.full(4, -1)])
+    return _Layout(
+        scenes=scenes,
+        polygons=n,
+        edges=num_edges,
+        counts=np.tile(counts, scenes),
+        first=(base_vertex + first).ravel(),
+        following=(base_vertex + following).ravel(),
+        edge_of_vertex=(base_edge + np.arange(per_scene)).ravel(),
+        owner=np.where(edge_owner >= 0, np.arange(scenes)[:, None] * n + edge_owner, -1).ravel(),
+        own_pairs=((base_edge + np.arange(per_scene)) * n + owner).ravel(),
+    )
 
 
 def _edges(verts: np.ndarray, sides: np.ndarray, layout: _Layout, half: float) -> tuple[np.ndarray, ...]:
     """Every polygon side clipped to the frame ``[-half, half]^2`` (Liang-Barsky), then the
-    frame's own sides, owned by pseudo-instance ``n``. A side wholly outside the frame
-    becomes a point far outside it, owned by ``n``: it meets nothing and adds nothing.
+    frame's own sides, owned by no polygon (-1). A side wholly outside the frame becomes
+    a point far outside it, owned by no polygon: it meets nothing and adds nothing.
     Also returns which edges run along a frame line (the outside abuts them).
     """
-    n = layout.counts.size
     frame_starts, frame_steps = _frame_edges(half)
-    starts = np.concatenate([verts, frame_starts])
-    steps = np.concatenate([sides, frame_steps])
+    shape = (layout.scenes, 4, 2)
+    starts = np.concatenate(
+        [verts.reshape(layout.scenes, -1, 2), np.broadcast_to(frame_starts, shape)], axis=1
+    ).reshape(-1, 2)
+    steps = np.concatenate([sides.reshape(layout.scenes, -1, 2), np.broadcast_to(frame_steps, shape)], axis=1).reshape(
+        -1, 2
+    )
     owner = layout.owner.copy()
     along_frame = np.zeros(len(starts), dtype=bool)
     outside = np.abs(verts) >= half  # on the frame too: see which side the polygon lies
     outside = outside[:, 0] | outside[:, 1]
-    cut = np.flatnonzero(outside | outside[layout.following])
-    if not cut.size:
+    cut_vertex = np.flatnonzero(outside | outside[layout.following])
+    if not cut_vertex.size:
         return starts, steps, owner, along_frame
-    p, d = verts[cut], sides[cut]
+    cut = layout.edge_of_vertex[cut_vertex]
+    p, d = verts[cut_vertex], sides[cut_vertex]
     with np.errstate(divide="ignore", invalid="ignore"):
         t1, t2 = (-half - p) / d, (half - p) / d
     lo, hi = np.minimum(t1, t2), np.maximum(t1, t2)
@@ -108,7 +134,7 @@ def _edges(verts: np.ndarray, sides: np.ndarray, layout: _Layout, half: float) -
     lo, hi = np.where(ok, lo, 0.0)[:, None], np.where(ok, hi, 0.0)[:, None]
     starts[cut] = np.where(ok[:, None], p + lo * d, FAR_AWAY)
     steps[cut] = d * (hi - lo)
-    owner[cut] = np.where(ok, owner[cut], n)
+    owner[cut] = np.where(ok, owner[cut], -1)
     along_frame[cut] &= ok
     return starts, steps, owner, along_frame
 
@@ -123,15 +149,21 @@ def _frame_edges(half: float) -> tuple[np.ndarray, np.ndarray]:
 def visibility(rings: list[np.ndarray], depth: np.ndarray, image_size: int) -> Visibility:
     """Visible area, box and occlusion flag of every instance, exactly.
 
-    ``rings`` are the unclipped polygons, grouped as ``(k, V, 2)`` arrays in instance
-    order; ``depth`` is a permutation (0 = front). The frame ``[0, image_size]^2``
-    clips everything. Scenes with grazing crossings are measured with GEOS overlays.
+    ``rings`` are the unclipped polygons, grouped as ``(..., k, V, 2)`` arrays in instance
+    order; ``depth`` ``(..., n)`` is a permutation per scene (0 = front); leading axes
+    are scenes, measured independently. The frame ``[0, image_size]^2`` clips
+    everything. Scenes with grazing crossings are measured with GEOS overlays.
     """
-    return boundary_visibility(rings, depth, image_size) or overlay_visibility(rings, depth, image_size)
+    seen, declined = boundary_visibility(rings, depth, image_size)
+    for index in np.flatnonzero(declined):
+        scene = np.unravel_index(index, declined.shape)
+        redone = overlay_visibility([group[scene] for group in rings], np.asarray(depth)[scene], image_size)
+        seen.area[scene], seen.box[scene], seen.occluded[scene] = redone.area, redone.box, redone.occluded
+    return seen
 
 
 def overlay_visibility(rings: list[np.ndarray], depth: np.ndarray, image_size: int) -> Visibility:
-    """The same measures from GEOS overlays (slower; robust to grazing crossings)."""
+    """The same measures for one scene from GEOS overlays (slower; robust to grazing crossings)."""
     amodal = geometry.clip_to_frame(geometry.polygons(rings), image_size)
     visible = geometry.visible_geometry(amodal, depth)
     area = shapely.area(visible)
@@ -153,13 +185,19 @@ def solid_box(shapes: np.ndarray) -> np.ndarray:
     return box
 
 
-def boundary_visibility(rings: list[np.ndarray], depth: np.ndarray, image_size: int) -> Visibility | None:
-    """The measures by boundary integration (module docstring); ``None`` if a crossing grazes."""
-    n = len(depth)
+def boundary_visibility(rings: list[np.ndarray], depth: np.ndarray, image_size: int) -> tuple[Visibility, np.ndarray]:
+    """The measures by boundary integration (module docstring), for every scene at once,
+    and which scenes it declined (a crossing grazes); theirs are not meaningful."""
+    depth = np.asarray(depth)
+    leading, n = depth.shape[:-1], depth.shape[-1]
+    scenes = int(np.prod(leading, dtype=np.int64))
+    groups = [group.reshape(scenes, group.shape[-3], group.shape[-2], 2) for group in rings]
+    layout = _layout(tuple((group.shape[1], group.shape[2]) for group in groups), scenes)
+    depth = depth.reshape(-1).astype(np.int64)
     half = image_size / 2.0
-    layout = _layout(tuple((len(group), group.shape[1]) for group in rings))
     counts, first_vertex = layout.counts, layout.first
-    verts = np.concatenate([group.reshape(-1, 2) for group in rings]) - half  # centred: better rounding
+    # centred coordinates: better rounding
+    verts = np.concatenate([group.reshape(scenes, -1, 2) for group in groups], axis=1).reshape(-1, 2) - half
     sides = np.take(verts, layout.following, axis=0) - verts
     side_x, side_y = sides[:, 0], sides[:, 1]
     # inside polygon l  <=>  normal . p >= offset for each of its sides (unit inward normals)
@@ -173,24 +211,30 @@ def boundary_visibility(rings: list[np.ndarray], depth: np.ndarray, image_size: 
     shape_min = np.minimum.reduceat(verts, first_vertex)
     shape_max = np.maximum.reduceat(verts, first_vertex)
 
-    # the frame's sides belong to pseudo-instance n at depth -1, nearer than everything
+    # the frame's sides belong to no polygon and sit at depth -1, nearer than everything
     starts, steps, owner, along_frame = _edges(verts, sides, layout, half)
-    owner_depth = np.append(depth, -1)[owner]
+    owner_depth = np.where(owner >= 0, depth[owner], -1)
     num_edges = len(starts)
     px, py, sx, sy = starts[:, 0], starts[:, 1], steps[:, 0], steps[:, 1]
     edge_length = np.hypot(sx, sy)
+    declined = np.zeros(scenes, dtype=bool)
 
-    # candidate (edge, polygon) pairs: overlapping boxes, never a polygon with its own edge
+    # candidate (edge, polygon) pairs in the same scene: overlapping boxes, never a
+    # polygon with its own edge
     ends = starts + steps
-    edge_min, edge_max = np.minimum(starts, ends), np.maximum(starts, ends)
+    edge_min = np.minimum(starts, ends).reshape(scenes, -1, 1, 2)
+    edge_max = np.maximum(starts, ends).reshape(scenes, -1, 1, 2)
+    low, high = shape_min.reshape(scenes, 1, n, 2), shape_max.reshape(scenes, 1, n, 2)
     near = (
-        (edge_min[:, None, 0] <= shape_max[None, :, 0])
-        & (edge_max[:, None, 0] >= shape_min[None, :, 0])
-        & (edge_min[:, None, 1] <= shape_max[None, :, 1])
-        & (edge_max[:, None, 1] >= shape_min[None, :, 1])
+        (edge_min[..., 0] <= high[..., 0])
+        & (edge_max[..., 0] >= low[..., 0])
+        & (edge_min[..., 1] <= high[..., 1])
+        & (edge_max[..., 1] >= low[..., 1])
     )
     near.reshape(-1)[layout.own_pairs] = False
-    pair_edge, pair_shape = np.nonzero(near)
+    flat_pair = np.flatnonzero(near)
+    pair_edge = flat_pair // n
+    pair_shape = (pair_edge // layout.edges) * n + flat_pair % n
 
     # circles about each polygon's vertex mean settle most pairs: an edge inside the
     # inscribed circle is covered whole; one outside the circumscribed circle not at all
@@ -235,8 +279,8 @@ def boundary_visibility(rings: list[np.ndarray], depth: np.ndarray, image_size: 
             level_at, rate_at = level[at], rate[at]
             grazing = np.abs(rate_at) < GRAZING * edge_length[at_edge]
             grazing &= ((bound[at] >= 0) & (bound[at] <= 1)) | (np.abs(level_at) <= TOUCHING)
-            if (grazing & ((level_at != 0) | (rate_at != 0))).any():
-                return None
+            grazing &= (level_at != 0) | (rate_at != 0)
+            declined[at_edge[grazing] // layout.edges] = True
             parallel = rate_at == 0
             if (parallel & (level_at <= 0)).any():
                 along = sx[at_edge] * ny[at] - sy[at_edge] * nx[at] > 0
@@ -262,9 +306,9 @@ def boundary_visibility(rings: list[np.ndarray], depth: np.ndarray, image_size: 
     # abutting it) continues the cover.
     hides = cover_kind != OPPOSITE
     covers_union = (cover_kind != SAME) | (cover_depth < edge_depth)
-    occluded = np.zeros(n + 1, dtype=bool)
+    occluded = np.zeros(scenes * n, dtype=bool)
     occluded[owner[cover_edge[hides & (cover_depth < edge_depth)]]] = True
-    occluded[cover_shape[(cover_kind == INTERIOR) & (owner[cover_edge] < n) & (edge_depth < cover_depth)]] = True
+    occluded[cover_shape[(cover_kind == INTERIOR) & (owner[cover_edge] >= 0) & (edge_depth < cover_depth)]] = True
 
     # split every edge at 0 and at its cover ends; a piece's own cover and union cover
     # are the least depths among the covers of each sort spanning it
@@ -296,29 +340,36 @@ def boundary_visibility(rings: list[np.ndarray], depth: np.ndarray, image_size: 
 
     piece_depth = owner_depth[piece_edge]
     real = piece_b > piece_a
-    own = real & (hidden_by > piece_depth) & (owner[piece_edge] < n)
+    own = real & (hidden_by > piece_depth) & (owner[piece_edge] >= 0)
     under = real & (union_by != NO_COVER) & (union_by % 2 == 0) & (piece_depth < union_depth)
     under &= ~along_frame[piece_edge]  # beyond such a piece lies the outside, not a cover
-    instance_at_depth = np.argsort(depth)
-    target = np.concatenate([owner[piece_edge[own]], instance_at_depth[union_depth[under]]])
+    instance_at_depth = (np.argsort(depth.reshape(scenes, n), axis=1) + np.arange(scenes)[:, None] * n).ravel()
+    under_scene = piece_edge[under] // layout.edges
+    target = np.concatenate([owner[piece_edge[own]], instance_at_depth[under_scene * n + union_depth[under]]])
     edge = np.concatenate([piece_edge[own], piece_edge[under]])
     ta = np.concatenate([piece_a[own], piece_a[under]])
     tb = np.concatenate([piece_b[own], piece_b[under]])
     sign = np.ones(target.size)
     sign[int(own.sum()) :] = -1.0
     # a piece from t=a to t=b of the edge p + t*s contributes cross(p, s) * (b - a) / 2
-    area = np.bincount(target, weights=sign * (tb - ta) * 0.5 * (px * sy - py * sx)[edge], minlength=n)
+    total = scenes * n
+    area = np.bincount(target, weights=sign * (tb - ta) * 0.5 * (px * sy - py * sx)[edge], minlength=total)
 
     # boxes from pieces longer than rounding debris (a piece of 1e-15 px is not "visible")
     long_enough = (tb - ta) * edge_length[edge] > DEBRIS
     target, edge, ta, tb = target[long_enough], edge[long_enough], ta[long_enough], tb[long_enough]
     x_a, x_b = px[edge] + ta * sx[edge], px[edge] + tb * sx[edge]
     y_a, y_b = py[edge] + ta * sy[edge], py[edge] + tb * sy[edge]
-    low = np.full((2, n), np.inf)
-    high = np.full((2, n), -np.inf)
+    low = np.full((2, total), np.inf)
+    high = np.full((2, total), -np.inf)
     for axis, (ends_a, ends_b) in enumerate(((x_a, x_b), (y_a, y_b))):
         np.minimum.at(low[axis], target, np.minimum(ends_a, ends_b))
         np.maximum.at(high[axis], target, np.maximum(ends_a, ends_b))
     box = np.column_stack([low[0] + half, low[1] + half, high[0] - low[0], high[1] - low[1]])
     box[~np.isfinite(low[0])] = 0.0
-    return Visibility(area=area, box=box, occluded=occluded[:n])
+    return (
+        Visibility(
+            area=area.reshape(*leading, n), box=box.reshape(*leading, n, 4), occluded=occluded.reshape(*leading, n)
+        ),
+        declined.reshape(leading),
+    )

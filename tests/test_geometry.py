@@ -12,6 +12,7 @@ from shapesgen import SceneConfig, render_scene
 from shapesgen.config import shape_specs
 from shapesgen.geometry import box_xywh, clip_to_frame, visible_geometry
 from shapesgen.raster import layer_maps, rasterize_convex
+from shapesgen.scene import render_scenes
 from shapesgen.shapes import SHAPE_KINDS
 from shapesgen.visibility import boundary_visibility, solid_box, visibility
 
@@ -175,7 +176,7 @@ def test_visibility_equals_geos_overlays_on_random_convex_polygons(hulls: list, 
 def test_grazing_crossings_are_measured_by_overlays() -> None:
     """A side at 1e-9 rad to the frame line: the boundary method declines, GEOS answers."""
     rings = [np.array([[[0.75, 0.0], [0.0, 1.0], [0.0, 1e-9]]])]
-    assert boundary_visibility(rings, np.array([0]), 64) is None
+    assert boundary_visibility(rings, np.array([0]), 64)[1]
     area, visible = reference_visibility(rings, np.array([0]), 64)
     assert np.allclose(visibility(rings, np.array([0]), 64).area, area, rtol=1e-12)
 
@@ -204,6 +205,18 @@ def test_visibility_in_degenerate_layouts(
     expected_area, visible = reference_visibility(rings, np.array(depth), 64)
     assert np.allclose(seen.area, expected_area, atol=1e-9)
     assert np.allclose(seen.box, box_xywh(visible), atol=1e-9)
+
+
+SCENE_FIELDS = ("image", "layers", "class_layers", "amodal_masks", "visible_masks", "instances", "vertices")
+
+
+@settings(max_examples=15, deadline=None)
+@given(config=configs(), indices=st.lists(st.integers(0, 500), min_size=1, max_size=6))
+def test_a_batch_renders_each_scene_as_it_renders_alone(config: SceneConfig, indices: list[int]) -> None:
+    for batched in render_scenes(config, indices):
+        alone = render_scene(config, batched.index)
+        for field in (*SCENE_FIELDS, "vertex_offsets"):
+            assert getattr(batched, field).tobytes() == getattr(alone, field).tobytes(), field
 
 
 def test_scenes_are_pure_functions_of_config_and_index(tiny_config: SceneConfig) -> None:
