@@ -17,7 +17,7 @@ import tensorflow as tf
 from shapesgen.config import SceneConfig, build_config
 from shapesgen.errors import ConfigError
 from shapesgen.hdf5 import open_dataset
-from shapesgen.scene import render_scene
+from shapesgen.scene import render_scenes
 
 BLOCK = 256
 LIVE_PREFIX = "render:"
@@ -110,7 +110,8 @@ def hdf5_batches(
 def live_batches(config: SceneConfig, batch_size: int, first_index: int, count: int) -> Iterator[Batch]:
     """Batches of freshly rendered scenes ``first_index ..`` (the paper trained this way)."""
     for b in range(count):
-        scenes = [render_scene(config, first_index + b * batch_size + j) for j in range(batch_size)]
+        start = first_index + b * batch_size
+        scenes = render_scenes(config, range(start, start + batch_size))
         yield {
             "image": np.stack([s.image for s in scenes]),
             "layers": np.stack([s.layers for s in scenes]).astype(np.int32),

@@ -14,11 +14,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-import shapely
 
-from shapesgen import geometry, preset, raster, render_scene
-from shapesgen.render import render_batch, render_dataset
-from shapesgen.scene import scene_rng
+from shapesgen import geometry, preset, raster
+from shapesgen.hdf5 import encode_scenes
+from shapesgen.render import render_dataset
+from shapesgen.scene import render_scenes, scene_rng
+from shapesgen.visibility import overlay_visibility, visibility
 
 
 def throughput(instances: int, workers: int, scenes: int, folder: Path) -> float:
@@ -28,36 +29,51 @@ def throughput(instances: int, workers: int, scenes: int, folder: Path) -> float
     return scenes / (time.perf_counter() - start)
 
 
-def stage_profile(instances: int, scenes: int = 300) -> dict[str, float]:
-    """Milliseconds per scene spent in each stage of ``render_scene`` (one core)."""
+def stage_profile(instances: int, scenes: int = 640, batch: int = 64) -> dict[str, float]:
+    """Milliseconds per scene spent in each stage of one core's work, batch by batch."""
     config = preset("paper").replace(instances_per_class=instances, layers=3, seed=0)
-    totals = dict.fromkeys(["poses+rings", "clip", "visible geometry", "masks", "layers", "image"], 0.0)
-    for index in range(scenes):
+    keys = ["poses + rings", "polygons + clip", "visibility (boundary)", "masks", "layers", "image"]
+    totals = dict.fromkeys(keys, 0.0)
+    m = config.mask_size
+    for start in range(0, scenes, batch):
+        indices = range(start, start + batch)
         t0 = time.perf_counter()
-        poses = geometry.sample_poses(config, scene_rng(0, index))
+        poses = geometry.stack_poses([geometry.sample_poses(config, scene_rng(0, i)) for i in indices])
         rings = geometry.class_rings(config, poses)
         t1 = time.perf_counter()
-        amodal = geometry.clip_to_frame(geometry.polygons(rings), config.image_size)
+        geometry.clip_to_frame(geometry.polygons(rings).reshape(-1), config.image_size)
         t2 = time.perf_counter()
-        geometry.visible_geometry(amodal, poses.depth)
-        shapely.area(amodal)
+        visibility(rings, poses.depth, config.image_size)
         t3 = time.perf_counter()
-        masks = np.concatenate([raster.rasterize_convex(g, config.mask_size, config.mask_scale) for g in rings])
+        masks = np.concatenate(
+            [
+                raster.rasterize_convex(g.reshape(-1, *g.shape[-2:]), m, config.mask_scale).reshape(batch, -1, m, m)
+                for g in rings
+            ],
+            axis=1,
+        )
         t4 = time.perf_counter()
-        raster.layer_maps(masks, poses.depth, config.layers)
+        for b in range(batch):
+            raster.layer_maps(masks[b], poses.depth[b], config.layers)
         t5 = time.perf_counter()
-        raster.draw_outlines([r for g in rings for r in g], poses.depth, config.image_size, 2, 1)
+        for b in range(batch):
+            flat = [ring for group in rings for ring in group[b]]
+            raster.draw_outlines(flat, poses.depth[b], config.image_size, config.outline_pixels, 1)
         t6 = time.perf_counter()
-        for key, dt in zip(totals, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5), strict=True):
+        for key, dt in zip(keys, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5), strict=True):
             totals[key] += dt
     whole = time.perf_counter()
-    for index in range(scenes):
-        render_scene(config, index)
-    totals["render_scene total"] = time.perf_counter() - whole
+    rendered = [render_scenes(config, range(start, start + batch)) for start in range(0, scenes, batch)]
+    totals["render_scenes total"] = time.perf_counter() - whole
     whole = time.perf_counter()
-    for start in range(0, scenes, 64):
-        render_batch(config, start, min(start + 64, scenes), 1)
-    totals["render + stack batches"] = time.perf_counter() - whole
+    for group in rendered:
+        encode_scenes(group, 1)
+    totals["compress + hash"] = time.perf_counter() - whole
+    whole = time.perf_counter()
+    for index in range(0, scenes, 4):
+        poses = geometry.sample_poses(config, scene_rng(0, index))
+        overlay_visibility(geometry.class_rings(config, poses), poses.depth, config.image_size)
+    totals["(GEOS overlays instead)"] = 4 * (time.perf_counter() - whole)
     return {key: 1e3 * value / scenes for key, value in totals.items()}
 
 
@@ -73,9 +89,9 @@ def main() -> None:
                 rate = throughput(instances, workers, args.scenes, Path(tmp))
                 print(f"{instances:>8} {workers:>8} {rate:>10.0f} {rate / workers:>11.0f}")
     for instances in (6, 12):
-        print(f"\nwhere one core's time goes, N={instances} (ms per scene):")
+        print(f"\nwhere one core's time goes, N={instances}, batches of 64 (ms per scene):")
         for key, ms in stage_profile(instances).items():
-            print(f"  {key:<24} {ms:6.3f}")
+            print(f"  {key:<26} {ms:6.3f}")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 from shapesgen.config import PRESETS, SceneConfig, ShapeSpec, StorageConfig, preset
 from shapesgen.errors import ConfigError, DatasetError, ShapesgenError, ValidationError
 from shapesgen.hdf5 import ShapesDataset, open_dataset
-from shapesgen.scene import Scene, render_scene
+from shapesgen.scene import Scene, render_scene, render_scenes
 
 __version__ = "0.1.0"
 
@@ -22,4 +22,5 @@ __all__ = [
     "open_dataset",
     "preset",
     "render_scene",
+    "render_scenes",
 ]
