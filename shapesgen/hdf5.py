@@ -21,7 +21,7 @@ from isal import isal_zlib
 
 from shapesgen.config import SceneConfig, StorageConfig
 from shapesgen.errors import ConfigError, DatasetError
-from shapesgen.scene import Scene
+from shapesgen.scene import Scene, render_scenes
 from shapesgen.schema import DATASETS, FIELDS, FORMAT_NAME, FORMAT_VERSION, OFFSETS
 
 VERTEX_CHUNK = 4096
@@ -119,6 +119,8 @@ class DatasetWriter:
             self._reopen()
         else:
             self._create(storage, num_scenes)
+        self.file.attrs["clean_stop"] = False
+        self.file.flush()
 
     def _create(self, storage: StorageConfig, num_scenes: int) -> None:
         config = self.config
@@ -153,8 +155,15 @@ class DatasetWriter:
             self.file.create_dataset(name, data=np.zeros(1, np.int64), maxshape=(None,), chunks=(OFFSET_CHUNK,))
 
     def _reopen(self) -> None:
-        """Drop anything past the last complete batch and re-hash what is kept."""
+        """Drop anything past the last complete batch and re-hash what is kept.
+
+        A file that was not closed cleanly (killed hard between flushes) may hold a
+        torn tail: its scenes are re-rendered and compared, and only the intact
+        prefix is kept.
+        """
         written = self.scenes_written
+        if not bool(self.file.attrs.get("clean_stop", True)):
+            written = self._intact_prefix(written)
         offsets = self.file["instance_offsets"][: written + 1]
         vertex_offsets = self.file["vertex_offsets"][: int(offsets[-1]) + 1]
         lengths = {"scene": written, "instance": int(offsets[-1]), "vertex": int(vertex_offsets[-1])}
@@ -162,7 +171,36 @@ class DatasetWriter:
             self.file[field.name].resize(lengths[field.axis], axis=0)
         self.file["instance_offsets"].resize(written + 1, axis=0)
         self.file["vertex_offsets"].resize(len(vertex_offsets), axis=0)
+        self.file.attrs["scenes_written"] = np.int64(written)
         self.digests = scene_digests(self.file, offsets, vertex_offsets)
+
+    def _intact_prefix(self, written: int) -> int:
+        """How many leading scenes equal a fresh render of the stored config."""
+        try:
+            offsets = self.file["instance_offsets"][: written + 1]
+            vertex_offsets = self.file["vertex_offsets"][: int(offsets[-1]) + 1]
+            consistent = (
+                len(offsets) == written + 1
+                and len(vertex_offsets) == int(offsets[-1]) + 1
+                and int(vertex_offsets[-1]) <= self.file["vertices"].shape[0]
+                and all(
+                    self.file[f.name].shape[0] >= {"scene": written, "instance": int(offsets[-1])}[f.axis]
+                    for f in DATASETS
+                    if f.axis != "vertex"
+                )
+            )
+            if not consistent:
+                return 0
+            stored = scene_digests(self.file, offsets, vertex_offsets)
+        except (OSError, RuntimeError, ValueError, KeyError, IndexError):  # torn beyond reading
+            return 0
+        size = 64
+        for start in range(0, written, size):
+            fresh = encode_scenes(render_scenes(self.config, range(start, min(start + size, written))), 0).digests
+            for j in range(start, min(start + size, written)):
+                if any(stored[name][j] != fresh[name][j - start] for name in PER_SCENE_HASHED):
+                    return j
+        return written
 
     @property
     def scenes_written(self) -> int:
@@ -202,7 +240,10 @@ class DatasetWriter:
         self.file.flush()
 
     def close(self) -> None:
-        self.file.close()
+        """Mark the file as cleanly stopped and close it."""
+        if self.file.id.valid:
+            self.file.attrs["clean_stop"] = True
+            self.file.close()
 
 
 def scene_digests(file: h5py.File, offsets: np.ndarray, vertex_offsets: np.ndarray) -> dict[str, list[bytes]]:

@@ -14,7 +14,7 @@ import numpy as np
 from shapesgen.config import SceneConfig
 
 FORMAT_NAME = "shapesgen-hdf5"
-FORMAT_VERSION = "1.0"
+FORMAT_VERSION = "1.1"
 
 Axis = Literal["scene", "instance", "vertex"]
 
@@ -138,6 +138,9 @@ ROOT_ATTRIBUTES: dict[str, str] = {
     "num_scenes": "scenes the render was asked for",
     "scenes_written": "scenes complete in the file (equals num_scenes once complete)",
     "complete": "true once every scene is written and checksums are set",
+    "clean_stop": "false while a render writes the file, true once it closed it (finished, or stopped by "
+    "Ctrl-C or an error); a partial file left false was killed hard, and --resume re-renders its "
+    "scenes to find the prefix that is intact (since 1.1)",
     "created": "UTC time the render started, ISO 8601",
     "checksums": "JSON {dataset: hex SHA-256}, set on completion: for offsets, of the array's bytes; "
     "for every other dataset, of the concatenated 32-byte SHA-256 digests of each scene's slice "

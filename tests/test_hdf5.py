@@ -84,6 +84,23 @@ def test_interrupted_render_leaves_no_output_and_resumes_to_the_same_data(
         assert a.attrs["checksums"] == b.attrs["checksums"]
 
 
+def test_resume_after_a_hard_kill_keeps_only_the_intact_prefix(tmp_path: Path, tiny_config: SceneConfig) -> None:
+    """A file not closed cleanly is checked scene by scene against fresh renders."""
+    storage = StorageConfig(batch_scenes=2)
+    whole = render_dataset(tiny_config, tmp_path / "whole.h5", num_scenes=9, storage=storage)
+    out = tmp_path / "killed.h5"
+    with pytest.raises(RenderInterrupted):
+        render_dataset(tiny_config, out, num_scenes=9, storage=storage, progress=interrupt_after(6))
+    with h5py.File(partial_path(out), "a") as f:  # what a kill between flushes can leave behind
+        assert f.attrs["clean_stop"]
+        f.attrs["clean_stop"] = False
+        f["images"][3] = 0  # scene 3 torn: it and everything after it must be rendered again
+    render_dataset(tiny_config, out, num_scenes=9, storage=storage, resume=True)
+    assert data_bytes(out) == data_bytes(whole)
+    with h5py.File(out, "r") as a, h5py.File(whole, "r") as b:
+        assert a.attrs["checksums"] == b.attrs["checksums"] and a.attrs["clean_stop"]
+
+
 def test_resume_keeps_the_files_storage_settings(tmp_path: Path, tiny_config: SceneConfig) -> None:
     out = tmp_path / "raw.h5"
     with pytest.raises(RenderInterrupted):
