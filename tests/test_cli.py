@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 
 import shapesgen.render
 from cli.main import app
-from shapesgen import SceneConfig
+from shapesgen import SceneConfig, __version__
+from shapesgen.schema import FORMAT_VERSION
 
 runner = CliRunner()
 
@@ -234,4 +235,4 @@ def test_render_starts_from_a_config_file(monkeypatch: pytest.MonkeyPatch, tmp_p
 
 def test_version() -> None:
     result = invoke("--version")
-    assert result.exit_code == 0 and "shapesgen 0.1.0 (HDF5 format 1.0)" in result.output
+    assert result.exit_code == 0 and f"shapesgen {__version__} (HDF5 format {FORMAT_VERSION})" in result.output
