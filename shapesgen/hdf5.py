@@ -9,7 +9,7 @@ import hashlib
 import json
 import time
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -103,8 +103,17 @@ def _package_version() -> str:
 class DatasetWriter:
     """Appends scenes, in index order, to a new or resumed file."""
 
-    def __init__(self, path: Path, config: SceneConfig, storage: StorageConfig, num_scenes: int) -> None:
+    def __init__(
+        self,
+        path: Path,
+        config: SceneConfig,
+        storage: StorageConfig,
+        num_scenes: int,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> None:
+        """``progress(done, total)`` also reports scenes verified when resuming a killed render."""
         self.path = path
+        self.progress = progress
         if config.seed is None:
             raise ConfigError("seed=None is invalid here: a file records the seed it was rendered with")
         self.seed: int = config.seed
@@ -200,6 +209,8 @@ class DatasetWriter:
             for j in range(start, min(start + size, written)):
                 if any(stored[name][j] != fresh[name][j - start] for name in PER_SCENE_HASHED):
                     return j
+            if self.progress:
+                self.progress(min(start + size, written), int(self.file.attrs["num_scenes"]))
         return written
 
     @property

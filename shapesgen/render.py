@@ -161,7 +161,10 @@ def render_dataset(
         partial.unlink(missing_ok=True)
         config = resolve_seed(config)
 
-    writer = DatasetWriter(partial, config, storage, num_scenes)
+    try:
+        writer = DatasetWriter(partial, config, storage, num_scenes, progress)
+    except KeyboardInterrupt:  # while checking a killed render's scenes: nothing was changed
+        raise RenderInterrupted(f"interrupted while checking {partial}; it is kept: rerun with --resume") from None
     try:
         done = writer.scenes_written
         if progress:
