@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shapesgen import SceneConfig, render_scene
+from shapesgen import scene as scene_module
 from shapesgen.config import shape_specs
 from shapesgen.geometry import box_xywh, clip_to_frame, visible_geometry
 from shapesgen.raster import layer_maps, rasterize_convex
@@ -217,6 +218,16 @@ def test_a_batch_renders_each_scene_as_it_renders_alone(config: SceneConfig, ind
         alone = render_scene(config, batched.index)
         for field in (*SCENE_FIELDS, "vertex_offsets"):
             assert getattr(batched, field).tobytes() == getattr(alone, field).tobytes(), field
+
+
+def test_large_batches_are_split_without_changing_a_bit(
+    tiny_config: SceneConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    whole = render_scenes(tiny_config, range(7))
+    monkeypatch.setattr("shapesgen.scene.VECTOR_BUDGET", 1)  # one scene per vectorised call
+    assert scene_module.scenes_per_call(tiny_config) == 1
+    for split, kept in zip(render_scenes(tiny_config, range(7)), whole, strict=True):
+        assert all(getattr(split, f).tobytes() == getattr(kept, f).tobytes() for f in SCENE_FIELDS)
 
 
 def test_scenes_are_pure_functions_of_config_and_index(tiny_config: SceneConfig) -> None:
