@@ -14,6 +14,7 @@ from shapesgen.config import StorageConfig
 from shapesgen.hdf5 import open_dataset
 from shapesgen.render import RenderInterrupted, partial_path, render_dataset
 from shapesgen.schema import DATASETS, FORMAT_NAME, FORMAT_VERSION, OFFSETS, format_markdown
+from shapesgen.validate import validate_dataset
 
 GOLDEN = Path(__file__).parent / "golden"
 ROOT = Path(__file__).parent.parent
@@ -183,6 +184,13 @@ def test_golden_data_regenerates_exactly() -> None:
                 assert np.array_equal(getattr(stored, name), getattr(fresh, name)), (index, name)
             for column in ("area", "visible_area", "occlusion_rate", "anchor_x", "angle"):
                 assert np.allclose(stored.instances[column], fresh.instances[column], rtol=0, atol=1e-9)
+
+
+def test_files_of_the_previous_release_still_validate() -> None:
+    """tiny.h5 was written when visible areas came from GEOS overlays (format 1.0)."""
+    with open_dataset(GOLDEN / "tiny.h5") as ds:
+        assert ds.file.attrs["format_version"] == "1.0"
+        assert validate_dataset(ds, regenerate=-1) == len(ds)
 
 
 def test_format_doc_is_generated_from_the_schema() -> None:
