@@ -177,13 +177,19 @@ def solid_box(shapes: np.ndarray) -> np.ndarray:
     parts, index = shapely.get_parts(shapes, return_index=True)
     solid = shapely.area(parts) > SLIVER_AREA
     bounds = shapely.bounds(parts[solid])
-    low = np.full((len(shapes), 2), np.inf)
-    high = np.full((len(shapes), 2), -np.inf)
-    np.minimum.at(low, index[solid], bounds[:, :2])
-    np.maximum.at(high, index[solid], bounds[:, 2:])
-    box = np.zeros((len(shapes), 4))
-    seen = np.isfinite(low[:, 0])
-    box[seen] = np.concatenate([low[seen], high[seen] - low[seen]], axis=1)
+    return _boxes(index[solid], bounds[:, :2], bounds[:, 2:], len(shapes))
+
+
+def _boxes(owner: np.ndarray, lows: np.ndarray, highs: np.ndarray, count: int, origin: float = 0.0) -> np.ndarray:
+    """Boxes ``(x, y, w, h)`` of ``count`` owners from their pieces' ``(m, 2)`` low and high
+    corners; ``origin`` is added to x and y. Zeros for an owner with no piece."""
+    low = np.full((2, count), np.inf)
+    high = np.full((2, count), -np.inf)
+    for axis in (0, 1):
+        np.minimum.at(low[axis], owner, lows[:, axis])
+        np.maximum.at(high[axis], owner, highs[:, axis])
+    box = np.column_stack([low[0] + origin, low[1] + origin, high[0] - low[0], high[1] - low[1]])
+    box[~np.isfinite(low[0])] = 0.0
     return box
 
 
@@ -332,12 +338,11 @@ def boundary_visibility(rings: list[np.ndarray], depth: np.ndarray, image_size: 
     union_by = np.full(order.size, NO_COVER)
     if hides.all() and covers_union.all():
         np.minimum.at(union_by, spanned, union_key)
-        hidden_by = union_by // 2
+        hidden_by = np.where(union_by == NO_COVER, NO_COVER, union_by // 2)
     else:
         np.minimum.at(hidden_by, spanned[np.repeat(hides, span)], np.repeat(cover_depth[hides], span[hides]))
         in_union = np.repeat(covers_union, span)
         np.minimum.at(union_by, spanned[in_union], union_key[in_union])
-    hidden_by[hidden_by == NO_COVER // 2] = NO_COVER
     union_depth = union_by // 2
 
     piece_depth = owner_depth[piece_edge]
@@ -362,13 +367,9 @@ def boundary_visibility(rings: list[np.ndarray], depth: np.ndarray, image_size: 
     target, edge, ta, tb = target[long_enough], edge[long_enough], ta[long_enough], tb[long_enough]
     x_a, x_b = px[edge] + ta * sx[edge], px[edge] + tb * sx[edge]
     y_a, y_b = py[edge] + ta * sy[edge], py[edge] + tb * sy[edge]
-    low = np.full((2, total), np.inf)
-    high = np.full((2, total), -np.inf)
-    for axis, (ends_a, ends_b) in enumerate(((x_a, x_b), (y_a, y_b))):
-        np.minimum.at(low[axis], target, np.minimum(ends_a, ends_b))
-        np.maximum.at(high[axis], target, np.maximum(ends_a, ends_b))
-    box = np.column_stack([low[0] + half, low[1] + half, high[0] - low[0], high[1] - low[1]])
-    box[~np.isfinite(low[0])] = 0.0
+    lows = np.column_stack([np.minimum(x_a, x_b), np.minimum(y_a, y_b)])
+    highs = np.column_stack([np.maximum(x_a, x_b), np.maximum(y_a, y_b)])
+    box = _boxes(target, lows, highs, total, origin=half)
     return (
         Visibility(
             area=area.reshape(*leading, n), box=box.reshape(*leading, n, 4), occluded=occluded.reshape(*leading, n)
