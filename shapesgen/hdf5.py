@@ -25,6 +25,7 @@ from shapesgen.scene import Scene, render_scenes
 from shapesgen.schema import DATASETS, FIELDS, FORMAT_NAME, FORMAT_VERSION, OFFSETS
 
 VERTEX_CHUNK = 4096
+VERIFY_BATCH = 64  # scenes re-rendered at a time when checking a killed render
 FLUSH_EVERY_S = 2.0  # a hard kill loses at most this much work; Ctrl-C loses none
 OFFSET_CHUNK = 1024
 PER_SCENE_CHUNKED = tuple(f.name for f in DATASETS if f.axis != "vertex")
@@ -171,23 +172,30 @@ class DatasetWriter:
         prefix is kept.
         """
         written = self.scenes_written
-        if not bool(self.file.attrs.get("clean_stop", True)):
-            written = self._intact_prefix(written)
-        offsets = self.file["instance_offsets"][: written + 1]
-        vertex_offsets = self.file["vertex_offsets"][: int(offsets[-1]) + 1]
+        if bool(self.file.attrs.get("clean_stop", True)):
+            offsets, vertex_offsets = self._offsets(written)
+            digests = scene_digests(self.file, offsets, vertex_offsets)
+        else:
+            written, digests = self._intact_prefix(written)
+            offsets, vertex_offsets = self._offsets(written)
         lengths = {"scene": written, "instance": int(offsets[-1]), "vertex": int(vertex_offsets[-1])}
         for field in DATASETS:
             self.file[field.name].resize(lengths[field.axis], axis=0)
         self.file["instance_offsets"].resize(written + 1, axis=0)
         self.file["vertex_offsets"].resize(len(vertex_offsets), axis=0)
         self.file.attrs["scenes_written"] = np.int64(written)
-        self.digests = scene_digests(self.file, offsets, vertex_offsets)
+        self.digests = digests
 
-    def _intact_prefix(self, written: int) -> int:
-        """How many leading scenes equal a fresh render of the stored config."""
+    def _offsets(self, scenes: int) -> tuple[np.ndarray, np.ndarray]:
+        """The instance and vertex offsets of the first ``scenes`` scenes."""
+        offsets = self.file["instance_offsets"][: scenes + 1]
+        return offsets, self.file["vertex_offsets"][: int(offsets[-1]) + 1]
+
+    def _intact_prefix(self, written: int) -> tuple[int, dict[str, list[bytes]]]:
+        """How many leading scenes equal a fresh render of the stored config, and their digests."""
+        nothing: dict[str, list[bytes]] = {name: [] for name in PER_SCENE_HASHED}
         try:
-            offsets = self.file["instance_offsets"][: written + 1]
-            vertex_offsets = self.file["vertex_offsets"][: int(offsets[-1]) + 1]
+            offsets, vertex_offsets = self._offsets(written)
             consistent = (
                 len(offsets) == written + 1
                 and len(vertex_offsets) == int(offsets[-1]) + 1
@@ -199,19 +207,22 @@ class DatasetWriter:
                 )
             )
             if not consistent:
-                return 0
+                return 0, nothing
             stored = scene_digests(self.file, offsets, vertex_offsets)
         except (OSError, RuntimeError, ValueError, KeyError, IndexError):  # torn beyond reading
-            return 0
-        size = 64
-        for start in range(0, written, size):
-            fresh = encode_scenes(render_scenes(self.config, range(start, min(start + size, written))), 0).digests
-            for j in range(start, min(start + size, written)):
-                if any(stored[name][j] != fresh[name][j - start] for name in PER_SCENE_HASHED):
-                    return j
+            return 0, nothing
+        intact = written
+        for start in range(0, written, VERIFY_BATCH):
+            stop = min(start + VERIFY_BATCH, written)
+            fresh = encode_scenes(render_scenes(self.config, range(start, stop)), 0).digests
+            torn = (j for j in range(start, stop) if any(stored[k][j] != fresh[k][j - start] for k in PER_SCENE_HASHED))
+            first_torn = next(torn, None)
+            if first_torn is not None:
+                intact = first_torn
+                break
             if self.progress:
-                self.progress(min(start + size, written), int(self.file.attrs["num_scenes"]))
-        return written
+                self.progress(stop, int(self.file.attrs["num_scenes"]))
+        return intact, {name: values[:intact] for name, values in stored.items()}
 
     @property
     def scenes_written(self) -> int:
