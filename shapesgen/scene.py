@@ -86,8 +86,8 @@ def render_scenes(config: SceneConfig, indices: Sequence[int]) -> list[Scene]:
         axis=1,
     )
     layers = np.stack([raster.layer_maps(amodal_masks[b], poses.depth[b], config.layers) for b in range(count)])
-    class_of_id = np.concatenate([[0], np.arange(config.num_classes).repeat(config.instances_per_class) + 1])
-    class_layers = class_of_id.astype(np.uint8)[layers]
+    class_of_id = np.concatenate([[0], poses.class_index[0] + 1]).astype(np.uint8)  # the same in every scene
+    class_layers = class_of_id[layers]
     ids = np.arange(1, n + 1)
     visible_masks = layers[:, :1] == ids[None, :, None, None]
     vertices, vertex_offsets = geometry.exterior_rings(amodal)
