@@ -132,7 +132,11 @@ def render(
     channels: Annotated[int | None, typer.Option(help="Image channels: 1 (grey) or 3 (RGB).")] = None,
     compression: Annotated[int, typer.Option(help="gzip level 0-9 (0 = none).")] = 1,
     resume: Annotated[
-        bool, typer.Option("--resume", help="Continue an interrupted render of the same config.")
+        bool,
+        typer.Option(
+            "--resume",
+            help="Continue an interrupted render of the same config (after a hard kill, its scenes are re-checked).",
+        ),
     ] = False,
     force: Annotated[
         bool, typer.Option("--force", help="Overwrite an existing file (or discard an interrupted one).")
