@@ -2,6 +2,11 @@
 
 The CLI turns these into a one-line message and an exit code; library users can
 catch :class:`ShapesgenError` to handle all of them.
+
+Messages name the library's own parameters in Python's keyword form
+(``num_scenes=0 is invalid: ...``, ``pass force=True``), never a command-line flag:
+a Python caller never typed one. ``param`` records which parameter was bad, so the
+CLI can translate both into the flag the user typed (``--num``, ``--force``).
 """
 
 from __future__ import annotations
@@ -11,6 +16,10 @@ class ShapesgenError(Exception):
     """Base class: a problem the user can fix (bad value, bad file, bad path)."""
 
     exit_code = 2
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 class ConfigError(ShapesgenError, ValueError):
