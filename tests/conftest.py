@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,3 +24,12 @@ def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("data") / "tiny.h5"
     render_dataset(TINY, path, num_scenes=12)
     return path
+
+
+def run_cli(*args: object) -> Any:
+    """Run ``shapesgen ARGS`` in-process; the result has ``exit_code``, ``stdout``, ``stderr``."""
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
