@@ -18,6 +18,11 @@ scene in batches of 64 against 1.8 ms for GEOS differences
 (``tests/test_geometry.py`` checks it against shapely). Scenes where a crossing is
 ill-conditioned (a grazing angle) are measured with GEOS instead.
 
+``boundary_visibility`` takes these steps, one function each: the polygons and
+their edges clipped to the frame; the covers of every edge; the pieces between
+cover ends, with the nearest covers spanning each; then the boundary pieces of both
+kinds, from which follow area and box.
+
 Every polygon must be convex with a positive shoelace orientation (all shape
 templates are); coordinates are image pixels.
 """
@@ -49,103 +54,6 @@ class Visibility:
     area: np.ndarray  # (n,) float64, image px^2
     box: np.ndarray  # (n, 4) float64, (x, y, w, h) in image px; zeros when nothing is visible
     occluded: np.ndarray  # (n,) bool, a nearer instance overlaps it with positive area
-
-
-@dataclass(frozen=True)
-class _Layout:
-    """Index arrays of a batch of scenes' concatenated rings; fixed for a config and batch size.
-
-    Vertices are numbered scene by scene (``Vs`` per scene), polygons likewise (``n``),
-    and edges too (``E = Vs + 4`` per scene: every side, then the frame's four sides).
-    """
-
-    scenes: int
-    polygons: int  # n, per scene
-    edges: int  # E, per scene
-    counts: np.ndarray  # (B*n,) vertices per polygon
-    first: np.ndarray  # (B*n,) index of each polygon's first vertex
-    following: np.ndarray  # (B*Vs,) index of the next vertex around the same ring
-    edge_of_vertex: np.ndarray  # (B*Vs,) the edge that starts at each vertex
-    owner: np.ndarray  # (B*E,) polygon of each edge; -1 for the frame's sides
-    own_pairs: np.ndarray  # flat indices of (edge, its own polygon) in a (B, E, n) matrix
-
-
-@lru_cache(maxsize=64)
-def _layout(groups: tuple[tuple[int, int], ...], scenes: int) -> _Layout:
-    """``groups``: (polygons, vertices per polygon) of each ring group in one scene."""
-    counts = np.concatenate([np.full(k, v, dtype=np.int64) for k, v in groups])
-    n, per_scene = counts.size, int(counts.sum())
-    first = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    owner = np.repeat(np.arange(n), counts)
-    position = np.arange(per_scene) - first[owner]
-    following = first[owner] + (position + 1) % counts[owner]
-    num_edges = per_scene + 4
-    base_vertex = np.arange(scenes)[:, None] * per_scene
-    base_edge = np.arange(scenes)[:, None] * num_edges
-    edge_owner = np.concatenate([owner, np.full(4, -1)])
-    return _Layout(
-        scenes=scenes,
-        polygons=n,
-        edges=num_edges,
-        counts=np.tile(counts, scenes),
-        first=(base_vertex + first).ravel(),
-        following=(base_vertex + following).ravel(),
-        edge_of_vertex=(base_edge + np.arange(per_scene)).ravel(),
-        owner=np.where(edge_owner >= 0, np.arange(scenes)[:, None] * n + edge_owner, -1).ravel(),
-        own_pairs=((base_edge + np.arange(per_scene)) * n + owner).ravel(),
-    )
-
-
-def _edges(verts: np.ndarray, sides: np.ndarray, layout: _Layout, half: float) -> tuple[np.ndarray, ...]:
-    """Every polygon side clipped to the frame ``[-half, half]^2`` (Liang-Barsky), then the
-    frame's own sides, owned by no polygon (-1). A side wholly outside the frame becomes
-    a point far outside it, owned by no polygon: it meets nothing and adds nothing.
-    Also returns which edges run along a frame line (the outside abuts them).
-    """
-    frame_starts, frame_steps = _frame_edges(half)
-    shape = (layout.scenes, 4, 2)
-    starts = np.concatenate(
-        [verts.reshape(layout.scenes, -1, 2), np.broadcast_to(frame_starts, shape)], axis=1
-    ).reshape(-1, 2)
-    steps = np.concatenate([sides.reshape(layout.scenes, -1, 2), np.broadcast_to(frame_steps, shape)], axis=1).reshape(
-        -1, 2
-    )
-    owner = layout.owner.copy()
-    along_frame = np.zeros(len(starts), dtype=bool)
-    outside = np.abs(verts) >= half  # on the frame too: see which side the polygon lies
-    outside = outside[:, 0] | outside[:, 1]
-    cut_vertex = np.flatnonzero(outside | outside[layout.following])
-    if not cut_vertex.size:
-        return starts, steps, owner, along_frame
-    cut = layout.edge_of_vertex[cut_vertex]
-    p, d = verts[cut_vertex], sides[cut_vertex]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        t1, t2 = (-half - p) / d, (half - p) / d
-    lo, hi = np.minimum(t1, t2), np.maximum(t1, t2)
-    still = d == 0
-    if still.any():
-        # parallel to a frame line: inside, outside, or along it; along it, a side stays
-        # only if its polygon lies on the frame's side
-        inward = np.stack([-d[:, 1], d[:, 0]], axis=1) * p < 0
-        stays_in = (np.abs(p) < half) | ((np.abs(p) == half) & inward)
-        lo = np.where(still, np.where(stays_in, -np.inf, np.inf), lo)
-        hi = np.where(still, np.where(stays_in, np.inf, -np.inf), hi)
-        along_frame[cut] = (still & (np.abs(p) == half)).any(axis=1)
-    lo, hi = np.maximum(lo.max(axis=1), 0.0), np.minimum(hi.min(axis=1), 1.0)
-    ok = lo < hi
-    lo, hi = np.where(ok, lo, 0.0)[:, None], np.where(ok, hi, 0.0)[:, None]
-    starts[cut] = np.where(ok[:, None], p + lo * d, FAR_AWAY)
-    steps[cut] = d * (hi - lo)
-    owner[cut] = np.where(ok, owner[cut], -1)
-    along_frame[cut] &= ok
-    return starts, steps, owner, along_frame
-
-
-@lru_cache(maxsize=16)
-def _frame_edges(half: float) -> tuple[np.ndarray, np.ndarray]:
-    """The frame's sides, oriented so that the outside of the frame is on their left."""
-    starts = np.array([[-half, -half], [-half, half], [half, half], [half, -half]])
-    return starts, np.roll(starts, -1, axis=0) - starts
 
 
 def visibility(rings: list[np.ndarray], depth: np.ndarray, image_size: int) -> Visibility:
@@ -193,186 +101,520 @@ def _boxes(owner: np.ndarray, lows: np.ndarray, highs: np.ndarray, count: int, o
     return box
 
 
+@dataclass(frozen=True)
+class _Layout:
+    """Index arrays of a batch of B scenes' concatenated rings; fixed for a config and batch size.
+
+    Vertices are numbered scene by scene (``Vs`` per scene), polygons likewise (``n``),
+    and edges too (``E = Vs + 4`` per scene: every side, then the frame's four sides).
+    """
+
+    scenes: int
+    polygons: int  # n, per scene
+    edges: int  # E, per scene
+    counts: np.ndarray  # (B*n,) vertices per polygon
+    first: np.ndarray  # (B*n,) index of each polygon's first vertex
+    following: np.ndarray  # (B*Vs,) index of the next vertex around the same ring
+    edge_of_vertex: np.ndarray  # (B*Vs,) the edge that starts at each vertex
+    owner: np.ndarray  # (B*E,) polygon of each edge; -1 for the frame's sides
+    own_pairs: np.ndarray  # flat indices of (edge, its own polygon) in a (B, E, n) matrix
+
+
+@lru_cache(maxsize=64)
+def _layout(groups: tuple[tuple[int, int], ...], scenes: int) -> _Layout:
+    """The ``_Layout`` of ``scenes`` scenes; ``groups``: (polygons, vertices per polygon) of each
+    ring group in one scene."""
+    counts = np.concatenate([np.full(k, v, dtype=np.int64) for k, v in groups])
+    n, per_scene = counts.size, int(counts.sum())
+    first = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    owner = np.repeat(np.arange(n), counts)
+    position = np.arange(per_scene) - first[owner]
+    following = first[owner] + (position + 1) % counts[owner]
+    num_edges = per_scene + 4
+    base_vertex = np.arange(scenes)[:, None] * per_scene
+    base_edge = np.arange(scenes)[:, None] * num_edges
+    edge_owner = np.concatenate([owner, np.full(4, -1)])
+    return _Layout(
+        scenes=scenes,
+        polygons=n,
+        edges=num_edges,
+        counts=np.tile(counts, scenes),
+        first=(base_vertex + first).ravel(),
+        following=(base_vertex + following).ravel(),
+        edge_of_vertex=(base_edge + np.arange(per_scene)).ravel(),
+        owner=np.where(edge_owner >= 0, np.arange(scenes)[:, None] * n + edge_owner, -1).ravel(),
+        own_pairs=((base_edge + np.arange(per_scene)) * n + owner).ravel(),
+    )
+
+
+@dataclass(frozen=True)
+class _Polygons:
+    """Every polygon of a batch, in coordinates centred on the frame (better rounding).
+
+    V = B*Vs vertices, numbered as in ``_Layout``; side i runs from vertex i to the next
+    around its ring. A point p lies inside polygon l iff ``normal . p >= offset`` for
+    each of l's sides.
+    """
+
+    vertices: np.ndarray  # (V, 2) float64
+    sides: np.ndarray  # (V, 2) float64, vertex i to the next
+    normal_x: np.ndarray  # (V,) float64, unit inward normal of each side; 0 for a side of length 0
+    normal_y: np.ndarray  # (V,) float64
+    offsets: np.ndarray  # (V,) float64, normal . vertex; -inf for a side of length 0 (it constrains nothing)
+    box_low: np.ndarray  # (B*n, 2) float64, each polygon's least x and y
+    box_high: np.ndarray  # (B*n, 2) float64, each polygon's greatest x and y
+
+
+@dataclass(frozen=True)
+class _Edges:
+    """The batch's edges ``start + t * step`` for t in [0, 1], E per scene (``_Layout``), clipped to the frame."""
+
+    starts: np.ndarray  # (B*E, 2) float64, centred coordinates
+    steps: np.ndarray  # (B*E, 2) float64
+    lengths: np.ndarray  # (B*E,) float64
+    owner: np.ndarray  # (B*E,) int64, polygon whose side it is; -1 for the frame's sides and sides outside it
+    depth: np.ndarray  # (B*E,) int64, the owner's depth; -1 (nearer than everything) where no owner
+    along_frame: np.ndarray  # (B*E,) bool, runs along a frame line: the outside abuts it
+
+
+@dataclass(frozen=True)
+class _Pairs:
+    """P (edge, polygon) pairs, each of one scene, as parallel index arrays."""
+
+    edge: np.ndarray  # (P,) int64, into ``_Edges``
+    polygon: np.ndarray  # (P,) int64, polygon index in the batch (scene * n + instance)
+
+
+@dataclass(frozen=True)
+class _SideTests:
+    """Each pair's edge tested against every side of its polygon: R rows, pair by pair."""
+
+    sides_per_pair: np.ndarray  # (P,) int64
+    first_row: np.ndarray  # (P,) int64, each pair's first row
+    sides: np.ndarray  # (R,) int64, the side (its start vertex) of each row
+    level: np.ndarray  # (R,) float64, normal . start - offset: > 0 where the edge starts inside the side's line
+    rate: np.ndarray  # (R,) float64, normal . step: the level's change from t=0 to t=1
+    crossing: np.ndarray  # (R,) float64, -level / rate: t where the edge meets the side's line (inf/nan if parallel)
+
+
+@dataclass(frozen=True)
+class _Covers:
+    """C covers: polygon ``polygon[i]`` covers edge ``edge[i]`` for t in ``[lo[i], hi[i]]``."""
+
+    edge: np.ndarray  # (C,) int64
+    polygon: np.ndarray  # (C,) int64
+    lo: np.ndarray  # (C,) float64
+    hi: np.ndarray  # (C,) float64, > lo
+    kind: np.ndarray  # (C,) int64, INTERIOR, or SAME/OPPOSITE: along a side running with/against the edge
+    depth: np.ndarray  # (C,) int64, the covering polygon's depth
+    edge_depth: np.ndarray  # (C,) int64, the depth of the edge's owner (-1 for the frame)
+    hides: np.ndarray  # (C,) bool, hides the edge from its owner (not a polygon abutting from the other side)
+    joins_union: np.ndarray  # (C,) bool, counts for the union of covers below the edge
+
+
+@dataclass(frozen=True)
+class _Pieces:
+    """Every edge cut at 0 and at its covers' ends into K pieces ``t in [a, b]``, by edge then t
+    (pieces between coinciding cuts are empty), with the nearest covers spanning each."""
+
+    edge: np.ndarray  # (K,) int64
+    a: np.ndarray  # (K,) float64
+    b: np.ndarray  # (K,) float64, >= a
+    hidden_by: np.ndarray  # (K,) int64, least depth of a cover that hides it; NO_COVER if none
+    union_key: np.ndarray  # (K,) int64, least 2 * depth + (1 if it only touches) of the union's covers; or NO_COVER
+
+
+@dataclass(frozen=True)
+class _Boundary:
+    """Q straight pieces of the visible parts' boundaries: instance ``instance[i]``'s boundary
+    runs along edge ``edge[i]`` between t=``a[i]`` and t=``b[i]``, forwards (``sign`` +1) or backwards (-1)."""
+
+    instance: np.ndarray  # (Q,) int64, polygon index in the batch
+    edge: np.ndarray  # (Q,) int64
+    a: np.ndarray  # (Q,) float64
+    b: np.ndarray  # (Q,) float64, > a
+    sign: np.ndarray  # (Q,) float64
+
+
 def boundary_visibility(rings: list[np.ndarray], depth: np.ndarray, image_size: int) -> tuple[Visibility, np.ndarray]:
     """The measures by boundary integration (module docstring), for every scene at once,
-    and which scenes it declined (a crossing grazes); theirs are not meaningful."""
+    and which scenes it declined (a crossing grazes); theirs are not meaningful.
+
+    ``rings``, ``depth`` and ``image_size`` are as for ``visibility``; returns measures of
+    shape ``(..., n)`` and a ``(...)`` bool array of declined scenes.
+    """
     depth = np.asarray(depth)
     leading, n = depth.shape[:-1], depth.shape[-1]
     scenes = int(np.prod(leading, dtype=np.int64))
     groups = [group.reshape(scenes, group.shape[-3], group.shape[-2], 2) for group in rings]
     layout = _layout(tuple((group.shape[1], group.shape[2]) for group in groups), scenes)
-    depth = depth.reshape(-1).astype(np.int64)
+    instance_depth = depth.reshape(-1).astype(np.int64)
     half = image_size / 2.0
-    counts, first_vertex = layout.counts, layout.first
-    # centred coordinates: better rounding
-    verts = np.concatenate([group.reshape(scenes, -1, 2) for group in groups], axis=1).reshape(-1, 2) - half
-    sides = np.take(verts, layout.following, axis=0) - verts
-    side_x, side_y = sides[:, 0], sides[:, 1]
-    # inside polygon l  <=>  normal . p >= offset for each of its sides (unit inward normals)
-    side_length = np.hypot(side_x, side_y)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        normal_x, normal_y = -side_y / side_length, side_x / side_length
-    offset = normal_x * verts[:, 0] + normal_y * verts[:, 1]
-    if not side_length.all():  # a repeated vertex: its side constrains nothing
-        normal_x[side_length == 0] = normal_y[side_length == 0] = 0.0
-        offset[side_length == 0] = -np.inf
-    shape_min = np.minimum.reduceat(verts, first_vertex)
-    shape_max = np.maximum.reduceat(verts, first_vertex)
+    count = scenes * n
 
-    # the frame's sides belong to no polygon and sit at depth -1, nearer than everything
-    starts, steps, owner, along_frame = _edges(verts, sides, layout, half)
-    owner_depth = np.where(owner >= 0, depth[owner], -1)
-    num_edges = len(starts)
-    px, py, sx, sy = starts[:, 0], starts[:, 1], steps[:, 0], steps[:, 1]
-    edge_length = np.hypot(sx, sy)
-    declined = np.zeros(scenes, dtype=bool)
-
-    # candidate (edge, polygon) pairs in the same scene: overlapping boxes, never a
-    # polygon with its own edge
-    ends = starts + steps
-    edge_min = np.minimum(starts, ends).reshape(scenes, -1, 1, 2)
-    edge_max = np.maximum(starts, ends).reshape(scenes, -1, 1, 2)
-    low, high = shape_min.reshape(scenes, 1, n, 2), shape_max.reshape(scenes, 1, n, 2)
-    near = (
-        (edge_min[..., 0] <= high[..., 0])
-        & (edge_max[..., 0] >= low[..., 0])
-        & (edge_min[..., 1] <= high[..., 1])
-        & (edge_max[..., 1] >= low[..., 1])
-    )
-    near.reshape(-1)[layout.own_pairs] = False
-    flat_pair = np.flatnonzero(near)
-    pair_edge = flat_pair // n
-    pair_shape = (pair_edge // layout.edges) * n + flat_pair % n
-
-    # circles about each polygon's vertex mean settle most pairs: an edge inside the
-    # inscribed circle is covered whole; one outside the circumscribed circle not at all
-    centre = np.add.reduceat(verts, first_vertex) / counts[:, None]
-    from_centre = verts - np.repeat(centre, counts, axis=0)
-    r_out = np.maximum.reduceat(from_centre[:, 0] ** 2 + from_centre[:, 1] ** 2, first_vertex)
-    r_in = -np.maximum.reduceat(normal_x * from_centre[:, 0] + normal_y * from_centre[:, 1], first_vertex)
-    qx, qy = px[pair_edge] - centre[pair_shape, 0], py[pair_edge] - centre[pair_shape, 1]
-    ux, uy = sx[pair_edge], sy[pair_edge]
-    farthest = np.maximum(qx * qx + qy * qy, (qx + ux) ** 2 + (qy + uy) ** 2)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        t = np.clip(-(qx * ux + qy * uy) / (ux * ux + uy * uy), 0.0, 1.0)
-    nearest = (qx + t * ux) ** 2 + (qy + t * uy) ** 2
-    whole = farthest < (r_in[pair_shape] * (1 - SAFETY)) ** 2
-    straddle = ~whole & (nearest < r_out[pair_shape] * (1 + SAFETY) ** 2)
-    whole_edge, whole_shape = pair_edge[whole], pair_shape[whole]
-    pair_edge, pair_shape = pair_edge[straddle], pair_shape[straddle]
-
-    # Cyrus-Beck over the remaining pairs, all sides of all polygons in one flat array
-    lo, hi, kind = np.zeros(0), np.zeros(0), np.zeros(0, dtype=np.int64)
-    if pair_edge.size:
-        per_pair = counts[pair_shape]
-        segment = np.concatenate([[0], np.cumsum(per_pair)[:-1]])
-        side = np.repeat(first_vertex[pair_shape] - segment, per_pair) + np.arange(int(per_pair.sum()))
-        nx, ny = normal_x[side], normal_y[side]
-        level = np.repeat(px[pair_edge], per_pair) * nx + np.repeat(py[pair_edge], per_pair) * ny - offset[side]
-        rate = np.repeat(sx[pair_edge], per_pair) * nx + np.repeat(sy[pair_edge], per_pair) * ny
-        with np.errstate(divide="ignore", invalid="ignore"):
-            bound = -level / rate
-        lo = np.maximum(np.maximum.reduceat(np.where(rate > 0, bound, -np.inf), segment), 0.0)
-        hi = np.minimum(np.minimum.reduceat(np.where(rate < 0, bound, np.inf), segment), 1.0)
-        kind = np.zeros(pair_edge.size, dtype=np.int64)
-        # Nearly parallel sides (a superset first, as if every edge were the longest). An
-        # edge crossing, or running within rounding of, a side's line at a grazing angle
-        # has ill-conditioned crossings: such scenes go to GEOS rather than risk rounding.
-        # Exactly on the line, the edge only touches the polygon, running with (SAME) or
-        # against (OPPOSITE) it; strictly outside a parallel side, it misses.
-        near_parallel = np.flatnonzero(np.abs(rate) < GRAZING * edge_length.max())
-        if near_parallel.size:
-            at = near_parallel
-            at_edge = np.repeat(pair_edge, per_pair)[at]
-            level_at, rate_at = level[at], rate[at]
-            grazing = np.abs(rate_at) < GRAZING * edge_length[at_edge]
-            grazing &= ((bound[at] >= 0) & (bound[at] <= 1)) | (np.abs(level_at) <= TOUCHING)
-            grazing &= (level_at != 0) | (rate_at != 0)
-            declined[at_edge[grazing] // layout.edges] = True
-            parallel = rate_at == 0
-            if (parallel & (level_at <= 0)).any():
-                along = sx[at_edge] * ny[at] - sy[at_edge] * nx[at] > 0
-                flags = np.zeros((3, level.size), dtype=bool)
-                flags[0, at[parallel & (level_at < 0)]] = True
-                flags[SAME, at[parallel & (level_at == 0) & along]] = True
-                flags[OPPOSITE, at[parallel & (level_at == 0) & ~along]] = True
-                blocked, same, opposite = np.logical_or.reduceat(flags, segment, axis=1)
-                hi = np.where(blocked, -1.0, hi)
-                kind = np.where(same, SAME, np.where(opposite, OPPOSITE, INTERIOR))
-    hit = lo < hi
-    cover_edge = np.concatenate([whole_edge, pair_edge[hit]])
-    cover_shape = np.concatenate([whole_shape, pair_shape[hit]])
-    cover_lo = np.concatenate([np.zeros(whole_edge.size), lo[hit]])
-    cover_hi = np.concatenate([np.ones(whole_edge.size), hi[hit]])
-    cover_kind = np.concatenate([np.zeros(whole_edge.size, dtype=np.int64), kind[hit]])
-    cover_depth = depth[cover_shape]
-    edge_depth = owner_depth[cover_edge]
-
-    # An edge piece on a nearer polygon's side with that polygon on the same side is
-    # hidden; with it on the other side, it is not. A nearer polygon's piece counts on
-    # k's boundary only from k's interior, and never where a yet nearer polygon (or one
-    # abutting it) continues the cover.
-    hides = cover_kind != OPPOSITE
-    covers_union = (cover_kind != SAME) | (cover_depth < edge_depth)
-    occluded = np.zeros(scenes * n, dtype=bool)
-    occluded[owner[cover_edge[hides & (cover_depth < edge_depth)]]] = True
-    occluded[cover_shape[(cover_kind == INTERIOR) & (owner[cover_edge] >= 0) & (edge_depth < cover_depth)]] = True
-
-    # split every edge at 0 and at its cover ends; a piece's own cover and union cover
-    # are the least depths among the covers of each sort spanning it
-    m = cover_edge.size
-    cut_edge = np.concatenate([np.arange(num_edges), cover_edge, cover_edge])
-    cut_t = np.concatenate([np.zeros(num_edges), cover_lo, cover_hi])
-    order = np.lexsort((cut_t, cut_edge))
-    rank = np.empty_like(order)
-    rank[order] = np.arange(order.size)
-    piece_edge, piece_a = cut_edge[order], cut_t[order]
-    piece_b = np.append(piece_a[1:], 1.0)
-    piece_b[np.flatnonzero(piece_edge[1:] != piece_edge[:-1])] = 1.0
-    first_piece, end_piece = rank[num_edges : num_edges + m], rank[num_edges + m :]
-    span = end_piece - first_piece
-    spanned = np.repeat(first_piece - np.cumsum(span) + span, span) + np.arange(int(span.sum()))
-    # union key: 2 * depth, + 1 when the cover only touches (then nothing lies beneath)
-    union_key = np.repeat(2 * cover_depth + (cover_kind != INTERIOR), span)
-    hidden_by = np.full(order.size, NO_COVER)
-    union_by = np.full(order.size, NO_COVER)
-    if hides.all() and covers_union.all():
-        np.minimum.at(union_by, spanned, union_key)
-        hidden_by = np.where(union_by == NO_COVER, NO_COVER, union_by // 2)
-    else:
-        np.minimum.at(hidden_by, spanned[np.repeat(hides, span)], np.repeat(cover_depth[hides], span[hides]))
-        in_union = np.repeat(covers_union, span)
-        np.minimum.at(union_by, spanned[in_union], union_key[in_union])
-    union_depth = union_by // 2
-
-    piece_depth = owner_depth[piece_edge]
-    real = piece_b > piece_a
-    own = real & (hidden_by > piece_depth) & (owner[piece_edge] >= 0)
-    under = real & (union_by != NO_COVER) & (union_by % 2 == 0) & (piece_depth < union_depth)
-    under &= ~along_frame[piece_edge]  # beyond such a piece lies the outside, not a cover
-    instance_at_depth = (np.argsort(depth.reshape(scenes, n), axis=1) + np.arange(scenes)[:, None] * n).ravel()
-    under_scene = piece_edge[under] // layout.edges
-    target = np.concatenate([owner[piece_edge[own]], instance_at_depth[under_scene * n + union_depth[under]]])
-    edge = np.concatenate([piece_edge[own], piece_edge[under]])
-    ta = np.concatenate([piece_a[own], piece_a[under]])
-    tb = np.concatenate([piece_b[own], piece_b[under]])
-    sign = np.ones(target.size)
-    sign[int(own.sum()) :] = -1.0
-    # a piece from t=a to t=b of the edge p + t*s contributes cross(p, s) * (b - a) / 2
-    total = scenes * n
-    area = np.bincount(target, weights=sign * (tb - ta) * 0.5 * (px * sy - py * sx)[edge], minlength=total)
-
-    # boxes from pieces longer than rounding debris (a piece of 1e-15 px is not "visible")
-    long_enough = (tb - ta) * edge_length[edge] > DEBRIS
-    target, edge, ta, tb = target[long_enough], edge[long_enough], ta[long_enough], tb[long_enough]
-    x_a, x_b = px[edge] + ta * sx[edge], px[edge] + tb * sx[edge]
-    y_a, y_b = py[edge] + ta * sy[edge], py[edge] + tb * sy[edge]
-    lows = np.column_stack([np.minimum(x_a, x_b), np.minimum(y_a, y_b)])
-    highs = np.column_stack([np.maximum(x_a, x_b), np.maximum(y_a, y_b)])
-    box = _boxes(target, lows, highs, total, origin=half)
+    polygons = _polygons(groups, layout, half)
+    edges = _edges(polygons, instance_depth, layout, half)
+    covers, declined = _covers(edges, polygons, instance_depth, layout)
+    pieces = _pieces(covers, edges)
+    boundary = _boundary(pieces, edges, instance_depth, layout)
+    area = _area(boundary, edges, count)
+    box = _box(boundary, edges, count, half)
+    occluded = _occluded(covers, edges, count)
     return (
         Visibility(
             area=area.reshape(*leading, n), box=box.reshape(*leading, n, 4), occluded=occluded.reshape(*leading, n)
         ),
         declined.reshape(leading),
     )
+
+
+def _polygons(groups: list[np.ndarray], layout: _Layout, half: float) -> _Polygons:
+    """The rings of ``groups`` (each ``(B, k, v, 2)``, numeric) centred on the frame, as
+    vertices, sides, inward side normals with offsets, and boxes (``_Polygons``)."""
+    vertices = np.concatenate([group.reshape(layout.scenes, -1, 2) for group in groups], axis=1).reshape(-1, 2) - half
+    sides = np.take(vertices, layout.following, axis=0) - vertices
+    side_x, side_y = sides[:, 0], sides[:, 1]
+    side_length = np.hypot(side_x, side_y)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        normal_x, normal_y = -side_y / side_length, side_x / side_length
+    offsets = normal_x * vertices[:, 0] + normal_y * vertices[:, 1]
+    if not side_length.all():  # a repeated vertex: its side constrains nothing
+        normal_x[side_length == 0] = normal_y[side_length == 0] = 0.0
+        offsets[side_length == 0] = -np.inf
+    return _Polygons(
+        vertices=vertices,
+        sides=sides,
+        normal_x=normal_x,
+        normal_y=normal_y,
+        offsets=offsets,
+        box_low=np.minimum.reduceat(vertices, layout.first),
+        box_high=np.maximum.reduceat(vertices, layout.first),
+    )
+
+
+def _edges(polygons: _Polygons, instance_depth: np.ndarray, layout: _Layout, half: float) -> _Edges:
+    """Every polygon side clipped to the frame ``[-half, half]^2``, then the frame's own sides,
+    owned by no polygon and at depth -1, nearer than everything. A side wholly outside the
+    frame becomes a point far outside it, owned by no polygon: it meets nothing and adds
+    nothing. ``instance_depth`` is ``(B*n,)`` int64.
+    """
+    frame_starts, frame_steps = _frame_edges(half)
+    frame_shape = (layout.scenes, 4, 2)
+    starts = np.concatenate(
+        [polygons.vertices.reshape(layout.scenes, -1, 2), np.broadcast_to(frame_starts, frame_shape)], axis=1
+    ).reshape(-1, 2)
+    steps = np.concatenate(
+        [polygons.sides.reshape(layout.scenes, -1, 2), np.broadcast_to(frame_steps, frame_shape)], axis=1
+    ).reshape(-1, 2)
+    owner = layout.owner.copy()
+    along_frame = np.zeros(len(starts), dtype=bool)
+    on_or_beyond = np.abs(polygons.vertices) >= half  # (V, 2); on the frame too: see which side the polygon lies
+    vertex_out = on_or_beyond[:, 0] | on_or_beyond[:, 1]
+    cut_vertex = np.flatnonzero(vertex_out | vertex_out[layout.following])
+    if cut_vertex.size:
+        cut = layout.edge_of_vertex[cut_vertex]
+        kept, clipped_starts, clipped_steps, clipped_along = _clip_to_frame(
+            polygons.vertices[cut_vertex], polygons.sides[cut_vertex], half
+        )
+        starts[cut], steps[cut] = clipped_starts, clipped_steps
+        owner[cut] = np.where(kept, owner[cut], -1)
+        along_frame[cut] = clipped_along
+    return _Edges(
+        starts=starts,
+        steps=steps,
+        lengths=np.hypot(steps[:, 0], steps[:, 1]),
+        owner=owner,
+        depth=np.where(owner >= 0, instance_depth[owner], -1),
+        along_frame=along_frame,
+    )
+
+
+def _clip_to_frame(
+    origins: np.ndarray, directions: np.ndarray, half: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Liang-Barsky: the part in the frame ``[-half, half]^2`` of each side ``origin + t * direction``,
+    t in [0, 1] (both ``(C, 2)`` float64). Returns whether any part is kept ``(C,)`` bool, the
+    kept part's start and step ``(C, 2)`` float64 (a point at ``FAR_AWAY`` where none), and
+    whether the kept part runs along a frame line ``(C,)`` bool."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        to_low, to_high = (-half - origins) / directions, (half - origins) / directions
+    axis_enter, axis_leave = np.minimum(to_low, to_high), np.maximum(to_low, to_high)  # (C, 2)
+    parallel = directions == 0
+    along = np.zeros(len(origins), dtype=bool)
+    if parallel.any():
+        # parallel to a frame line: inside, outside, or along it; along it, a side stays
+        # only if its polygon lies on the frame's side
+        inward = np.stack([-directions[:, 1], directions[:, 0]], axis=1) * origins < 0
+        stays_in = (np.abs(origins) < half) | ((np.abs(origins) == half) & inward)
+        axis_enter = np.where(parallel, np.where(stays_in, -np.inf, np.inf), axis_enter)
+        axis_leave = np.where(parallel, np.where(stays_in, np.inf, -np.inf), axis_leave)
+        along = (parallel & (np.abs(origins) == half)).any(axis=1)
+    enter, leave = np.maximum(axis_enter.max(axis=1), 0.0), np.minimum(axis_leave.min(axis=1), 1.0)
+    kept = enter < leave
+    kept_from, kept_to = np.where(kept, enter, 0.0)[:, None], np.where(kept, leave, 0.0)[:, None]
+    kept_starts = np.where(kept[:, None], origins + kept_from * directions, FAR_AWAY)
+    return kept, kept_starts, directions * (kept_to - kept_from), along & kept
+
+
+@lru_cache(maxsize=16)
+def _frame_edges(half: float) -> tuple[np.ndarray, np.ndarray]:
+    """The frame's sides' starts and steps, ``(4, 2)`` float64 each, oriented so that the outside
+    of the frame is on their left."""
+    starts = np.array([[-half, -half], [-half, half], [half, half], [half, -half]])
+    return starts, np.roll(starts, -1, axis=0) - starts
+
+
+def _covers(
+    edges: _Edges, polygons: _Polygons, instance_depth: np.ndarray, layout: _Layout
+) -> tuple[_Covers, np.ndarray]:
+    """Every interval of an edge that another polygon of its scene covers (``_Covers``), and
+    which scenes are declined ``(B,)`` bool. ``instance_depth`` is ``(B*n,)`` int64.
+
+    Pairs whose boxes overlap are candidates; circles about each polygon settle most of
+    them, and Cyrus-Beck clipping the rest.
+    """
+    candidates = _candidate_pairs(edges, polygons, layout)
+    whole, straddling = _settle_by_circles(candidates, edges, polygons, layout)
+    lo, hi, kind, declined = _cyrus_beck(straddling, edges, polygons, layout)
+    hit = lo < hi
+    cover_edge = np.concatenate([whole.edge, straddling.edge[hit]])
+    cover_polygon = np.concatenate([whole.polygon, straddling.polygon[hit]])
+    cover_kind = np.concatenate([np.zeros(whole.edge.size, dtype=np.int64), kind[hit]])
+    cover_depth = instance_depth[cover_polygon]
+    edge_depth = edges.depth[cover_edge]
+    covers = _Covers(
+        edge=cover_edge,
+        polygon=cover_polygon,
+        lo=np.concatenate([np.zeros(whole.edge.size), lo[hit]]),
+        hi=np.concatenate([np.ones(whole.edge.size), hi[hit]]),
+        kind=cover_kind,
+        depth=cover_depth,
+        edge_depth=edge_depth,
+        # An edge piece on a nearer polygon's side with that polygon on the same side is
+        # hidden; with it on the other side, it is not. A nearer polygon's piece counts on
+        # k's boundary only from k's interior, and never where a yet nearer polygon (or one
+        # abutting it) continues the cover.
+        hides=cover_kind != OPPOSITE,
+        joins_union=(cover_kind != SAME) | (cover_depth < edge_depth),
+    )
+    return covers, declined
+
+
+def _candidate_pairs(edges: _Edges, polygons: _Polygons, layout: _Layout) -> _Pairs:
+    """The (edge, polygon) pairs of each scene whose boxes overlap, never a polygon with
+    its own edge, in the order of a ``(B, E, n)`` matrix."""
+    scenes, n = layout.scenes, layout.polygons
+    ends = edges.starts + edges.steps
+    edge_low = np.minimum(edges.starts, ends).reshape(scenes, -1, 1, 2)
+    edge_high = np.maximum(edges.starts, ends).reshape(scenes, -1, 1, 2)
+    box_low, box_high = polygons.box_low.reshape(scenes, 1, n, 2), polygons.box_high.reshape(scenes, 1, n, 2)
+    near = (
+        (edge_low[..., 0] <= box_high[..., 0])
+        & (edge_high[..., 0] >= box_low[..., 0])
+        & (edge_low[..., 1] <= box_high[..., 1])
+        & (edge_high[..., 1] >= box_low[..., 1])
+    )
+    near.reshape(-1)[layout.own_pairs] = False
+    flat_pair = np.flatnonzero(near)
+    pair_edge = flat_pair // n
+    return _Pairs(edge=pair_edge, polygon=(pair_edge // layout.edges) * n + flat_pair % n)
+
+
+def _settle_by_circles(
+    candidates: _Pairs, edges: _Edges, polygons: _Polygons, layout: _Layout
+) -> tuple[_Pairs, _Pairs]:
+    """Circles about each polygon's vertex mean settle most pairs: an edge inside the
+    inscribed circle is covered whole; one outside the circumscribed circle not at all.
+    Returns the pairs covered whole and those that straddle (neither), both subsets of
+    ``candidates`` in its order."""
+    centre = np.add.reduceat(polygons.vertices, layout.first) / layout.counts[:, None]  # (B*n, 2)
+    from_centre = polygons.vertices - np.repeat(centre, layout.counts, axis=0)  # (V, 2)
+    outer_radius_sq = np.maximum.reduceat(from_centre[:, 0] ** 2 + from_centre[:, 1] ** 2, layout.first)
+    inner_radius = -np.maximum.reduceat(
+        polygons.normal_x * from_centre[:, 0] + polygons.normal_y * from_centre[:, 1], layout.first
+    )
+    edge, polygon = candidates.edge, candidates.polygon
+    rel_x = edges.starts[:, 0][edge] - centre[polygon, 0]  # (P,): the edge's start relative to the centre
+    rel_y = edges.starts[:, 1][edge] - centre[polygon, 1]
+    step_x, step_y = edges.steps[:, 0][edge], edges.steps[:, 1][edge]
+    farthest_sq = np.maximum(rel_x * rel_x + rel_y * rel_y, (rel_x + step_x) ** 2 + (rel_y + step_y) ** 2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        closest_t = np.clip(-(rel_x * step_x + rel_y * step_y) / (step_x * step_x + step_y * step_y), 0.0, 1.0)
+    nearest_sq = (rel_x + closest_t * step_x) ** 2 + (rel_y + closest_t * step_y) ** 2
+    whole = farthest_sq < (inner_radius[polygon] * (1 - SAFETY)) ** 2
+    straddle = ~whole & (nearest_sq < outer_radius_sq[polygon] * (1 + SAFETY) ** 2)
+    return _Pairs(edge=edge[whole], polygon=polygon[whole]), _Pairs(edge=edge[straddle], polygon=polygon[straddle])
+
+
+def _cyrus_beck(
+    pairs: _Pairs, edges: _Edges, polygons: _Polygons, layout: _Layout
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Cyrus-Beck over every pair, all sides of all polygons in one flat array: the interval
+    ``[lo, hi]`` of each pair's edge inside its polygon (``(P,)`` float64 each, empty where
+    ``lo >= hi``), how it meets the edge ``(P,)`` int64 (INTERIOR, SAME, OPPOSITE), and which
+    scenes are declined ``(B,)`` bool.
+
+    Nearly parallel sides are checked apart (a superset first, as if every edge were the
+    longest). An edge crossing, or running within rounding of, a side's line at a grazing
+    angle has ill-conditioned crossings: such scenes go to GEOS rather than risk rounding.
+    Exactly on the line, the edge only touches the polygon, running with (SAME) or against
+    (OPPOSITE) it; strictly outside a parallel side, it misses.
+    """
+    declined = np.zeros(layout.scenes, dtype=bool)
+    if not pairs.edge.size:
+        return np.zeros(0), np.zeros(0), np.zeros(0, dtype=np.int64), declined
+    tests = _side_tests(pairs, edges, polygons, layout)
+    lo = np.maximum(np.maximum.reduceat(np.where(tests.rate > 0, tests.crossing, -np.inf), tests.first_row), 0.0)
+    hi = np.minimum(np.minimum.reduceat(np.where(tests.rate < 0, tests.crossing, np.inf), tests.first_row), 1.0)
+    kind = np.zeros(pairs.edge.size, dtype=np.int64)
+    near_parallel = np.flatnonzero(np.abs(tests.rate) < GRAZING * edges.lengths.max())
+    if near_parallel.size:
+        row_edge = np.repeat(pairs.edge, tests.sides_per_pair)[near_parallel]
+        declined[row_edge[_grazing(tests, near_parallel, row_edge, edges)] // layout.edges] = True
+        contacts = _parallel_contacts(tests, near_parallel, row_edge, edges, polygons)
+        if contacts is not None:
+            blocked, same, opposite = contacts
+            hi = np.where(blocked, -1.0, hi)
+            kind = np.where(same, SAME, np.where(opposite, OPPOSITE, INTERIOR))
+    return lo, hi, kind, declined
+
+
+def _side_tests(pairs: _Pairs, edges: _Edges, polygons: _Polygons, layout: _Layout) -> _SideTests:
+    """Each pair's edge against each side of its polygon (``_SideTests``), pair by pair."""
+    sides_per_pair = layout.counts[pairs.polygon]
+    first_row = np.concatenate([[0], np.cumsum(sides_per_pair)[:-1]])
+    sides = np.repeat(layout.first[pairs.polygon] - first_row, sides_per_pair) + np.arange(int(sides_per_pair.sum()))
+    normal_x, normal_y = polygons.normal_x[sides], polygons.normal_y[sides]  # (R,) each
+    start_x, start_y = edges.starts[:, 0][pairs.edge], edges.starts[:, 1][pairs.edge]  # (P,) each
+    step_x, step_y = edges.steps[:, 0][pairs.edge], edges.steps[:, 1][pairs.edge]
+    level = (
+        np.repeat(start_x, sides_per_pair) * normal_x
+        + np.repeat(start_y, sides_per_pair) * normal_y
+        - polygons.offsets[sides]
+    )
+    rate = np.repeat(step_x, sides_per_pair) * normal_x + np.repeat(step_y, sides_per_pair) * normal_y
+    with np.errstate(divide="ignore", invalid="ignore"):
+        crossing = -level / rate
+    return _SideTests(
+        sides_per_pair=sides_per_pair, first_row=first_row, sides=sides, level=level, rate=rate, crossing=crossing
+    )
+
+
+def _grazing(tests: _SideTests, rows: np.ndarray, row_edge: np.ndarray, edges: _Edges) -> np.ndarray:
+    """Which of the ``rows`` ``(N,)`` int64 (their edges ``row_edge`` ``(N,)`` int64) cross or
+    run within rounding of their side's line at a grazing angle: ``(N,)`` bool."""
+    level, rate, crossing = tests.level[rows], tests.rate[rows], tests.crossing[rows]
+    grazing = np.abs(rate) < GRAZING * edges.lengths[row_edge]
+    grazing &= ((crossing >= 0) & (crossing <= 1)) | (np.abs(level) <= TOUCHING)
+    grazing &= (level != 0) | (rate != 0)
+    return grazing
+
+
+def _parallel_contacts(
+    tests: _SideTests, rows: np.ndarray, row_edge: np.ndarray, edges: _Edges, polygons: _Polygons
+) -> np.ndarray | None:
+    """Per pair ``(3, P)`` bool: its edge lies strictly outside a parallel side (blocked), or on
+    one running the same way (SAME) or the opposite way (OPPOSITE); None when no pair's edge
+    is on or outside a parallel side. ``rows`` and ``row_edge`` are as for ``_grazing``."""
+    level, parallel = tests.level[rows], tests.rate[rows] == 0
+    if not (parallel & (level <= 0)).any():
+        return None
+    sides = tests.sides[rows]
+    step_x, step_y = edges.steps[:, 0][row_edge], edges.steps[:, 1][row_edge]
+    along = step_x * polygons.normal_y[sides] - step_y * polygons.normal_x[sides] > 0
+    flags = np.zeros((3, tests.level.size), dtype=bool)  # per row: blocked, SAME, OPPOSITE
+    flags[0, rows[parallel & (level < 0)]] = True
+    flags[SAME, rows[parallel & (level == 0) & along]] = True
+    flags[OPPOSITE, rows[parallel & (level == 0) & ~along]] = True
+    return np.logical_or.reduceat(flags, tests.first_row, axis=1)
+
+
+def _pieces(covers: _Covers, edges: _Edges) -> _Pieces:
+    """Every edge split at 0 and at its cover ends; a piece's own cover and union cover are
+    the least depths among the covers of each sort spanning it (``_Pieces``)."""
+    num_edges, num_covers = len(edges.starts), covers.edge.size
+    cut_edge = np.concatenate([np.arange(num_edges), covers.edge, covers.edge])
+    cut_t = np.concatenate([np.zeros(num_edges), covers.lo, covers.hi])
+    order = np.lexsort((cut_t, cut_edge))
+    rank = np.empty_like(order)
+    rank[order] = np.arange(order.size)
+    piece_edge, piece_a = cut_edge[order], cut_t[order]
+    piece_b = np.append(piece_a[1:], 1.0)
+    piece_b[np.flatnonzero(piece_edge[1:] != piece_edge[:-1])] = 1.0
+    first_piece, end_piece = rank[num_edges : num_edges + num_covers], rank[num_edges + num_covers :]  # (C,) each
+    span = end_piece - first_piece
+    spanned = np.repeat(first_piece - np.cumsum(span) + span, span) + np.arange(int(span.sum()))
+    # union key: 2 * depth, + 1 when the cover only touches (then nothing lies beneath)
+    spanned_key = np.repeat(2 * covers.depth + (covers.kind != INTERIOR), span)
+    union_key = np.full(order.size, NO_COVER)
+    if covers.hides.all() and covers.joins_union.all():
+        np.minimum.at(union_key, spanned, spanned_key)
+        hidden_by = np.where(union_key == NO_COVER, NO_COVER, union_key // 2)
+    else:
+        hidden_by = np.full(order.size, NO_COVER)
+        hiding = covers.hides
+        np.minimum.at(hidden_by, spanned[np.repeat(hiding, span)], np.repeat(covers.depth[hiding], span[hiding]))
+        in_union = np.repeat(covers.joins_union, span)
+        np.minimum.at(union_key, spanned[in_union], spanned_key[in_union])
+    return _Pieces(edge=piece_edge, a=piece_a, b=piece_b, hidden_by=hidden_by, union_key=union_key)
+
+
+def _boundary(pieces: _Pieces, edges: _Edges, instance_depth: np.ndarray, layout: _Layout) -> _Boundary:
+    """The visible parts' boundary pieces (``_Boundary``): first the pieces of each polygon's own
+    edges that no nearer polygon hides, forwards; then the pieces of nearer edges (the frame's
+    included) whose nearest cover is a polygon's interior, backwards, for that polygon.
+    ``instance_depth`` is ``(B*n,)`` int64."""
+    scenes, n = layout.scenes, layout.polygons
+    piece_depth = edges.depth[pieces.edge]
+    union_depth = pieces.union_key // 2
+    nonempty = pieces.b > pieces.a
+    own = nonempty & (pieces.hidden_by > piece_depth) & (edges.owner[pieces.edge] >= 0)
+    under = nonempty & (pieces.union_key != NO_COVER) & (pieces.union_key % 2 == 0) & (piece_depth < union_depth)
+    under &= ~edges.along_frame[pieces.edge]  # beyond such a piece lies the outside, not a cover
+    instance_at_depth = (np.argsort(instance_depth.reshape(scenes, n), axis=1) + np.arange(scenes)[:, None] * n).ravel()
+    under_scene = pieces.edge[under] // layout.edges
+    instance = np.concatenate([edges.owner[pieces.edge[own]], instance_at_depth[under_scene * n + union_depth[under]]])
+    sign = np.ones(instance.size)
+    sign[int(own.sum()) :] = -1.0
+    return _Boundary(
+        instance=instance,
+        edge=np.concatenate([pieces.edge[own], pieces.edge[under]]),
+        a=np.concatenate([pieces.a[own], pieces.a[under]]),
+        b=np.concatenate([pieces.b[own], pieces.b[under]]),
+        sign=sign,
+    )
+
+
+def _area(boundary: _Boundary, edges: _Edges, count: int) -> np.ndarray:
+    """Visible area ``(count,)`` float64 of each polygon by Green's theorem: a piece from t=a to
+    t=b of the edge p + t*s contributes cross(p, s) * (b - a) / 2."""
+    start_x, start_y = edges.starts[:, 0], edges.starts[:, 1]
+    step_x, step_y = edges.steps[:, 0], edges.steps[:, 1]
+    cross = (start_x * step_y - start_y * step_x)[boundary.edge]
+    return np.bincount(
+        boundary.instance, weights=boundary.sign * (boundary.b - boundary.a) * 0.5 * cross, minlength=count
+    )
+
+
+def _box(boundary: _Boundary, edges: _Edges, count: int, half: float) -> np.ndarray:
+    """Visible boxes ``(count, 4)`` float64, ``(x, y, w, h)`` in image px, from the boundary pieces
+    longer than rounding debris (a piece of 1e-15 px is not "visible")."""
+    long_enough = (boundary.b - boundary.a) * edges.lengths[boundary.edge] > DEBRIS
+    edge, a, b = boundary.edge[long_enough], boundary.a[long_enough], boundary.b[long_enough]
+    start_x, start_y = edges.starts[:, 0][edge], edges.starts[:, 1][edge]
+    step_x, step_y = edges.steps[:, 0][edge], edges.steps[:, 1][edge]
+    x_a, x_b = start_x + a * step_x, start_x + b * step_x
+    y_a, y_b = start_y + a * step_y, start_y + b * step_y
+    lows = np.column_stack([np.minimum(x_a, x_b), np.minimum(y_a, y_b)])
+    highs = np.column_stack([np.maximum(x_a, x_b), np.maximum(y_a, y_b)])
+    return _boxes(boundary.instance[long_enough], lows, highs, count, origin=half)
+
+
+def _occluded(covers: _Covers, edges: _Edges, count: int) -> np.ndarray:
+    """Which of the ``count`` polygons a nearer one overlaps with positive area, ``(count,)``
+    bool: a nearer cover hides part of its edge, or its interior holds a nearer polygon's edge."""
+    occluded = np.zeros(count, dtype=bool)
+    occluded[edges.owner[covers.edge[covers.hides & (covers.depth < covers.edge_depth)]]] = True
+    inside_farther = (covers.kind == INTERIOR) & (edges.owner[covers.edge] >= 0) & (covers.edge_depth < covers.depth)
+    occluded[covers.polygon[inside_farther]] = True
+    return occluded
