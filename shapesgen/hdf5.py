@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,12 +18,13 @@ from typing import Any
 
 import h5py
 import numpy as np
+from h5py import h5a, h5s, h5t
 from isal import isal_zlib
 
 from shapesgen.config import SceneConfig, StorageConfig
 from shapesgen.errors import ConfigError, DatasetError
 from shapesgen.scene import Scene, render_scenes
-from shapesgen.schema import DATASETS, FIELDS, FORMAT_NAME, FORMAT_VERSION, OFFSETS
+from shapesgen.schema import DATASETS, FIELDS, FORMAT_NAME, FORMAT_VERSION, OFFSETS, ROOT_ATTRIBUTES
 
 VERTEX_CHUNK = 4096
 VERIFY_BATCH = 64  # scenes re-rendered at a time when checking a killed render
@@ -268,8 +270,8 @@ class DatasetWriter:
             self.file.close()
 
 
-def scene_digests(file: h5py.File, offsets: np.ndarray, vertex_offsets: np.ndarray) -> dict[str, list[bytes]]:
-    """Per-scene digests of every hashed dataset, read back from a file."""
+def scene_digests(file: Mapping[str, Any], offsets: np.ndarray, vertex_offsets: np.ndarray) -> dict[str, list[bytes]]:
+    """Per-scene digests of every hashed dataset, read back from a file (or ``ShapesDataset.datasets``)."""
     digests: dict[str, list[bytes]] = {name: [] for name in PER_SCENE_HASHED}
     for i in range(len(offsets) - 1):
         rows = slice(int(offsets[i]), int(offsets[i + 1]))
@@ -283,86 +285,459 @@ def scene_digests(file: h5py.File, offsets: np.ndarray, vertex_offsets: np.ndarr
     return digests
 
 
-def checksums(file: h5py.File, digests: dict[str, list[bytes]]) -> dict[str, str]:
+def checksums(file: Mapping[str, Any], digests: dict[str, list[bytes]]) -> dict[str, str]:
     """The ``checksums`` attribute: combined per-scene digests, whole-array offsets."""
     sums = {name: combine_digests(values) for name, values in digests.items()}
     sums.update({name: hashlib.sha256(file[name][()].tobytes()).hexdigest() for name in OFFSETS})
     return dict(sorted(sums.items()))
 
 
+OFFSET_READ_BLOCK = 1 << 20  # instance offsets read and checked at a time when opening a file
+MAX_CHUNK_BYTES = 2**32 - 1  # HDF5's limit on one chunk: no scene record this package writes is larger
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+READ_ERRORS = (OSError, RuntimeError)  # h5py's errors for stored bytes it cannot read or decode
+METADATA_ERRORS = (OSError, RuntimeError, KeyError, ValueError, TypeError)  # and for a damaged header
+REQUIRED_ATTRIBUTES = tuple(name for name in ROOT_ATTRIBUTES if name != "clean_stop")  # clean_stop: since 1.1
+TEXT_ATTRIBUTES = ("config", "storage", "class_names", "checksums", "created", "package_version")
+HEX_DIGEST = re.compile(r"[0-9a-f]{64}")
+VLEN_STRING_TYPES = frozenset(
+    h5t.py_create(h5py.string_dtype(encoding), logical=True).encode() for encoding in ("utf-8", "ascii")
+)
+FIXED_TYPE_CLASSES = frozenset({h5t.INTEGER, h5t.FLOAT, h5t.ENUM, h5t.STRING, h5t.BITFIELD})
+
+
+def _one_line(detail: object, limit: int = 300) -> str:
+    """``detail`` as one short line, for messages that quote a library's error or a stored value."""
+    text = " ".join(str(detail).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _shown(value: object, limit: int = 60) -> str:
+    """A stored value as a message shows it: Python's repr, numpy scalars as plain numbers, one short line."""
+    return _one_line(repr(value.item() if isinstance(value, np.generic) else value), limit)
+
+
+class CorruptDatasetError(DatasetError):
+    """A file whose header or stored bytes break the format (damaged, truncated or tampered with).
+
+    ``problem`` is the finding without the file name, as :func:`shapesgen.validate.validate_file`
+    reports it; ``dataset`` and ``scene`` say where it is, when known.
+    """
+
+    def __init__(
+        self, path: Path, problem: str, *, dataset: str | None = None, scene: int | None = None, hint: str = ""
+    ) -> None:
+        super().__init__(f"{path}: corrupt file: {problem}{hint}")
+        self.path = path
+        self.problem = problem
+        self.dataset = dataset
+        self.scene = scene
+
+
+class DatasetView:
+    """One dataset of an open file, sliced like the h5py dataset it wraps.
+
+    A read h5py cannot complete (a damaged compressed chunk, a broken chunk index)
+    raises :class:`CorruptDatasetError` naming the file, the dataset and the first
+    scene that cannot be read. Shape and dtype are cached: the file is read-only.
+    """
+
+    __slots__ = ("_data", "_owner", "axis", "dtype", "name", "shape")
+
+    def __init__(self, owner: ShapesDataset, data: h5py.Dataset, name: str, axis: str) -> None:
+        self._owner = owner
+        self._data = data
+        self.name = name
+        self.axis = axis  # "scene", "instance", "vertex", or "offset" for the offset arrays
+        self.shape: tuple[int, ...] = tuple(data.shape)
+        self.dtype: np.dtype = data.dtype
+
+    def __getitem__(self, key: Any) -> Any:
+        try:
+            return self._data[key]
+        except READ_ERRORS as exc:
+            raise self._unreadable(key, exc) from None
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __iter__(self) -> Iterator[Any]:
+        for row in range(len(self)):
+            yield self[row]
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        data = np.asarray(self[()])
+        return data if dtype is None else data.astype(dtype)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+    @property
+    def chunks(self) -> tuple[int, ...] | None:
+        return self._data.chunks
+
+    @property
+    def compression(self) -> str | None:
+        return self._data.compression
+
+    def _unreadable(self, key: Any, exc: BaseException) -> CorruptDatasetError:
+        """The error for a failed read: re-read the rows asked for chunk by chunk to find the bad one."""
+        owner = self._owner
+        rows = _rows_of(key, len(self))
+        bad = self._first_bad_rows(rows)
+        where = f"dataset {self.name}"
+        scene = None
+        if rows is not None and bad is not None:
+            row = max(bad.start, min(rows))  # the first row asked for in the block that cannot be read
+            scene = owner._scene_of(self.axis, row)
+            where = f"dataset {self.name} row {row}" if scene is None else f"scene {scene}: dataset {self.name}"
+        return CorruptDatasetError(
+            owner.path,
+            f"{where} cannot be read ({_one_line(exc)})",
+            dataset=self.name,
+            scene=scene,
+            hint=f"; check the file with `shapesgen validate {owner.path}`",
+        )
+
+    def _first_bad_rows(self, rows: range | None) -> range | None:
+        """The first chunk-sized block of ``rows`` that cannot be read, if any."""
+        if not rows:
+            return None
+        step = (self._data.chunks or self.shape)[0] or 1
+        for start in range(min(rows) // step * step, max(rows) + 1, step):
+            block = range(start, min(start + step, len(self)))
+            try:
+                self._data[block.start : block.stop]
+            except READ_ERRORS:
+                return block
+        return None
+
+
+def _rows_of(key: Any, length: int) -> range | None:
+    """Rows along the first axis that a simple index (integer, slice, ``()``, ``...``) selects."""
+    if isinstance(key, tuple):
+        if not key:
+            return range(length)
+        key = key[0]
+    if key is Ellipsis:
+        return range(length)
+    if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
+        row = int(key) + (length if key < 0 else 0)
+        return range(row, row + 1) if 0 <= row < length else None
+    if isinstance(key, slice):
+        return range(*key.indices(length))
+    return None
+
+
 class ShapesDataset:
     """A read-only view of a shapesgen HDF5 file; scenes are read on access.
 
-    ``dataset[i]`` is a :class:`Scene`; the h5py datasets are exposed as attributes
-    (``images``, ``layers``, ...) for fast batch reads.
+    ``dataset[i]`` is a :class:`Scene`; the datasets are exposed as attributes
+    (``images``, ``layers``, ...) for fast batch reads. The header (attributes,
+    shapes, dtypes, instance offsets) is checked when the file is opened, so a
+    damaged file fails there with one line; a damaged chunk fails the read that
+    meets it with a :class:`CorruptDatasetError`.
     """
 
     def __init__(self, path: str | Path, *, allow_incomplete: bool = False) -> None:
         self.path = Path(path)
+        if not self.path.exists():
+            raise DatasetError(f"{self.path}: no such file", param="path")
         if not self.path.is_file():
-            raise DatasetError(f"{self.path}: no such file")
+            raise DatasetError(f"{self.path}: not a regular file", param="path")
         try:
             self.file = h5py.File(self.path, "r")
-        except OSError as exc:
-            raise DatasetError(f"{self.path}: not a readable HDF5 file ({exc})") from None
+        except METADATA_ERRORS as exc:
+            if isinstance(exc, OSError) and exc.errno is not None:  # permissions, a writer's lock, the disk
+                raise DatasetError(f"{self.path}: cannot open for reading ({_one_line(exc)})", param="path") from None
+            if _has_hdf5_signature(self.path):
+                raise CorruptDatasetError(self.path, f"damaged or truncated HDF5 ({_one_line(exc)})") from None
+            raise DatasetError(f"{self.path}: not a readable HDF5 file ({_one_line(exc)})", param="path") from None
         try:
             self._check_header(allow_incomplete)
-        except Exception:
+        except BaseException:
             self.file.close()
             raise
 
+    def _corrupt(self, problem: str, dataset: str | None = None) -> CorruptDatasetError:
+        return CorruptDatasetError(self.path, problem, dataset=dataset)
+
     def _check_header(self, allow_incomplete: bool) -> None:
-        attrs = self.file.attrs
-        if attrs.get("format") != FORMAT_NAME:
+        """Check every attribute, dataset shape and dtype, and the instance offsets, once."""
+        attrs, unreadable = self._read_attributes()
+        if "format" not in unreadable and (not isinstance(attrs.get("format"), str) or attrs["format"] != FORMAT_NAME):
             raise DatasetError(f"{self.path}: not a shapesgen dataset (attribute format != '{FORMAT_NAME}')")
-        version = str(attrs.get("format_version", ""))
-        if version.split(".")[0] != FORMAT_VERSION.split(".")[0]:
+        version = attrs.get("format_version")
+        major = FORMAT_VERSION.split(".")[0]
+        if "format_version" in attrs and (not isinstance(version, str) or version.split(".")[0] != major):
             raise DatasetError(
-                f"{self.path}: format_version {version!r} is not readable by this shapesgen "
-                f"(reads {FORMAT_VERSION.split('.')[0]}.x)"
+                f"{self.path}: format_version {_shown(version, 40)} is not readable by this shapesgen (reads {major}.x)"
             )
-        missing = [name for name in [f.name for f in DATASETS] + list(OFFSETS) if name not in self.file]
+        if unreadable:
+            raise self._corrupt(next(iter(unreadable.values())))
+        missing = [name for name in REQUIRED_ATTRIBUTES if name not in attrs]
         if missing:
-            raise DatasetError(f"{self.path}: corrupt shapesgen dataset, missing datasets {missing}")
-        try:
-            self.config = SceneConfig.from_json(str(attrs["config"]))
-        except (KeyError, ConfigError) as exc:
-            raise DatasetError(f"{self.path}: corrupt config attribute ({exc})") from None
-        if not allow_incomplete and not bool(attrs.get("complete", False)):
+            raise self._corrupt(f"attribute(s) {missing} missing")
+        for name in TEXT_ATTRIBUTES:
+            if not isinstance(attrs[name], str):
+                raise self._corrupt(f"attribute {name} must be a string, not {type(attrs[name]).__name__}")
+        self._attrs = attrs
+        self.config = self._config(attrs["config"])
+        self._check_attributes(attrs)
+        if not allow_incomplete and not self._complete:
             raise DatasetError(
-                f"{self.path}: incomplete render ({int(attrs.get('scenes_written', 0))} of "
-                f"{int(attrs.get('num_scenes', 0))} scenes); resume it with `shapesgen render --resume`"
+                f"{self.path}: incomplete render ({self._scenes} of {self._num_scenes} scenes); "
+                "finish it with render_dataset(..., resume=True)"
             )
-        self.storage = json.loads(str(attrs.get("storage", "{}")))
-        self.checksums: dict[str, str] = json.loads(str(attrs.get("checksums", "{}")))
-        self.images = self.file["images"]
-        self.layers = self.file["layers"]
-        self.class_layers = self.file["class_layers"]
-        self.amodal_masks = self.file["amodal_masks"]
-        self.visible_masks = self.file["visible_masks"]
-        self.instances = self.file["instances"]
-        self.vertices = self.file["vertices"]
-        self.instance_offsets = self.file["instance_offsets"][:]
-        self.vertex_offsets = self.file["vertex_offsets"]
+        views = self._open_datasets()
+        self.datasets: dict[str, DatasetView] = views  # every dataset of the schema, by name
+        self.images = views["images"]
+        self.layers = views["layers"]
+        self.class_layers = views["class_layers"]
+        self.amodal_masks = views["amodal_masks"]
+        self.visible_masks = views["visible_masks"]
+        self.instances = views["instances"]
+        self.vertices = views["vertices"]
+        self.vertex_offsets = views["vertex_offsets"]
+        self.instance_offsets: np.ndarray = self._check_offsets(views)
+
+    def _read_attributes(self) -> tuple[dict[str, Any], dict[str, str]]:
+        """The format's root attributes, and a problem for each that is not safe to read.
+
+        h5py crashes the interpreter (a segmentation fault) reading a variable-length
+        string attribute whose datatype message is damaged, so such types must match
+        the writer's exactly; fixed-size numbers and strings are read and checked after.
+        """
+        attrs: dict[str, Any] = {}
+        unreadable: dict[str, str] = {}
+        try:
+            stored = self.file.attrs
+        except METADATA_ERRORS as exc:
+            raise self._corrupt(f"the root group cannot be read ({_one_line(exc)})") from None
+        for name in ROOT_ATTRIBUTES:
+            try:
+                if not h5a.exists(self.file.id, name.encode()):
+                    continue
+                attribute = h5a.open(self.file.id, name.encode())
+                kind, space = attribute.get_type(), attribute.get_space()
+                variable = kind.get_class() == h5t.VLEN or (kind.get_class() == h5t.STRING and kind.is_variable_str())
+                if variable:
+                    safe = kind.encode() in VLEN_STRING_TYPES and space.get_simple_extent_type() == h5s.SCALAR
+                else:
+                    safe = kind.get_class() in FIXED_TYPE_CLASSES
+                if safe:
+                    attrs[name] = stored[name]
+                else:
+                    unreadable[name] = f"attribute {name} has an HDF5 datatype that no shapesgen file uses"
+            except METADATA_ERRORS as exc:
+                unreadable[name] = f"attribute {name} cannot be read ({_one_line(exc)})"
+        return attrs, unreadable
+
+    def _config(self, text: str) -> SceneConfig:
+        try:
+            config = SceneConfig.from_json(text)
+        except (ConfigError, TypeError, ValueError, RecursionError) as exc:
+            raise self._corrupt(f"attribute config is not a valid SceneConfig ({_one_line(exc)})") from None
+        if config.seed is None:
+            raise self._corrupt("attribute config has seed=None: a file records the seed it was rendered with")
+        return config
+
+    def _json(self, name: str) -> Any:
+        try:
+            return json.loads(self._attrs[name])
+        except (ValueError, RecursionError) as exc:
+            raise self._corrupt(f"attribute {name} is not JSON ({_one_line(exc, 120)})") from None
+
+    def _integer(self, name: str) -> int:
+        value = self._attrs[name]
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 0:
+            raise self._corrupt(f"attribute {name}={_shown(value)} is invalid: must be an integer >= 0")
+        return int(value)
+
+    def _check_attributes(self, attrs: dict[str, Any]) -> None:
+        config = self.config
+        self._seed = self._integer("seed")
+        if self._seed != config.seed:
+            raise self._corrupt(f"attribute seed={self._seed} differs from the config's seed={config.seed}")
+        names = self._json("class_names")
+        expected = list(config.class_names)
+        if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+            raise self._corrupt(f"attribute class_names={_shown(names, 80)} is not a JSON list of strings")
+        if len(names) != len(expected):
+            raise self._corrupt(
+                f"attribute class_names lists {len(names)} names, the config has {len(expected)} classes"
+            )
+        if names != expected:
+            raise self._corrupt(f"attribute class_names={names} differs from the config's classes {expected}")
+        self._class_names = names
+        sums = self._json("checksums")
+        if not isinstance(sums, dict) or not all(
+            isinstance(value, str) and HEX_DIGEST.fullmatch(value) for value in sums.values()
+        ):
+            raise self._corrupt("attribute checksums is not a JSON object of hex SHA-256 digests")
+        self.checksums: dict[str, str] = sums
+        storage = self._json("storage")
+        if not isinstance(storage, dict):
+            raise self._corrupt(f"attribute storage={_shown(storage)} is not a JSON object")
+        self.storage: dict[str, Any] = storage
+        self._num_scenes = self._integer("num_scenes")
+        self._scenes = self._integer("scenes_written")
+        if self._scenes > self._num_scenes:
+            raise self._corrupt(f"attribute scenes_written={self._scenes} exceeds num_scenes={self._num_scenes}")
+        for name in ("complete", "clean_stop"):
+            if name in attrs and not isinstance(attrs[name], (bool, np.bool_)):
+                raise self._corrupt(f"attribute {name}={_shown(attrs[name])} is not a boolean")
+        self._complete = bool(attrs["complete"])
+        if self._complete and self._scenes != self._num_scenes:
+            raise self._corrupt(
+                f"attribute complete is true but scenes_written={self._scenes} != num_scenes={self._num_scenes}"
+            )
+
+    def _open_datasets(self) -> dict[str, DatasetView]:
+        """Every dataset of the schema, wrapped, with its dtype and record shape checked."""
+        axes: dict[str, str] = {f.name: f.axis for f in DATASETS} | dict.fromkeys(OFFSETS, "offset")
+        views: dict[str, DatasetView] = {}
+        missing = []
+        for name, axis in axes.items():
+            try:
+                data = self.file.get(name)
+                if data is None:
+                    missing.append(name)
+                    continue
+                if not isinstance(data, h5py.Dataset):
+                    raise self._corrupt(f"{name} is a {type(data).__name__}, not a dataset", name)
+                views[name] = DatasetView(self, data, name, axis)
+            except METADATA_ERRORS as exc:
+                raise self._corrupt(f"dataset {name} cannot be opened ({_one_line(exc)})", name) from None
+        if missing:
+            raise self._corrupt(f"dataset(s) {missing} missing")
+        rows = {"scene": 1, "instance": self.config.num_instances}
+        for field in DATASETS:
+            view, record = views[field.name], field.record_shape(self.config)
+            if view.dtype != field.dtype:
+                raise self._corrupt(f"dataset {field.name} has dtype {view.dtype}, expected {field.dtype}", field.name)
+            if view.ndim != len(record) + 1 or view.shape[1:] != record:
+                expected = ", ".join([f"{field.axis}s", *map(str, record)])
+                raise self._corrupt(
+                    f"dataset {field.name} has shape {view.shape}, expected ({expected}) for the stored config",
+                    field.name,
+                )
+            nbytes = int(np.prod(record)) * field.dtype.itemsize * rows.get(field.axis, 1)
+            if nbytes > MAX_CHUNK_BYTES:
+                raise self._corrupt(
+                    f"dataset {field.name}: one scene's record would be {nbytes / 2**30:.1f} GiB, "
+                    "over HDF5's 4 GiB chunk limit, so no render wrote it",
+                    field.name,
+                )
+        for name in OFFSETS:
+            if views[name].dtype != np.int64 or views[name].ndim != 1:
+                raise self._corrupt(
+                    f"dataset {name} has dtype {views[name].dtype} and shape {views[name].shape}, "
+                    "expected int64 (n + 1,)",
+                    name,
+                )
+        return views
+
+    def _check_offsets(self, views: dict[str, DatasetView]) -> np.ndarray:
+        """The instance offsets of the written scenes, checked against every dataset's length.
+
+        Every scene owns ``num_instances`` instance rows. A complete file's datasets
+        hold exactly the written scenes; a partial one may hold a torn tail beyond them.
+        """
+        n, per_scene, exact = self._scenes, self.config.num_instances, self._complete
+
+        def check_length(name: str, needed: int, what: str) -> None:
+            have = len(views[name])
+            if have < needed or (exact and have != needed):
+                raise self._corrupt(
+                    f"dataset {name} has {have} rows, expected {needed} ({what}, scenes_written={n})", name
+                )
+
+        check_length("instance_offsets", n + 1, "one more than the scenes")
+        offsets = self._read_instance_offsets(views["instance_offsets"], n + 1, per_scene)
+        rows = int(offsets[-1])
+        for field in DATASETS:
+            if field.axis == "scene":
+                check_length(field.name, n, "one per scene")
+            elif field.axis == "instance":
+                check_length(field.name, rows, f"{per_scene} per scene")
+        check_length("vertex_offsets", rows + 1, "one more than the instance rows")
+        first, last = int(views["vertex_offsets"][0]), int(views["vertex_offsets"][rows])
+        self._vertex_rows = len(views["vertices"])
+        if first != 0 or not 0 <= last <= self._vertex_rows or (exact and last != self._vertex_rows):
+            raise self._corrupt(
+                f"dataset vertex_offsets runs from {first} to {last}, expected 0 to {self._vertex_rows} "
+                "(the rows of dataset vertices)",
+                "vertex_offsets",
+            )
+        return offsets
+
+    def _read_instance_offsets(self, view: DatasetView, count: int, per_scene: int) -> np.ndarray:
+        """The first ``count`` instance offsets, which must be ``0, k, 2k, ...`` (``k`` instances a scene).
+
+        Read in blocks, so a length claimed by a tampered header fails at its first
+        wrong block instead of allocating it all.
+        """
+        blocks: list[np.ndarray] = []
+        for start in range(0, count, OFFSET_READ_BLOCK):
+            block = view[start : min(start + OFFSET_READ_BLOCK, count)]
+            wrong = np.flatnonzero(block != np.arange(start, start + len(block), dtype=np.int64) * per_scene)
+            if wrong.size:
+                at = start + int(wrong[0])
+                if at == 0:
+                    problem = f"starts at {int(block[0])}, not 0"
+                else:  # every offset before it is right, so scene at - 1 starts at (at - 1) * per_scene
+                    rows = int(block[wrong[0]]) - (at - 1) * per_scene
+                    problem = f"gives scene {at - 1} {rows} instance rows, every scene has {per_scene}"
+                raise self._corrupt(f"dataset instance_offsets {problem}", "instance_offsets")
+            blocks.append(block)
+        return np.concatenate(blocks)
+
+    def _scene_of(self, axis: str, row: int) -> int | None:
+        """The scene that owns ``row`` of a dataset along ``axis``, when the offsets can tell."""
+        per_scene = self.config.num_instances
+        if axis == "scene":
+            return row
+        if axis == "instance":
+            return row // per_scene
+        if axis == "vertex" and hasattr(self, "vertex_offsets"):
+            try:
+                offsets = self.vertex_offsets[:]
+            except CorruptDatasetError:
+                return None
+            instance_row = int(np.searchsorted(offsets, row, side="right")) - 1
+            return instance_row // per_scene if 0 <= instance_row < len(offsets) - 1 else None
+        return None
 
     @property
     def attrs(self) -> dict[str, Any]:
-        return {key: self.file.attrs[key] for key in sorted(self.file.attrs)}
+        """The format's root attributes (those in ``schema.ROOT_ATTRIBUTES``), as checked at open."""
+        return {key: self._attrs[key] for key in sorted(self._attrs)}
 
     @property
     def seed(self) -> int:
-        return int(self.file.attrs["seed"])
+        return self._seed
 
     @property
     def class_names(self) -> list[str]:
-        return list(json.loads(str(self.file.attrs["class_names"])))
+        return list(self._class_names)
 
     @property
     def complete(self) -> bool:
-        return bool(self.file.attrs["complete"])
+        return self._complete
+
+    @property
+    def num_scenes(self) -> int:
+        """Scenes the render was asked for (``len`` counts those written)."""
+        return self._num_scenes
 
     def __len__(self) -> int:
-        return int(self.file.attrs["scenes_written"])
+        return self._scenes
 
     def instance_rows(self, index: int) -> slice:
         """Rows of scene ``index`` in the per-instance datasets."""
@@ -377,6 +752,14 @@ class ShapesDataset:
         index = int(index) % n
         rows = self.instance_rows(index)
         vertex_offsets = self.vertex_offsets[rows.start : rows.stop + 1]
+        if vertex_offsets[0] < 0 or vertex_offsets[-1] > self._vertex_rows or np.any(np.diff(vertex_offsets) < 0):
+            raise CorruptDatasetError(
+                self.path,
+                f"scene {index}: dataset vertex_offsets is not non-decreasing within [0, {self._vertex_rows}]",
+                dataset="vertex_offsets",
+                scene=index,
+                hint=f"; check the file with `shapesgen validate {self.path}`",
+            )
         return Scene(
             index=index,
             image=self.images[index],
@@ -403,6 +786,19 @@ class ShapesDataset:
         self.close()
 
 
+def _has_hdf5_signature(path: Path) -> bool:
+    """Whether ``path`` starts like an HDF5 file (so a failure to open it means damage, not a foreign file)."""
+    try:
+        with path.open("rb") as file:
+            return file.read(len(HDF5_SIGNATURE)) == HDF5_SIGNATURE
+    except OSError:
+        return False
+
+
 def open_dataset(path: str | Path, *, allow_incomplete: bool = False) -> ShapesDataset:
-    """Open a shapesgen HDF5 file for reading (lazy; use as a context manager)."""
+    """Open a shapesgen HDF5 file for reading (lazy; use as a context manager).
+
+    Raises :class:`DatasetError` for a missing, foreign or (unless ``allow_incomplete``)
+    unfinished file and :class:`CorruptDatasetError` for a damaged one.
+    """
     return ShapesDataset(path, allow_incomplete=allow_incomplete)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from shapesgen.hdf5 import ShapesDataset
+from shapesgen.hdf5 import ShapesDataset, open_dataset
 
 OCCLUSION_BANDS = ("none", "partial", "heavy")
 NONE_MAX = 1e-5  # rate <= NONE_MAX: not occluded
@@ -21,12 +22,12 @@ def occlusion_band(rate: np.ndarray) -> np.ndarray:
 
 def summarize(ds: ShapesDataset) -> dict[str, Any]:
     """Counts, class balance, occlusion-rate and stack-depth histograms."""
-    table = ds.instances[:]
+    offsets = ds.instance_offsets
+    table = ds.instances[: int(offsets[-1])]  # the written scenes' rows only (an unfinished render may hold more)
     visible = table["is_visible"]
     rates = table["pixel_occlusion_rate"][visible]
     names = ds.class_names
     stack_hist = np.zeros(ds.config.num_instances + 1, dtype=np.int64)
-    offsets = ds.instance_offsets
     for start in range(0, len(ds), SCENE_BLOCK):
         stop = min(start + SCENE_BLOCK, len(ds))
         masks = ds.amodal_masks[offsets[start] : offsets[stop]]
@@ -39,9 +40,9 @@ def summarize(ds: ShapesDataset) -> dict[str, Any]:
     pixels = stack_hist.sum()
     return {
         "path": str(ds.path),
-        "format_version": str(ds.file.attrs["format_version"]),
-        "package_version": str(ds.file.attrs["package_version"]),
-        "created": str(ds.file.attrs["created"]),
+        "format_version": str(ds.attrs["format_version"]),
+        "package_version": str(ds.attrs["package_version"]),
+        "created": str(ds.attrs["created"]),
         "complete": ds.complete,
         "seed": ds.seed,
         "config": ds.config.to_dict(),
@@ -61,3 +62,9 @@ def summarize(ds: ShapesDataset) -> dict[str, Any]:
         "stack_depth_pixels": {str(d): int(stack_hist[d]) for d in range(last + 1)},
         "pixels_deeper_than_layers": float(stack_hist[ds.config.layers + 1 :].sum() / max(pixels, 1)),
     }
+
+
+def summarize_file(path: str | Path) -> dict[str, Any]:
+    """:func:`summarize` of the dataset at ``path`` (an unfinished render too)."""
+    with open_dataset(path, allow_incomplete=True) as ds:
+        return summarize(ds)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
 from shapesgen.errors import ValidationError
-from shapesgen.hdf5 import ShapesDataset, checksums, scene_digests
+from shapesgen.hdf5 import CorruptDatasetError, ShapesDataset, checksums, open_dataset, scene_digests
 from shapesgen.raster import layer_maps
 from shapesgen.scene import Scene, render_scene
 from shapesgen.schema import DATASETS, INSTANCE_DTYPE, OFFSETS
@@ -22,30 +23,28 @@ def _check(condition: bool | np.bool_, message: str) -> None:
 
 
 def check_structure(ds: ShapesDataset) -> None:
-    """Lengths, shapes, dtypes and offsets agree with each other and the config."""
+    """What opening a file leaves out: exact lengths, the scene count, every vertex offset.
+
+    Opening already checked the attributes, each dataset's dtype and record shape,
+    and the instance offsets (``ShapesDataset`` refuses a file that breaks them).
+    """
     n = len(ds)
-    attrs = ds.file.attrs
-    _check(n == int(attrs["num_scenes"]), f"scenes_written={n} but num_scenes={int(attrs['num_scenes'])}")
-    for field in DATASETS:
-        dataset = ds.file[field.name]
-        _check(dataset.dtype == field.dtype, f"dataset {field.name}: dtype {dataset.dtype}, expected {field.dtype}")
-        record = field.record_shape(ds.config)
-        _check(
-            dataset.shape[1:] == record, f"dataset {field.name}: record shape {dataset.shape[1:]}, expected {record}"
-        )
-    offsets = ds.instance_offsets
+    _check(n == ds.num_scenes, f"scenes_written={n} but num_scenes={ds.num_scenes}")
+    rows, vertex_rows = int(ds.instance_offsets[-1]), len(ds.vertices)
+    lengths = {"scene": n, "instance": rows, "vertex": vertex_rows}
+    expected = {f.name: lengths[f.axis] for f in DATASETS} | {"instance_offsets": n + 1, "vertex_offsets": rows + 1}
+    for name, length in expected.items():
+        have = len(ds.datasets[name])
+        _check(have == length, f"dataset {name}: {have} rows, expected {length} for {n} scenes")
     vertex_offsets = ds.vertex_offsets[:]
-    for name, values, length, total in (
-        ("instance_offsets", offsets, n + 1, ds.instances.shape[0]),
-        ("vertex_offsets", vertex_offsets, ds.instances.shape[0] + 1, ds.vertices.shape[0]),
-    ):
-        _check(len(values) == length, f"{name}: length {len(values)}, expected {length}")
-        _check(values[0] == 0 and values[-1] == total, f"{name}: must run from 0 to {total}")
-        _check(bool(np.all(np.diff(values) >= 0)), f"{name}: not non-decreasing")
-    for name in ("images", "layers", "class_layers"):
-        _check(ds.file[name].shape[0] == n, f"dataset {name}: {ds.file[name].shape[0]} records for {n} scenes")
-    for name in ("amodal_masks", "visible_masks"):
-        _check(ds.file[name].shape[0] == offsets[-1], f"dataset {name}: length differs from instances")
+    _check(
+        vertex_offsets[0] == 0 and vertex_offsets[-1] == vertex_rows,
+        f"vertex_offsets: must run from 0 to {vertex_rows}, the rows of dataset vertices",
+    )
+    falls = np.flatnonzero(np.diff(vertex_offsets) < 0)
+    if falls.size:
+        scene = int(falls[0]) // ds.config.num_instances
+        raise ValidationError(f"scene {scene}: vertex_offsets decrease at instance row {int(falls[0])}")
 
 
 def check_checksums(ds: ShapesDataset) -> None:
@@ -54,7 +53,7 @@ def check_checksums(ds: ShapesDataset) -> None:
     recorded = ds.checksums
     expected = sorted([f.name for f in DATASETS] + list(OFFSETS))
     _check(sorted(recorded) == expected, f"checksums attribute lists {sorted(recorded)}, expected {expected}")
-    actual = checksums(ds.file, scene_digests(ds.file, ds.instance_offsets, ds.vertex_offsets[:]))
+    actual = checksums(ds.datasets, scene_digests(ds.datasets, ds.instance_offsets, ds.vertex_offsets[:]))
     for name in expected:
         _check(actual[name] == recorded[name], f"dataset {name}: SHA-256 does not match the recorded checksum")
 
@@ -130,6 +129,27 @@ def validate_dataset(
     exact-geometry measures to 1e-9 (another shapesgen version may compute them by
     another exact method, equal up to rounding).
     """
+    try:
+        return _validate(ds, regenerate, progress)
+    except CorruptDatasetError as exc:  # a chunk that cannot be read: a finding, named by scene and dataset
+        raise ValidationError(exc.problem) from None
+
+
+def validate_file(path: str | Path, *, regenerate: int = 2, progress: Callable[[int, int], None] | None = None) -> int:
+    """:func:`validate_dataset` of the file at ``path`` (an unfinished render too).
+
+    A damaged file, one that cannot even be opened included, is a finding
+    (:class:`ValidationError`); a missing path or a file that is not HDF5 or not a
+    shapesgen dataset stays a :class:`DatasetError`.
+    """
+    try:
+        with open_dataset(path, allow_incomplete=True) as ds:
+            return validate_dataset(ds, regenerate=regenerate, progress=progress)
+    except CorruptDatasetError as exc:
+        raise ValidationError(exc.problem) from None
+
+
+def _validate(ds: ShapesDataset, regenerate: int, progress: Callable[[int, int], None] | None) -> int:
     check_structure(ds)
     check_checksums(ds)
     n = len(ds)
