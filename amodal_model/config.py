@@ -1,9 +1,17 @@
-"""The training concern's one frozen config: model, loss and optimisation settings."""
+"""The training concern's one frozen config: model, loss and optimisation settings.
+
+Every field is checked by type and range when a config is made, so a hand-edited
+``train_config.json`` fails with one :class:`ConfigError` naming the field, never a
+``TypeError`` deep inside Keras. Widths and counts have upper limits that keep a
+typo (``feature_channels=10**9``) from turning into an out-of-memory crash.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import os
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -13,6 +21,80 @@ from shapesgen.errors import ConfigError
 Backbone = Literal["xception", "mobilenetv2", "tiny"]
 Hinge = Literal["squared", "linear"]
 DistanceScope = Literal["class", "all"]
+
+BACKBONE_NAMES: tuple[str, ...] = ("xception", "mobilenetv2", "tiny")
+HINGES: tuple[str, ...] = ("squared", "linear")
+DISTANCE_SCOPES: tuple[str, ...] = ("class", "all")
+MAX_WIDTH = 4096
+"""Upper limit of channel counts (features, head filters, embedding dimension)."""
+MAX_HEAD_LAYERS = 16
+MAX_BATCH = 1024
+MAX_COUNT = 2**31 - 1
+"""Upper limit of epochs, steps and the other counts (what the frameworks' int32 holds)."""
+MAX_SEED = 2**32 - 1
+"""Seeds seed NumPy's legacy generator through ``keras.utils.set_random_seed``: 32 bits."""
+
+# (field, lowest, highest): integers; the text of "allowed" is built from the bounds.
+_INT_FIELDS: tuple[tuple[str, int, int], ...] = (
+    ("feature_channels", 1, MAX_WIDTH),
+    ("embedding_dim", 1, MAX_WIDTH),
+    ("group_norm_groups", 1, MAX_WIDTH),
+    ("batch_size", 1, MAX_BATCH),
+    ("epochs", 1, MAX_COUNT),
+    ("eval_every", 0, MAX_COUNT),
+    ("eval_scenes", 1, MAX_COUNT),
+    ("min_pixels", 1, MAX_COUNT),
+    ("max_clusters", 1, MAX_COUNT),
+    ("max_iterations", 1, MAX_COUNT),
+    ("seed", 0, MAX_SEED),
+)
+# (field, bound, strict): finite numbers > bound (strict) or >= bound.
+_FLOAT_FIELDS: tuple[tuple[str, float, bool], ...] = (
+    ("l2", 0.0, False),
+    ("d_var", 0.0, False),
+    ("d_dist", 0.0, True),
+    ("var_weight", 0.0, False),
+    ("dist_weight", 0.0, False),
+    ("reg_weight", 0.0, False),
+    ("ce_weight", 0.0, False),
+    ("learning_rate", 0.0, True),
+    ("bandwidth", 0.0, True),
+)
+_CHOICES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("backbone", BACKBONE_NAMES),
+    ("hinge", HINGES),
+    ("distance_scope", DISTANCE_SCOPES),
+)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def show(value: object, limit: int = 60) -> str:
+    """A short repr that never fails: huge integers and deep nesting from a hand-edited file included."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**limit:
+        digits = int(abs(value).bit_length() * math.log10(2)) + 1
+        return f"<{'-' if value < 0 else ''}integer of about {digits} digits>"
+    try:
+        text = repr(value)
+    except (ValueError, RecursionError):
+        return f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def clip(text: str, limit: int = 160) -> str:
+    """The first line of ``text``, cut to ``limit`` characters: for quoting another library's error."""
+    first = text.splitlines()[0] if text else ""
+    return first if len(first) <= limit else first[: limit - 3] + "..."
+
+
+def _invalid(name: str, value: object, allowed: str) -> ConfigError:
+    return ConfigError(f"{name}={show(value)} is invalid: must be {allowed}", param=name)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -54,35 +136,39 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "head_filters", tuple(self.head_filters))
-        checks: list[tuple[str, bool, str]] = [
-            ("backbone", self.backbone in ("xception", "mobilenetv2", "tiny"), "xception, mobilenetv2 or tiny"),
-            ("feature_channels", self.feature_channels >= 1, ">= 1"),
-            ("head_filters", all(int(f) >= 1 for f in self.head_filters), "positive integers"),
-            ("embedding_dim", self.embedding_dim >= 1, ">= 1"),
-            ("group_norm_groups", self.group_norm_groups >= 1, ">= 1"),
-            ("l2", self.l2 >= 0, ">= 0"),
-            ("dropout", 0 <= self.dropout < 1, "in [0, 1)"),
-            ("d_var", self.d_var >= 0, ">= 0"),
-            ("d_dist", self.d_dist > 0, "> 0"),
-            ("hinge", self.hinge in ("squared", "linear"), "squared or linear"),
-            ("distance_scope", self.distance_scope in ("class", "all"), "class or all"),
-            ("learning_rate", self.learning_rate > 0, "> 0"),
-            ("batch_size", self.batch_size >= 1, ">= 1"),
-            ("epochs", self.epochs >= 1, ">= 1"),
-            ("steps_per_epoch", self.steps_per_epoch is None or self.steps_per_epoch >= 1, "None or >= 1"),
-            ("eval_every", self.eval_every >= 0, ">= 0 (0 = never)"),
-            ("eval_scenes", self.eval_scenes >= 1, ">= 1"),
-            ("bandwidth", self.bandwidth > 0, "> 0"),
-            ("min_pixels", self.min_pixels >= 1, ">= 1"),
-            ("max_clusters", self.max_clusters >= 1, ">= 1"),
-            ("max_iterations", self.max_iterations >= 1, ">= 1"),
-        ]
-        for weight in ("var_weight", "dist_weight", "reg_weight", "ce_weight"):
-            checks.append((weight, getattr(self, weight) >= 0, ">= 0"))
-        for name, ok, allowed in checks:
-            if not ok:
-                raise ConfigError(f"{name}={getattr(self, name)!r} is invalid: must be {allowed}")
+        for name, choices in _CHOICES:
+            value = getattr(self, name)
+            if not isinstance(value, str) or value not in choices:
+                raise _invalid(name, value, "one of " + ", ".join(repr(c) for c in choices))
+        weights = self.backbone_weights
+        if isinstance(weights, os.PathLike):
+            weights = os.fspath(weights)
+            object.__setattr__(self, "backbone_weights", weights)
+        if weights is not None and (not isinstance(weights, str) or not weights):
+            raise _invalid("backbone_weights", weights, "None or the path of a weights file")
+        filters = self.head_filters
+        if (
+            not isinstance(filters, (tuple, list))
+            or not 1 <= len(filters) <= MAX_HEAD_LAYERS
+            or not all(_is_int(f) and 1 <= f <= MAX_WIDTH for f in filters)
+        ):
+            raise _invalid(
+                "head_filters", filters, f"a list of 1 to {MAX_HEAD_LAYERS} integers, each in [1, {MAX_WIDTH}]"
+            )
+        object.__setattr__(self, "head_filters", tuple(filters))
+        for name, low, high in _INT_FIELDS:
+            value = getattr(self, name)
+            if not _is_int(value) or not low <= value <= high:
+                raise _invalid(name, value, f"an integer in [{low}, {high}]")
+        steps = self.steps_per_epoch
+        if steps is not None and (not _is_int(steps) or not 1 <= steps <= MAX_COUNT):
+            raise _invalid("steps_per_epoch", steps, f"None (one pass) or an integer in [1, {MAX_COUNT}]")
+        for name, bound, strict in _FLOAT_FIELDS:
+            value = getattr(self, name)
+            if not _is_number(value) or not (value > bound if strict else value >= bound):
+                raise _invalid(name, value, f"a finite number {'>' if strict else '>='} {bound:g}")
+        if not _is_number(self.dropout) or not 0 <= self.dropout < 1:
+            raise _invalid("dropout", self.dropout, "a finite number in [0, 1)")
 
     def to_json(self) -> str:
         data = dataclasses.asdict(self)
@@ -90,11 +176,30 @@ class TrainConfig:
         return json.dumps(data, sort_keys=True)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+    def from_dict(cls, data: Any) -> TrainConfig:
+        """A validated config from a JSON object; anything else is a :class:`ConfigError`."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"train config must be a JSON object, not {type(data).__name__}")
+        if not all(isinstance(key, str) for key in data):
+            raise ConfigError(f"train config keys must be strings, got {show(sorted(map(repr, data)))}")
         reject_unknown_fields(cls, data, "train config")
         return cls(**data)
 
+    @classmethod
+    def from_json(cls, text: str | bytes) -> TrainConfig:
+        """A validated config from JSON text (as saved in a run's ``train_config.json``)."""
+        try:
+            data = json.loads(text)
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError, over-long integers, deep nesting
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            if "digits" in reason:
+                reason = "a number has more than 4300 digits"
+            raise ConfigError(f"train config is not valid JSON ({reason})") from None
+        return cls.from_dict(data)
+
     def replace(self, **changes: Any) -> TrainConfig:
+        """A validated copy with some fields changed."""
+        reject_unknown_fields(type(self), changes, "train config")
         return dataclasses.replace(self, **changes)
 
 
@@ -108,4 +213,12 @@ TINY = TrainConfig(
 CPU = TrainConfig(
     backbone="tiny", feature_channels=64, head_filters=(64, 64, 32), learning_rate=2e-3, batch_size=8, dropout=0.0
 )
-TRAIN_PRESETS = {"paper": PAPER, "light": LIGHT, "cpu": CPU, "tiny": TINY}
+TrainPresetName = Literal["paper", "light", "cpu", "tiny"]
+TRAIN_PRESETS: dict[str, TrainConfig] = {"paper": PAPER, "light": LIGHT, "cpu": CPU, "tiny": TINY}
+
+
+def build_train_config(preset: str = "paper", **overrides: Any) -> TrainConfig:
+    """A training preset with overrides applied (``None`` keeps the preset's value), validated."""
+    if not isinstance(preset, str) or preset not in TRAIN_PRESETS:
+        raise _invalid("preset", preset, "one of " + ", ".join(TRAIN_PRESETS))
+    return TRAIN_PRESETS[preset].replace(**{k: v for k, v in overrides.items() if v is not None})

@@ -7,15 +7,20 @@ order is reproducible.
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
+from amodal_model.config import clip, show
 from shapesgen.config import SceneConfig, build_config
-from shapesgen.errors import ConfigError
+from shapesgen.errors import ConfigError, DatasetError, ShapesgenError
+from shapesgen.files import regular_input
 from shapesgen.hdf5 import open_dataset
 from shapesgen.scene import render_scenes
 
@@ -38,6 +43,10 @@ class Source:
         return self.path is None
 
 
+_LIVE_VALUE = re.compile(r"-?[0-9]{1,20}")
+_LIVE_HELP = "use render:PRESET[,instances=N][,layers=L][,seed=S]"
+
+
 def parse_live_spec(spec: str) -> SceneConfig:
     """``render:paper,instances=6,layers=2,seed=1`` -> a SceneConfig with a seed."""
     body = spec[len(LIVE_PREFIX) :]
@@ -46,20 +55,52 @@ def parse_live_spec(spec: str) -> SceneConfig:
     overrides: dict[str, int] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
-        if not sep or key not in names or not value.lstrip("-").isdigit():
-            raise ConfigError(f"--train {spec!r} is invalid: use render:PRESET[,instances=N][,layers=L][,seed=S]")
+        key, value = key.strip(), value.strip()
+        if not sep or key not in names or not _LIVE_VALUE.fullmatch(value):
+            raise ConfigError(f"train_source={show(spec)} is invalid: {_LIVE_HELP}", param="train_source")
         overrides[names[key]] = int(value)
-    config = build_config(preset_name, **overrides)  # type: ignore[arg-type]
+    try:
+        config = build_config(preset_name, **overrides)  # type: ignore[arg-type]
+    except ConfigError as exc:
+        raise ConfigError(f"train_source={show(spec)}: {exc}", param="train_source") from None
     return config if config.seed is not None else config.replace(seed=0)
+
+
+def source_text(spec: object, param: str) -> str:
+    """A path or spec given as ``str`` or path-like, as text; anything else is a ConfigError."""
+    if isinstance(spec, os.PathLike):
+        spec = os.fspath(spec)
+    if not isinstance(spec, str) or not spec.strip():
+        raise ConfigError(f"{param}={show(spec)} is invalid: give a file path", param=param)
+    return spec
+
+
+@contextmanager
+def reading(path: Path, param: str) -> Iterator[None]:
+    """Turn any failure to read a shapesgen file (a corrupt chunk is an ``OSError`` from
+    h5py, tampered offsets a ``ValueError``) into one :class:`DatasetError` naming it and
+    carrying ``param`` (the reader's own errors are re-labelled with it)."""
+    try:
+        yield
+    except ShapesgenError as exc:
+        exc.param = param
+        raise
+    except (OSError, KeyError, ValueError, TypeError, IndexError, RuntimeError) as exc:
+        reason = clip(str(exc)) or type(exc).__name__
+        raise DatasetError(
+            f"{param}={str(path)!r}: cannot read ({reason}); check it with `shapesgen validate {path}`",
+            param=param,
+        ) from None
 
 
 def open_source(spec: str | Path) -> Source:
     """A training source from a path or a ``render:`` spec."""
-    text = str(spec)
+    text = source_text(spec, "train_source")
     if text.startswith(LIVE_PREFIX):
         return Source(parse_live_spec(text))
-    with open_dataset(text) as ds:
-        return Source(ds.config, Path(text), len(ds))
+    path = regular_input(text, "train_source")
+    with reading(path, "train_source"), open_dataset(path) as ds:
+        return Source(ds.config, path, len(ds))
 
 
 def scene_targets(table_class_ids: np.ndarray) -> np.ndarray:
@@ -68,10 +109,21 @@ def scene_targets(table_class_ids: np.ndarray) -> np.ndarray:
 
 
 def hdf5_batches(
-    path: Path, batch_size: int, seed: int, epoch: int, shuffle: bool, limit: int | None = None
+    path: Path,
+    batch_size: int,
+    seed: int,
+    epoch: int,
+    shuffle: bool,
+    limit: int | None = None,
+    *,
+    param: str = "train_source",
 ) -> Iterator[Batch]:
-    """Numpy batches (images uint8, layers, class_layers, instance_classes, index)."""
-    with open_dataset(path) as ds:
+    """Numpy batches (images uint8, layers, class_layers, instance_classes, index).
+
+    A file that cannot be read (a corrupt chunk, tampered offsets) raises one
+    :class:`DatasetError` naming it, whenever the damage is met.
+    """
+    with reading(path, param), open_dataset(path) as ds:
         total = len(ds) if limit is None else min(limit, len(ds))
         n = ds.config.num_instances
         rng = np.random.default_rng([seed, epoch])

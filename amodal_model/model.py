@@ -14,7 +14,7 @@ import keras
 from keras import layers
 
 from amodal_model.backbones import BACKBONES, conv_norm_relu
-from amodal_model.config import TrainConfig
+from amodal_model.config import TrainConfig, clip
 from shapesgen.config import SceneConfig
 from shapesgen.errors import ConfigError
 
@@ -69,6 +69,9 @@ def build_model(config: TrainConfig, spec: DataSpec) -> keras.Model:
     if config.backbone_weights:
         try:
             model.load_weights(config.backbone_weights, skip_mismatch=True)
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"--backbone-weights {config.backbone_weights}: cannot load ({exc})") from None
+        except Exception as exc:  # a foreign or damaged file fails in h5py, zipfile or Keras
+            raise ConfigError(
+                f"backbone_weights={config.backbone_weights!r}: cannot load ({clip(str(exc)) or type(exc).__name__})",
+                param="backbone_weights",
+            ) from None
     return model

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,31 +14,106 @@ import numpy as np
 import tensorflow as tf
 
 from amodal_model.cluster import cluster_instances
-from amodal_model.config import TrainConfig
-from amodal_model.data import hdf5_batches, to_model_input
+from amodal_model.config import MAX_BATCH, MAX_COUNT, TrainConfig, clip, show
+from amodal_model.data import hdf5_batches, reading, source_text, to_model_input
 from shapesgen.coco import encode_rle
 from shapesgen.config import SceneConfig
-from shapesgen.errors import ConfigError, DatasetError
-from shapesgen.files import write_atomically
+from shapesgen.errors import ConfigError, DatasetError, ShapesgenError
+from shapesgen.files import check_output_path, regular_input, write_atomically
 from shapesgen.hdf5 import open_dataset
 
 MODEL_FILE = "model.keras"
 TRAIN_CONFIG_FILE = "train_config.json"
 SCENE_CONFIG_FILE = "scene_config.json"
+RUN_FILES = (MODEL_FILE, TRAIN_CONFIG_FILE, SCENE_CONFIG_FILE)
+MAX_CONFIG_BYTES = 1 << 20
+"""A run's JSON configs are a few hundred bytes; a bigger file is not one of ours."""
+
+
+def _config_text(path: Path, param: str) -> bytes:
+    path = regular_input(path, param)
+    try:
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise DatasetError(f"{path}: over {MAX_CONFIG_BYTES} bytes, not a config saved by train", param=param)
+        return path.read_bytes()
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot read ({exc.strerror or exc})", param=param) from None
+
+
+def load_train_config(path: Path, param: str = "run_dir") -> TrainConfig:
+    """A run's ``train_config.json``; a missing, hand-broken or foreign file is one DatasetError."""
+    text = _config_text(path, param)
+    try:
+        return TrainConfig.from_json(text)
+    except ConfigError as exc:
+        raise DatasetError(f"{path}: {exc}", param=param) from None
+
+
+def load_scene_config(path: Path, param: str = "run_dir") -> SceneConfig:
+    """A run's ``scene_config.json``, with the same guarantees as :func:`load_train_config`."""
+    text = _config_text(path, param)
+    try:
+        return SceneConfig.from_json(text.decode())
+    except UnicodeDecodeError:
+        raise DatasetError(f"{path}: not UTF-8 text", param=param) from None
+    except ShapesgenError as exc:
+        raise DatasetError(f"{path}: {exc}", param=param) from None
+    except (TypeError, ValueError, KeyError, AttributeError, RecursionError) as exc:
+        raise DatasetError(
+            f"{path}: not a scene config ({clip(str(exc)) or type(exc).__name__})", param=param
+        ) from None
+
+
+def _check_model(model: Any, config: TrainConfig, scene: SceneConfig, path: Path) -> None:
+    """The loaded model must be the one its configs describe (they may have been edited)."""
+    s, m, layers = scene.image_size, scene.mask_size, scene.layers
+    want = {
+        "image": (None, s, s, scene.channels),
+        "semantic": (None, layers, m, m, scene.num_classes + 1),
+        "embedding": (None, layers, m, m, config.embedding_dim),
+    }
+    try:
+        outputs = model.output
+        have = {
+            "image": tuple(model.input.shape),
+            "semantic": tuple(outputs["semantic"].shape),
+            "embedding": tuple(outputs["embedding"].shape),
+        }
+    except (AttributeError, KeyError, TypeError, ValueError):
+        raise DatasetError(
+            f"{path}: not a model saved by train (no image input and semantic/embedding outputs)", param="run_dir"
+        ) from None
+    if have != want:
+        wrong = {k: have[k] for k in want if have[k] != want[k]}
+        raise DatasetError(
+            f"{path}: the model's shapes {wrong} do not match the run's {TRAIN_CONFIG_FILE} and {SCENE_CONFIG_FILE}",
+            param="run_dir",
+        )
 
 
 def load_run(run_dir: str | Path) -> tuple[keras.Model, TrainConfig, SceneConfig]:
-    """The model and both configs saved by ``train``."""
-    run_dir = Path(run_dir)
+    """The model and both configs saved by ``train``, checked against each other."""
+    run_dir = Path(source_text(run_dir, "run_dir"))
+    if not run_dir.is_dir():
+        what = "is not a folder" if run_dir.exists() else "no such folder"
+        raise DatasetError(f"run_dir={str(run_dir)!r}: {what}", param="run_dir")
     model_path = run_dir / MODEL_FILE
-    if not model_path.is_file():
-        raise DatasetError(f"--model {run_dir}: no {MODEL_FILE} inside (is it a finished `shapesgen train` run?)")
+    if not model_path.exists():
+        raise DatasetError(
+            f"run_dir={str(run_dir)!r}: no {MODEL_FILE} inside (is it a finished training run?)", param="run_dir"
+        )
+    regular_input(model_path, "run_dir")
+    config = load_train_config(run_dir / TRAIN_CONFIG_FILE)
+    scene = load_scene_config(run_dir / SCENE_CONFIG_FILE)
+    if not zipfile.is_zipfile(model_path):
+        raise DatasetError(f"{model_path}: not a Keras model file (not a zip archive)", param="run_dir")
     try:
-        config = TrainConfig.from_dict(json.loads((run_dir / TRAIN_CONFIG_FILE).read_text()))
-        scene = SceneConfig.from_json((run_dir / SCENE_CONFIG_FILE).read_text())
         model = keras.saving.load_model(model_path)
-    except (OSError, ValueError, json.JSONDecodeError) as exc:
-        raise DatasetError(f"--model {run_dir}: cannot load ({exc})") from None
+    except Exception as exc:  # a foreign or damaged zip fails in many ways inside Keras
+        raise DatasetError(
+            f"{model_path}: not a loadable Keras model ({clip(str(exc)) or type(exc).__name__})", param="run_dir"
+        ) from None
+    _check_model(model, config, scene, model_path)
     return model, config, scene
 
 
@@ -85,22 +162,31 @@ def predict_hdf5(
     limit: int | None = None,
     batch_size: int = 8,
     progress: Callable[[int, int], None] | None = None,
+    param: str = "data",
 ) -> list[dict[str, Any]]:
     """Predictions for the scenes of an HDF5 file (all, or the first ``limit``)."""
-    with open_dataset(data) as ds:
+    path = regular_input(source_text(data, param), param)
+    with reading(path, param), open_dataset(path) as ds:
         other = ds.config
         total = len(ds) if limit is None else min(limit, len(ds))
     expected = (scene_config.image_size, scene_config.channels)
     if (other.image_size, other.channels) != expected:
         raise ConfigError(
-            f"--data {data}: images are {other.image_size} px x {other.channels} channel(s), "
-            f"the model takes {expected[0]} px x {expected[1]}"
+            f"{param}={str(path)!r}: images are {other.image_size} px x {other.channels} channel(s), "
+            f"the model takes {expected[0]} px x {expected[1]}",
+            param=param,
         )
     forward = infer_fn(model)
     records: list[dict[str, Any]] = []
     done = 0
-    for batch in hdf5_batches(Path(data), batch_size, seed=0, epoch=0, shuffle=False, limit=total):
-        outputs = {k: v.numpy() for k, v in forward(tf.constant(batch["image"])).items()}
+    for batch in hdf5_batches(path, batch_size, seed=0, epoch=0, shuffle=False, limit=total, param=param):
+        try:
+            outputs = {k: v.numpy() for k, v in forward(tf.constant(batch["image"])).items()}
+        except tf.errors.ResourceExhaustedError:
+            raise ConfigError(
+                f"batch_size={batch_size} is invalid: out of memory in the forward pass, use a smaller one",
+                param="batch_size",
+            ) from None
         records.extend(results_for_batch(outputs, batch["index"], config))
         done += len(batch["index"])
         if progress:
@@ -109,8 +195,34 @@ def predict_hdf5(
 
 
 def write_results(records: list[dict[str, Any]], path: str | Path) -> Path:
-    """COCO results JSON, written atomically."""
-    return write_atomically(path, (json.dumps(records, separators=(",", ":")) + "\n").encode())
+    """COCO results JSON, written atomically (nothing is left at ``path`` on failure)."""
+    return write_atomically(path, (json.dumps(records, separators=(",", ":")) + "\n").encode(), param="out")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
+    except OSError:
+        return False
+
+
+def check_writable(path: Path, param: str) -> None:
+    """Refuse up front an output whose nearest existing folder cannot take new files."""
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise DatasetError(f"{param}={str(path)!r}: {folder} is not a folder", param=param)
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise DatasetError(f"{param}={str(path)!r}: cannot write in {folder} (permission denied)", param=param)
+
+
+def _positive(name: str, value: object, high: int, optional: bool = False) -> None:
+    if optional and value is None:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= high:
+        allowed = f"{'None or ' if optional else ''}an integer in [1, {high}]"
+        raise ConfigError(f"{name}={show(value)} is invalid: must be {allowed}", param=name)
 
 
 def predict_run(
@@ -122,7 +234,26 @@ def predict_run(
     batch_size: int = 8,
     progress: Callable[[int, int], None] | None = None,
 ) -> Path:
-    """Load a run, predict an HDF5 file, write COCO results."""
-    model, config, scene_config = load_run(run_dir)
-    records = predict_hdf5(model, config, scene_config, data, limit=limit, batch_size=batch_size, progress=progress)
-    return write_results(records, out)
+    """Load a run, predict an HDF5 file, write COCO results.
+
+    Every argument is checked before the model is loaded: ``out`` may be neither the
+    input file nor a file of the run, and must be writable. The results appear at
+    ``out`` only when complete.
+    """
+    _positive("limit", limit, MAX_COUNT, optional=True)
+    _positive("batch_size", batch_size, MAX_BATCH)
+    data_path = regular_input(source_text(data, "data"), "data")
+    out_path = check_output_path(source_text(out, "out"), "out")
+    if out_path.is_dir():
+        raise DatasetError(f"out={str(out_path)!r} is a folder: give a file path", param="out")
+    if _same_file(out_path, data_path):
+        raise ConfigError(f"out={str(out_path)!r} is the input data file: give another path", param="out")
+    run_path = Path(source_text(run_dir, "run_dir"))
+    if any(_same_file(out_path, run_path / name) for name in RUN_FILES):
+        raise ConfigError(f"out={str(out_path)!r} would overwrite a file of the run {run_path}", param="out")
+    check_writable(out_path, "out")
+    model, config, scene_config = load_run(run_path)
+    records = predict_hdf5(
+        model, config, scene_config, data_path, limit=limit, batch_size=batch_size, progress=progress
+    )
+    return write_results(records, out_path)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import csv
+import errno
+import io
 import json
 import math
 import shutil
 import time
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,20 +18,39 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from amodal_model.config import TrainConfig
-from amodal_model.data import Source, hdf5_batches, live_batches, open_source, to_model_input
+from amodal_model.config import TrainConfig, clip, show
+from amodal_model.data import Source, hdf5_batches, live_batches, open_source, reading, source_text, to_model_input
 from amodal_model.loss import total_loss
 from amodal_model.model import DataSpec, build_model
-from amodal_model.predict import MODEL_FILE, SCENE_CONFIG_FILE, TRAIN_CONFIG_FILE, predict_hdf5
-from shapesgen.config import SceneConfig
+from amodal_model.predict import (
+    MODEL_FILE,
+    SCENE_CONFIG_FILE,
+    TRAIN_CONFIG_FILE,
+    check_writable,
+    load_scene_config,
+    load_train_config,
+    predict_hdf5,
+)
 from shapesgen.errors import ConfigError, DatasetError, ShapesgenError
 from shapesgen.evaluate import GroundTruth, evaluate, load_ground_truth
+from shapesgen.files import (
+    check_output_path,
+    contains,
+    exclusive_lock,
+    make_parents,
+    partial_path,
+    regular_input,
+    remove_empty,
+    write_atomically,
+)
 from shapesgen.hdf5 import open_dataset
 
 LOSS_TERMS = ("loss", "variance", "distance", "regularisation", "cross_entropy")
 EVAL_COLUMNS = ("AP", "AP50", "AP75", "AR100", "AR_none", "AR_partial", "AR_heavy")
 COLUMNS = ("epoch", "steps", "seconds", "images_per_s", *LOSS_TERMS, *EVAL_COLUMNS)
 LIVE_STEPS_DEFAULT_IMAGES = 1000
+RUN_MARKER = TRAIN_CONFIG_FILE
+"""The file every run folder has from its start: ``force=True`` only replaces folders holding it."""
 
 
 class TrainingInterrupted(ShapesgenError):
@@ -55,42 +77,114 @@ def steps_per_epoch(config: TrainConfig, source: Source) -> int:
     return max(1, source.num_scenes // config.batch_size)
 
 
-def _prepare_run_dir(out: Path, config: TrainConfig, source: Source, resume: bool, force: bool) -> None:
-    marker = out / TRAIN_CONFIG_FILE
-    if out.exists() and any(out.iterdir()):
-        if resume:
-            if not marker.exists():
-                raise DatasetError(f"--out {out}: nothing to resume (no {TRAIN_CONFIG_FILE})")
-            saved = json.loads(TrainConfig.from_dict(json.loads(marker.read_text())).to_json())
-            asked = json.loads(config.to_json())
-            diff = {k: v for k, v in asked.items() if saved[k] != v and k != "epochs"}
-            if diff:
-                raise ConfigError(f"--resume: {out} was trained with other settings (now asked: {diff})")
-            trained_on = DataSpec.from_scene(SceneConfig.from_json((out / SCENE_CONFIG_FILE).read_text()))
-            if trained_on != DataSpec.from_scene(source.scene_config):
-                raise ConfigError(
-                    f"--resume: the training data's shapes {DataSpec.from_scene(source.scene_config)} differ "
-                    f"from the run's {trained_on}"
-                )
-            marker.write_text(json.dumps(asked, indent=2) + "\n")
-            return
-        if not force:
-            raise DatasetError(f"--out {out} exists and is not empty: pass --resume to continue or --force to replace")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    marker.write_text(json.dumps(json.loads(config.to_json()), indent=2) + "\n")
-    (out / SCENE_CONFIG_FILE).write_text(source.scene_config.to_json() + "\n")
+@contextmanager
+def saving(out: Path) -> Iterator[None]:
+    """Turn a failure to write into the run folder (a full disk above all) into one DatasetError."""
+    try:
+        yield
+    except ShapesgenError:
+        raise
+    except (OSError, RuntimeError, tf.errors.OpError) as exc:
+        text = str(getattr(exc, "message", "") or exc)
+        if getattr(exc, "errno", None) == errno.ENOSPC or "No space left" in text:
+            reason = "no space left on device"
+        else:
+            reason = getattr(exc, "strerror", None) or clip(text) or type(exc).__name__
+        raise DatasetError(f"out={str(out)!r}: cannot save the run ({reason})", param="out") from None
+
+
+def is_run_folder(folder: Path) -> bool:
+    """Whether ``folder`` was made by :func:`train` (it holds the run marker)."""
+    return folder.is_dir() and not folder.is_symlink() and (folder / RUN_MARKER).is_file()
+
+
+def _check_replaceable(folder: Path, inputs: list[Path], cwd: Path) -> None:
+    """``force=True`` removes ``folder``: only a run folder, never one holding an input or the cwd."""
+    if not is_run_folder(folder):
+        raise DatasetError(
+            f"out={str(folder)!r} exists and is not a training run (no {RUN_MARKER}): "
+            "force=True only replaces a previous run; give another path",
+            param="out",
+        )
+    for path in inputs:
+        if contains(folder, path):
+            raise ConfigError(f"out={str(folder)!r} holds the input {path}: force=True would delete it", param="out")
+    if contains(folder, cwd):
+        raise ConfigError(f"out={str(folder)!r} holds the working folder: force=True would delete it", param="out")
+
+
+def _plan(out: Path, resume: bool, force: bool, inputs: list[Path]) -> str:
+    """What to do with ``out``: ``"new"``, ``"resume"`` (train in place) or ``"replace"``.
+
+    Nothing is written; every refusal comes before any work.
+    """
+    if out.is_symlink() and not out.is_dir():
+        raise DatasetError(f"out={str(out)!r} is a broken symbolic link: remove it or give another path", param="out")
+    if out.exists() and not out.is_dir():
+        raise DatasetError(f"out={str(out)!r} is a file, not a run folder: give another path", param="out")
+    for path in inputs:
+        if contains(out, path) and not resume:
+            raise ConfigError(f"out={str(out)!r} holds the input {path}: give another path", param="out")
+    try:
+        empty = not out.exists() or not any(out.iterdir())
+    except OSError as exc:
+        raise DatasetError(f"out={str(out)!r}: cannot list it ({exc.strerror})", param="out") from None
+    if empty:
+        if out.is_symlink():
+            raise DatasetError(f"out={str(out)!r} is a symbolic link: give the folder it points to", param="out")
+        return "new"
+    if resume:
+        if not is_run_folder(out):
+            raise DatasetError(f"out={str(out)!r}: nothing to resume (no {RUN_MARKER} inside)", param="out")
+        return "resume"
+    if not force:
+        raise DatasetError(
+            f"out={str(out)!r} exists and is not empty: pass resume=True to continue it or force=True to replace it",
+            param="out",
+        )
+    _check_replaceable(out, inputs, Path.cwd())
+    return "replace"
+
+
+def _check_resume(out: Path, config: TrainConfig, source: Source) -> None:
+    """The run in ``out`` must have been trained with ``config`` (epochs aside) on data of the same shapes."""
+    saved = json.loads(load_train_config(out / TRAIN_CONFIG_FILE, "out").to_json())
+    asked = json.loads(config.to_json())
+    diff = {k: v for k, v in asked.items() if saved[k] != v and k != "epochs"}
+    if diff:
+        raise ConfigError(f"resume=True: {out} was trained with other settings (now asked: {show(diff, 200)})")
+    trained_on = DataSpec.from_scene(load_scene_config(out / SCENE_CONFIG_FILE, "out"))
+    if trained_on != DataSpec.from_scene(source.scene_config):
+        raise ConfigError(
+            f"resume=True: the training data's shapes {DataSpec.from_scene(source.scene_config)} differ "
+            f"from the run's {trained_on}",
+            param="train_source",
+        )
 
 
 def _validation(val: Path | None, source: Source, config: TrainConfig) -> GroundTruth | None:
     """Ground truth of the first ``eval_scenes`` validation scenes, checked against the data."""
     if val is None:
         return None
-    with open_dataset(val) as ds:
-        shape = (ds.config.image_size, ds.config.channels)
-    if shape != (source.scene_config.image_size, source.scene_config.channels):
-        raise ConfigError(f"--val {val}: image size/channels {shape} differ from the training data's")
-    gt = load_ground_truth(val)
+    with reading(val, "val"), open_dataset(val) as ds:
+        scene, scenes = ds.config, len(ds)
+    if scenes == 0:
+        raise DatasetError(f"val={str(val)!r} has no scenes", param="val")
+    ours = source.scene_config
+    if (scene.image_size, scene.channels) != (ours.image_size, ours.channels):
+        raise ConfigError(
+            f"val={str(val)!r}: image size/channels {(scene.image_size, scene.channels)} differ from "
+            f"the training data's {(ours.image_size, ours.channels)}",
+            param="val",
+        )
+    if scene.class_names != ours.class_names:
+        raise ConfigError(
+            f"val={str(val)!r}: classes {list(scene.class_names)} differ from the training data's "
+            f"{list(ours.class_names)}",
+            param="val",
+        )
+    with reading(val, "val"):
+        gt = load_ground_truth(val)
     keep = {image["id"] for image in gt.images[: config.eval_scenes]}
     return GroundTruth(
         [image for image in gt.images if image["id"] in keep],
@@ -101,26 +195,55 @@ def _validation(val: Path | None, source: Source, config: TrainConfig) -> Ground
 
 
 class Trainer:
-    """One training run: model, optimiser, checkpoint and logs in ``out``."""
+    """One training run: model, optimiser, checkpoint and logs in ``out``.
 
-    def __init__(self, source: Source, out: Path, config: TrainConfig, resume: bool) -> None:
-        self.source, self.out, self.config = source, out, config
-        keras.utils.set_random_seed(config.seed)
-        self.model = build_model(config, DataSpec.from_scene(source.scene_config))
+    ``target`` is the run folder the caller asked for, named in errors (``out`` may
+    be its staging folder until the first checkpoint).
+    """
+
+    def __init__(
+        self,
+        model: keras.Model,
+        source: Source,
+        out: Path,
+        config: TrainConfig,
+        resume: bool,
+        target: Path | None = None,
+    ) -> None:
+        self.source, self.out, self.config, self.model = source, out, config, model
+        self.target = target or out
         self.optimizer = keras.optimizers.Adam(config.learning_rate)
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
-        checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer, epoch=self.epoch)
-        self.manager = tf.train.CheckpointManager(checkpoint, out / "checkpoints", max_to_keep=2)
-        if resume and self.manager.latest_checkpoint:
-            checkpoint.restore(self.manager.latest_checkpoint).expect_partial()
-        _trim_log(out / "metrics.csv", self.completed_epochs)
-        self.writer = tf.summary.create_file_writer(str(out / "tensorboard"))
+        self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer, epoch=self.epoch)
+        if resume:
+            try:
+                manager = tf.train.CheckpointManager(self.checkpoint, out / "checkpoints", max_to_keep=2)
+                if manager.latest_checkpoint:
+                    self.checkpoint.restore(manager.latest_checkpoint).expect_partial()
+            except Exception as exc:  # a damaged checkpoint fails in TF, protobuf or h5py
+                reason = clip(str(exc)) or type(exc).__name__
+                raise DatasetError(
+                    f"out={str(out)!r}: its checkpoint cannot be restored ({reason}); "
+                    "remove the folder or pass force=True to start again",
+                    param="out",
+                ) from None
+            _trim_log(out / "metrics.csv", self.completed_epochs)
+        with saving(self.target):
+            self.manager = tf.train.CheckpointManager(self.checkpoint, out / "checkpoints", max_to_keep=2)
+            self.writer = tf.summary.create_file_writer(str(out / "tensorboard"))
         self.steps = steps_per_epoch(config, source)
         self.step = tf.function(self._step, reduce_retracing=True)
 
     @property
     def completed_epochs(self) -> int:
         return int(self.epoch.numpy())
+
+    def relocate(self, out: Path) -> None:
+        """Point checkpoints and logs at ``out``, where the run folder has just been renamed."""
+        self.out = out
+        with saving(out):
+            self.manager = tf.train.CheckpointManager(self.checkpoint, out / "checkpoints", max_to_keep=2)
+            self.writer = tf.summary.create_file_writer(str(out / "tensorboard"))
 
     def _step(self, batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         model = self.model
@@ -145,7 +268,14 @@ class Trainer:
         started = time.perf_counter()
         sums = dict.fromkeys(LOSS_TERMS, 0.0)
         for step, batch in enumerate(self.batches(epoch), start=1):
-            terms = self.step({k: tf.constant(v) for k, v in batch.items() if k != "index"})
+            try:
+                terms = self.step({k: tf.constant(v) for k, v in batch.items() if k != "index"})
+            except tf.errors.ResourceExhaustedError:
+                raise ConfigError(
+                    f"batch_size={self.config.batch_size} is invalid: out of memory in a training step, "
+                    "use a smaller one",
+                    param="batch_size",
+                ) from None
             for key in LOSS_TERMS:
                 sums[key] += float(terms[key])
             if callbacks.on_step:
@@ -161,24 +291,110 @@ class Trainer:
 
     def evaluate(self, val: Path, gt: GroundTruth) -> dict[str, float]:
         """The same metrics as ``shapesgen evaluate``, on the first ``eval_scenes`` scenes."""
-        records = predict_hdf5(self.model, self.config, self.source.scene_config, val, limit=self.config.eval_scenes)
+        records = predict_hdf5(
+            self.model, self.config, self.source.scene_config, val, limit=self.config.eval_scenes, param="val"
+        )
         metrics = evaluate(gt, records)
         row = {k: round(metrics["all"][k], 4) for k in ("AP", "AP50", "AP75", "AR100")}
         row.update({f"AR_{b}": round(metrics["bands"][b]["AR100"], 4) for b in ("none", "partial", "heavy")})
         return row
 
-    def fit(self, val: Path | None, val_gt: GroundTruth | None, callbacks: Callbacks) -> None:
+    def fit(
+        self,
+        val: Path | None,
+        val_gt: GroundTruth | None,
+        callbacks: Callbacks,
+        after_checkpoint: Callable[[], None] | None = None,
+    ) -> None:
+        """Train the remaining epochs, checkpointing each; ``after_checkpoint`` runs after every save."""
         config = self.config
         for epoch in range(self.completed_epochs, config.epochs):
             row = self.run_epoch(epoch, callbacks)
             due = config.eval_every and ((epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs)
             if val is not None and val_gt is not None and due:
                 row.update(self.evaluate(val, val_gt))
-            _log(self.out, self.writer, row)
             self.epoch.assign(epoch + 1)
-            self.manager.save()
+            with saving(self.target):
+                _log(self.out, self.writer, row)
+                self.manager.save()
+            if after_checkpoint:
+                after_checkpoint()
             if callbacks.on_epoch:
                 callbacks.on_epoch(row)
+
+    def save_model(self) -> None:
+        """``model.keras``, renamed into place once complete."""
+        tmp = self.out / "model.partial.keras"
+        try:
+            with saving(self.target):
+                self.model.save(tmp)
+                tmp.replace(self.out / MODEL_FILE)
+        except DatasetError as exc:
+            tmp.unlink(missing_ok=True)
+            raise DatasetError(
+                f"{exc}; the checkpoints are kept: pass resume=True once it can be written", param="out"
+            ) from None
+
+
+class _Staging:
+    """A new run is built in ``<out>.partial`` and renamed to ``out`` at its first checkpoint.
+
+    So a run that fails before it has anything worth keeping (a bad input found while
+    reading, a full disk, Ctrl-C) leaves nothing behind, and ``force=True`` replaces
+    an old run only once the new one has a checkpoint. The caller holds the lock on
+    ``out``, so the two side folders are this process's alone.
+    """
+
+    def __init__(self, out: Path, replace: bool) -> None:
+        self.out, self.replace = out, replace
+        self.folder = partial_path(out)
+        self.old = out.with_name(out.name + ".replaced")
+        self.created = self.published = False
+
+    def create(self, config: TrainConfig, scene_json: str) -> None:
+        """Clear what a killed run left, then make the staging folder with both configs."""
+        for leftover in (self.folder, self.old):
+            if leftover.exists() or leftover.is_symlink():
+                if not is_run_folder(leftover):
+                    raise DatasetError(
+                        f"out={str(self.out)!r}: {leftover} is in the way and is not a training run; move it away",
+                        param="out",
+                    )
+                shutil.rmtree(leftover)
+        self.folder.mkdir()
+        self.created = True
+        (self.folder / TRAIN_CONFIG_FILE).write_text(json.dumps(json.loads(config.to_json()), indent=2) + "\n")
+        (self.folder / SCENE_CONFIG_FILE).write_text(scene_json + "\n")
+
+    def publish(self, trainer: Trainer) -> None:
+        """Rename the staged run to ``out`` (moving an old run aside first), once."""
+        if self.published:
+            return
+        trainer.writer.close()
+        with saving(self.out):
+            emptied = False
+            if self.replace:
+                self.out.rename(self.old)
+            elif self.out.is_dir():
+                self.out.rmdir()  # the empty folder the caller made for the run
+                emptied = True
+            try:
+                self.folder.rename(self.out)
+            except OSError:
+                if self.replace:
+                    self.old.rename(self.out)
+                elif emptied:
+                    self.out.mkdir()
+                raise
+        self.published = True
+        trainer.relocate(self.out)
+        if self.replace:
+            shutil.rmtree(self.old, ignore_errors=True)
+
+    def discard(self) -> None:
+        """Remove the staging folder if this process made it and never published it."""
+        if self.created and not self.published:
+            shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def train(
@@ -196,27 +412,112 @@ def train(
     Every epoch is checkpointed; ``resume=True`` continues from the last one (the
     schedule may be extended with a larger ``epochs``). The finished model is saved
     as ``model.keras`` next to its train and scene configs.
+
+    Every argument is checked before anything is written. A new run appears at ``out``
+    only with its first checkpoint: a failure before that leaves no folder behind.
+    ``force=True`` replaces only a previous run folder, never one holding an input.
+    Only one process trains into ``out`` at a time (``<out>.lock``).
     """
+    if not isinstance(config, TrainConfig):
+        raise ConfigError(f"config={show(config)} is invalid: must be a TrainConfig", param="config")
+    for name, flag in (("resume", resume), ("force", force)):
+        if not isinstance(flag, bool):
+            raise ConfigError(f"{name}={show(flag)} is invalid: must be True or False", param=name)
+    out = check_output_path(source_text(out, "out"), "out")
     source = open_source(train_source)
-    out = Path(out)
-    val_path = Path(val) if val is not None else None
+    if source.path is not None and source.num_scenes is not None and source.num_scenes < config.batch_size:
+        raise ConfigError(
+            f"batch_size={config.batch_size} is invalid: train_source={str(source.path)!r} has only "
+            f"{source.num_scenes} scene(s)",
+            param="batch_size",
+        )
+    val_path = regular_input(source_text(val, "val"), "val") if val is not None else None
     val_gt = _validation(val_path, source, config)
-    _prepare_run_dir(out, config, source, resume, force)
-    trainer = Trainer(source, out, config, resume)
+    if config.backbone_weights is not None:
+        regular_input(config.backbone_weights, "backbone_weights")
+    inputs = [path for path in (source.path, val_path) if path is not None]
+    if _plan(out, resume, force, inputs) == "resume":  # refuse early, before the model is built
+        _check_resume(out, config, source)
+        check_writable(out / RUN_MARKER, "out")
+    else:
+        check_writable(out, "out")
+    keras.utils.set_random_seed(config.seed)
+    model = build_model(config, DataSpec.from_scene(source.scene_config))
     try:
-        trainer.fit(val_path, val_gt, callbacks or Callbacks())
+        created = make_parents(out.parent)
+    except OSError as exc:
+        raise DatasetError(f"out={str(out)!r}: cannot create its folder ({exc.strerror})", param="out") from None
+    try:
+        with ExitStack() as stack:
+            with saving(out):
+                stack.enter_context(exclusive_lock(out, "out"))
+            plan = _plan(out, resume, force, inputs)  # again, now that no other trainer can change it
+            if plan == "resume":
+                _resume(model, source, out, config, val_path, val_gt, callbacks or Callbacks())
+            else:
+                _train_new(model, source, out, config, val_path, val_gt, callbacks or Callbacks(), plan == "replace")
+    finally:
+        remove_empty(created)
+    return out
+
+
+def _resume(
+    model: keras.Model,
+    source: Source,
+    out: Path,
+    config: TrainConfig,
+    val: Path | None,
+    val_gt: GroundTruth | None,
+    callbacks: Callbacks,
+) -> None:
+    _check_resume(out, config, source)
+    trainer = Trainer(model, source, out, config, resume=True)
+    write_atomically(out / TRAIN_CONFIG_FILE, (json.dumps(json.loads(config.to_json()), indent=2) + "\n").encode())
+    try:
+        trainer.fit(val, val_gt, callbacks)
+        trainer.save_model()
     except KeyboardInterrupt:
         raise TrainingInterrupted(
-            f"interrupted; {trainer.completed_epochs} epoch(s) are checkpointed in {out}: rerun with --resume"
+            f"interrupted; {trainer.completed_epochs} epoch(s) are checkpointed in {out}: pass resume=True to continue",
         ) from None
-    _save_model(trainer.model, out)
-    return out
+
+
+def _train_new(
+    model: keras.Model,
+    source: Source,
+    out: Path,
+    config: TrainConfig,
+    val: Path | None,
+    val_gt: GroundTruth | None,
+    callbacks: Callbacks,
+    replace: bool,
+) -> None:
+    staging = _Staging(out, replace)
+    trainer: Trainer | None = None
+    try:
+        with saving(out):
+            staging.create(config, source.scene_config.to_json())
+        trainer = current = Trainer(model, source, staging.folder, config, resume=False, target=out)
+        trainer.fit(val, val_gt, callbacks, after_checkpoint=lambda: staging.publish(current))
+        staging.publish(trainer)  # a no-op unless fit had no epoch left to run
+        trainer.save_model()
+    except KeyboardInterrupt:
+        staging.discard()
+        if trainer is None or not staging.published:
+            raise TrainingInterrupted("interrupted before the first epoch was checkpointed; nothing was kept") from None
+        raise TrainingInterrupted(
+            f"interrupted; {trainer.completed_epochs} epoch(s) are checkpointed in {out}: pass resume=True to continue"
+        ) from None
+    except BaseException:
+        staging.discard()
+        raise
 
 
 def _repeat(path: Path, config: TrainConfig, epoch: int, steps: int) -> Iterator[dict[str, Any]]:
     """Exactly ``steps`` full batches, wrapping around the file as needed."""
     produced, sweep = 0, 0
     while produced < steps:
+        before = produced
         for batch in hdf5_batches(path, config.batch_size, config.seed, epoch * 1000 + sweep, shuffle=True):
             if len(batch["index"]) < config.batch_size:
                 continue
@@ -224,19 +525,32 @@ def _repeat(path: Path, config: TrainConfig, epoch: int, steps: int) -> Iterator
             produced += 1
             if produced == steps:
                 return
+        if produced == before:  # a file whose scene count lies would loop for ever
+            raise DatasetError(
+                f"train_source={str(path)!r}: a pass over the file gave no full batch of {config.batch_size}; "
+                f"check it with `shapesgen validate {path}`",
+                param="train_source",
+            )
         sweep += 1
 
 
 def _trim_log(path: Path, epochs: int) -> None:
-    """Keep the log rows of the epochs a resumed run restored, drop later ones."""
+    """Keep the log rows of the epochs a resumed run restored, drop later ones (atomically)."""
     if not path.exists():
         return
-    with path.open() as f:
-        rows = [r for r in csv.DictReader(f) if int(r["epoch"]) <= epochs]
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
+    try:
+        with path.open(newline="") as f:
+            rows = [r for r in csv.DictReader(f) if int(r["epoch"]) <= epochs]
+    except (OSError, ValueError, KeyError, TypeError, csv.Error) as exc:
+        raise DatasetError(
+            f"{path}: not a training log ({clip(str(exc), 80) or type(exc).__name__}); fix or remove it to resume",
+            param="out",
+        ) from None
+    text = io.StringIO()
+    writer = csv.DictWriter(text, COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomically(path, text.getvalue().encode(), param="out")
 
 
 def _log(out: Path, writer: Any, row: dict[str, Any]) -> None:
@@ -252,9 +566,3 @@ def _log(out: Path, writer: Any, row: dict[str, Any]) -> None:
             if key != "epoch" and isinstance(value, (int, float)) and not math.isnan(value):
                 tf.summary.scalar(key, value, step=row["epoch"])
     writer.flush()
-
-
-def _save_model(model: keras.Model, out: Path) -> None:
-    tmp = out / "model.partial.keras"
-    model.save(tmp)
-    tmp.replace(out / MODEL_FILE)

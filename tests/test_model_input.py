@@ -1,0 +1,437 @@
+"""Bad input, faults and misuse for ``train`` and ``predict``: one clean error, nothing left behind.
+
+Training steps are the slow part, so most cases fail before the first one; where a
+run folder is needed, ``Trainer.run_epoch`` is replaced by a stub that returns a log
+row at once (checkpoints, publishing and ``model.keras`` stay real).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import run_cli
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import amodal_model.train as train_module
+from amodal_model.config import MAX_SEED, TINY, TrainConfig, build_train_config
+from amodal_model.predict import predict_run
+from amodal_model.train import Trainer, TrainingInterrupted, train
+from shapesgen.errors import ConfigError, DatasetError, ShapesgenError
+
+SMALL = TINY.replace(feature_channels=8, head_filters=(8, 4), embedding_dim=4)
+QUICK = SMALL.replace(epochs=1, batch_size=2, steps_per_epoch=1, eval_every=0)
+
+
+def snapshot(root: Path) -> dict[str, bytes | None]:
+    """Every path under ``root`` with the bytes of each file (None for folders)."""
+    return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None) for p in sorted(root.rglob("*"))}
+
+
+def one_line(exc: BaseException) -> None:
+    text = str(exc)
+    assert text and "\n" not in text and "Traceback" not in text, text
+
+
+def fake_epoch(self: Trainer, epoch: int, callbacks: Any) -> dict[str, Any]:
+    return {"epoch": epoch + 1, "steps": self.steps, "seconds": 0.0, "images_per_s": 0.0, "loss": 1.0}
+
+
+@pytest.fixture()
+def data(tiny_dataset: Path, tmp_path: Path) -> Path:
+    """A private copy of the 12-scene dataset (64 px, 3 layers) inside ``tmp_path``."""
+    return Path(shutil.copy(tiny_dataset, tmp_path / "data.h5"))
+
+
+@pytest.fixture(scope="module")
+def run_dir(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished run folder (real checkpoint and model.keras, stub epoch)."""
+    out = tmp_path_factory.mktemp("runs") / "run"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Trainer, "run_epoch", fake_epoch)
+        return train(tiny_dataset, out, QUICK)
+
+
+# --- TrainConfig -------------------------------------------------------------------------------------
+
+BAD_FIELDS = [
+    ("learning_rate", float("inf"), "learning_rate=inf is invalid: must be a finite number > 0"),
+    ("learning_rate", float("nan"), "learning_rate=nan is invalid"),
+    ("learning_rate", 0.0, "learning_rate=0.0 is invalid"),
+    ("reg_weight", float("inf"), "reg_weight=inf is invalid: must be a finite number >= 0"),
+    ("bandwidth", "x", "bandwidth='x' is invalid"),
+    ("bandwidth", [1.5], "bandwidth=[1.5] is invalid"),
+    ("d_dist", True, "d_dist=True is invalid"),
+    ("dropout", 1.0, "dropout=1.0 is invalid: must be a finite number in [0, 1)"),
+    ("seed", -1, f"seed=-1 is invalid: must be an integer in [0, {MAX_SEED}]"),
+    ("seed", 2**32, "seed=4294967296 is invalid"),
+    ("seed", 1.0, "seed=1.0 is invalid"),
+    ("epochs", 0, "epochs=0 is invalid"),
+    ("epochs", 10**4400, "epochs=<integer of about 4401 digits> is invalid"),
+    ("batch_size", 2.0, "batch_size=2.0 is invalid: must be an integer"),
+    ("batch_size", True, "batch_size=True is invalid"),
+    ("batch_size", 10**6, "batch_size=1000000 is invalid"),
+    ("feature_channels", 10**9, "feature_channels=1000000000 is invalid"),
+    ("steps_per_epoch", 0, "steps_per_epoch=0 is invalid: must be None (one pass) or an integer"),
+    ("eval_every", -1, "eval_every=-1 is invalid"),
+    ("head_filters", [], "head_filters=[] is invalid"),
+    ("head_filters", [8, 0], "head_filters=[8, 0] is invalid"),
+    ("head_filters", "abc", "head_filters='abc' is invalid"),
+    ("head_filters", 8, "head_filters=8 is invalid"),
+    ("backbone", "resnet", "backbone='resnet' is invalid: must be one of 'xception', 'mobilenetv2', 'tiny'"),
+    ("backbone", ["tiny"], "backbone=['tiny'] is invalid"),
+    ("hinge", None, "hinge=None is invalid"),
+    ("distance_scope", "some", "distance_scope='some' is invalid"),
+    ("backbone_weights", 3, "backbone_weights=3 is invalid"),
+    ("backbone_weights", "", "backbone_weights='' is invalid"),
+]
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"), BAD_FIELDS, ids=[m.split(" is invalid")[0] for _, _, m in BAD_FIELDS]
+)
+def test_bad_field_is_one_config_error_naming_it(field: str, value: Any, message: str) -> None:
+    for make in (lambda: TrainConfig.from_dict({field: value}), lambda: SMALL.replace(**{field: value})):
+        with pytest.raises(ConfigError) as caught:
+            make()
+        assert str(caught.value).startswith(message) and caught.value.param == field
+        one_line(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('{"bandwidth": "x"}', "bandwidth='x' is invalid"),
+        ('{"nope": 1}', "unknown train config field(s) ['nope']"),
+        ("[1, 2]", "must be a JSON object, not list"),
+        ('{"seed": ' + "7" * 4400 + "}", "more than 4300 digits"),
+        ("[" * 100_000, "not valid JSON"),
+        ("{", "not valid JSON"),
+        (b"\xff\xfe", "not valid JSON"),
+    ],
+    ids=["wrong-type", "unknown-key", "list", "4400-digits", "deep", "truncated", "binary"],
+)
+def test_hand_edited_train_config_json_is_one_config_error(text: str | bytes, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)) as caught:
+        TrainConfig.from_json(text)
+    one_line(caught.value)
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.dictionaries(st.sampled_from(sorted(SMALL.__dataclass_fields__) + ["extra"]), JSON, max_size=4))
+def test_random_json_objects_give_a_config_or_a_config_error(data: dict[str, Any]) -> None:
+    try:
+        config = TrainConfig.from_dict(data)
+    except ConfigError as exc:
+        one_line(exc)
+    else:
+        assert TrainConfig.from_json(config.to_json()) == config
+
+
+def test_presets_by_name() -> None:
+    assert build_train_config("tiny", epochs=3, seed=None).epochs == 3
+    with pytest.raises(ConfigError, match="preset='huge' is invalid") as caught:
+        build_train_config("huge")
+    assert caught.value.param == "preset"
+
+
+# --- train: refusals before any work leave nothing behind --------------------------------------------
+
+
+def foreign_hdf5(path: Path) -> Path:
+    with h5py.File(path, "w") as f:
+        f["x"] = np.zeros(3)
+    return path
+
+
+TRAIN_REFUSALS: dict[str, Any] = {
+    "foreign-hdf5": lambda d, t: dict(train_source=foreign_hdf5(t / "foreign.h5"), out=t / "run"),
+    "not-hdf5": lambda d, t: dict(train_source=t / "notes.txt", out=t / "run"),
+    "missing": lambda d, t: dict(train_source=t / "nope.h5", out=t / "run"),
+    "folder-as-data": lambda d, t: dict(train_source=t / "keep", out=t / "run"),
+    "bad-live-spec": lambda d, t: dict(train_source="render:paper,colour=3", out=t / "run"),
+    "live-unknown-preset": lambda d, t: dict(train_source="render:nope", out=t / "run"),
+    "live-huge-number": lambda d, t: dict(train_source="render:paper,instances=" + "9" * 5000, out=t / "run"),
+    "live-too-many-instances": lambda d, t: dict(train_source="render:paper,instances=99999", out=t / "run"),
+    "foreign-val": lambda d, t: dict(train_source=d, out=t / "run", val=foreign_hdf5(t / "foreign.h5")),
+    "out-is-a-file": lambda d, t: dict(train_source=d, out=t / "notes.txt"),
+    "out-under-a-file": lambda d, t: dict(train_source=d, out=t / "notes.txt" / "run"),
+    "out-empty": lambda d, t: dict(train_source=d, out=""),
+    "out-dot": lambda d, t: dict(train_source=d, out="."),
+    "out-root": lambda d, t: dict(train_source=d, out="/"),
+    "out-not-empty": lambda d, t: dict(train_source=d, out=t / "keep"),
+    "force-non-run-folder": lambda d, t: dict(train_source=d, out=t / "keep", force=True),
+    "force-folder-holding-data": lambda d, t: dict(train_source=d, out=t, force=True),
+    "resume-non-run-folder": lambda d, t: dict(train_source=d, out=t / "keep", resume=True),
+    "batch-larger-than-data": lambda d, t: dict(train_source=d, out=t / "run", config=QUICK.replace(batch_size=16)),
+    "missing-weights": lambda d, t: dict(
+        train_source=d, out=t / "run", config=QUICK.replace(backbone_weights=str(t / "w.weights.h5"))
+    ),
+    "image-size-not-multiple-of-16": lambda d, t: dict(train_source="render:paper", out=t / "run"),
+    "resume-not-bool": lambda d, t: dict(train_source=d, out=t / "run", resume="yes"),
+    "config-not-a-config": lambda d, t: dict(train_source=d, out=t / "run", config={"epochs": 1}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TRAIN_REFUSALS))
+def test_train_refusal_is_one_line_and_leaves_nothing(
+    case: str, data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "notes.txt").write_text("not a dataset")
+    (tmp_path / "keep").mkdir()
+    (tmp_path / "keep" / "mine.txt").write_text("precious")
+    kwargs = {"config": QUICK, **TRAIN_REFUSALS[case](data, tmp_path)}
+    if case == "image-size-not-multiple-of-16":
+        monkeypatch.setattr(train_module, "open_source", lambda spec: _source_of_size(72))
+    before = snapshot(tmp_path)
+    with pytest.raises(ShapesgenError) as caught:
+        train(**kwargs)
+    one_line(caught.value)
+    assert snapshot(tmp_path) == before
+
+
+def _source_of_size(size: int) -> Any:
+    from amodal_model.data import Source
+    from shapesgen import SceneConfig
+
+    return Source(SceneConfig(image_size=size, mask_size=size // 4, instances_per_class=1, seed=0))
+
+
+def test_force_names_the_reason_it_refuses(data: Path, tmp_path: Path) -> None:
+    (tmp_path / "keep").mkdir()
+    (tmp_path / "keep" / "mine.txt").write_text("precious")
+    with pytest.raises(DatasetError, match="is not a training run") as caught:
+        train(data, tmp_path / "keep", QUICK, force=True)
+    assert caught.value.param == "out"
+    with pytest.raises(ConfigError, match="holds the input") as held:
+        train(data, tmp_path, QUICK, force=True)
+    assert held.value.param == "out"
+
+
+# --- train: faults during the run ---------------------------------------------------------------------
+
+
+def no_space(*args: Any, **kwargs: Any) -> None:
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_disk_full_at_the_first_checkpoint_leaves_no_run_folder(
+    data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(Trainer, "run_epoch", fake_epoch)
+    monkeypatch.setattr(tf.train.CheckpointManager, "save", no_space)
+    before = snapshot(tmp_path)
+    with pytest.raises(DatasetError, match="no space left on device") as caught:
+        train(data, tmp_path / "runs" / "new", QUICK)
+    one_line(caught.value)
+    assert snapshot(tmp_path) == before  # no run, no runs/, no .partial, no .lock
+
+
+def test_ctrl_c_before_the_first_checkpoint_leaves_no_run_folder(
+    data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def interrupted(*args: Any) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "run_epoch", interrupted)
+    before = snapshot(tmp_path)
+    with pytest.raises(TrainingInterrupted, match="nothing was kept"):
+        train(data, tmp_path / "run", QUICK)
+    assert snapshot(tmp_path) == before
+
+
+def test_force_keeps_the_old_run_until_the_new_one_has_a_checkpoint(
+    data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    old = tmp_path / "run"
+    old.mkdir()
+    (old / "train_config.json").write_text(QUICK.to_json())
+    (old / "notes.txt").write_text("old run")
+    monkeypatch.setattr(Trainer, "run_epoch", fake_epoch)
+    monkeypatch.setattr(tf.train.CheckpointManager, "save", no_space)
+    before = snapshot(tmp_path)
+    with pytest.raises(DatasetError, match="no space left"):
+        train(data, old, QUICK, force=True)
+    assert snapshot(tmp_path) == before
+    monkeypatch.undo()
+    monkeypatch.setattr(Trainer, "run_epoch", fake_epoch)
+    assert train(data, old, QUICK, force=True) == old
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.h5", "run"]
+    assert not (old / "notes.txt").exists() and (old / "model.keras").is_file()
+
+
+def test_resume_of_a_damaged_run_is_one_line_and_changes_nothing(
+    run_dir: Path, tiny_dataset: Path, tmp_path: Path
+) -> None:
+    copy = Path(shutil.copytree(run_dir, tmp_path / "run"))
+    data = tiny_dataset
+    config = QUICK.replace(epochs=2)
+    marker = copy / "train_config.json"
+    saved = marker.read_text()
+    for edit, message in [
+        ({"bandwidth": "x"}, "bandwidth='x' is invalid"),
+        ({"epochs": 10**30}, "epochs=1000000000000000000000000000000 is invalid"),
+        ({"rogue": 1}, "unknown train config field"),
+    ]:
+        marker.write_text(json.dumps({**json.loads(saved), **edit}))
+        before = snapshot(tmp_path)
+        with pytest.raises(DatasetError, match=message) as caught:
+            train(data, copy, config, resume=True)
+        one_line(caught.value)
+        assert caught.value.param == "out" and snapshot(tmp_path) == before
+    marker.write_text(saved)
+    for index in (copy / "checkpoints").glob("*.index"):
+        index.write_bytes(b"\0" * 64)
+    before = snapshot(tmp_path)
+    with pytest.raises(DatasetError, match="checkpoint cannot be restored") as caught:
+        train(data, copy, config, resume=True)
+    one_line(caught.value)
+    assert snapshot(tmp_path) == before
+
+
+# --- predict -------------------------------------------------------------------------------------------
+
+
+def edit_json(name: str, **changes: Any) -> Any:
+    def edit(run: Path) -> None:
+        path = run / name
+        path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+    return edit
+
+
+PREDICT_RUN_DAMAGE: dict[str, Any] = {
+    "train-config-wrong-type": (edit_json("train_config.json", bandwidth="x"), "bandwidth='x' is invalid"),
+    "train-config-list": (lambda r: (r / "train_config.json").write_text("[]"), "must be a JSON object"),
+    "train-config-embedding": (edit_json("train_config.json", embedding_dim=5), "do not match"),
+    "scene-config-shapes-string": (edit_json("scene_config.json", shapes="circle"), "scene_config.json"),
+    "scene-config-layers": (edit_json("scene_config.json", layers=4), "do not match"),
+    "scene-config-missing": (lambda r: (r / "scene_config.json").unlink(), "no such file"),
+    "model-garbage": (lambda r: (r / "model.keras").write_bytes(os.urandom(4096)), "not a Keras model file"),
+    "model-missing": (lambda r: (r / "model.keras").unlink(), "no model.keras inside"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(PREDICT_RUN_DAMAGE))
+def test_predict_with_a_damaged_run_is_one_line_and_writes_nothing(
+    case: str, run_dir: Path, tiny_dataset: Path, tmp_path: Path
+) -> None:
+    copy = Path(shutil.copytree(run_dir, tmp_path / "run"))
+    damage, message = PREDICT_RUN_DAMAGE[case]
+    damage(copy)
+    before = snapshot(tmp_path)
+    with pytest.raises(DatasetError, match=message) as caught:
+        predict_run(copy, tiny_dataset, tmp_path / "results.json")
+    one_line(caught.value)
+    assert caught.value.param == "run_dir" and snapshot(tmp_path) == before
+
+
+PREDICT_REFUSALS: dict[str, Any] = {
+    "foreign-data": lambda r, d, t: dict(data=foreign_hdf5(t / "foreign.h5"), out=t / "results.json"),
+    "missing-data": lambda r, d, t: dict(data=t / "nope.h5", out=t / "results.json"),
+    "out-is-the-data": lambda r, d, t: dict(data=d, out=d),
+    "out-is-the-model": lambda r, d, t: dict(data=d, out=r / "model.keras"),
+    "out-is-a-folder": lambda r, d, t: dict(data=d, out=t),
+    "out-under-a-file": lambda r, d, t: dict(data=d, out=d / "results.json"),
+    "out-empty": lambda r, d, t: dict(data=d, out=""),
+    "run-missing": lambda r, d, t: dict(run_dir=t / "nope", data=d, out=t / "results.json"),
+    "run-is-a-file": lambda r, d, t: dict(run_dir=d, data=d, out=t / "results.json"),
+    "limit-zero": lambda r, d, t: dict(data=d, out=t / "results.json", limit=0),
+    "batch-size-bool": lambda r, d, t: dict(data=d, out=t / "results.json", batch_size=True),
+}
+
+
+@pytest.mark.parametrize("case", sorted(PREDICT_REFUSALS))
+def test_predict_refusal_is_one_line_and_writes_nothing(case: str, run_dir: Path, data: Path, tmp_path: Path) -> None:
+    kwargs = {"run_dir": run_dir, **PREDICT_REFUSALS[case](run_dir, data, tmp_path)}
+    before, run_before = snapshot(tmp_path), snapshot(run_dir)
+    with pytest.raises(ShapesgenError) as caught:
+        predict_run(**kwargs)
+    one_line(caught.value)
+    assert snapshot(tmp_path) == before and snapshot(run_dir) == run_before
+
+
+def test_predict_disk_full_leaves_no_partial_results(
+    run_dir: Path, data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(Path, "write_bytes", no_space)
+    before = snapshot(tmp_path)
+    with pytest.raises(DatasetError, match="No space left") as caught:
+        predict_run(run_dir, data, tmp_path / "out" / "results.json", limit=2)
+    one_line(caught.value)
+    monkeypatch.undo()
+    assert snapshot(tmp_path) == before
+
+
+def test_unwritable_folder_is_one_line_for_train_and_predict(run_dir: Path, data: Path, tmp_path: Path) -> None:
+    """``/sys`` refuses new entries even to root (EPERM), unlike a chmod-ed folder."""
+    before = snapshot(tmp_path)
+    with pytest.raises(DatasetError, match="not permitted|ermission denied") as caught:
+        train(data, Path("/sys/shapesgen-test-run"), QUICK)
+    one_line(caught.value)
+    with pytest.raises(DatasetError, match="not permitted|ermission denied") as caught:
+        predict_run(run_dir, data, Path("/sys/shapesgen-test/results.json"))
+    one_line(caught.value)
+    assert snapshot(tmp_path) == before
+    assert not Path("/sys/shapesgen-test-run").exists() and not Path("/sys/shapesgen-test").exists()
+
+
+# --- the same through the command line -----------------------------------------------------------------
+
+
+def assert_clean_failure(result: Any, root: Path, before: dict[str, bytes | None]) -> None:
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 2, result.output
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert snapshot(root) == before
+
+
+CLI_TRAIN = {
+    "foreign-hdf5": lambda d, t: ["--train", foreign_hdf5(t / "foreign.h5"), "--out", t / "run"],
+    "out-is-a-file": lambda d, t: ["--train", d, "--out", t / "notes.txt"],
+    "force-non-run-folder": lambda d, t: ["--train", d, "--out", t / "keep", "--force"],
+    "seed-negative": lambda d, t: ["--train", d, "--out", t / "run", "--seed", "-1"],
+    "seed-over-32-bits": lambda d, t: ["--train", d, "--out", t / "run", "--seed", str(2**32)],
+    "lr-inf": lambda d, t: ["--train", d, "--out", t / "run", "--lr", "inf"],
+    "reg-weight-inf": lambda d, t: ["--train", d, "--out", t / "run", "--reg-weight", "inf"],
+    "bad-live-spec": lambda d, t: ["--train", "render:paper,instances=x", "--out", t / "run"],
+}
+
+
+@pytest.mark.parametrize("case", sorted(CLI_TRAIN))
+def test_cli_train_refusal(case: str, data: Path, tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("not a dataset")
+    (tmp_path / "keep").mkdir()
+    (tmp_path / "keep" / "mine.txt").write_text("precious")
+    args = CLI_TRAIN[case](data, tmp_path)
+    before = snapshot(tmp_path)
+    result = run_cli("train", *args, "--preset", "tiny", "--epochs", "1", "-q")
+    assert_clean_failure(result, tmp_path, before)
+
+
+def test_cli_predict_refusal(run_dir: Path, data: Path, tmp_path: Path) -> None:
+    copy = Path(shutil.copytree(run_dir, tmp_path / "run"))
+    edit_json("train_config.json", bandwidth="x")(copy)
+    before = snapshot(tmp_path)
+    for args in (
+        ["--model", copy, "--data", data, "--out", tmp_path / "results.json"],
+        ["--model", run_dir, "--data", data, "--out", data],
+    ):
+        assert_clean_failure(run_cli("predict", *args, "-q"), tmp_path, before)
