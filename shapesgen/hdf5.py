@@ -53,6 +53,31 @@ def combine_digests(digests: Sequence[bytes]) -> str:
     return hashlib.sha256(b"".join(digests)).hexdigest()
 
 
+class DigestChain:
+    """The running dataset checksums: per-scene digests are fed in scene order and
+    only the SHA-256 states are kept, so memory does not grow with the scene count
+    (:func:`combine_digests` of all of them, computed incrementally)."""
+
+    def __init__(self) -> None:
+        self.hashers = {name: hashlib.sha256() for name in PER_SCENE_HASHED}
+        self.scenes = 0
+
+    def add(self, scene: dict[str, bytes]) -> None:
+        """One scene's digests, after all earlier scenes'."""
+        for name, hasher in self.hashers.items():
+            hasher.update(scene[name])
+        self.scenes += 1
+
+    def extend(self, digests: dict[str, list[bytes]]) -> None:
+        """A batch's digests (lists in scene order, as :class:`EncodedBatch` holds them)."""
+        for name, hasher in self.hashers.items():
+            hasher.update(b"".join(digests[name]))
+        self.scenes += len(digests[PER_SCENE_HASHED[0]])
+
+    def hexdigests(self) -> dict[str, str]:
+        return {name: hasher.hexdigest() for name, hasher in self.hashers.items()}
+
+
 @dataclass(frozen=True)
 class EncodedBatch:
     """Scenes ready to append: compressed chunks, per-scene digests, raw vertices.
@@ -125,7 +150,7 @@ class DatasetWriter:
             self.file = h5py.File(path, "a")
         except OSError as exc:
             raise DatasetError(f"{path}: cannot open for writing ({exc})") from None
-        self.digests: dict[str, list[bytes]] = {name: [] for name in PER_SCENE_HASHED}
+        self.chain = DigestChain()
         self.last_flush = time.monotonic()
         if "format" in self.file.attrs:
             self._reopen()
@@ -176,9 +201,11 @@ class DatasetWriter:
         written = self.scenes_written
         if bool(self.file.attrs.get("clean_stop", True)):
             offsets, vertex_offsets = self._offsets(written)
-            digests = scene_digests(self.file, offsets, vertex_offsets)
+            chain = DigestChain()
+            for scene in scene_digests(self.file, offsets, vertex_offsets):
+                chain.add(scene)
         else:
-            written, digests = self._intact_prefix(written)
+            written, chain = self._intact_prefix(written)
             offsets, vertex_offsets = self._offsets(written)
         lengths = {"scene": written, "instance": int(offsets[-1]), "vertex": int(vertex_offsets[-1])}
         for field in DATASETS:
@@ -186,16 +213,16 @@ class DatasetWriter:
         self.file["instance_offsets"].resize(written + 1, axis=0)
         self.file["vertex_offsets"].resize(len(vertex_offsets), axis=0)
         self.file.attrs["scenes_written"] = np.int64(written)
-        self.digests = digests
+        self.chain = chain
 
     def _offsets(self, scenes: int) -> tuple[np.ndarray, np.ndarray]:
         """The instance and vertex offsets of the first ``scenes`` scenes."""
         offsets = self.file["instance_offsets"][: scenes + 1]
         return offsets, self.file["vertex_offsets"][: int(offsets[-1]) + 1]
 
-    def _intact_prefix(self, written: int) -> tuple[int, dict[str, list[bytes]]]:
+    def _intact_prefix(self, written: int) -> tuple[int, DigestChain]:
         """How many leading scenes equal a fresh render of the stored config, and their digests."""
-        nothing: dict[str, list[bytes]] = {name: [] for name in PER_SCENE_HASHED}
+        nothing = DigestChain()
         try:
             offsets, vertex_offsets = self._offsets(written)
             consistent = (
@@ -210,21 +237,23 @@ class DatasetWriter:
             )
             if not consistent:
                 return 0, nothing
-            stored = scene_digests(self.file, offsets, vertex_offsets)
         except (OSError, RuntimeError, ValueError, KeyError, IndexError):  # torn beyond reading
             return 0, nothing
-        intact = written
+        chain = DigestChain()
         for start in range(0, written, VERIFY_BATCH):
             stop = min(start + VERIFY_BATCH, written)
+            try:
+                stored = list(scene_digests(self.file, offsets, vertex_offsets, range(start, stop)))
+            except (OSError, RuntimeError, ValueError, KeyError, IndexError):  # this block is torn beyond reading
+                return chain.scenes, chain
             fresh = encode_scenes(render_scenes(self.config, range(start, stop)), 0).digests
-            torn = (j for j in range(start, stop) if any(stored[k][j] != fresh[k][j - start] for k in PER_SCENE_HASHED))
-            first_torn = next(torn, None)
-            if first_torn is not None:
-                intact = first_torn
-                break
+            for j, scene in enumerate(stored):
+                if any(scene[name] != fresh[name][j] for name in PER_SCENE_HASHED):
+                    return chain.scenes, chain
+                chain.add(scene)
             if self.progress:
                 self.progress(stop, int(self.file.attrs["num_scenes"]))
-        return intact, {name: values[:intact] for name, values in stored.items()}
+        return chain.scenes, chain
 
     @property
     def scenes_written(self) -> int:
@@ -250,8 +279,7 @@ class DatasetWriter:
             base = dataset.shape[0]
             dataset.resize(base + len(counts), axis=0)
             dataset[base:] = int(dataset[base - 1]) + np.cumsum(counts)
-        for name, digests in batch.digests.items():
-            self.digests[name].extend(digests)
+        self.chain.extend(batch.digests)
         self.file.attrs["scenes_written"] = np.int64(written + batch.count)
         if time.monotonic() - self.last_flush >= FLUSH_EVERY_S:
             self.file.flush()
@@ -259,7 +287,7 @@ class DatasetWriter:
 
     def finish(self) -> None:
         """Record checksums and mark the file complete."""
-        self.file.attrs["checksums"] = json.dumps(checksums(self.file, self.digests), sort_keys=True)
+        self.file.attrs["checksums"] = json.dumps(checksums(self.file, self.chain), sort_keys=True)
         self.file.attrs["complete"] = True
         self.file.flush()
 
@@ -270,25 +298,36 @@ class DatasetWriter:
             self.file.close()
 
 
-def scene_digests(file: Mapping[str, Any], offsets: np.ndarray, vertex_offsets: np.ndarray) -> dict[str, list[bytes]]:
-    """Per-scene digests of every hashed dataset, read back from a file (or ``ShapesDataset.datasets``)."""
-    digests: dict[str, list[bytes]] = {name: [] for name in PER_SCENE_HASHED}
-    for i in range(len(offsets) - 1):
+def scene_digests(
+    file: Mapping[str, Any], offsets: np.ndarray, vertex_offsets: np.ndarray, scenes: range | None = None
+) -> Iterator[dict[str, bytes]]:
+    """Each scene's digest of every hashed dataset, read back from a file (or
+    ``ShapesDataset.datasets``), one scene at a time; ``scenes`` defaults to all."""
+    for i in scenes if scenes is not None else range(len(offsets) - 1):
         rows = slice(int(offsets[i]), int(offsets[i + 1]))
+        scene: dict[str, bytes] = {}
         for field in DATASETS:
             if field.axis == "scene":
-                digests[field.name].append(digest(file[field.name][i]))
+                scene[field.name] = digest(file[field.name][i])
             elif field.axis == "instance":
-                digests[field.name].append(digest(file[field.name][rows]))
+                scene[field.name] = digest(file[field.name][rows])
         vertex_rows = slice(int(vertex_offsets[rows.start]), int(vertex_offsets[rows.stop]))
-        digests["vertices"].append(digest(file["vertices"][vertex_rows]))
-    return digests
+        scene["vertices"] = digest(file["vertices"][vertex_rows])
+        yield scene
 
 
-def checksums(file: Mapping[str, Any], digests: dict[str, list[bytes]]) -> dict[str, str]:
-    """The ``checksums`` attribute: combined per-scene digests, whole-array offsets."""
-    sums = {name: combine_digests(values) for name, values in digests.items()}
-    sums.update({name: hashlib.sha256(file[name][()].tobytes()).hexdigest() for name in OFFSETS})
+OFFSET_HASH_BLOCK = 1 << 20  # offsets hashed this many at a time
+
+
+def checksums(file: Mapping[str, Any], chain: DigestChain) -> dict[str, str]:
+    """The ``checksums`` attribute: the chained per-scene digests, and whole-array offsets
+    (hashed in blocks, so memory stays bounded)."""
+    sums = chain.hexdigests()
+    for name in OFFSETS:
+        hasher, dataset = hashlib.sha256(), file[name]
+        for start in range(0, dataset.shape[0], OFFSET_HASH_BLOCK):
+            hasher.update(np.ascontiguousarray(dataset[start : start + OFFSET_HASH_BLOCK]).tobytes())
+        sums[name] = hasher.hexdigest()
     return dict(sorted(sums.items()))
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from shapesgen.errors import ValidationError
-from shapesgen.hdf5 import CorruptDatasetError, ShapesDataset, checksums, open_dataset, scene_digests
+from shapesgen.hdf5 import CorruptDatasetError, DigestChain, ShapesDataset, checksums, open_dataset, scene_digests
 from shapesgen.raster import layer_maps
 from shapesgen.scene import Scene, render_scene
 from shapesgen.schema import DATASETS, INSTANCE_DTYPE, OFFSETS
@@ -53,7 +53,10 @@ def check_checksums(ds: ShapesDataset) -> None:
     recorded = ds.checksums
     expected = sorted([f.name for f in DATASETS] + list(OFFSETS))
     _check(sorted(recorded) == expected, f"checksums attribute lists {sorted(recorded)}, expected {expected}")
-    actual = checksums(ds.datasets, scene_digests(ds.datasets, ds.instance_offsets, ds.vertex_offsets[:]))
+    chain = DigestChain()
+    for scene in scene_digests(ds.datasets, ds.instance_offsets, ds.vertex_offsets[:]):
+        chain.add(scene)
+    actual = checksums(ds.datasets, chain)
     for name in expected:
         _check(actual[name] == recorded[name], f"dataset {name}: SHA-256 does not match the recorded checksum")
 
