@@ -12,6 +12,7 @@ import os
 import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from itertools import accumulate
 from pathlib import Path
 from typing import Any, Literal
 
@@ -61,16 +62,147 @@ def encode_rle(masks: np.ndarray) -> list[dict[str, Any]]:
     return [{"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")} for rle in encoded]
 
 
-def decode_segmentation(segmentation: Any, height: int, width: int) -> np.ndarray:
-    """A boolean mask from a COCO polygon list, compressed or uncompressed RLE."""
-    if isinstance(segmentation, list):
-        rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
-    elif isinstance(segmentation, dict) and isinstance(segmentation.get("counts"), list):
-        rle = mask_utils.frPyObjects(segmentation, height, width)
+MAX_MASK_PIXELS = 1 << 24  # 4096 x 4096: the most pixels a segmentation read from a file may decode to
+_MAX_GROUPS = 12  # 5-bit groups in one number of a compressed RLE string (60 bits: fits int64)
+_SHORT_STRING = 512  # compressed strings up to this length are decoded without numpy (faster)
+
+
+def _integer(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _string_runs(counts: bytes, pixels: int) -> list[int] | np.ndarray:
+    """Run lengths of a compressed COCO RLE string, decoded as pycocotools' ``rleFrString`` does.
+
+    Each number is little-endian in 5-bit groups, one character (``48 + group``) per group,
+    bit 0x20 meaning "more groups follow" and bit 0x10 of the last group the sign; from the
+    fourth run on, the number is the difference to the run two before. Other characters,
+    a string that ends inside a number and numbers beyond ``pixels`` are refused, where
+    pycocotools would read past the end of the string. Long strings are decoded vectorised.
+    """
+    bad_char = "segmentation counts must be characters '0'..'o', got {!r}"
+    truncated = "segmentation counts end in the middle of a number (truncated string)"
+    too_long = f"segmentation counts hold a number of more than {_MAX_GROUPS} characters"
+    runs: list[int] | np.ndarray
+    if len(counts) <= _SHORT_STRING:
+        runs = []
+        value = shift = 0
+        for char in counts:
+            group = char - 48
+            if group < 0 or group > 63:
+                raise DatasetError(bad_char.format(chr(char)))
+            if group >= 32:  # more groups follow
+                value |= (group - 32) << shift
+                shift += 5
+                if shift >= 5 * _MAX_GROUPS:
+                    raise DatasetError(too_long)
+                continue
+            value |= group << shift
+            if group & 0x10:
+                value -= 32 << shift
+            runs.append(value)
+            value = shift = 0
+        if shift:
+            raise DatasetError(truncated)
     else:
-        rle = dict(segmentation)
-        if isinstance(rle.get("counts"), str):
-            rle["counts"] = rle["counts"].encode("ascii")
+        groups = np.frombuffer(counts, np.uint8).astype(np.int64) - 48
+        if groups.min() < 0 or groups.max() > 63:
+            raise DatasetError(bad_char.format(chr(48 + int(groups[(groups < 0) | (groups > 63)][0]))))
+        last = np.flatnonzero(groups < 32)  # the last group of each number
+        if last.size == 0 or last[-1] != groups.size - 1:
+            raise DatasetError(truncated)
+        first = np.concatenate(([0], last[:-1] + 1))
+        length = last - first + 1
+        if length.max() > _MAX_GROUPS:
+            raise DatasetError(too_long)
+        shift_of = 5 * (np.arange(groups.size) - np.repeat(first, length))
+        runs = np.add.reduceat((groups & 0x1F) << shift_of, first)
+        negative = groups[last] >= 16
+        runs[negative] -= np.left_shift(1, 5 * length[negative])
+    low, high = (min(runs, default=0), max(runs, default=0)) if isinstance(runs, list) else (runs.min(), runs.max())
+    if max(-low, high) > pixels:  # a valid difference never exceeds pixels; this also bounds the sums below
+        raise DatasetError(f"segmentation counts hold a number beyond height x width = {pixels}")
+    if isinstance(runs, list):
+        runs[1::2] = accumulate(runs[1::2])
+        runs[2::2] = accumulate(runs[2::2])
+    else:
+        runs[1::2] = np.cumsum(runs[1::2])
+        runs[2::2] = np.cumsum(runs[2::2])
+    return runs
+
+
+def rle_runs(rle: Any) -> tuple[int, int, list[int] | np.ndarray]:
+    """``(height, width, runs)`` of a COCO RLE (compressed or not), checked before any decoding.
+
+    Runs must be non-negative and sum to exactly ``height * width``: pycocotools trusts
+    them and fills a short mask with uninitialised memory. ``height * width`` is at most
+    :data:`MAX_MASK_PIXELS`. Raises :class:`DatasetError` with a one-line reason.
+    """
+    if not isinstance(rle, dict) or "size" not in rle or "counts" not in rle:
+        raise DatasetError("segmentation must be a COCO RLE with 'size' and 'counts'")
+    size = rle["size"]
+    if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(_integer(v) and v > 0 for v in size)):
+        scalars = isinstance(size, list) and len(size) <= 3 and all(isinstance(v, (int, float)) for v in size)
+        shown = repr(size)[:40] if scalars else f"({type(size).__name__})"
+        raise DatasetError(f"segmentation size {shown} must be two positive integers (height, width)")
+    height, width = int(size[0]), int(size[1])
+    pixels = height * width
+    if pixels > MAX_MASK_PIXELS:
+        raise DatasetError(f"segmentation size {height}x{width} is over the limit of {MAX_MASK_PIXELS} pixels")
+    counts = rle["counts"]
+    runs: list[int] | np.ndarray
+    if isinstance(counts, (str, bytes)):
+        try:
+            runs = _string_runs(counts.encode("ascii") if isinstance(counts, str) else counts, pixels)
+        except UnicodeEncodeError:
+            raise DatasetError("segmentation counts must be characters '0'..'o', got a non-ASCII one") from None
+    elif isinstance(counts, list) and all(_integer(c) for c in counts):
+        runs = counts
+        if len(counts) > _SHORT_STRING:
+            try:
+                runs = np.array(counts, dtype=np.int64)
+            except OverflowError:
+                raise DatasetError(f"segmentation counts hold a run beyond height x width = {pixels}") from None
+    else:
+        raise DatasetError("segmentation counts must be a list of integers or a compressed RLE string")
+    low, high = (min(runs, default=0), max(runs, default=0)) if isinstance(runs, list) else (runs.min(), runs.max())
+    if low < 0:
+        raise DatasetError(f"segmentation counts hold a negative run length ({low})")
+    if high > pixels:
+        raise DatasetError(f"segmentation counts hold a run of {high}, beyond height x width = {pixels}")
+    total = int(sum(runs) if isinstance(runs, list) else runs.sum())
+    if total != pixels:
+        raise DatasetError(f"segmentation counts sum to {total}, not height x width = {height}x{width} = {pixels}")
+    return height, width, runs
+
+
+def decode_segmentation(segmentation: Any, height: int, width: int) -> np.ndarray:
+    """A boolean mask from a COCO polygon list, compressed or uncompressed RLE.
+
+    Polygons are rasterised at ``height`` x ``width``; an RLE has its own ``size``. Every
+    input is checked first (see :func:`rle_runs`), so a malformed one raises
+    :class:`DatasetError` with a one-line reason instead of a crash or a garbage mask.
+    """
+    if not isinstance(segmentation, list):
+        h, w, runs = rle_runs(segmentation)
+        mask = np.repeat(np.arange(len(runs)) % 2 == 1, runs)
+        return np.ascontiguousarray(mask.reshape(w, h).T)
+    if not (_integer(height) and _integer(width) and height > 0 and width > 0 and height * width <= MAX_MASK_PIXELS):
+        limit = f"{MAX_MASK_PIXELS} pixels at most"
+        raise DatasetError(f"image size {height!r}x{width!r} must be positive integers, {limit}")
+    bound = 4 * max(height, width)
+    for k, polygon in enumerate(segmentation):
+        if not isinstance(polygon, list) or not all(
+            isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) for v in polygon
+        ):
+            raise DatasetError(f"segmentation polygon {k} must be a list of numbers (x1, y1, x2, y2, ...)")
+        if len(polygon) % 2 or len(polygon) < 6:
+            raise DatasetError(f"segmentation polygon {k} has {len(polygon)} coordinates: needs an even number >= 6")
+        if not all(-bound <= v <= bound for v in polygon):  # also False for NaN
+            raise DatasetError(f"segmentation polygon {k} has a coordinate that is not finite or beyond +-{bound}")
+    if not segmentation:
+        return np.zeros((height, width), bool)
+    rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
     return mask_utils.decode(rle).astype(bool)
 
 

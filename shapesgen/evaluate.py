@@ -4,17 +4,29 @@ Ground truth is every instance visible at the ground truth's resolution (mask
 resolution for HDF5 files). For a band, ground truth outside it is marked
 ``iscrowd=1``, which is how COCOeval ignores regions: detections matched to it count
 neither as true nor as false positives. Matching is pycocotools' own.
+
+Both input files are untrusted: every record is checked before pycocotools sees it
+(pycocotools trusts RLE counts and decodes uninitialised memory from short ones), and a
+bad one stops the run with one line naming the file and the record. Predictions are
+read one record at a time and only the :data:`KEEP_PER_IMAGE` best-scoring per image
+and category are kept, all that COCOeval ever looks at, so memory follows the ground
+truth, not the size of the results file.
 """
 
 from __future__ import annotations
 
 import contextlib
+import heapq
 import io
 import json
 import math
+import os
+import re
+import stat
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 from PIL import Image
@@ -22,13 +34,19 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from shapesgen.coco import decode_segmentation, encode_rle
+from shapesgen.coco import MAX_MASK_PIXELS, decode_segmentation, encode_rle, rle_runs
 from shapesgen.errors import ConfigError, DatasetError
+from shapesgen.files import check_output_path, write_atomically
 from shapesgen.hdf5 import open_dataset
 from shapesgen.stats import OCCLUSION_BANDS, occlusion_band
 
 MAX_DETS = (1, 10, 100, 1000)
+KEEP_PER_IMAGE = MAX_DETS[-1]  # detections kept per (image, category): COCOeval drops the rest itself
+MAX_RECORD_BYTES = 64 << 20  # one prediction record's JSON text
 SCENE_BLOCK = 256
+_READ_CHUNK = 1 << 20
+_NOT_SPACE = re.compile(r"[^ \t\n\r]")
+_RATE_KEYS = ("pixel_occlude_rate", "occlude_rate", "occlusion_rate")
 
 
 def in_band(rate: float, band: str) -> bool:
@@ -95,51 +113,239 @@ def ground_truth_from_hdf5(path: str | Path, keep_layers: bool = False) -> Groun
     return GroundTruth(images, annotations, categories, str(path), layers, class_of_id)
 
 
-def ground_truth_from_json(path: str | Path) -> GroundTruth:
-    """A shapesgen COCO or COCOA export (or any flat COCO file with amodal masks)."""
+def _integer(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
+def _show(value: Any) -> str:
+    """A JSON value for a one-line message: short, and never the whole of a big one."""
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, (list, tuple)):
+        return f"a list of {len(value)}"
+    if _integer(value) and int(value).bit_length() > 128:
+        return f"an integer of {int(value).bit_length()} bits"
+    text = repr(value) if isinstance(value, (str, bool, int, float)) or value is None else type(value).__name__
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _file_kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a named pipe (FIFO)"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"
+
+
+def _check_regular(path: Path) -> None:
+    """Refuse a path that is missing or is not a regular file, looking only at its metadata."""
     try:
-        document = json.loads(Path(path).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: no such file", param="path") from None
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot be read ({exc.strerror})", param="path") from None
+    if not stat.S_ISREG(mode):
+        raise DatasetError(f"{path}: is {_file_kind(mode)}, not a file", param="path")
+
+
+def _open_regular(path: Path) -> IO[bytes]:
+    """``path`` opened for reading if it is a regular file.
+
+    FIFOs and devices are refused without blocking: the type is checked before opening,
+    the open itself cannot block (``O_NONBLOCK``), and the opened file is checked again
+    in case the path was swapped in between.
+    """
+    _check_regular(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot be read ({exc.strerror})", param="path") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise DatasetError(f"{path}: is {_file_kind(mode)}, not a file", param="path")
+    return os.fdopen(fd, "rb")
+
+
+def _read_json(path: Path) -> Any:
+    """A whole JSON document; decoding errors, deep nesting and huge numbers become one line."""
+    with _open_regular(path) as file:
+        try:
+            data = file.read()
+        except OSError as exc:
+            raise DatasetError(f"{path}: cannot be read ({exc.strerror})") from None
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise DatasetError(f"{path}: JSON nested too deeply to read") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DatasetError(f"{path}: not a readable JSON file ({exc})") from None
-    if not isinstance(document, dict) or "images" not in document or "annotations" not in document:
-        raise DatasetError(f"{path}: not a COCO file (needs 'images' and 'annotations')")
-    images = [{"id": im["id"], "height": im["height"], "width": im["width"]} for im in document["images"]]
-    flat: list[dict[str, Any]] = []
-    for ann in document["annotations"]:
-        flat.extend(ann["regions"] if "regions" in ann else [ann])
-        if "regions" in ann:
-            for region in ann["regions"]:
-                region.setdefault("image_id", ann["image_id"])
-    heights = {im["id"]: (im["height"], im["width"]) for im in images}
-    annotations = []
-    for index, ann in enumerate(flat):
-        if ann.get("is_visible", True) is False:
+    except ValueError:  # an integer of more than 4300 digits
+        raise DatasetError(f"{path}: JSON holds a number with too many digits") from None
+
+
+def _gt_images(images: Any, source: str) -> list[dict[str, Any]]:
+    if not isinstance(images, list):
+        raise DatasetError(f"{source}: images must be a list, got {_show(images)}")
+    if not images:
+        raise DatasetError(f"{source}: images is empty: there is nothing to evaluate on")
+    checked: list[dict[str, Any]] = []
+    first_index: dict[int, int] = {}
+    for i, image in enumerate(images):
+        where = f"{source}: images[{i}]"
+        if not isinstance(image, dict):
+            raise DatasetError(f"{where}: must be an object, got {_show(image)}")
+        for key in ("id", "height", "width"):
+            if key not in image:
+                raise DatasetError(f"{where}: missing {key!r}")
+        image_id, height, width = image["id"], image["height"], image["width"]
+        if not _integer(image_id):
+            raise DatasetError(f"{where}: id must be an integer, got {_show(image_id)}")
+        for key, value in (("height", height), ("width", width)):
+            if not _integer(value) or value < 1:
+                raise DatasetError(f"{where}: {key} must be a positive integer, got {_show(value)}")
+        if height * width > MAX_MASK_PIXELS:
+            raise DatasetError(f"{where}: {height}x{width} is over the limit of {MAX_MASK_PIXELS} pixels")
+        if image_id in first_index:
+            raise DatasetError(f"{where}: id {image_id} is also the id of images[{first_index[image_id]}]")
+        first_index[image_id] = i
+        checked.append({"id": int(image_id), "height": int(height), "width": int(width)})
+    return checked
+
+
+def _gt_categories(categories: Any, used: set[int], source: str) -> list[dict[str, Any]]:
+    """The file's categories, or when it has none one per category id its annotations use."""
+    if categories is None or categories == []:
+        ids = sorted(used) or [1]
+        return [{"id": c, "name": "object" if ids == [1] else f"category {c}"} for c in ids]
+    if not isinstance(categories, list):
+        raise DatasetError(f"{source}: categories must be a list, got {_show(categories)}")
+    checked: list[dict[str, Any]] = []
+    for k, category in enumerate(categories):
+        where = f"{source}: categories[{k}]"
+        if not isinstance(category, dict):
+            raise DatasetError(f"{where}: must be an object, got {_show(category)}")
+        for key in ("id", "name"):
+            if key not in category:
+                raise DatasetError(f"{where}: missing {key!r}")
+        category_id, name = category["id"], category["name"]
+        if not _integer(category_id):
+            raise DatasetError(f"{where}: id must be an integer, got {_show(category_id)}")
+        if not isinstance(name, str) or not name:
+            raise DatasetError(f"{where}: name must be a non-empty string, got {_show(name)}")
+        for other, seen in enumerate(checked):
+            if seen["id"] == category_id or seen["name"] == name:
+                raise DatasetError(f"{where}: id {category_id} or name {name!r} repeats categories[{other}]")
+        checked.append({"id": int(category_id), "name": name})
+    return checked
+
+
+def _gt_records(annotations: Any, source: str) -> Iterator[tuple[str, dict[str, Any], Any]]:
+    """``(where, record, inherited image_id)`` for flat annotations and COCOA regions."""
+    if not isinstance(annotations, list):
+        raise DatasetError(f"{source}: annotations must be a list, got {_show(annotations)}")
+    for i, annotation in enumerate(annotations):
+        where = f"{source}: annotations[{i}]"
+        if not isinstance(annotation, dict):
+            raise DatasetError(f"{where}: must be an object, got {_show(annotation)}")
+        if "regions" not in annotation:
+            yield where, annotation, None
             continue
-        h, w = heights[ann["image_id"]]
-        mask = decode_segmentation(ann["segmentation"], h, w)
+        regions = annotation["regions"]
+        if not isinstance(regions, list):
+            raise DatasetError(f"{where}: regions must be a list, got {_show(regions)}")
+        for j, region in enumerate(regions):
+            if not isinstance(region, dict):
+                raise DatasetError(f"{where}.regions[{j}]: must be an object, got {_show(region)}")
+            yield f"{where}.regions[{j}]", region, annotation.get("image_id")
+
+
+def _gt_annotation(where: str, record: dict[str, Any], inherited: Any, sizes: dict[int, tuple[int, int]]) -> Any:
+    """One checked annotation (``None`` if flagged invisible) with its mask."""
+    image_id = record.get("image_id", inherited)
+    if image_id is None:
+        raise DatasetError(f"{where}: missing 'image_id'")
+    if not _integer(image_id):
+        raise DatasetError(f"{where}: image_id must be an integer, got {_show(image_id)}")
+    if image_id not in sizes:
+        raise DatasetError(f"{where}: image_id {image_id} is not an image id")
+    visible = record.get("is_visible", True)
+    if not isinstance(visible, bool):
+        raise DatasetError(f"{where}: is_visible must be true or false, got {_show(visible)}")
+    category = record.get("category_id", 1)
+    if not _integer(category):
+        raise DatasetError(f"{where}: category_id must be an integer, got {_show(category)}")
+    key = next((k for k in _RATE_KEYS if k in record), None)
+    rate = record[key] if key else 0.0
+    if not _number(rate) or not 0.0 <= rate <= 1.0:
+        raise DatasetError(f"{where}: {key} must be a number in [0, 1], got {_show(rate)}")
+    if "segmentation" not in record:
+        raise DatasetError(f"{where}: missing 'segmentation'")
+    h, w = sizes[image_id]
+    try:
+        mask = decode_segmentation(record["segmentation"], h, w)
+    except DatasetError as exc:
+        raise DatasetError(f"{where}: {exc}") from None
+    if mask.shape != (h, w):
+        raise DatasetError(f"{where}: segmentation size {list(mask.shape)} is not its image's [{h}, {w}]")
+    if not visible:
+        return None
+    return int(image_id), int(category), mask, float(rate)
+
+
+def ground_truth_from_json(path: str | Path) -> GroundTruth:
+    """A shapesgen COCO or COCOA export (or any flat COCO file with amodal masks), checked.
+
+    Any malformed part (structure, types, ids, masks) raises :class:`DatasetError` with
+    one line naming the file and the record, e.g. ``annotations[17]: image_id 99 is not an image id``.
+    Annotations are numbered afresh; the file's own ``id`` fields are not used.
+    """
+    source = str(path)
+    document = _read_json(Path(path))
+    if not isinstance(document, dict) or "images" not in document or "annotations" not in document:
+        raise DatasetError(f"{source}: not a COCO file (needs 'images' and 'annotations')")
+    images = _gt_images(document["images"], source)
+    sizes = {image["id"]: (image["height"], image["width"]) for image in images}
+    found = []
+    for where, record, inherited in _gt_records(document["annotations"], source):
+        checked = _gt_annotation(where, record, inherited, sizes)
+        if checked is not None:
+            found.append((where, *checked))
+    categories = _gt_categories(document.get("categories"), {f[2] for f in found}, source)
+    category_ids = {c["id"] for c in categories}
+    annotations = []
+    for index, (where, image_id, category, mask, rate) in enumerate(found):
+        if category not in category_ids:
+            raise DatasetError(f"{where}: category_id {category} is not a category id")
         rle = encode_rle(mask[None])[0]
-        rate = ann.get("pixel_occlude_rate", ann.get("occlude_rate", ann.get("occlusion_rate", 0.0)))
         annotations.append(
             {
-                "id": ann.get("id", index + 1),
-                "image_id": ann["image_id"],
-                "category_id": ann.get("category_id", 1),
+                "id": index + 1,
+                "image_id": image_id,
+                "category_id": category,
                 "segmentation": rle,
                 "area": int(mask.sum()),
                 "bbox": [float(v) for v in mask_utils.toBbox(_bytes_rle(rle))],
                 "iscrowd": 0,
-                "occlusion_rate": float(rate),
+                "occlusion_rate": rate,
             }
         )
-    categories = document.get("categories") or [{"id": 1, "name": "object"}]
-    return GroundTruth(images, annotations, [{"id": c["id"], "name": c["name"]} for c in categories], str(path))
+    return GroundTruth(images, annotations, categories, source)
 
 
 def load_ground_truth(path: str | Path, keep_layers: bool = False) -> GroundTruth:
     """Ground truth from an HDF5 dataset or a COCO JSON export."""
     path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"{path}: no such file")
+    _check_regular(path)
     if path.suffix.lower() == ".json":
         return ground_truth_from_json(path)
     return ground_truth_from_hdf5(path, keep_layers=keep_layers)
@@ -152,82 +358,206 @@ def _bytes_rle(rle: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _json_start(char: str) -> str:
+    """What a JSON document starting with ``char`` is, for messages."""
+    kinds = {"{": "an object", '"': "a string", "t": "a boolean", "f": "a boolean", "n": "null", "": "an empty file"}
+    if char in kinds:
+        return kinds[char]
+    return "a number" if char in "-0123456789" else f"not JSON (it starts with {char!r})"
+
+
+class _JsonListReader:
+    """The elements of a top-level JSON list, parsed one at a time.
+
+    Memory holds the current record and a read buffer, never the whole file; one record
+    may be at most :data:`MAX_RECORD_BYTES` of text.
+    """
+
+    def __init__(self, file: IO[str], source: str) -> None:
+        self.file, self.source = file, source
+        self.buffer, self.pos, self.offset, self.eof = "", 0, 0, False
+        self.decoder = json.JSONDecoder()
+
+    def _read(self, size: int) -> None:
+        try:
+            chunk = self.file.read(size)
+        except UnicodeDecodeError as exc:
+            raise DatasetError(f"{self.source}: not UTF-8 text ({exc.reason})") from None
+        except OSError as exc:
+            raise DatasetError(f"{self.source}: cannot be read ({exc.strerror})") from None
+        self.eof = not chunk
+        if self.pos >= _READ_CHUNK:
+            self.offset += self.pos
+            self.buffer, self.pos = self.buffer[self.pos :], 0
+        self.buffer += chunk
+
+    def _peek(self) -> str:
+        """The next character that is not whitespace (not consumed), or '' at the end."""
+        while True:
+            found = _NOT_SPACE.search(self.buffer, self.pos)
+            if found:
+                self.pos = found.start()
+                return self.buffer[self.pos]
+            self.pos = len(self.buffer)
+            if self.eof:
+                return ""
+            self._read(_READ_CHUNK)
+
+    def _value(self, index: int) -> Any:
+        where = f"{self.source}: record {index}"
+        while True:
+            try:
+                value, end = self.decoder.raw_decode(self.buffer, self.pos)
+            except json.JSONDecodeError as exc:
+                if self.eof:
+                    at = f"character {self.offset + exc.pos}"
+                    raise DatasetError(f"{where}: not valid JSON ({exc.msg}, {at})") from None
+                if len(self.buffer) - self.pos > MAX_RECORD_BYTES:
+                    within = f"within {MAX_RECORD_BYTES >> 20} MiB"
+                    raise DatasetError(f"{where}: not valid JSON {within} ({exc.msg})") from None
+                self._read(max(_READ_CHUNK, len(self.buffer) - self.pos))
+                continue
+            except RecursionError:
+                raise DatasetError(f"{where}: JSON nested too deeply to read") from None
+            except ValueError:  # an integer of more than 4300 digits
+                raise DatasetError(f"{where}: holds a number with too many digits") from None
+            if isinstance(value, (int, float)) and not self.eof and end + 64 > len(self.buffer):
+                self._read(_READ_CHUNK)  # a number may go on in the next chunk ("1" of "1.5e3")
+                continue
+            self.pos = end
+            return value
+
+    def records(self) -> Iterator[Any]:
+        first = self._peek()
+        if first != "[":
+            raise DatasetError(f"{self.source}: must be a JSON list of COCO results, got {_json_start(first)}")
+        self.pos += 1
+        index = 0
+        if self._peek() != "]":
+            while True:
+                if not self._peek():
+                    raise DatasetError(f"{self.source}: ends before record {index} (truncated file?)")
+                yield self._value(index)
+                index += 1
+                after = self._peek()
+                self.pos += 1
+                if after == "]":
+                    break
+                if after != ",":
+                    found = repr(after) if after else "the end of the file"
+                    raise DatasetError(f"{self.source}: after record {index - 1}: expected ',' or ']', got {found}")
+        else:
+            self.pos += 1
+        if self._peek():
+            raise DatasetError(f"{self.source}: unexpected data after the list at character {self.offset + self.pos}")
+
+
 def load_predictions(path: str | Path, gt: GroundTruth, warnings: list[str]) -> list[dict[str, Any]]:
     """COCO results (``image_id``, ``segmentation`` RLE, ``score``, ``category_id``), checked.
 
-    Masks of another size than the ground truth are resized (nearest) with a warning.
+    The file is read one record at a time; see :func:`check_predictions` for what is kept.
     """
+    path = Path(path)
+    with io.TextIOWrapper(_open_regular(path), encoding="utf-8-sig") as text:
+        return check_predictions(_JsonListReader(text, str(path)).records(), gt, warnings, str(path))
+
+
+def _check_record(
+    record: Any, where: str, image_ids: set[int], categories: set[int]
+) -> tuple[int, int, float, tuple[int, int]]:
+    """``(image_id, category_id, score, mask size)`` of a valid result record."""
+    if not isinstance(record, dict):
+        raise DatasetError(f"{where}: must be an object, got {_show(record)}")
+    missing = [key for key in ("image_id", "segmentation", "score") if key not in record]
+    if missing:
+        raise DatasetError(f"{where}: missing field(s) {missing}")
+    image_id = record["image_id"]
+    if not _integer(image_id):
+        raise DatasetError(f"{where}: image_id must be an integer, got {_show(image_id)}")
+    if image_id not in image_ids:
+        known = f" ({min(image_ids)}..{max(image_ids)})" if image_ids else ""
+        raise DatasetError(f"{where}: image_id {image_id} is not in the ground truth{known}")
+    score = record["score"]
     try:
-        records = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise DatasetError(f"--dt {path}: no such file") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DatasetError(f"--dt {path}: not a readable JSON file ({exc})") from None
-    if not isinstance(records, list):
-        raise DatasetError(f"--dt {path}: must be a JSON list of COCO results, got {type(records).__name__}")
-    return check_predictions(records, gt, warnings, str(path))
+        value = float(score) if _number(score) else math.nan
+    except OverflowError:  # an integer beyond float range
+        value = math.inf
+    if not math.isfinite(value):
+        raise DatasetError(f"{where}: score {_show(score)} must be a finite number")
+    category = record.get("category_id", 1)
+    if not _integer(category):
+        raise DatasetError(f"{where}: category_id must be an integer, got {_show(category)}")
+    if category not in categories:
+        raise DatasetError(f"{where}: category_id {category} is not one of {sorted(categories)}")
+    try:
+        height, width, _ = rle_runs(record["segmentation"])
+    except DatasetError as exc:
+        raise DatasetError(f"{where}: {exc}") from None
+    return int(image_id), int(category), value, (height, width)
 
 
 def check_predictions(
-    records: list[Any], gt: GroundTruth, warnings: list[str], source: str = "predictions"
+    records: Iterable[Any], gt: GroundTruth, warnings: list[str], source: str = "predictions"
 ) -> list[dict[str, Any]]:
-    """Validate COCO result records against the ground truth; errors name the first bad one."""
+    """Validate COCO result records against the ground truth; errors name the first bad one.
+
+    Every record is checked (RLE runs must sum to height x width before anything decodes
+    them). Of each image and category only the :data:`KEEP_PER_IMAGE` best-scoring
+    detections are kept, ties going to the earlier record, as COCOeval keeps them, so the
+    metrics are exactly those of the full list and memory stays bounded; a warning says
+    how many were dropped. Masks of another size than the ground truth are resized
+    (nearest) with a warning. The result keeps the records' order.
+    """
     image_ids = gt.image_ids
     categories = {c["id"] for c in gt.categories}
-    resized = 0
-    checked = []
+    best: dict[tuple[int, int], list[tuple[float, int, dict[str, Any]]]] = {}
+    resized = dropped = 0
     for index, record in enumerate(records):
-        where = f"{source}: record {index}"
-        if not isinstance(record, dict):
-            raise DatasetError(f"{where}: must be an object, got {type(record).__name__}")
-        missing = [key for key in ("image_id", "segmentation", "score") if key not in record]
-        if missing:
-            raise DatasetError(f"{where}: missing field(s) {missing}")
-        image_id = record["image_id"]
-        if image_id not in image_ids:
-            raise DatasetError(
-                f"{where}: image_id {image_id!r} is not in the ground truth ({min(image_ids)}..{max(image_ids)})"
-            )
-        score = record["score"]
-        if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score):
-            raise DatasetError(f"{where}: score {score!r} must be a finite number")
-        category = record.get("category_id", 1)
-        if category not in categories:
-            raise DatasetError(f"{where}: category_id {category!r} is not one of {sorted(categories)}")
-        segmentation = record["segmentation"]
-        if not isinstance(segmentation, dict) or "size" not in segmentation or "counts" not in segmentation:
-            raise DatasetError(f"{where}: segmentation must be a COCO RLE with 'size' and 'counts'")
+        image_id, category, score, size = _check_record(record, f"{source}: record {index}", image_ids, categories)
         h, w = gt.size_of(image_id)
-        size = segmentation["size"]
-        if not (isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and v > 0 for v in size)):
-            raise DatasetError(f"{where}: segmentation size {size!r} must be [height, width]")
-        try:
-            mask = decode_segmentation(segmentation, size[0], size[1])
-        except Exception as exc:  # pycocotools raises bare exceptions on bad counts
-            raise DatasetError(f"{where}: segmentation counts cannot be decoded ({exc})") from None
-        if tuple(size) != (h, w):
+        resized += size != (h, w)
+        heap = best.setdefault((image_id, category), [])
+        if len(heap) >= KEEP_PER_IMAGE:
+            dropped += 1
+            if (score, -index) < heap[0][:2]:
+                continue
+        mask = decode_segmentation(record["segmentation"], *size)
+        if size != (h, w):
             mask = np.asarray(Image.fromarray(mask).resize((w, h), Image.Resampling.NEAREST))
-            resized += 1
-        checked.append(
-            {
-                "image_id": image_id,
-                "category_id": category,
-                "score": float(score),
-                "segmentation": encode_rle(mask[None])[0],
-            }
-        )
+        detection: dict[str, Any] = {
+            "image_id": image_id,
+            "category_id": category,
+            "score": score,
+            "segmentation": encode_rle(mask[None])[0],
+        }
+        entry = (score, -index, detection)
+        if len(heap) >= KEEP_PER_IMAGE:
+            heapq.heapreplace(heap, entry)
+        else:
+            heapq.heappush(heap, entry)
     if resized:
-        warnings.append(f"{resized} predicted masks were not {h}x{w} and were resized (nearest) to the ground truth")
-    return checked
+        warnings.append(f"{resized} predicted masks were not the ground truth's size and were resized (nearest) to it")
+    if dropped:
+        warnings.append(
+            f"{dropped} detections beyond the {KEEP_PER_IMAGE} best-scoring per image and category were dropped"
+            " (COCOeval never looks at them)"
+        )
+    kept = sorted((entry for heap in best.values() for entry in heap), key=lambda entry: -entry[1])
+    return [entry[2] for entry in kept]
 
 
 def oracle_predictions(gt: GroundTruth, num_layers: int) -> list[dict[str, Any]]:
     """Each visible instance's mask = union of its pixels in the first K ground-truth layers."""
     if gt.layers is None:
-        raise ConfigError("--oracle-layers needs an HDF5 ground truth (it reads the layer maps)")
+        raise ConfigError(
+            "num_layers needs an HDF5 ground truth loaded with keep_layers=True (it reads the layer maps)",
+            param="num_layers",
+        )
     stored = gt.layers.shape[1]
     if not 1 <= num_layers <= stored:
-        raise ConfigError(f"--oracle-layers={num_layers} is invalid: the file stores {stored} layers (1..{stored})")
+        raise ConfigError(
+            f"num_layers={num_layers} is invalid: the file stores {stored} layers (1..{stored})", param="num_layers"
+        )
     detections = []
     for scene, layers in enumerate(gt.layers[:, :num_layers]):
         ids = np.unique(layers[0])
@@ -336,3 +666,41 @@ def evaluate(
             else {c["name"]: {"AP": 0.0, "AR100": 0.0} for c in gt.categories}
         )
     return result
+
+
+def evaluate_files(
+    gt: str | Path,
+    *,
+    dt: str | Path | None = None,
+    oracle_layers: int | None = None,
+    per_class: bool = False,
+    json_out: str | Path | None = None,
+) -> tuple[dict[str, Any], list[str]]:
+    """Metrics of the predictions file ``dt`` (or of the ``oracle_layers`` oracle) against
+    the ground-truth file ``gt``; also written to ``json_out`` if given. Returns the
+    metrics and the warnings raised while reading the predictions."""
+    if (dt is None) == (oracle_layers is None):
+        raise ConfigError("give exactly one of dt= (predictions) or oracle_layers= (the layer oracle)", param="dt")
+    if json_out is not None:
+        check_output_path(json_out, "json_out")
+        if Path(json_out).resolve() in {Path(gt).resolve(), Path(dt).resolve() if dt is not None else None}:
+            raise ConfigError(f"json_out={str(json_out)!r} would overwrite an input", param="json_out")
+    if oracle_layers is not None and Path(gt).suffix.lower() == ".json":
+        raise ConfigError(
+            f"oracle_layers={oracle_layers!r} needs an HDF5 ground truth (it reads the layer maps); "
+            f"gt={str(gt)!r} is a JSON export",
+            param="oracle_layers",
+        )
+    warnings: list[str] = []
+    truth = load_ground_truth(gt, keep_layers=oracle_layers is not None)
+    if oracle_layers is not None:
+        detections = oracle_predictions(truth, oracle_layers)
+    else:
+        assert dt is not None
+        detections = load_predictions(dt, truth, warnings)
+    metrics = evaluate(truth, detections, per_class=per_class)
+    metrics["ground_truth_path"] = str(gt)
+    metrics["predictions"] = f"oracle K={oracle_layers}" if oracle_layers is not None else str(dt)
+    if json_out is not None:
+        write_atomically(json_out, (json.dumps(metrics, indent=2) + "\n").encode(), param="json_out")
+    return metrics, warnings
