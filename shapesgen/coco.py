@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from itertools import accumulate
@@ -22,6 +23,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from shapesgen.errors import ConfigError, DatasetError
+from shapesgen.files import check_output_path, contains, exclusive_lock, make_parents, partial_path, remove_empty
 from shapesgen.geometry import front_overlaps, visible_geometry
 from shapesgen.hdf5 import ShapesDataset, open_dataset
 from shapesgen.raster import layer_maps, rasterize_convex
@@ -348,6 +350,74 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+EXPORT_FILES = frozenset({"annotations.json", "config.json", "README.md", "SHA256SUMS"})
+
+
+def _unlisted_file(folder: Path, listed: set[str] | None) -> str | None:
+    """The first entry of ``folder`` an export does not write (``None`` if there is none).
+
+    ``listed`` is the export's manifest; without one (a staging folder), only the
+    names an export writes are allowed."""
+    for path in sorted(folder.rglob("*")):
+        name = path.relative_to(folder).as_posix()
+        if path.is_symlink() or not (path.is_file() or path.is_dir()):
+            return name
+        if path.is_dir():
+            if name != "images":
+                return name
+            continue
+        expected = name in listed if listed is not None else (
+            name in EXPORT_FILES or (name.startswith("images/") and name.endswith(".png"))
+        )
+        if not expected and name != "SHA256SUMS":
+            return name
+    return None
+
+
+def is_export_folder(folder: Path) -> bool:
+    """Whether ``folder`` is a shapesgen export that nobody added files to: every file
+    in it is listed in its ``SHA256SUMS`` manifest. Only such a folder is ever replaced."""
+    try:
+        lines = (folder / "SHA256SUMS").read_text().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return False
+    listed = {line.split("  ", 1)[1] for line in lines if "  " in line}
+    return "annotations.json" in listed and _unlisted_file(folder, listed) is None
+
+
+def check_export_target(source: str | Path, out: str | Path, force: bool) -> Path:
+    """Refuse an export folder that would lose data, before any work is done.
+
+    ``out`` must not be or contain ``source``; an existing ``out`` is replaced only
+    with ``force=True`` and only if it is a previous, untouched shapesgen export.
+    """
+    out = check_output_path(out, "out")
+    source = Path(source)
+    if contains(out, source):
+        raise ConfigError(
+            f"out={str(out)!r} contains the input {source}: an export replaces its folder, choose another one",
+            param="out",
+        )
+    if out.exists() or out.is_symlink():
+        if not out.is_dir() or out.is_symlink():
+            raise DatasetError(f"out={str(out)!r} exists and is not a folder: an export is a folder", param="out")
+        if not force:
+            raise DatasetError(f"out={str(out)!r} exists: pass force=True to replace it", param="out")
+        if not is_export_folder(out):
+            raise DatasetError(
+                f"out={str(out)!r} is not a shapesgen export (or files were added to it): force=True only "
+                "replaces a previous export; remove it yourself or choose another folder",
+                param="out",
+            )
+    staging = partial_path(out)
+    if staging.exists() and (not staging.is_dir() or _unlisted_file(staging, None) is not None):
+        raise DatasetError(
+            f"out={str(out)!r}: {staging} exists and is not an unfinished shapesgen export; remove it yourself",
+            param="out",
+        )
+    return out
+
+
 def export_coco(
     source: str | Path,
     out: str | Path,
@@ -357,35 +427,56 @@ def export_coco(
     progress: Callable[[int, int], None] | None = None,
 ) -> Path:
     """Export an HDF5 dataset to ``out/`` (annotations.json, images/, config.json,
-    README.md card, SHA256SUMS). Atomic: built in ``out.partial/`` then renamed."""
+    README.md card, SHA256SUMS).
+
+    Atomic and exclusive: built in ``out.partial/`` under ``out.lock`` and renamed into
+    place; an existing export is replaced only with ``force=True`` (see
+    :func:`check_export_target`), and only once the new one is complete.
+    """
     export = export or ExportConfig()
-    out = Path(out)
-    if out.exists() and not force:
-        raise DatasetError(f"--out {out} exists: pass --force to overwrite it")
-    if out.exists() and not out.is_dir():
-        raise DatasetError(f"--out {out} is a file: an export is a folder")
-    staging = out.with_name(out.name + ".partial")
-    with open_dataset(source) as ds:
-        try:
-            if staging.exists():
-                shutil.rmtree(staging)
-            (staging / "images").mkdir(parents=True)
-        except OSError as exc:
-            raise DatasetError(f"--out {out}: cannot create {staging} ({exc.strerror})") from None
-        try:
-            _write_export(ds, staging, export, progress)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-    if out.exists():
-        old = out.with_name(out.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out, old)
-        os.replace(staging, out)
-        shutil.rmtree(old)
-    else:
-        os.replace(staging, out)
+    out = check_export_target(source, out, force)
+    staging = partial_path(out)
+    created = make_parents(out.parent) if not out.parent.exists() else []
+    try:
+        with exclusive_lock(out, "out"), open_dataset(source) as ds:
+            check_export_target(source, out, force)  # again, now that no other export can change it
+            _build_export(ds, staging, export, progress)
+            _publish(staging, out)
+    except BaseException:
+        remove_empty(created)
+        raise
     return out
+
+
+def _build_export(
+    ds: ShapesDataset, staging: Path, export: ExportConfig, progress: Callable[[int, int], None] | None
+) -> None:
+    try:
+        if staging.exists():
+            shutil.rmtree(staging)  # an unfinished export (checked by check_export_target)
+        (staging / "images").mkdir(parents=True)
+        _write_export(ds, staging, export, progress)
+    except BaseException as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise DatasetError(
+                f"out={str(staging.with_name(staging.name.removesuffix('.partial')))!r}: "
+                f"writing the export failed ({exc.strerror or exc}); nothing was kept",
+                param="out",
+            ) from None
+        raise
+
+
+def _publish(staging: Path, out: Path) -> None:
+    """Rename the finished export into place; a previous export is moved aside first
+    and removed only after the new one is in place."""
+    if not out.exists():
+        os.replace(staging, out)
+        return
+    aside = Path(tempfile.mkdtemp(prefix=f"{out.name}.old-", dir=out.parent))
+    os.replace(out, aside)
+    os.replace(staging, out)
+    shutil.rmtree(aside)
 
 
 def _write_export(

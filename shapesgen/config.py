@@ -20,16 +20,42 @@ from shapesgen.shapes import SHAPE_KINDS
 AnchorMode = Literal["corner", "center"]
 MAX_INSTANCES_PER_SCENE = 65535
 MAX_SEED = 2**63 - 1
+MAX_IMAGE_SIZE = 32768  # an RGB image chunk stays under HDF5's 4 GiB chunk limit
+MAX_CIRCLE_SEGMENTS = 4096  # at 32768 px a 4096-gon circle is within 0.25 px of the true circle
 
 
 def _fail(name: str, value: object, allowed: str) -> ConfigError:
-    return ConfigError(f"{name}={value!r} is invalid: {allowed}")
+    shown = repr(value)
+    if len(shown) > 80:
+        shown = shown[:77] + "..."
+    return ConfigError(f"{name}={shown} is invalid: {allowed}", param=name if name.isidentifier() else "shapes")
+
+
+def parse_json(text: str | bytes, label: str) -> Any:
+    """JSON from untrusted text: every way it can fail (syntax, a 5,000-digit integer,
+    100,000-deep nesting) is one :class:`ConfigError` naming ``label``."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{label} is not valid JSON: {exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{label} is not UTF-8 text") from None
+    except ValueError as exc:  # e.g. an integer beyond Python's digit limit
+        raise ConfigError(f"{label} is not usable JSON ({str(exc).split(':')[0]})") from None
+    except RecursionError:
+        raise ConfigError(f"{label} is nested too deeply to be a config") from None
+
+
+def _sequence(name: str, value: object) -> tuple[Any, ...]:
+    if not isinstance(value, (list, tuple)):
+        raise _fail(name, value, "must be a list")
+    return tuple(value)
 
 
 def reject_unknown_fields(cls: type, data: dict[str, Any], label: str) -> None:
     """One clear error for keys that are not fields of the dataclass ``cls``."""
     known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - known)
+    unknown = sorted(str(key) for key in set(data) - known)
     if unknown:
         raise ConfigError(f"unknown {label} field(s) {unknown}: allowed are {sorted(known)}")
 
@@ -55,9 +81,11 @@ class ShapeSpec:
     name: str = ""
 
     def __post_init__(self) -> None:
-        if self.kind not in SHAPE_KINDS:
+        if not isinstance(self.kind, str) or self.kind not in SHAPE_KINDS:
             raise _fail("shape kind", self.kind, f"must be one of {', '.join(SHAPE_KINDS)}")
-        object.__setattr__(self, "size", tuple(self.size))
+        object.__setattr__(self, "size", _sequence(f"size of {self.kind}", self.size))
+        if not isinstance(self.name, str):
+            raise _fail("shape name", self.name, "must be a string")
         arity = SHAPE_KINDS[self.kind].size_arity
         if len(self.size) != arity:
             raise _fail(f"size of {self.kind}", self.size, f"must have {arity} number(s), see SHAPE_KINDS")
@@ -113,11 +141,11 @@ class SceneConfig:
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "shapes", tuple(self.shapes))
-        object.__setattr__(self, "anchor_range", tuple(self.anchor_range))
-        object.__setattr__(self, "rotation_range", tuple(self.rotation_range))
-        if not _is_int(self.image_size) or self.image_size < 8:
-            raise _fail("image_size", self.image_size, "must be an integer >= 8")
+        object.__setattr__(self, "shapes", _sequence("shapes", self.shapes))
+        object.__setattr__(self, "anchor_range", _sequence("anchor_range", self.anchor_range))
+        object.__setattr__(self, "rotation_range", _sequence("rotation_range", self.rotation_range))
+        if not _is_int(self.image_size) or not 8 <= self.image_size <= MAX_IMAGE_SIZE:
+            raise _fail("image_size", self.image_size, f"must be an integer in [8, {MAX_IMAGE_SIZE}]")
         if not _is_int(self.mask_size) or not 1 <= self.mask_size <= self.image_size:
             raise _fail("mask_size", self.mask_size, f"must be an integer in [1, {self.image_size}]")
         if self.image_size % self.mask_size:
@@ -154,8 +182,8 @@ class SceneConfig:
             raise _fail("rotation_range", self.rotation_range, "must satisfy low <= high (degrees)")
         if not _is_number(self.outline_width) or not 0.0 < self.outline_width < 0.25:
             raise _fail("outline_width", self.outline_width, "must be in (0, 0.25), a fraction of image_size")
-        if not _is_int(self.circle_segments) or self.circle_segments < 8:
-            raise _fail("circle_segments", self.circle_segments, "must be an integer >= 8")
+        if not _is_int(self.circle_segments) or not 8 <= self.circle_segments <= MAX_CIRCLE_SEGMENTS:
+            raise _fail("circle_segments", self.circle_segments, f"must be an integer in [8, {MAX_CIRCLE_SEGMENTS}]")
         if self.channels not in (1, 3) or not _is_int(self.channels):
             raise _fail("channels", self.channels, "must be 1 (grey) or 3 (RGB)")
         if self.seed is not None and (not _is_int(self.seed) or not 0 <= self.seed <= MAX_SEED):
@@ -206,17 +234,12 @@ class SceneConfig:
         reject_unknown_fields(cls, data, "config")
         values = dict(data)
         if "shapes" in values:
-            values["shapes"] = tuple(
-                spec if isinstance(spec, ShapeSpec) else ShapeSpec(**spec) for spec in values["shapes"]
-            )
+            values["shapes"] = tuple(_shape_spec(spec) for spec in _sequence("shapes", values["shapes"]))
         return cls(**values)
 
     @classmethod
     def from_json(cls, text: str) -> SceneConfig:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"config is not valid JSON: {exc}") from None
+        data = parse_json(text, "config")
         if not isinstance(data, dict):
             raise ConfigError("config JSON must be an object")
         return cls.from_dict(data)
@@ -224,6 +247,18 @@ class SceneConfig:
     def replace(self, **changes: Any) -> SceneConfig:
         """A validated copy with some fields changed."""
         return dataclasses.replace(self, **changes)
+
+
+def _shape_spec(spec: object) -> ShapeSpec:
+    """A ShapeSpec from a config entry (an object with ``kind``, ``size`` and optional ``name``)."""
+    if isinstance(spec, ShapeSpec):
+        return spec
+    if not isinstance(spec, dict):
+        raise _fail("shapes", spec, 'each entry must be an object like {"kind": "circle", "size": [0.25]}')
+    reject_unknown_fields(ShapeSpec, spec, "shape")
+    if "kind" not in spec or "size" not in spec:
+        raise _fail("shapes", spec, "each entry needs 'kind' and 'size'")
+    return ShapeSpec(**spec)
 
 
 def shape_specs(class_names: list[str], sizes: dict[str, tuple[float, ...]] | None = None) -> tuple[ShapeSpec, ...]:
@@ -240,6 +275,7 @@ def shape_specs(class_names: list[str], sizes: dict[str, tuple[float, ...]] | No
     return tuple(specs)
 
 
+PresetName = Literal["paper", "rectangles", "extended"]
 PRESETS: dict[str, SceneConfig] = {
     "paper": SceneConfig(),
     "rectangles": SceneConfig(shapes=(ShapeSpec(kind="rectangle", size=(0.1, 0.8)),)),
@@ -310,11 +346,19 @@ def parse_sizes(items: list[str]) -> dict[str, tuple[float, ...]]:
 
 def load_config(path: str | Path) -> SceneConfig:
     """A SceneConfig from a JSON file (as written next to every export)."""
+    from shapesgen.files import regular_input
+
+    path = regular_input(path, "config")
     try:
-        text = Path(path).read_text()
+        text = path.read_bytes()
     except OSError as exc:
-        raise ConfigError(f"--config {path}: cannot read ({exc.strerror})") from None
-    return SceneConfig.from_json(text)
+        raise ConfigError(f"config={str(path)!r}: cannot read ({exc.strerror})", param="config") from None
+    try:
+        return SceneConfig.from_json(text.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"config={str(path)!r} is not UTF-8 JSON text", param="config") from None
+    except ConfigError as exc:
+        raise ConfigError(f"config={str(path)!r}: {exc}", param=exc.param) from None
 
 
 def build_config(

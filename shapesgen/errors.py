@@ -34,3 +34,10 @@ class ValidationError(ShapesgenError):
     """A dataset was read but violates one of the format's invariants."""
 
     exit_code = 1
+
+
+class ShapesgenNote(UserWarning):
+    """Something the library adjusted that the user should know; it never changes the data.
+
+    Issued with :func:`warnings.warn`; the CLI prints each as one ``note:`` line.
+    """

@@ -1,10 +1,30 @@
-"""Writing files so that a reader never sees half of one."""
+"""Writing files so that a reader never sees half of one, and nothing is lost.
+
+Three rules every writer in shapesgen follows:
+
+* build at a temporary path (``<path>.partial``) and rename on success;
+* hold an exclusive lock (``<path>.lock``, an advisory ``flock``) from the first
+  check of the target until the rename, so two processes never build or replace the
+  same output at once;
+* replace or delete a folder only if it is provably ours (see
+  :func:`is_export_folder`) and never one that holds an input.
+"""
 
 from __future__ import annotations
 
+import errno
+import os
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from shapesgen.errors import DatasetError
+from shapesgen.errors import ConfigError, DatasetError
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
 
 
 def partial_path(path: Path) -> Path:
@@ -12,18 +32,152 @@ def partial_path(path: Path) -> Path:
     return path.with_name(path.name + ".partial")
 
 
-def write_atomically(path: str | Path, data: bytes) -> Path:
+def lock_path(path: Path) -> Path:
+    """The lock file that guards building ``path``."""
+    return path.with_name(path.name + ".lock")
+
+
+def check_output_path(path: str | Path, param: str) -> Path:
+    """Refuse output paths that can never be a file of ours: empty, ``.``, ``/``, ``..``."""
+    text = str(path)
+    if not text.strip():
+        raise ConfigError(f"{param}='' is invalid: give a path", param=param)
+    resolved = Path(path)
+    if resolved.name in ("", ".", "..") or resolved.resolve() == Path(resolved.resolve().anchor):
+        raise ConfigError(f"{param}={text!r} is invalid: give a path that names a new file or folder", param=param)
+    return resolved
+
+
+def regular_input(path: str | Path, param: str) -> Path:
+    """``path`` if it is an existing regular file; FIFOs, devices and folders are refused
+    (opening a FIFO blocks until a writer appears)."""
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise DatasetError(f"{param}={str(path)!r}: no such file", param=param) from None
+    except OSError as exc:
+        raise DatasetError(f"{param}={str(path)!r}: cannot read ({exc.strerror})", param=param) from None
+    if not stat.S_ISREG(mode):
+        kind = "a folder" if stat.S_ISDIR(mode) else "not a regular file (a FIFO, socket or device)"
+        raise DatasetError(f"{param}={str(path)!r} is {kind}: give a file", param=param)
+    return path
+
+
+def contains(folder: Path, path: Path) -> bool:
+    """Whether ``path`` is ``folder`` or lies inside it (symlinks resolved)."""
+    folder, path = folder.resolve(), path.resolve()
+    return path == folder or folder in path.parents
+
+
+LOCK_MARKER = b"shapesgen lock"
+
+
+def refuse_overwriting_inputs(out: Path, param: str, inputs: dict[str, str | Path | None]) -> None:
+    """Refuse an output path that is, or holds, one of the command's inputs (``force``
+    replaces outputs, never inputs); ``inputs`` maps parameter names to paths."""
+    for name, path in inputs.items():
+        if path is not None and Path(path).exists() and contains(out, Path(path)):
+            raise ConfigError(
+                f"{param}={str(out)!r} would overwrite the input {name}={str(path)!r}: choose another output",
+                param=param,
+            )
+
+
+class LockHeld(DatasetError):
+    """Another live process holds the lock of an output."""
+
+
+@contextmanager
+def exclusive_lock(target: Path, param: str) -> Iterator[Path]:
+    """Hold ``<target>.lock`` exclusively for the block; refuse at once if another process holds it.
+
+    The lock file is removed on exit if it is ours (it starts with ``LOCK_MARKER``;
+    a user's file that happens to have the name is left alone). A lock file left by
+    a killed process holds no lock (the kernel drops ``flock`` locks with their
+    process) and is simply reused.
+    """
+    lock = lock_path(target)
+    if fcntl is None:  # pragma: no cover - Windows: no advisory locks, no protection
+        yield lock
+        return
+    while True:
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise DatasetError(f"{param}={str(target)!r}: cannot create {lock} ({exc.strerror})", param=param) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise LockHeld(
+                    f"{param}={str(target)!r} is being written by another process (it holds {lock}); "
+                    "wait for it to finish or stop it",
+                    param=param,
+                ) from None
+            raise DatasetError(f"{param}={str(target)!r}: cannot lock {lock} ({exc.strerror})", param=param) from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(lock).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:  # not a lock file that its holder removed while we waited to open it
+            break
+        os.close(fd)
+    try:
+        if os.fstat(fd).st_size == 0:
+            try:
+                os.write(fd, LOCK_MARKER + f" pid {os.getpid()}\n".encode())
+            except OSError as exc:
+                os.unlink(lock)  # empty and ours: nothing to keep
+                raise DatasetError(
+                    f"{param}={str(target)!r}: cannot write {lock} ({exc.strerror})", param=param
+                ) from None
+        yield lock
+    finally:
+        try:
+            os.lseek(fd, 0, os.SEEK_SET)
+            if os.read(fd, len(LOCK_MARKER)) == LOCK_MARKER:
+                os.unlink(lock)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+
+def write_atomically(path: str | Path, data: bytes, *, param: str = "out") -> Path:
     """Write ``data`` to ``<path>.partial``, then rename it to ``path`` (parents are created).
 
     On failure nothing is left at either path and a :class:`DatasetError` names the file.
     """
-    path = Path(path)
+    path = check_output_path(path, param)
+    if path.is_dir():
+        raise DatasetError(f"{param}={str(path)!r} is a folder: give a file path", param=param)
     tmp = partial_path(path)
+    created: list[Path] = []
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        created = make_parents(path.parent)
         tmp.write_bytes(data)
         tmp.replace(path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
-        raise DatasetError(f"{path}: cannot write ({exc.strerror or exc})") from None
+        remove_empty(created)
+        raise DatasetError(f"{param}={str(path)!r}: cannot write ({exc.strerror or exc})", param=param) from None
     return path
+
+
+def make_parents(folder: Path) -> list[Path]:
+    """Create ``folder`` and its missing parents; return those created, deepest first,
+    so that a failed write can remove exactly them (:func:`remove_empty`)."""
+    missing = [p for p in [folder, *folder.parents] if not p.exists()]
+    folder.mkdir(parents=True, exist_ok=True)
+    return missing
+
+
+def remove_empty(folders: list[Path]) -> None:
+    """Remove folders this process created, if still empty (deepest first)."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import io
+from pathlib import Path
+
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from skimage.color import label2rgb
 from skimage.segmentation import find_boundaries
 
-from shapesgen.hdf5 import ShapesDataset
+from shapesgen.errors import ConfigError
+from shapesgen.files import check_output_path, refuse_overwriting_inputs, write_atomically
+from shapesgen.hdf5 import ShapesDataset, open_dataset
 from shapesgen.scene import Scene
 
 HEADER = 18
@@ -35,19 +40,20 @@ def scene_tiles(scene: Scene, num_layers: int, size: int) -> list[np.ndarray]:
     for k in range(num_layers):
         rgb = label2rgb(scene.layers[k], colors=colours, bg_label=0, bg_color=(1, 1, 1))
         tiles.append(_upsample((rgb * 255).astype(np.uint8), size))
-    scale = size // scene.amodal_masks.shape[1]
-    outline = np.ones((size, size, 3))
+    scale = max(1, size // scene.amodal_masks.shape[1])
+    side = scene.amodal_masks.shape[1] * scale
+    outline = np.ones((side, side, 3))
     for index in np.argsort(scene.instances["depth"])[::-1]:
         big = np.kron(scene.amodal_masks[index], np.ones((scale, scale), dtype=bool))
         outline[find_boundaries(big, mode="inner")] = colours[index]
-    tiles.append((outline * 255).astype(np.uint8))
+    tiles.append(_upsample((outline * 255).astype(np.uint8), size))
     return tiles
 
 
 def preview_grid(ds: ShapesDataset, count: int, start: int = 0) -> Image.Image:
     """A labelled grid of ``count`` scenes starting at ``start``."""
-    size = ds.config.image_size
-    num_layers = ds.config.layers
+    size = min(ds.config.image_size, MAX_TILE)
+    num_layers = min(ds.config.layers, MAX_LAYER_COLUMNS)
     labels = ["image"] + [f"layer {k + 1}" for k in range(num_layers)] + ["amodal masks"]
     columns = len(labels)
     rows = range(start, min(start + count, len(ds)))
@@ -62,3 +68,27 @@ def preview_grid(ds: ShapesDataset, count: int, start: int = 0) -> Image.Image:
         for c, tile in enumerate(scene_tiles(ds[index], num_layers, size)):
             canvas.paste(Image.fromarray(tile), (GAP + c * (size + GAP), HEADER + r * (size + GAP)))
     return canvas
+
+
+MAX_TILE = 512  # preview tiles are at most this many pixels a side
+MAX_ROWS = 64  # scenes in one preview
+MAX_LAYER_COLUMNS = 8  # layers shown; deeper ones are left out of the preview
+
+
+def write_preview(path: str | Path, out: str | Path, *, count: int = 4, start: int = 0) -> Path:
+    """Write the preview grid of ``count`` scenes from ``start`` as a PNG, atomically."""
+    if not isinstance(count, int) or not 1 <= count <= MAX_ROWS:
+        raise ConfigError(f"count={count!r} is invalid: must be an integer in [1, {MAX_ROWS}]", param="count")
+    out = check_output_path(out, "out")
+    refuse_overwriting_inputs(out, "out", {"path": path})
+    if out.suffix.lower() != ".png":
+        raise ConfigError(f"out={str(out)!r} is invalid: the preview is a PNG, give a path ending in .png", param="out")
+    with open_dataset(path) as ds:
+        if not isinstance(start, int) or not 0 <= start < len(ds):
+            raise ConfigError(
+                f"start={start!r} is invalid: the dataset has scenes 0..{len(ds) - 1}", param="start"
+            )
+        grid = preview_grid(ds, count, start)
+    png = io.BytesIO()
+    grid.save(png, format="PNG")
+    return write_atomically(out, png.getvalue())

@@ -7,11 +7,13 @@ which ``resume=True`` continues to the same bytes an uninterrupted render writes
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
 import signal
 import sys
+import warnings
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -22,9 +24,17 @@ from pathlib import Path
 import h5py
 
 from shapesgen.config import MAX_SEED, SceneConfig, StorageConfig
-from shapesgen.errors import ConfigError, DatasetError, ShapesgenError
-from shapesgen.files import partial_path
+from shapesgen.errors import ConfigError, DatasetError, ShapesgenError, ShapesgenNote
+from shapesgen.files import (
+    check_output_path,
+    exclusive_lock,
+    make_parents,
+    partial_path,
+    refuse_overwriting_inputs,
+    remove_empty,
+)
 from shapesgen.hdf5 import DatasetWriter, EncodedBatch, encode_scenes
+from shapesgen.limits import batch_scenes_for, check_disk, check_scene_fits
 from shapesgen.scene import render_scenes
 
 ProgressCallback = Callable[[int, int], None]
@@ -34,6 +44,13 @@ class RenderInterrupted(ShapesgenError):
     """The render was stopped (Ctrl-C); its partial file can be resumed."""
 
     exit_code = 130
+
+
+class RenderNote(ShapesgenNote):
+    """The render adjusted something (e.g. lowered the worker count); the data is unchanged."""
+
+
+MAX_SCENES = 10**8  # one file; the reader holds 8 bytes of offsets per scene in memory
 
 
 def resolve_seed(config: SceneConfig) -> SceneConfig:
@@ -59,10 +76,9 @@ def _ignore_sigint() -> None:
 
 
 def _batches(
-    config: SceneConfig, start: int, total: int, storage: StorageConfig, workers: int
+    config: SceneConfig, start: int, total: int, size: int, level: int, workers: int
 ) -> Iterator[EncodedBatch]:
-    """Rendered batches in index order; with workers > 1 a bounded window runs ahead."""
-    size, level = storage.batch_scenes, storage.compression_level
+    """Rendered batches of ``size`` scenes in index order; with workers > 1 a bounded window runs ahead."""
     bounds = [(lo, min(lo + size, total)) for lo in range(start, total, size)]
     if workers == 1:
         for lo, hi in bounds:
@@ -92,9 +108,9 @@ def _read_partial_header(path: Path) -> tuple[SceneConfig, int, StorageConfig]:
         with h5py.File(path, "r") as file:
             storage = StorageConfig(**json.loads(str(file.attrs["storage"])))
             return SceneConfig.from_json(str(file.attrs["config"])), int(file.attrs["num_scenes"]), storage
-    except (OSError, KeyError, ConfigError, json.JSONDecodeError, TypeError) as exc:
+    except (OSError, KeyError, ConfigError, ValueError, TypeError, RecursionError) as exc:
         raise DatasetError(
-            f"{path}: the interrupted render cannot be read ({exc}); delete it or pass --force"
+            f"{path}: the interrupted render cannot be read ({exc}); delete it or pass force=True", param="out"
         ) from None
 
 
@@ -103,15 +119,36 @@ def _config_difference(ours: SceneConfig, theirs: SceneConfig) -> str:
     return ", ".join(f"{key}: {b[key]!r} in file vs {a[key]!r} asked" for key in sorted(a) if a[key] != b[key])
 
 
-def _prepare_output(out: Path) -> None:
+def _prepare_output(out: Path) -> list[Path]:
+    """Check ``out`` can be written; create its missing parent folders and return them."""
+    out = check_output_path(out, "out")
     if out.is_dir():
-        raise DatasetError(f"--out {out} is a directory: give a file path such as {out / 'shapes.h5'}")
+        raise DatasetError(f"out={str(out)!r} is a folder: give a file path such as {out / 'shapes.h5'}", param="out")
+    if out.exists() and not out.is_file():
+        raise DatasetError(f"out={str(out)!r} exists and is not a regular file", param="out")
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
+        created = make_parents(out.parent)
     except OSError as exc:
-        raise DatasetError(f"--out {out}: cannot create directory {out.parent} ({exc.strerror})") from None
+        raise DatasetError(
+            f"out={str(out)!r}: cannot create folder {out.parent} ({exc.strerror})", param="out"
+        ) from None
     if not os.access(out.parent, os.W_OK):
-        raise DatasetError(f"--out {out}: directory {out.parent} is not writable")
+        raise DatasetError(f"out={str(out)!r}: folder {out.parent} is not writable", param="out")
+    return created
+
+
+def effective_workers(workers: int, num_scenes: int, batch: int) -> tuple[int, str | None]:
+    """Workers actually started: at most one per batch and per usable core.
+
+    Returns the count and a note when it was lowered (the output is identical for
+    any count, so lowering it only avoids idle processes)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    batches = -(-num_scenes // batch)
+    used = max(1, min(workers, batches, cores))
+    if used == workers:
+        return used, None
+    why = f"{batches} batch(es) of {batch} scenes" if used == batches else f"{cores} usable core(s)"
+    return used, f"workers={workers} lowered to {used} ({why}); the output is identical for any count"
 
 
 def render_dataset(
@@ -124,54 +161,104 @@ def render_dataset(
     resume: bool = False,
     force: bool = False,
     progress: ProgressCallback | None = None,
+    inputs: dict[str, str | Path | None] | None = None,
 ) -> Path:
     """Render ``num_scenes`` scenes of ``config`` into the HDF5 file ``out``.
 
     Returns the final path. Raises :class:`ShapesgenError` subclasses for bad input
-    and :class:`RenderInterrupted` on Ctrl-C (the partial file is kept for resume).
+    (checked before any scene is rendered) and :class:`RenderInterrupted` on Ctrl-C
+    (the partial file is kept for resume). The render holds ``<out>.lock`` from its
+    first check to the final rename: another process cannot resume, force over or
+    publish the same output meanwhile. Lowered worker counts are reported with
+    :mod:`warnings` (``RenderNote``). ``inputs`` names files the caller read (e.g.
+    ``{"config": path}``): ``out`` may not overwrite them, even with ``force=True``.
     """
-    if not isinstance(num_scenes, int) or num_scenes < 1:
-        raise ConfigError(f"num_scenes={num_scenes!r} is invalid: must be an integer >= 1")
-    if not isinstance(workers, int) or workers < 1:
-        raise ConfigError(f"workers={workers!r} is invalid: must be an integer >= 1")
+    if not isinstance(num_scenes, int) or isinstance(num_scenes, bool) or num_scenes < 1:
+        raise ConfigError(f"num_scenes={num_scenes!r} is invalid: must be an integer >= 1", param="num_scenes")
+    if num_scenes > MAX_SCENES:
+        raise ConfigError(
+            f"num_scenes={num_scenes} is invalid: one file holds at most {MAX_SCENES:,} scenes", param="num_scenes"
+        )
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise ConfigError(f"workers={workers!r} is invalid: must be an integer >= 1", param="workers")
     storage = storage or StorageConfig()
-    out = Path(out)
+    out = check_output_path(out, "out")
+    refuse_overwriting_inputs(out, "out", inputs or {})
     partial = partial_path(out)
-    _prepare_output(out)
+    created = _prepare_output(out)
+    try:
+        with exclusive_lock(out, "out"):
+            return _render_locked(config, out, num_scenes, workers, storage, resume, force, progress)
+    except BaseException:
+        if not partial.exists():
+            remove_empty(created)
+        raise
 
-    if resume and partial.exists():
+
+def _render_locked(
+    config: SceneConfig,
+    out: Path,
+    num_scenes: int,
+    workers: int,
+    storage: StorageConfig,
+    resume: bool,
+    force: bool,
+    progress: ProgressCallback | None,
+) -> Path:
+    """:func:`render_dataset` once ``<out>.lock`` is held."""
+    partial = partial_path(out)
+    resuming = resume and partial.exists()
+    if resuming:
         file_config, file_scenes, storage = _read_partial_header(partial)  # chunks must match its filters
         if config.seed is None:
             config = config.replace(seed=file_config.seed)
         if file_config != config:
             raise ConfigError(
-                f"--resume: {partial} was started with another config ({_config_difference(config, file_config)})"
+                f"resume=True: {partial} was started with another config ({_config_difference(config, file_config)})",
+                param="resume",
             )
         if file_scenes != num_scenes:
-            raise ConfigError(f"--resume: num_scenes={num_scenes} differs from the interrupted render's {file_scenes}")
+            raise ConfigError(
+                f"num_scenes={num_scenes} differs from the interrupted render's {file_scenes} (resume=True)",
+                param="num_scenes",
+            )
     elif partial.exists() and not force:
         raise DatasetError(
-            f"{partial}: an interrupted render exists; pass --resume to continue it or --force to start over"
+            f"{partial}: an interrupted render exists; pass resume=True to continue it or force=True to start over",
+            param="out",
         )
     else:
         if out.exists() and not force:
             if resume and _is_complete_match(out, config, num_scenes):
                 return out
-            raise DatasetError(f"--out {out} exists: pass --force to overwrite it")
-        partial.unlink(missing_ok=True)
+            raise DatasetError(f"out={str(out)!r} exists: pass force=True to overwrite it", param="out")
         config = resolve_seed(config)
+    check_scene_fits(config, workers)
+    batch = batch_scenes_for(config, storage.batch_scenes)
+    workers, note = effective_workers(workers, num_scenes, batch)
+    if not resuming:
+        sample = render_batch(config, 0, 1, storage.compression_level)
+        check_disk(out.parent, num_scenes, _encoded_bytes(sample))
+        partial.unlink(missing_ok=True)
+    if note:
+        warnings.warn(note, RenderNote, stacklevel=3)
 
     try:
         writer = DatasetWriter(partial, config, storage, num_scenes, progress)
     except KeyboardInterrupt:  # while checking a killed render's scenes: nothing was changed
-        raise RenderInterrupted(f"interrupted while checking {partial}; it is kept: rerun with --resume") from None
+        raise RenderInterrupted(f"interrupted while checking {partial}; it is kept: rerun with resume=True") from None
+    except (OSError, RuntimeError) as exc:
+        if not resuming:
+            partial.unlink(missing_ok=True)
+        raise DatasetError(f"out={str(out)!r}: cannot create {partial} ({exc})", param="out") from None
+    identity = _identity(partial)
     try:
         done = writer.scenes_written
         if progress:
             progress(done, num_scenes)
-        for batch in _batches(config, done, num_scenes, storage, workers):
-            writer.append(batch)
-            done += batch.count
+        for encoded in _batches(config, done, num_scenes, batch, storage.compression_level, workers):
+            writer.append(encoded)
+            done += encoded.count
             if progress:
                 progress(done, num_scenes)
         writer.finish()
@@ -180,14 +267,36 @@ def render_dataset(
         writer.close()
         raise RenderInterrupted(
             f"interrupted after {written} of {num_scenes} scenes; {partial} is kept: "
-            "rerun with --resume to finish it, or delete it"
+            "rerun with resume=True to finish it, or delete it"
         ) from None
+    except (OSError, RuntimeError) as exc:  # h5py reports a full disk as either
+        with contextlib.suppress(OSError, RuntimeError):
+            writer.close()
+        partial.unlink(missing_ok=True)
+        reason = getattr(exc, "strerror", None) or exc
+        raise DatasetError(f"out={str(out)!r}: writing failed ({reason}); nothing was kept", param="out") from None
     except BaseException:
         writer.close()
         raise
     writer.close()
+    if _identity(partial) != identity:
+        raise DatasetError(f"{partial} was replaced by another program while rendering; {out} was not written")
     os.replace(partial, out)
     return out
+
+
+def _identity(path: Path) -> tuple[int, int]:
+    """Device and inode: which file ``path`` names now."""
+    info = path.stat()
+    return info.st_dev, info.st_ino
+
+
+def _encoded_bytes(batch: EncodedBatch) -> float:
+    """Bytes one encoded scene takes in the file (a disk-space estimate)."""
+    chunks = sum(len(chunk) for parts in batch.chunks.values() for chunk in parts)
+    return (chunks + batch.vertices.nbytes + 16 * (len(batch.instance_counts) + len(batch.vertex_counts))) / max(
+        batch.count, 1
+    )
 
 
 def _is_complete_match(out: Path, config: SceneConfig, num_scenes: int) -> bool:

@@ -124,7 +124,7 @@ def test_exports_are_deterministic_and_carry_provenance(tiny_dataset: Path, tmp_
 
 def test_export_is_atomic_and_needs_force(tiny_dataset: Path, tmp_path: Path) -> None:
     out = export_coco(tiny_dataset, tmp_path / "e")
-    with pytest.raises(DatasetError, match="--force"):
+    with pytest.raises(DatasetError, match="force=True"):
         export_coco(tiny_dataset, out)
     export_coco(tiny_dataset, out, ExportConfig(resolution="mask"), force=True)
     assert json.loads((out / "annotations.json").read_text())["images"][0]["height"] == 32

@@ -67,12 +67,12 @@ def test_interrupted_render_leaves_no_output_and_resumes_to_the_same_data(
     storage = StorageConfig(batch_scenes=2)
     whole = render_dataset(tiny_config, tmp_path / "whole.h5", num_scenes=9, storage=storage)
     out = tmp_path / "cut.h5"
-    with pytest.raises(RenderInterrupted, match="--resume"):
+    with pytest.raises(RenderInterrupted, match="resume=True"):
         render_dataset(tiny_config, out, num_scenes=9, storage=storage, progress=interrupt_after(4))
     assert not out.exists() and partial_path(out).exists()
     with h5py.File(partial_path(out), "r") as f:
         assert int(f.attrs["scenes_written"]) == 4 and not f.attrs["complete"]
-    with pytest.raises(DatasetError, match="--resume"):
+    with pytest.raises(DatasetError, match="resume=True"):
         render_dataset(tiny_config, out, num_scenes=9, storage=storage)
     with pytest.raises(ConfigError, match="instances_per_class"):
         render_dataset(tiny_config.replace(instances_per_class=2), out, num_scenes=9, resume=True)
@@ -132,7 +132,7 @@ def test_resume_with_a_drawn_seed_keeps_that_seed(tmp_path: Path, tiny_config: S
 
 def test_existing_output_needs_force(tmp_path: Path, tiny_config: SceneConfig) -> None:
     out = render_dataset(tiny_config, tmp_path / "x.h5", num_scenes=2)
-    with pytest.raises(DatasetError, match="--force"):
+    with pytest.raises(DatasetError, match="force=True"):
         render_dataset(tiny_config, out, num_scenes=2)
     assert render_dataset(tiny_config, out, num_scenes=2, resume=True) == out  # complete: nothing to do
     render_dataset(tiny_config.replace(seed=12), out, num_scenes=3, force=True)

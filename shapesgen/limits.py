@@ -1,0 +1,122 @@
+"""Resource limits checked before a render starts, so that an impossible request is
+refused with one line instead of failing minutes later (``MemoryError``, an h5py
+chunk error, a full disk) with a half-written file.
+
+Every figure here is an estimate from the config alone; the constants are
+documented in ``docs/renderer.md`` (Limits).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from shapesgen.config import SceneConfig
+from shapesgen.errors import ConfigError
+from shapesgen.schema import DATASETS
+from shapesgen.shapes import SHAPE_KINDS
+
+MAX_CHUNK_BYTES = 2**32 - 1  # HDF5's limit on one chunk
+BATCH_BYTES = 256 * 2**20  # a rendering batch's records stay below this (batches shrink for big scenes)
+PAIR_BYTES = 160  # working bytes per (edge, polygon) pair in the visibility pass (measured: ~150)
+MASK_WORK_BYTES = 24  # working bytes per instance mask pixel (rasteriser, layer ranks)
+IMAGE_WORK_BYTES = 4  # working bytes per image byte (PIL drawing, copies)
+DISK_MARGIN = 1.05  # free space needed over the estimated file size
+
+
+def _fail(param: str, value: object, reason: str) -> ConfigError:
+    return ConfigError(f"{param}={value!r} is too large: {reason}", param=param)
+
+
+def edges_per_scene(config: SceneConfig) -> int:
+    """Polygon sides in one scene, plus the frame's four."""
+    sides = sum(len(SHAPE_KINDS[spec.kind].template(config.circle_segments)) for spec in config.shapes)
+    return sides * config.instances_per_class + 4
+
+
+def record_bytes(config: SceneConfig) -> dict[str, int]:
+    """Uncompressed bytes of one scene's record (one HDF5 chunk) in each per-scene dataset."""
+    rows = {"scene": 1, "instance": config.num_instances}
+    sizes = {}
+    for field in DATASETS:
+        if field.axis == "vertex":
+            continue
+        sizes[field.name] = rows[field.axis] * int(np.prod(field.record_shape(config))) * field.dtype.itemsize
+    return sizes
+
+
+def scene_working_bytes(config: SceneConfig) -> int:
+    """Estimated peak memory to render one scene (the visibility pass is quadratic in instances)."""
+    n, m, s = config.num_instances, config.mask_size, config.image_size
+    return (
+        PAIR_BYTES * edges_per_scene(config) * n
+        + MASK_WORK_BYTES * n * m * m
+        + IMAGE_WORK_BYTES * s * s * config.channels
+        + sum(record_bytes(config).values())
+    )
+
+
+def available_memory() -> int:
+    """Memory this process may use: MemAvailable on Linux, else physical memory."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - exotic platforms
+        return 2**34
+
+
+def _gib(value: float) -> str:
+    return f"{value / 2**30:.1f} GiB"
+
+
+def check_scene_fits(config: SceneConfig, workers: int = 1) -> None:
+    """Refuse a config whose scenes cannot be stored in HDF5 chunks or rendered in memory."""
+    for name, size in record_bytes(config).items():
+        if size > MAX_CHUNK_BYTES:
+            param = {"images": "image_size", "layers": "layers", "class_layers": "layers"}.get(
+                name, "instances_per_class"
+            )
+            raise _fail(
+                param,
+                getattr(config, param),
+                f"one scene's {name} record would be {_gib(size)}, over HDF5's 4 GiB chunk limit",
+            )
+    need, have = scene_working_bytes(config) * workers, available_memory()
+    if need > have:
+        raise ConfigError(
+            f"this config needs about {_gib(need)} of memory to render "
+            f"({workers} worker(s) x one scene: {config.num_instances} instances, image_size={config.image_size}, "
+            f"mask_size={config.mask_size}, layers={config.layers}, circle_segments={config.circle_segments}); "
+            f"{_gib(have)} is available: lower them or the number of workers",
+            param="workers" if workers > 1 and need / workers <= have else "instances_per_class",
+        )
+
+
+def batch_scenes_for(config: SceneConfig, batch_scenes: int) -> int:
+    """A batch size whose records stay within ``BATCH_BYTES`` (never below one scene)."""
+    per_scene = sum(record_bytes(config).values())
+    return max(1, min(batch_scenes, BATCH_BYTES // max(per_scene, 1)))
+
+
+def check_disk(folder: Path, num_scenes: int, bytes_per_scene: float) -> None:
+    """Refuse a render whose estimated file size exceeds the free space in ``folder``."""
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return
+    need = num_scenes * bytes_per_scene * DISK_MARGIN
+    if need > free:
+        raise ConfigError(
+            f"num_scenes={num_scenes} is too large for the free disk space: about {_gib(need)} needed "
+            f"({bytes_per_scene / 1024:.1f} KiB per scene, measured on scene 0), {_gib(free)} free in {folder}",
+            param="num_scenes",
+        )

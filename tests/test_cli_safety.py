@@ -1,0 +1,211 @@
+"""Nothing lost: --force never deletes an input or a folder that is not ours, two
+processes never write one output, and every refusal comes before any work."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import pytest
+from conftest import run_cli
+
+from shapesgen.files import exclusive_lock
+from shapesgen.validate import validate_file
+
+SMALL = ("--instances", 1, "--layers", 2, "--image-size", 64, "--mask-size", 32, "--seed", 3)
+
+
+def tree(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` with its bytes."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def one_error_line(result: object, code: int = 2) -> str:
+    """Assert a clean failure: ``code``, one stderr line, no traceback; return the line."""
+    assert result.exit_code == code, result.output  # type: ignore[attr-defined]
+    lines = [line for line in result.stderr.splitlines() if line.strip()]  # type: ignore[attr-defined]
+    assert len(lines) == 1, result.stderr  # type: ignore[attr-defined]
+    assert "Traceback" not in result.output and "internal error" not in lines[0]  # type: ignore[attr-defined]
+    return lines[0]
+
+
+@pytest.fixture()
+def rendered(tmp_path: Path) -> Path:
+    data = tmp_path / "data"
+    result = run_cli("render", "--out", data / "mine.h5", "--num", 3, "-q", *SMALL)
+    assert result.exit_code == 0, result.output
+    (data / "notes.txt").write_text("a user's file")
+    return data / "mine.h5"
+
+
+def test_export_into_the_folder_holding_its_input_is_refused(rendered: Path) -> None:
+    before = tree(rendered.parent)
+    for out in (rendered.parent, rendered.parent.parent, rendered):
+        line = one_error_line(run_cli("export", "coco", rendered, "--out", out, "--force", "-q"))
+        assert "--out" in line and ("contains the input" in line or "not a folder" in line)
+    assert tree(rendered.parent) == before
+
+
+def test_force_only_replaces_a_previous_untouched_export(rendered: Path, tmp_path: Path) -> None:
+    foreign = tmp_path / "photos"
+    foreign.mkdir()
+    (foreign / "holiday.jpg").write_bytes(b"\xff\xd8 precious")
+    line = one_error_line(run_cli("export", "coco", rendered, "--out", foreign, "--force", "-q"))
+    assert "not a shapesgen export" in line and (foreign / "holiday.jpg").exists()
+
+    export = tmp_path / "export"
+    assert run_cli("export", "coco", rendered, "--out", export, "-q").exit_code == 0
+    assert run_cli("export", "coco", rendered, "--out", export, "--force", "-q").exit_code == 0  # ours: replaced
+    (export / "my_labels.json").write_text("{}")  # a user adds a file: no longer ours to delete
+    line = one_error_line(run_cli("export", "coco", rendered, "--out", export, "--force", "-q"))
+    assert "files were added" in line and (export / "my_labels.json").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "export", "photos"]
+
+
+def test_render_coco_problems_are_found_before_rendering(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("keep")
+    cases = [
+        (["--out", out / "data.h5", "--coco", out, "--force"], "contains the input"),
+        (["--out", out / "data.h5", "--coco", out / "data.h5"], "contains the input"),
+        (["--out", tmp_path / "d.h5", "--coco", out], "exists"),
+        (["--out", tmp_path / "d.h5", "--coco", out, "--force"], "not a shapesgen export"),
+        (["--out", tmp_path / "d.h5", "--coco", ""], "--coco"),
+    ]
+    for args, needle in cases:
+        line = one_error_line(run_cli("render", "--num", 2, "-q", *SMALL, *args))
+        assert needle in line and "--coco" in line, line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"] and tree(out) == {"keep.txt": b"keep"}
+
+
+def test_render_refuses_an_output_another_process_holds(tmp_path: Path) -> None:
+    out = tmp_path / "x.h5"
+    with exclusive_lock(out, "out"):
+        for extra in ([], ["--force"], ["--resume"]):
+            line = one_error_line(run_cli("render", "--out", out, "--num", 2, "-q", *SMALL, *extra))
+            assert "another process" in line and "x.h5.lock" in line
+        assert not out.exists() and not (tmp_path / "x.h5.partial").exists()
+    assert run_cli("render", "--out", out, "--num", 2, "-q", *SMALL).exit_code == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.h5"]  # the lock file is gone with its holder
+
+
+def test_a_second_render_with_force_cannot_take_over_a_running_one(tmp_path: Path) -> None:
+    """The race of issue 8: B --force while A renders. A must finish and publish valid data."""
+    out = tmp_path / "race.h5"
+    args = ["render", "--out", str(out), "--num", "4000", "--seed", "1", "--instances", "2", "-q"]
+    first = subprocess.Popen(
+        [sys.executable, "-m", "shapesgen", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    partial = tmp_path / "race.h5.partial"
+    deadline = time.monotonic() + 60
+    while not partial.exists() and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert partial.exists(), "the first render never started writing"
+    second = subprocess.run(
+        [sys.executable, "-m", "shapesgen", *args, "--force"], capture_output=True, text=True, timeout=120
+    )
+    assert second.returncode == 2 and "another process" in second.stderr and "Traceback" not in second.stderr
+    assert not out.exists()  # nothing published while A runs
+    _, stderr = first.communicate(timeout=300)
+    assert first.returncode == 0, stderr
+    assert validate_file(out, regenerate=3) == 4000
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["race.h5"]
+
+
+def test_interrupted_render_keeps_its_partial_and_its_lock_is_free(tmp_path: Path) -> None:
+    out = tmp_path / "cut.h5"
+    args = ["render", "--out", str(out), "--num", "20000", "--seed", "2", "--instances", "2", "-q"]
+    proc = subprocess.Popen([sys.executable, "-m", "shapesgen", *args], stderr=subprocess.PIPE, text=True)
+    partial = tmp_path / "cut.h5.partial"
+    deadline = time.monotonic() + 60
+    while not partial.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert not out.exists() and partial.exists()
+    result = subprocess.run(
+        [sys.executable, "-m", "shapesgen", *args[:4], "200", *args[5:], "--force"], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr  # a killed holder's lock file holds no lock
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.h5"]
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--num", 10**12], "--num"),
+        (["--num", 10**8, "--image-size", 4096, "--mask-size", 64], "--num"),
+        (["--instances", 65535], "--instances"),
+        (["--instances", 3000], "memory"),
+        (["--image-size", 200000], "--image-size"),
+        (["--layers", 10**6], "--layers"),
+        (["--out", ""], "--out"),
+        (["--out", "."], "--out"),
+        (["--out", "/"], "--out"),
+        (["--anchor-range", ""], "--anchor-range"),
+        (["--rotation-range", "nan,1"], "--rotation-range"),
+        (["--seed", -1], "--seed"),
+        (["--compression", 12], "--compression"),
+    ],
+)
+def test_impossible_renders_are_refused_up_front(tmp_path: Path, args: list[object], needle: str) -> None:
+    os.chdir(tmp_path)
+    base = ["render", "--out", tmp_path / "big.h5", "--num", 2, "-q", "--seed", 1]
+    line = one_error_line(run_cli(*base, *args))
+    assert needle in line, line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_config_files_are_checked_and_never_block(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo.json"
+    os.mkfifo(fifo)
+    bad = {
+        "shapes.json": {"shapes": "circle"},
+        "size.json": {"shapes": [{"kind": "circle", "size": 0.2}]},
+        "extra.json": {"shapes": [{"kind": "circle", "size": [0.2], "colour": "red"}]},
+        "anchor.json": {"anchor_range": 5},
+        "segments.json": {"circle_segments": 10**7},
+    }
+    for name, data in bad.items():
+        (tmp_path / name).write_text(json.dumps(data))
+    (tmp_path / "digits.json").write_text('{"seed": ' + "9" * 4400 + "}")
+    (tmp_path / "deep.json").write_text("[" * 100000 + "]" * 100000)
+    (tmp_path / "binary.json").write_bytes(b"\xff\xfe\x00garbage")
+    names = [*bad, "digits.json", "deep.json", "binary.json", "fifo.json"]
+    for name in names:
+        line = one_error_line(run_cli("render", "--out", tmp_path / "o.h5", "--config", tmp_path / name, "-q"))
+        assert "--config" in line or "shapes" in line or "anchor_range" in line or "circle_segments" in line, line
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names)
+
+
+def test_workers_are_capped_with_a_note(tmp_path: Path) -> None:
+    result = run_cli("render", "--out", tmp_path / "w.h5", "--num", 3, "--workers", 100000, "-q", *SMALL)
+    assert result.exit_code == 0, result.output
+    assert "note:" in result.stderr and "--workers 100000 lowered to 1" in result.stderr
+    with h5py.File(tmp_path / "w.h5") as file:
+        assert int(file.attrs["scenes_written"]) == 3
+
+
+def test_outputs_never_overwrite_inputs_even_with_force(rendered: Path, tmp_path: Path) -> None:
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"seed": 1, "instances_per_class": 1, "image_size": 64, "mask_size": 32}))
+    disguised = tmp_path / "scenes.png"  # an HDF5 file with a PNG name
+    disguised.write_bytes(rendered.read_bytes())
+    before = {config: config.read_bytes(), disguised: disguised.read_bytes()}
+    cases = [
+        (["render", "--config", config, "--out", config, "--force", "--num", 2, "-q"], "--config"),
+        (["preview", disguised, "--out", disguised], "PATH"),
+        (["evaluate", "--gt", rendered, "--oracle-layers", 1, "--json", rendered], "--json"),
+    ]
+    for args, needle in cases:
+        line = one_error_line(run_cli(*args))
+        assert "overwrite" in line and needle in line, line
+    assert {path: path.read_bytes() for path in before} == before
