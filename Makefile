@@ -37,6 +37,7 @@ bench: $(VENV)/.full
 
 docs: $(VENV)/.base
 	$(BIN)/python -c "from shapesgen.schema import format_markdown as f; print(f(), end='')" > docs/format.md
+	$(BIN)/python -m shapesgen_cli.reference > docs/cli.md
 
 clean:
 	rm -rf $(VENV) data preview.png

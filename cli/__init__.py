@@ -1,1 +1,1 @@
-"""The ``shapesgen`` command line: a thin layer over the library."""
+"""The ``shapesgen`` command line, installed as the package ``shapesgen_cli``."""

@@ -30,6 +30,6 @@ def run_cli(*args: object) -> Any:
     """Run ``shapesgen ARGS`` in-process; the result has ``exit_code``, ``stdout``, ``stderr``."""
     from typer.testing import CliRunner
 
-    from cli.main import app
+    from shapesgen_cli.app import app
 
     return CliRunner().invoke(app, [str(a) for a in args])

@@ -1,0 +1,163 @@
+"""What every command shares: option aliases, the progress bar, and turning library
+errors into one line that names the flag the user typed.
+
+Library messages name parameters in Python keyword form (``num_scenes=0 is
+invalid``, ``pass force=True``); :func:`run` rewrites them with the command's own
+flags (``--num 0 is invalid``, ``pass --force``), taken from the command's
+declared options, so the two can never drift apart.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, Protocol, TypeVar
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from shapesgen.errors import ShapesgenError, ShapesgenNote
+
+err = Console(stderr=True)
+console = Console()
+T = TypeVar("T")
+
+EXIT_INTERRUPTED = 130
+EXIT_ENVIRONMENT = 1  # the system refused (disk full, out of memory): not the user's input
+EXIT_INTERNAL = 70  # a bug in shapesgen (EX_SOFTWARE)
+DEBUG_ENV = "SHAPESGEN_TRACEBACK"
+
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+Force = Annotated[bool, typer.Option("--force", help="Replace an existing output (never an input).")]
+DatasetPath = Annotated[Path, typer.Argument(help="A shapesgen HDF5 file.", show_default=False)]
+
+
+def flag_names(ctx: typer.Context, aliases: Mapping[str, str] | None = None) -> dict[str, tuple[str, bool]]:
+    """Library parameter name -> (the flag the user types, whether it is a switch).
+
+    Command parameters carry the library's names; ``aliases`` maps a library
+    parameter to a command parameter where the two differ (``out`` -> ``coco``).
+    """
+    params = {p.name: p for p in ctx.command.params if p.name}
+    names: dict[str, tuple[str, bool]] = {}
+    for name, param in params.items():
+        flag = next((o for o in param.opts if o.startswith("--")), param.opts[0])
+        names[name] = (flag if flag.startswith("-") else flag.upper(), bool(getattr(param, "is_flag", False)))
+    declared = dict(names)
+    for library_name, command_name in (aliases or {}).items():
+        if command_name in declared:
+            names[library_name] = declared[command_name]
+    return names
+
+
+def with_flags(message: str, names: Mapping[str, tuple[str, bool]]) -> str:
+    """``num_scenes=0 is invalid`` -> ``--num 0 is invalid``; ``pass force=True`` -> ``pass --force``."""
+    for name in sorted(names, key=len, reverse=True):
+        flag, switch = names[name]
+        if switch:
+            message = re.sub(rf"(?<![^\s(]){re.escape(name)}=True\b", flag, message)
+            message = re.sub(rf"(?<![^\s(]){re.escape(name)}=False\b", f"no {flag}", message)
+        message = re.sub(rf"(?<![^\s(]){re.escape(name)}=", f"{flag} ", message)
+    return message
+
+
+def warn(message: str) -> None:
+    """Print one warning line (a value in it is never read as markup)."""
+    err.print(f"[yellow]warning:[/] {escape(' '.join(message.split()))}", highlight=False, soft_wrap=True)
+
+
+def fail(message: str, code: int) -> typer.Exit:
+    """Print one error line; the caller raises the returned Exit."""
+    err.print(f"[bold red]error:[/] {escape(' '.join(message.split()))}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def run(ctx: typer.Context, call: Callable[[], T], aliases: Mapping[str, str] | None = None) -> T:
+    """Run one library call. Its errors become one line naming this command's flags and
+    their exit code; notes print as they happen; nothing ever shows a traceback unless
+    ``SHAPESGEN_TRACEBACK=1`` (for bug reports)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", ShapesgenNote)
+            original = warnings.showwarning
+
+            def show(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+                if issubclass(category, ShapesgenNote):
+                    text = with_flags(str(message), flag_names(ctx, aliases))
+                    err.print(f"[yellow]note:[/] {escape(text)}", highlight=False, soft_wrap=True)
+                else:
+                    original(message, category, *args, **kwargs)
+
+            warnings.showwarning = show
+            return call()
+    except ShapesgenError as exc:
+        raise fail(with_flags(str(exc), flag_names(ctx, aliases)), exc.exit_code) from None
+    except KeyboardInterrupt:
+        raise fail("interrupted", EXIT_INTERRUPTED) from None
+    except typer.Exit:
+        raise
+    except MemoryError:
+        if os.environ.get(DEBUG_ENV):
+            raise
+        raise fail("out of memory: use a smaller config, fewer workers or a smaller batch", EXIT_ENVIRONMENT) from None
+    except OSError as exc:
+        if os.environ.get(DEBUG_ENV):
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        raise fail(f"{where}{exc.strerror or exc}", EXIT_ENVIRONMENT) from None
+    except Exception as exc:
+        if os.environ.get(DEBUG_ENV):
+            raise
+        raise fail(
+            f"internal error ({type(exc).__name__}: {exc}); this is a bug in shapesgen: please report it "
+            f"with the command, and rerun with {DEBUG_ENV}=1 for the traceback",
+            EXIT_INTERNAL,
+        ) from None
+
+
+class Updater(Protocol):
+    def __call__(self, done: int, total: int, *, description: str | None = None, status: str = "") -> None: ...
+
+
+@contextmanager
+def progress_bar(label: str, quiet: bool, unit: str = "scenes") -> Iterator[Updater | None]:
+    """A rich bar with rate and ETA on a terminal, shown from the first update (so errors come alone).
+
+    The updater takes ``(done, total)`` and optionally a new description and a status
+    text (e.g. the training loss) shown in place of the rate.
+    """
+    if quiet or not err.is_terminal:  # no bar frames in logs and pipes
+        yield None
+        return
+    bar = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        console=err,
+    )
+    task = bar.add_task(label, total=None, status="")
+
+    def update(done: int, total: int, *, description: str | None = None, status: str = "") -> None:
+        if not bar.live.is_started:
+            bar.start()
+        bar.update(task, completed=done, total=total, description=description or label)
+        speed = bar.tasks[task].speed
+        bar.update(task, status=status or (f"{speed:,.0f} {unit}/s" if speed else ""))
+
+    try:
+        yield update
+    except BaseException:
+        bar.live.transient = True  # a failed command leaves only its one error line
+        raise
+    finally:
+        bar.stop()

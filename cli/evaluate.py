@@ -1,0 +1,65 @@
+"""``shapesgen evaluate``: COCO-amodal metrics of predictions (or of the layer oracle)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from .common import console, run, warn
+
+
+def evaluate(
+    ctx: typer.Context,
+    gt: Annotated[
+        Path,
+        typer.Option(
+            "--gt", help="Ground truth: a shapesgen HDF5 file or a COCO/COCOA export JSON.", show_default=False
+        ),
+    ],
+    dt: Annotated[Path | None, typer.Option("--dt", help="Predictions in COCO results format (RLE masks).")] = None,
+    oracle_layers: Annotated[
+        int | None,
+        typer.Option("--oracle-layers", help="Score the oracle: each instance = its pixels in the first K GT layers."),
+    ] = None,
+    per_class: Annotated[bool, typer.Option("--per-class", help="Add class-aware AP/AR per class.")] = False,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the metrics to this JSON file.")] = None,
+) -> None:
+    """COCO-amodal AP/AR, class-agnostic, with AR by occlusion band (none/partial/heavy)."""
+    from shapesgen.evaluate import evaluate_files
+
+    metrics, warnings = run(
+        ctx,
+        lambda: evaluate_files(gt, dt=dt, oracle_layers=oracle_layers, per_class=per_class, json_out=json_out),
+        aliases={"num_layers": "oracle_layers"},
+    )
+    for warning in warnings:
+        warn(warning)
+    _print_metrics(metrics)
+
+
+def _fmt(value: float) -> str:
+    return "n/a" if value < 0 else f"{value:.4f}"
+
+
+def _print_metrics(metrics: dict[str, Any]) -> None:
+    counts = metrics["ground_truth"]
+    title = f"{metrics['predictions']} vs {metrics['ground_truth_path']}: {counts['instances']} GT instances"
+    table = Table("AP", "AP50", "AP75", "AR100", "AR none", "AR partial", "AR heavy", title=title)
+    overall, bands = metrics["all"], metrics["bands"]
+    table.add_row(
+        *[_fmt(overall[k]) for k in ("AP", "AP50", "AP75", "AR100")],
+        *[_fmt(bands[b]["AR100"]) for b in ("none", "partial", "heavy")],
+    )
+    console.print(table)
+    console.print(
+        f"GT per band: none {counts['none']}, partial {counts['partial']}, heavy {counts['heavy']}; "
+        f"{metrics['detections']} detections"
+    )
+    if "per_class" in metrics:
+        classes = Table("class", "AP", "AR100", title="class-aware")
+        for name, values in metrics["per_class"].items():
+            classes.add_row(name, _fmt(values["AP"]), _fmt(values["AR100"]))
+        console.print(classes)

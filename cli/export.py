@@ -1,0 +1,52 @@
+"""``shapesgen export coco``: share a dataset with COCO-based tools."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from shapesgen.coco import Resolution, Segmentation, Style
+
+from .common import DatasetPath, Force, Quiet, err, progress_bar, run
+
+export_app = typer.Typer(help="Export a dataset for other tools.", no_args_is_help=True)
+
+
+@export_app.command("coco")
+def export_coco(
+    ctx: typer.Context,
+    path: DatasetPath,
+    out: Annotated[
+        Path, typer.Option("--out", help="Folder to create (annotations.json, images/, card).", show_default=False)
+    ],
+    style: Annotated[
+        Style, typer.Option("--style", help="coco (flat, amodal extras) or cocoa (Zhu et al. regions).")
+    ] = "coco",
+    segmentation: Annotated[
+        Segmentation, typer.Option("--segmentation", help="rle, or polygon (exact polygons from the geometry).")
+    ] = "rle",
+    resolution: Annotated[
+        Resolution, typer.Option("--resolution", help="Annotations (and images) at image or mask resolution.")
+    ] = "image",
+    include_hidden: Annotated[
+        bool, typer.Option("--include-hidden", help="Also export instances with no visible mask pixel.")
+    ] = False,
+    force: Force = False,
+    quiet: Quiet = False,
+) -> None:
+    """Export to COCO JSON that pycocotools and detectron2-style loaders read unchanged."""
+    from shapesgen.coco import ExportConfig
+    from shapesgen.coco import export_coco as run_export
+
+    export = run(
+        ctx,
+        lambda: ExportConfig(
+            style=style, segmentation=segmentation, resolution=resolution, include_hidden=include_hidden
+        ),
+    )
+    with progress_bar("export", quiet) as update:
+        written = run(ctx, lambda: run_export(path, out, export, force=force, progress=update), {"source": "path"})
+    if not quiet:
+        err.print(f"wrote {written}")

@@ -1,0 +1,138 @@
+"""``shapesgen train`` and ``shapesgen predict``: the layered-embedding model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from amodal_model.config import Backbone, DistanceScope, Hinge, TrainPresetName
+
+from .common import Force, Quiet, err, progress_bar, run
+
+BackboneOption = Annotated[
+    Backbone | None, typer.Option("--backbone", help="The image encoder (overrides the preset's).")
+]
+
+
+def train(
+    ctx: typer.Context,
+    train_source: Annotated[
+        str,
+        typer.Option(
+            "--train",
+            help="HDF5 file, or render:PRESET[,instances=N][,layers=L][,seed=S] for live scenes.",
+            show_default=False,
+        ),
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", help="Run folder (model, configs, checkpoints, logs).", show_default=False)
+    ],
+    val: Annotated[
+        Path | None, typer.Option("--val", help="Validation HDF5, evaluated every --eval-every epochs.")
+    ] = None,
+    preset: Annotated[
+        TrainPresetName,
+        typer.Option("--preset", help="Model preset: paper (Xception), light (MobileNetV2), cpu, tiny."),
+    ] = "paper",
+    epochs: Annotated[int | None, typer.Option("--epochs", help="Epochs (paper: 100).")] = None,
+    steps_per_epoch: Annotated[
+        int | None, typer.Option("--steps-per-epoch", help="Steps per epoch (default: one pass, or 1000 images live).")
+    ] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Batch size (paper: 2).")] = None,
+    learning_rate: Annotated[float | None, typer.Option("--lr", help="Adam learning rate (paper: 1e-4).")] = None,
+    backbone: BackboneOption = None,
+    backbone_weights: Annotated[
+        Path | None, typer.Option("--backbone-weights", help="Local weights file to start from (never downloaded).")
+    ] = None,
+    embedding_dim: Annotated[
+        int | None, typer.Option("--embedding-dim", help="Embedding dimension C (paper: 6).")
+    ] = None,
+    hinge: Annotated[
+        Hinge | None, typer.Option("--hinge", help="squared (reference code) or linear (paper text).")
+    ] = None,
+    distance_scope: Annotated[
+        DistanceScope | None, typer.Option("--distance-scope", help="class (reference code) or all (paper text).")
+    ] = None,
+    reg_weight: Annotated[
+        float | None, typer.Option("--reg-weight", help="Regulariser weight (reference 0.01, paper 1).")
+    ] = None,
+    eval_every: Annotated[
+        int | None, typer.Option("--eval-every", help="Evaluate on --val every N epochs (0 = never).")
+    ] = None,
+    eval_scenes: Annotated[
+        int | None, typer.Option("--eval-scenes", help="Validation scenes used per evaluation.")
+    ] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Seed for weights, shuffling and clustering.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the run's last checkpoint.")] = False,
+    force: Force = False,
+    quiet: Quiet = False,
+) -> None:
+    """Train the layered-embedding model (N layers = the dataset's layers)."""
+    from amodal_model.config import build_train_config
+    from amodal_model.train import Callbacks
+    from amodal_model.train import train as run_training
+
+    config = run(
+        ctx,
+        lambda: build_train_config(
+            preset,
+            epochs=epochs,
+            steps_per_epoch=steps_per_epoch,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            backbone=backbone,
+            backbone_weights=str(backbone_weights) if backbone_weights is not None else None,
+            embedding_dim=embedding_dim,
+            hinge=hinge,
+            distance_scope=distance_scope,
+            reg_weight=reg_weight,
+            eval_every=eval_every,
+            eval_scenes=eval_scenes,
+            seed=seed,
+        ),
+    )
+    with progress_bar("epoch", quiet, unit="steps") as update:
+
+        def on_step(epoch: int, step: int, steps: int, loss: float) -> None:
+            if update is not None:
+                update(step, steps, description=f"epoch {epoch}/{config.epochs}", status=f"loss {loss:.4f}")
+
+        def on_epoch(row: dict[str, Any]) -> None:
+            shown = ", ".join(f"{k} {row[k]}" for k in ("loss", "images_per_s", "AP", "AR100") if k in row)
+            err.print(f"epoch {row['epoch']}: {shown}", highlight=False)
+
+        run_dir = run(
+            ctx,
+            lambda: run_training(
+                train_source,
+                out,
+                config,
+                val=val,
+                resume=resume,
+                force=force,
+                callbacks=Callbacks(on_step=on_step, on_epoch=on_epoch),
+            ),
+        )
+    err.print(f"model saved in {run_dir}")
+
+
+def predict(
+    ctx: typer.Context,
+    run_dir: Annotated[
+        Path, typer.Option("--model", help="A run folder written by `shapesgen train`.", show_default=False)
+    ],
+    data: Annotated[Path, typer.Option("--data", help="HDF5 file to predict.", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", help="COCO results JSON to write.", show_default=False)],
+    limit: Annotated[int | None, typer.Option("--limit", help="Only the first N scenes.")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per forward pass.")] = 8,
+    quiet: Quiet = False,
+) -> None:
+    """Predict amodal instances (COCO results, masks at mask resolution) for an HDF5 file."""
+    from amodal_model.predict import predict_run
+
+    with progress_bar("predict", quiet) as update:
+        written = run(ctx, lambda: predict_run(run_dir, data, out, limit=limit, batch_size=batch_size, progress=update))
+    if not quiet:
+        err.print(f"wrote {written}")

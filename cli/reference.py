@@ -1,0 +1,93 @@
+"""``docs/cli.md``, generated from the commands themselves so it cannot drift
+(``make docs`` writes it; a test compares)."""
+
+from __future__ import annotations
+
+import typing
+from typing import Any
+
+import typer
+
+INTRO = """# CLI reference
+
+Generated from the commands by `make docs`; a test fails if it drifts. Every command
+also prints this with `--help`; `shapesgen --version` prints the package and HDF5
+format versions; `python -m shapesgen` is the same command.
+
+Exit codes: 0 success; 1 a failed check (`validate`) or a refusal by the system (disk
+full, out of memory); 2 bad input (one line naming the flag and what is allowed,
+checked before any work, nothing written); 130 Ctrl-C (`render` and `train` keep what
+can be resumed); 70 a bug in shapesgen (one line; set `SHAPESGEN_TRACEBACK=1` for the
+traceback to report). Outputs are written to a temporary path and renamed on success;
+`--force` replaces an output only with a complete new one, never deletes an input, and
+replaces an export folder only if it is an untouched shapesgen export. While a command
+writes `X`, it holds `X.lock`: a second command writing `X` is refused.
+"""
+
+
+def _choices(annotation: Any) -> list[str] | None:
+    for arg in (annotation, *typing.get_args(annotation)):
+        if typing.get_origin(arg) is typing.Literal:
+            return [str(v) for v in typing.get_args(arg)]
+    return None
+
+
+def _metavar(annotation: Any) -> str:
+    names = {int: "INT", float: "FLOAT", str: "TEXT"}
+    for arg in (annotation, *typing.get_args(annotation)):
+        if arg in names:
+            return names[arg]
+        if isinstance(arg, type) and arg.__name__.endswith("Path"):
+            return "PATH"
+        if typing.get_origin(arg) is list:
+            return _metavar(typing.get_args(arg)[0]) + "..."
+    return "VALUE"
+
+
+def _row(param: Any) -> str:
+    opts = ", ".join(f"`{o}`" for o in param.opts) if param.opts[0].startswith("-") else f"`{param.name.upper()}`"
+    annotation = param.type_descriptor.annotation if getattr(param, "type_descriptor", None) else None
+    choices = _choices(annotation)
+    if choices:
+        opts += " " + "\\|".join(choices)
+    elif param.opts[0].startswith("-") and not getattr(param, "is_flag", False):
+        opts += f" {_metavar(annotation)}"
+    if param.required:
+        default = "required"
+    elif getattr(param, "is_flag", False):
+        default = ""
+    elif param.default is None:
+        default = ""
+    else:
+        default = f"`{param.default}`"
+    meaning = (param.help or "").replace("|", "\\|")
+    return f"| {opts} | {default} | {meaning} |"
+
+
+def _command(path: str, command: Any) -> list[str]:
+    lines = [f"## `{path}`", "", (command.help or "").strip(), ""]
+    params = [p for p in command.params if p.name and p.expose_value and p.name != "ctx"]
+    if params:
+        lines += ["| option | default | meaning |", "|---|---|---|", *[_row(p) for p in params], ""]
+    return lines
+
+
+def cli_markdown(app: typer.Typer) -> str:
+    """The CLI reference as Markdown: every command, option, default and help text."""
+    root = typer.main.get_command(app)
+    lines = [INTRO]
+    groups: list[tuple[str, Any]] = [("shapesgen", root)]
+    while groups:
+        prefix, group = groups.pop(0)
+        for name, command in group.commands.items():
+            if hasattr(command, "commands"):
+                groups.append((f"{prefix} {name}", command))
+            else:
+                lines += _command(f"{prefix} {name}", command)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+if __name__ == "__main__":
+    from .app import app
+
+    print(cli_markdown(app), end="")

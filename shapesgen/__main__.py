@@ -1,0 +1,5 @@
+"""``python -m shapesgen``: the ``shapesgen`` command."""
+
+from shapesgen_cli.app import main
+
+main()
