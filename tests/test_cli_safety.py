@@ -209,3 +209,24 @@ def test_outputs_never_overwrite_inputs_even_with_force(rendered: Path, tmp_path
         line = one_error_line(run_cli(*args))
         assert "overwrite" in line and needle in line, line
     assert {path: path.read_bytes() for path in before} == before
+
+
+def test_a_full_disk_during_render_or_export_leaves_nothing(
+    tmp_path: Path, rendered: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    import shapesgen.coco
+    import shapesgen.hdf5
+
+    def full(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    before = tree(tmp_path)
+    monkeypatch.setattr(shapesgen.hdf5.DatasetWriter, "append", full)
+    line = one_error_line(run_cli("render", "--out", tmp_path / "new" / "d.h5", "--num", 3, "-q", *SMALL))
+    assert "No space left" in line and "--out" in line
+    monkeypatch.setattr(shapesgen.coco, "_write_export", full)
+    line = one_error_line(run_cli("export", "coco", rendered, "--out", tmp_path / "exp", "-q"))
+    assert "No space left" in line and "--out" in line
+    assert tree(tmp_path) == before and not (tmp_path / "new").exists()
