@@ -22,7 +22,7 @@ import shapely
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from shapesgen.errors import ConfigError, DatasetError
+from shapesgen.errors import ConfigError, DatasetError, ResourceError
 from shapesgen.files import check_output_path, contains, exclusive_lock, make_parents, partial_path, remove_empty
 from shapesgen.geometry import front_overlaps, visible_geometry
 from shapesgen.hdf5 import ShapesDataset, open_dataset
@@ -459,7 +459,7 @@ def _build_export(
     except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
         if isinstance(exc, OSError):
-            raise DatasetError(
+            raise ResourceError(
                 f"out={str(staging.with_name(staging.name.removesuffix('.partial')))!r}: "
                 f"writing the export failed ({exc.strerror or exc}); nothing was kept",
                 param="out",

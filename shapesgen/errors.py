@@ -41,3 +41,10 @@ class ShapesgenNote(UserWarning):
 
     Issued with :func:`warnings.warn`; the CLI prints each as one ``note:`` line.
     """
+
+
+class ResourceError(ShapesgenError):
+    """The system refused: a full disk, a worker killed (out of memory), an output
+    another process is writing. Not the user's input: exit code 1."""
+
+    exit_code = 1

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from shapesgen.errors import ConfigError, DatasetError
+from shapesgen.errors import ConfigError, DatasetError, ResourceError
 
 try:
     import fcntl
@@ -84,7 +84,7 @@ def refuse_overwriting_inputs(out: Path, param: str, inputs: dict[str, str | Pat
             )
 
 
-class LockHeld(DatasetError):
+class LockHeld(ResourceError):
     """Another live process holds the lock of an output."""
 
 

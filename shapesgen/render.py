@@ -17,6 +17,7 @@ import warnings
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
 from multiprocessing.context import BaseContext
 from pathlib import Path
@@ -24,7 +25,7 @@ from pathlib import Path
 import h5py
 
 from shapesgen.config import MAX_SEED, SceneConfig, StorageConfig
-from shapesgen.errors import ConfigError, DatasetError, ShapesgenError, ShapesgenNote
+from shapesgen.errors import ConfigError, DatasetError, ResourceError, ShapesgenError, ShapesgenNote
 from shapesgen.files import (
     check_output_path,
     exclusive_lock,
@@ -233,9 +234,9 @@ def _render_locked(
                 return out
             raise DatasetError(f"out={str(out)!r} exists: pass force=True to overwrite it", param="out")
         config = resolve_seed(config)
-    check_scene_fits(config, workers)
     batch = batch_scenes_for(config, storage.batch_scenes)
     workers, note = effective_workers(workers, num_scenes, batch)
+    check_scene_fits(config, workers)
     if not resuming:
         sample = render_batch(config, 0, 1, storage.compression_level)
         check_disk(out.parent, num_scenes, _encoded_bytes(sample))
@@ -250,18 +251,20 @@ def _render_locked(
     except (OSError, RuntimeError) as exc:
         if not resuming:
             partial.unlink(missing_ok=True)
-        raise DatasetError(f"out={str(out)!r}: cannot create {partial} ({exc})", param="out") from None
+        raise ResourceError(f"out={str(out)!r}: cannot create {partial} ({_reason(exc)})", param="out") from None
     identity = _identity(partial)
     try:
         done = writer.scenes_written
         if progress:
             progress(done, num_scenes)
         for encoded in _batches(config, done, num_scenes, batch, storage.compression_level, workers):
-            writer.append(encoded)
+            with _stopped_by_system(writer, partial, num_scenes, "writing"):
+                writer.append(encoded)
             done += encoded.count
             if progress:
                 progress(done, num_scenes)
-        writer.finish()
+        with _stopped_by_system(writer, partial, num_scenes, "writing"):
+            writer.finish()
     except KeyboardInterrupt:
         written = writer.scenes_written
         writer.close()
@@ -269,20 +272,55 @@ def _render_locked(
             f"interrupted after {written} of {num_scenes} scenes; {partial} is kept: "
             "rerun with resume=True to finish it, or delete it"
         ) from None
-    except (OSError, RuntimeError) as exc:  # h5py reports a full disk as either
-        with contextlib.suppress(OSError, RuntimeError):
-            writer.close()
-        partial.unlink(missing_ok=True)
-        reason = getattr(exc, "strerror", None) or exc
-        raise DatasetError(f"out={str(out)!r}: writing failed ({reason}); nothing was kept", param="out") from None
+    except BrokenProcessPool:
+        reason = "a render worker died (killed, or out of memory)"
+        raise _system_failure(writer, partial, num_scenes, "rendering", reason) from None
     except BaseException:
         writer.close()
         raise
     writer.close()
-    if _identity(partial) != identity:
-        raise DatasetError(f"{partial} was replaced by another program while rendering; {out} was not written")
+    try:
+        replaced = _identity(partial) != identity
+    except FileNotFoundError:
+        replaced = True
+    if replaced:
+        raise ResourceError(
+            f"out={str(out)!r}: {partial} was removed or replaced by another program while rendering; "
+            "nothing was published",
+            param="out",
+        )
     os.replace(partial, out)
     return out
+
+
+def _reason(exc: BaseException) -> str:
+    return str(getattr(exc, "strerror", None) or exc)
+
+
+@contextlib.contextmanager
+def _stopped_by_system(writer: DatasetWriter, partial: Path, num_scenes: int, doing: str) -> Iterator[None]:
+    """A write the system refuses (h5py reports a full disk as OSError or RuntimeError)
+    becomes one :class:`ResourceError` (see :func:`_system_failure`)."""
+    try:
+        yield
+    except (OSError, RuntimeError) as exc:
+        raise _system_failure(writer, partial, num_scenes, doing, _reason(exc)) from None
+
+
+def _system_failure(writer: DatasetWriter, partial: Path, num_scenes: int, doing: str, reason: str) -> ResourceError:
+    """Close the partial file after a failure the system caused. Scenes already written
+    are kept for resume=True (a torn tail is checked then); a file with none is removed."""
+    with contextlib.suppress(OSError, RuntimeError):
+        writer.close()
+    written = 0
+    with contextlib.suppress(OSError, RuntimeError, KeyError, ValueError), h5py.File(partial, "r") as file:
+        written = int(file.attrs["scenes_written"])
+    if written == 0:
+        partial.unlink(missing_ok=True)
+        kept = "nothing was kept"
+    else:
+        kept = f"{partial} is kept with {written} of {num_scenes} scenes: rerun with resume=True to finish it"
+    return ResourceError(f"{doing} {partial.name} failed ({reason}); {kept}", param="out")
 
 
 def _identity(path: Path) -> tuple[int, int]:

@@ -89,7 +89,7 @@ def test_render_refuses_an_output_another_process_holds(tmp_path: Path) -> None:
     out = tmp_path / "x.h5"
     with exclusive_lock(out, "out"):
         for extra in ([], ["--force"], ["--resume"]):
-            line = one_error_line(run_cli("render", "--out", out, "--num", 2, "-q", *SMALL, *extra))
+            line = one_error_line(run_cli("render", "--out", out, "--num", 2, "-q", *SMALL, *extra), code=1)
             assert "another process" in line and "x.h5.lock" in line
         assert not out.exists() and not (tmp_path / "x.h5.partial").exists()
     assert run_cli("render", "--out", out, "--num", 2, "-q", *SMALL).exit_code == 0
@@ -111,7 +111,7 @@ def test_a_second_render_with_force_cannot_take_over_a_running_one(tmp_path: Pat
     second = subprocess.run(
         [sys.executable, "-m", "shapesgen", *args, "--force"], capture_output=True, text=True, timeout=120
     )
-    assert second.returncode == 2 and "another process" in second.stderr and "Traceback" not in second.stderr
+    assert second.returncode == 1 and "another process" in second.stderr and "Traceback" not in second.stderr
     assert not out.exists()  # nothing published while A runs
     _, stderr = first.communicate(timeout=300)
     assert first.returncode == 0, stderr
@@ -224,9 +224,9 @@ def test_a_full_disk_during_render_or_export_leaves_nothing(
 
     before = tree(tmp_path)
     monkeypatch.setattr(shapesgen.hdf5.DatasetWriter, "append", full)
-    line = one_error_line(run_cli("render", "--out", tmp_path / "new" / "d.h5", "--num", 3, "-q", *SMALL))
-    assert "No space left" in line and "--out" in line
+    line = one_error_line(run_cli("render", "--out", tmp_path / "new" / "d.h5", "--num", 3, "-q", *SMALL), code=1)
+    assert "No space left" in line and "nothing was kept" in line
     monkeypatch.setattr(shapesgen.coco, "_write_export", full)
-    line = one_error_line(run_cli("export", "coco", rendered, "--out", tmp_path / "exp", "-q"))
+    line = one_error_line(run_cli("export", "coco", rendered, "--out", tmp_path / "exp", "-q"), code=1)
     assert "No space left" in line and "--out" in line
     assert tree(tmp_path) == before and not (tmp_path / "new").exists()

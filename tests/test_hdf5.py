@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -195,3 +196,33 @@ def test_files_of_the_previous_release_still_validate() -> None:
 
 def test_format_doc_is_generated_from_the_schema() -> None:
     assert (ROOT / "docs" / "format.md").read_text() == format_markdown()
+
+
+def test_a_worker_death_or_full_disk_keeps_the_written_scenes_for_resume(
+    tmp_path: Path, tiny_config: SceneConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failure the system causes after scenes were written keeps them (resume finishes
+    to the same bytes); it never deletes a partial file that is being resumed."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    import shapesgen.render
+    from shapesgen.errors import ResourceError
+
+    storage = StorageConfig(batch_scenes=2)
+    whole = render_dataset(tiny_config, tmp_path / "whole.h5", num_scenes=9, storage=storage)
+    out = tmp_path / "cut.h5"
+    with pytest.raises(RenderInterrupted):
+        render_dataset(tiny_config, out, num_scenes=9, storage=storage, progress=interrupt_after(4))
+    real_batches = shapesgen.render._batches
+
+    def dies_after_one(*args: object, **kwargs: object) -> Any:
+        batches = real_batches(*args, **kwargs)  # type: ignore[arg-type]
+        yield next(batches)
+        raise BrokenProcessPool("A child process terminated abruptly")
+
+    monkeypatch.setattr(shapesgen.render, "_batches", dies_after_one)
+    with pytest.raises(ResourceError, match="worker died.*kept with 6 of 9 scenes"):
+        render_dataset(tiny_config, out, num_scenes=9, storage=storage, resume=True)
+    monkeypatch.setattr(shapesgen.render, "_batches", real_batches)
+    render_dataset(tiny_config, out, num_scenes=9, storage=storage, resume=True)
+    assert data_bytes(out) == data_bytes(whole)
