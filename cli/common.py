@@ -56,14 +56,27 @@ def flag_names(ctx: typer.Context, aliases: Mapping[str, str] | None = None) -> 
     return names
 
 
-def with_flags(message: str, names: Mapping[str, tuple[str, bool]]) -> str:
-    """``num_scenes=0 is invalid`` -> ``--num 0 is invalid``; ``pass force=True`` -> ``pass --force``."""
-    for name in sorted(names, key=len, reverse=True):
-        flag, switch = names[name]
+def with_flags(
+    message: str, names: Mapping[str, tuple[str, bool]], param: str | None = None, related: tuple[str, ...] = ()
+) -> str:
+    """Rewrite a library message with the command's flags.
+
+    ``param=`` (the bad parameter; by default the name a message starts with, as in
+    ``num_scenes=0 is invalid``) becomes its flag (``--num 0 is invalid``), and switch
+    hints (``pass force=True``) become the switch (``pass --force``); so do the
+    ``related`` parameters the message also names. Other ``name=``
+    text is left alone: it describes the contents of a file or the library's state,
+    not something the user typed.
+    """
+    leading = re.match(r"(\w+)=", message)
+    param = param if param is not None else (leading.group(1) if leading else None)
+    for name, (flag, switch) in names.items():
         if switch:
             message = re.sub(rf"(?<![^\s(]){re.escape(name)}=True\b", flag, message)
             message = re.sub(rf"(?<![^\s(]){re.escape(name)}=False\b", f"no {flag}", message)
-        message = re.sub(rf"(?<![^\s(]){re.escape(name)}=", f"{flag} ", message)
+    for named in (param, *related):
+        if named is not None and named in names and not names[named][1]:
+            message = re.sub(rf"(?<![^\s(]){re.escape(named)}=", f"{names[named][0]} ", message)
     return message
 
 
@@ -97,7 +110,7 @@ def run(ctx: typer.Context, call: Callable[[], T], aliases: Mapping[str, str] | 
             warnings.showwarning = show
             return call()
     except ShapesgenError as exc:
-        raise fail(with_flags(str(exc), flag_names(ctx, aliases)), exc.exit_code) from None
+        raise fail(with_flags(str(exc), flag_names(ctx, aliases), exc.param, exc.related), exc.exit_code) from None
     except KeyboardInterrupt:
         raise fail("interrupted", EXIT_INTERRUPTED) from None
     except typer.Exit:

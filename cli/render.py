@@ -17,6 +17,7 @@ from shapesgen.config import (
     StorageConfig,
     build_config,
     load_config,
+    parse_classes,
     parse_pair,
     parse_sizes,
 )
@@ -109,7 +110,7 @@ def render(
         scene_config = build_config(
             preset,
             base=load_config(config) if config is not None else None,
-            classes=[c.strip() for c in classes.split(",")] if classes is not None else None,
+            classes=parse_classes(classes) if classes is not None else None,
             sizes=parse_sizes(size or []),
             instances_per_class=instances_per_class,
             layers=layers,
@@ -126,7 +127,11 @@ def render(
 
     scene_config, storage = run(ctx, build)
     if coco is not None:
-        run(ctx, lambda: check_export_target(out, coco, force), aliases={"out": "coco", "source": "out"})
+        run(
+            ctx,
+            lambda: check_export_target(out, coco, force, inputs={"config": config}),
+            aliases={"out": "coco", "source": "out"},
+        )
     with progress_bar("render", quiet) as update:
         path = run(
             ctx,
@@ -146,7 +151,11 @@ def render(
         err.print(f"wrote {path}")
     if coco is not None:
         with progress_bar("export", quiet) as update:
-            folder = run(ctx, lambda: export_coco(path, coco, force=force, progress=update), aliases={"out": "coco"})
+            folder = run(
+                ctx,
+                lambda: export_coco(path, coco, force=force, progress=update, inputs={"config": config}),
+                aliases={"out": "coco"},
+            )
         if not quiet:
             err.print(f"wrote {folder}")
 

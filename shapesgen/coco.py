@@ -23,7 +23,15 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from shapesgen.errors import ConfigError, DatasetError, ResourceError
-from shapesgen.files import check_output_path, contains, exclusive_lock, make_parents, partial_path, remove_empty
+from shapesgen.files import (
+    check_output_path,
+    contains,
+    exclusive_lock,
+    make_parents,
+    partial_path,
+    refuse_overwriting_inputs,
+    remove_empty,
+)
 from shapesgen.geometry import front_overlaps, visible_geometry
 from shapesgen.hdf5 import ShapesDataset, open_dataset
 from shapesgen.raster import layer_maps, rasterize_convex
@@ -385,11 +393,14 @@ def is_export_folder(folder: Path) -> bool:
     return "annotations.json" in listed and _unlisted_file(folder, listed) is None
 
 
-def check_export_target(source: str | Path, out: str | Path, force: bool) -> Path:
+def check_export_target(
+    source: str | Path, out: str | Path, force: bool, inputs: dict[str, str | Path | None] | None = None
+) -> Path:
     """Refuse an export folder that would lose data, before any work is done.
 
-    ``out`` must not be or contain ``source``; an existing ``out`` is replaced only
-    with ``force=True`` and only if it is a previous, untouched shapesgen export.
+    ``out`` must not be or contain ``source`` (nor any of ``inputs``, other files the
+    caller read); an existing ``out`` is replaced only with ``force=True`` and only if
+    it is a previous, untouched shapesgen export.
     """
     out = check_output_path(out, "out")
     source = Path(source)
@@ -398,6 +409,7 @@ def check_export_target(source: str | Path, out: str | Path, force: bool) -> Pat
             f"out={str(out)!r} contains the input {source}: an export replaces its folder, choose another one",
             param="out",
         )
+    refuse_overwriting_inputs(out, "out", inputs or {})
     if out.exists() or out.is_symlink():
         if not out.is_dir() or out.is_symlink():
             raise DatasetError(f"out={str(out)!r} exists and is not a folder: an export is a folder", param="out")
@@ -425,6 +437,7 @@ def export_coco(
     *,
     force: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    inputs: dict[str, str | Path | None] | None = None,
 ) -> Path:
     """Export an HDF5 dataset to ``out/`` (annotations.json, images/, config.json,
     README.md card, SHA256SUMS).
@@ -434,12 +447,12 @@ def export_coco(
     :func:`check_export_target`), and only once the new one is complete.
     """
     export = export or ExportConfig()
-    out = check_export_target(source, out, force)
+    out = check_export_target(source, out, force, inputs)
     staging = partial_path(out)
     created = make_parents(out.parent) if not out.parent.exists() else []
     try:
         with exclusive_lock(out, "out"), open_dataset(source) as ds:
-            check_export_target(source, out, force)  # again, now that no other export can change it
+            check_export_target(source, out, force, inputs)  # again, now that no other export can change it
             _build_export(ds, staging, export, progress)
             _publish(staging, out)
     except BaseException:

@@ -330,6 +330,11 @@ def parse_pair(name: str, text: str) -> tuple[float, float]:
         raise _fail(name, text, "must be two numbers 'low,high'") from None
 
 
+def parse_classes(text: str) -> list[str]:
+    """``"circle, triangle"`` -> ``["circle", "triangle"]`` (checked when the config is built)."""
+    return [name.strip() for name in text.split(",")]
+
+
 def parse_sizes(items: list[str]) -> dict[str, tuple[float, ...]]:
     """``["rectangle=0.1x0.8", "circle=0.3"]`` -> ``{"rectangle": (0.1, 0.8), ...}``."""
     sizes: dict[str, tuple[float, ...]] = {}
@@ -357,8 +362,8 @@ def load_config(path: str | Path) -> SceneConfig:
         return SceneConfig.from_json(text.decode("utf-8"))
     except UnicodeDecodeError:
         raise ConfigError(f"config={str(path)!r} is not UTF-8 JSON text", param="config") from None
-    except ConfigError as exc:
-        raise ConfigError(f"config={str(path)!r}: {exc}", param=exc.param) from None
+    except ConfigError as exc:  # a value inside the file: the file is what the caller passed
+        raise ConfigError(f"config={str(path)!r}: {exc}", param="config") from None
 
 
 def build_config(

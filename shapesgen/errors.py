@@ -17,9 +17,10 @@ class ShapesgenError(Exception):
 
     exit_code = 2
 
-    def __init__(self, message: str, *, param: str | None = None) -> None:
+    def __init__(self, message: str, *, param: str | None = None, related: tuple[str, ...] = ()) -> None:
         super().__init__(message)
         self.param = param
+        self.related = related  # other parameters the message names (e.g. the input an output would overwrite)
 
 
 class ConfigError(ShapesgenError, ValueError):

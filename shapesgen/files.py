@@ -81,6 +81,7 @@ def refuse_overwriting_inputs(out: Path, param: str, inputs: dict[str, str | Pat
             raise ConfigError(
                 f"{param}={str(out)!r} would overwrite the input {name}={str(path)!r}: choose another output",
                 param=param,
+                related=(name,),
             )
 
 

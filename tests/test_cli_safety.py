@@ -21,9 +21,11 @@ from shapesgen.validate import validate_file
 SMALL = ("--instances", 1, "--layers", 2, "--image-size", 64, "--mask-size", 32, "--seed", 3)
 
 
-def tree(folder: Path) -> dict[str, bytes]:
-    """Every file under ``folder`` with its bytes."""
-    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+def tree(folder: Path) -> dict[str, bytes | None]:
+    """Every file (with its bytes) and folder (``None``) under ``folder``."""
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes() if p.is_file() else None for p in sorted(folder.rglob("*"))
+    }
 
 
 def one_error_line(result: object, code: int = 2) -> str:
@@ -108,9 +110,13 @@ def test_a_second_render_with_force_cannot_take_over_a_running_one(tmp_path: Pat
     while not partial.exists() and first.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
     assert partial.exists(), "the first render never started writing"
-    second = subprocess.run(
-        [sys.executable, "-m", "shapesgen", *args, "--force"], capture_output=True, text=True, timeout=120
-    )
+    first.send_signal(signal.SIGSTOP)  # A holds its lock, mid-render, for as long as B runs
+    try:
+        second = subprocess.run(
+            [sys.executable, "-m", "shapesgen", *args, "--force"], capture_output=True, text=True, timeout=120
+        )
+    finally:
+        first.send_signal(signal.SIGCONT)
     assert second.returncode == 1 and "another process" in second.stderr and "Traceback" not in second.stderr
     assert not out.exists()  # nothing published while A runs
     _, stderr = first.communicate(timeout=300)
@@ -186,8 +192,9 @@ def test_config_files_are_checked_and_never_block(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names)
 
 
-def test_workers_are_capped_with_a_note(tmp_path: Path) -> None:
-    result = run_cli("render", "--out", tmp_path / "w.h5", "--num", 3, "--workers", 100000, "-q", *SMALL)
+@pytest.mark.parametrize("config", [SMALL, ("--seed", 1)])  # the paper preset's memory check sees 1 worker
+def test_workers_are_capped_with_a_note(tmp_path: Path, config: tuple[object, ...]) -> None:
+    result = run_cli("render", "--out", tmp_path / "w.h5", "--num", 3, "--workers", 100000, "-q", *config)
     assert result.exit_code == 0, result.output
     assert "note:" in result.stderr and "--workers 100000 lowered to 1" in result.stderr
     with h5py.File(tmp_path / "w.h5") as file:
@@ -230,3 +237,22 @@ def test_a_full_disk_during_render_or_export_leaves_nothing(
     line = one_error_line(run_cli("export", "coco", rendered, "--out", tmp_path / "exp", "-q"), code=1)
     assert "No space left" in line and "--out" in line
     assert tree(tmp_path) == before and not (tmp_path / "new").exists()
+
+
+def test_render_coco_never_replaces_a_folder_holding_its_config(rendered: Path, tmp_path: Path) -> None:
+    export = tmp_path / "export"
+    assert run_cli("export", "coco", rendered, "--out", export, "-q").exit_code == 0
+    before = tree(export)
+    config = export / "config.json"  # an export's own config, the documented way to rebuild it
+    line = one_error_line(
+        run_cli("render", "--config", config, "--out", tmp_path / "b.h5", "--coco", export, "--force", "--num", 2)
+    )
+    assert "--coco" in line and "overwrite the input" in line
+    assert tree(export) == before and not (tmp_path / "b.h5").exists()
+
+
+def test_a_bad_value_inside_a_config_file_names_the_file_not_a_flag(tmp_path: Path) -> None:
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"layers": 0}))
+    line = one_error_line(run_cli("render", "--config", config, "--out", tmp_path / "x.h5", "-q"))
+    assert line.startswith("error: --config ") and "layers=0 is invalid" in line and "--layers" not in line
