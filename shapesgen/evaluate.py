@@ -315,21 +315,17 @@ def ground_truth_from_json(path: str | Path) -> GroundTruth:
         raise DatasetError(f"{source}: not a COCO file (needs 'images' and 'annotations')")
     images = _gt_images(document["images"], source)
     sizes = {image["id"]: (image["height"], image["width"]) for image in images}
-    found = []
+    annotations = []
+    where_of: list[str] = []
     for where, record, inherited in _gt_records(document["annotations"], source):
         checked = _gt_annotation(where, record, inherited, sizes)
-        if checked is not None:
-            found.append((where, *checked))
-    categories = _gt_categories(document.get("categories"), {f[2] for f in found}, source)
-    category_ids = {c["id"] for c in categories}
-    annotations = []
-    for index, (where, image_id, category, mask, rate) in enumerate(found):
-        if category not in category_ids:
-            raise DatasetError(f"{where}: category_id {category} is not a category id")
-        rle = encode_rle(mask[None])[0]
+        if checked is None:
+            continue
+        image_id, category, mask, rate = checked
+        rle = encode_rle(mask[None])[0]  # only the RLE is kept: memory grows with the file, not with pixels
         annotations.append(
             {
-                "id": index + 1,
+                "id": len(annotations) + 1,
                 "image_id": image_id,
                 "category_id": category,
                 "segmentation": rle,
@@ -339,6 +335,12 @@ def ground_truth_from_json(path: str | Path) -> GroundTruth:
                 "occlusion_rate": rate,
             }
         )
+        where_of.append(where)
+    categories = _gt_categories(document.get("categories"), {a["category_id"] for a in annotations}, source)
+    category_ids = {c["id"] for c in categories}
+    for where, annotation in zip(where_of, annotations, strict=True):
+        if annotation["category_id"] not in category_ids:
+            raise DatasetError(f"{where}: category_id {annotation['category_id']} is not a category id")
     return GroundTruth(images, annotations, categories, source)
 
 
