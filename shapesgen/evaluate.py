@@ -315,7 +315,7 @@ def ground_truth_from_json(path: str | Path) -> GroundTruth:
         raise DatasetError(f"{source}: not a COCO file (needs 'images' and 'annotations')")
     images = _gt_images(document["images"], source)
     sizes = {image["id"]: (image["height"], image["width"]) for image in images}
-    annotations = []
+    annotations: list[dict[str, Any]] = []
     where_of: list[str] = []
     for where, record, inherited in _gt_records(document["annotations"], source):
         checked = _gt_annotation(where, record, inherited, sizes)
