@@ -93,17 +93,28 @@ def saving(out: Path) -> Iterator[None]:
         raise DatasetError(f"out={str(out)!r}: cannot save the run ({reason})", param="out") from None
 
 
+RUN_ENTRIES = frozenset({MODEL_FILE, TRAIN_CONFIG_FILE, SCENE_CONFIG_FILE, "metrics.csv", "checkpoints", "tensorboard"})
+"""Everything :func:`train` writes at the top of a run folder."""
+
+
 def is_run_folder(folder: Path) -> bool:
-    """Whether ``folder`` was made by :func:`train` (it holds the run marker)."""
-    return folder.is_dir() and not folder.is_symlink() and (folder / RUN_MARKER).is_file()
+    """Whether ``folder`` is a run :func:`train` made and nobody added to: it holds the run
+    marker and nothing but what a run writes (so replacing it loses no user file)."""
+    if not (folder.is_dir() and not folder.is_symlink() and (folder / RUN_MARKER).is_file()):
+        return False
+    try:
+        return all(entry.name in RUN_ENTRIES and not entry.is_symlink() for entry in folder.iterdir())
+    except OSError:
+        return False
 
 
 def _check_replaceable(folder: Path, inputs: list[Path], cwd: Path) -> None:
     """``force=True`` removes ``folder``: only a run folder, never one holding an input or the cwd."""
     if not is_run_folder(folder):
         raise DatasetError(
-            f"out={str(folder)!r} exists and is not a training run (no {RUN_MARKER}): "
-            "force=True only replaces a previous run; give another path",
+            f"out={str(folder)!r} is not a training run, or holds files a run does not write "
+            f"(a run holds only {', '.join(sorted(RUN_ENTRIES))}): force=True only replaces a previous run; "
+            "move your files out or give another path",
             param="out",
         )
     for path in inputs:
@@ -353,14 +364,19 @@ class _Staging:
 
     def create(self, config: TrainConfig, scene_json: str) -> None:
         """Clear what a killed run left, then make the staging folder with both configs."""
-        for leftover in (self.folder, self.old):
-            if leftover.exists() or leftover.is_symlink():
-                if not is_run_folder(leftover):
-                    raise DatasetError(
-                        f"out={str(self.out)!r}: {leftover} is in the way and is not a training run; move it away",
-                        param="out",
-                    )
-                shutil.rmtree(leftover)
+        if self.old.exists() or self.old.is_symlink():  # a replacement killed between its two renames
+            raise DatasetError(
+                f"out={str(self.out)!r}: {self.old} holds a run moved aside by a replacement that was stopped; "
+                f"rename it back to {self.out.name} (or delete it) and rerun",
+                param="out",
+            )
+        if self.folder.exists() or self.folder.is_symlink():
+            if not is_run_folder(self.folder):
+                raise DatasetError(
+                    f"out={str(self.out)!r}: {self.folder} is in the way and is not a training run; move it away",
+                    param="out",
+                )
+            shutil.rmtree(self.folder)  # the staging folder of a run that was killed
         self.folder.mkdir()
         self.created = True
         (self.folder / TRAIN_CONFIG_FILE).write_text(json.dumps(json.loads(config.to_json()), indent=2) + "\n")
@@ -435,7 +451,8 @@ def train(
     val_gt = _validation(val_path, source, config)
     if config.backbone_weights is not None:
         regular_input(config.backbone_weights, "backbone_weights")
-    inputs = [path for path in (source.path, val_path) if path is not None]
+    weights = Path(config.backbone_weights) if config.backbone_weights is not None else None
+    inputs = [path for path in (source.path, val_path, weights) if path is not None]
     if _plan(out, resume, force, inputs) == "resume":  # refuse early, before the model is built
         _check_resume(out, config, source)
         check_writable(out / RUN_MARKER, "out")

@@ -263,7 +263,7 @@ def test_force_keeps_the_old_run_until_the_new_one_has_a_checkpoint(
     old = tmp_path / "run"
     old.mkdir()
     (old / "train_config.json").write_text(QUICK.to_json())
-    (old / "notes.txt").write_text("old run")
+    (old / "metrics.csv").write_text("old run")
     monkeypatch.setattr(Trainer, "run_epoch", fake_epoch)
     monkeypatch.setattr(tf.train.CheckpointManager, "save", no_space)
     before = snapshot(tmp_path)
@@ -274,7 +274,25 @@ def test_force_keeps_the_old_run_until_the_new_one_has_a_checkpoint(
     monkeypatch.setattr(Trainer, "run_epoch", fake_epoch)
     assert train(data, old, QUICK, force=True) == old
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data.h5", "run"]
-    assert not (old / "notes.txt").exists() and (old / "model.keras").is_file()
+    assert (old / "metrics.csv").read_text() != "old run" and (old / "model.keras").is_file()
+
+
+def test_force_never_replaces_a_run_holding_user_files_or_the_backbone_weights(data: Path, tmp_path: Path) -> None:
+    old = tmp_path / "run"
+    old.mkdir()
+    (old / "train_config.json").write_text(QUICK.to_json())
+    (old / "results.json").write_text("[]")  # the user's predictions, kept beside the run
+    before = snapshot(tmp_path)
+    with pytest.raises(DatasetError, match="holds files a run does not write"):
+        train(data, old, QUICK, force=True)
+    (old / "results.json").unlink()
+    weights = old / "checkpoints"
+    weights.mkdir()
+    (weights / "w.weights.h5").write_bytes(b"weights")
+    before = snapshot(tmp_path)
+    with pytest.raises(ConfigError, match="holds the input"):
+        train(data, old, QUICK.replace(backbone_weights=str(weights / "w.weights.h5")), force=True)
+    assert snapshot(tmp_path) == before
 
 
 def test_resume_of_a_damaged_run_is_one_line_and_changes_nothing(
