@@ -77,15 +77,15 @@ def source_text(spec: object, param: str) -> str:
 
 @contextmanager
 def reading(path: Path, param: str) -> Iterator[None]:
-    """Turn any failure to read a shapesgen file (a corrupt chunk is an ``OSError`` from
-    h5py, tampered offsets a ``ValueError``) into one :class:`DatasetError` naming it and
-    carrying ``param`` (the reader's own errors are re-labelled with it)."""
+    """Turn a failure to read a shapesgen file (h5py's ``OSError``/``RuntimeError``; the
+    reader's own checks already raise :class:`DatasetError`) into one
+    :class:`DatasetError` naming it and carrying ``param``."""
     try:
         yield
     except ShapesgenError as exc:
         exc.param = param
         raise
-    except (OSError, KeyError, ValueError, TypeError, IndexError, RuntimeError) as exc:
+    except (OSError, RuntimeError) as exc:  # h5py's errors for bytes it cannot read; code bugs stay bugs
         reason = clip(str(exc)) or type(exc).__name__
         raise DatasetError(
             f"{param}={str(path)!r}: cannot read ({reason}); check it with `shapesgen validate {path}`",

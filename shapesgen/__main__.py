@@ -1,5 +1,6 @@
 """``python -m shapesgen``: the ``shapesgen`` command."""
 
-from shapesgen_cli.app import main
+if __name__ == "__main__":
+    from shapesgen_cli.app import main
 
-main()
+    main()

@@ -488,8 +488,12 @@ def _publish(staging: Path, out: Path) -> None:
         return
     aside = Path(tempfile.mkdtemp(prefix=f"{out.name}.old-", dir=out.parent))
     os.replace(out, aside)
-    os.replace(staging, out)
-    shutil.rmtree(aside)
+    try:
+        os.replace(staging, out)
+    except BaseException:
+        os.replace(aside, out)  # the previous export goes back in place
+        raise
+    shutil.rmtree(aside, ignore_errors=True)  # the new export is in place whatever happens here
 
 
 def _write_export(

@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -93,8 +94,9 @@ class LockHeld(ResourceError):
 def exclusive_lock(target: Path, param: str) -> Iterator[Path]:
     """Hold ``<target>.lock`` exclusively for the block; refuse at once if another process holds it.
 
-    The lock file is removed on exit if it is ours (it starts with ``LOCK_MARKER``;
-    a user's file that happens to have the name is left alone). A lock file left by
+    The lock file is removed on exit if it is ours (it starts with ``LOCK_MARKER``,
+    written only into a file this call created, and the path still names it; a
+    user's file that happens to have the name is left alone). A lock file left by
     a killed process holds no lock (the kernel drops ``flock`` locks with their
     process) and is simply reused.
     """
@@ -103,8 +105,19 @@ def exclusive_lock(target: Path, param: str) -> Iterator[Path]:
         yield lock
         return
     while True:
+        created = True
         try:
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            created = False
+            try:
+                fd = os.open(lock, os.O_RDWR)
+            except FileNotFoundError:  # its holder removed it meanwhile: try again
+                continue
+            except OSError as exc:
+                raise DatasetError(
+                    f"{param}={str(target)!r}: cannot open {lock} ({exc.strerror})", param=param
+                ) from None
         except OSError as exc:
             raise DatasetError(f"{param}={str(target)!r}: cannot create {lock} ({exc.strerror})", param=param) from None
         try:
@@ -118,15 +131,11 @@ def exclusive_lock(target: Path, param: str) -> Iterator[Path]:
                     param=param,
                 ) from None
             raise DatasetError(f"{param}={str(target)!r}: cannot lock {lock} ({exc.strerror})", param=param) from None
-        try:
-            same = os.fstat(fd).st_ino == os.stat(lock).st_ino
-        except FileNotFoundError:
-            same = False
-        if same:  # not a lock file that its holder removed while we waited to open it
+        if _names(fd, lock):  # not a lock file that its holder removed while we waited to open it
             break
         os.close(fd)
     try:
-        if os.fstat(fd).st_size == 0:
+        if created:
             try:
                 os.write(fd, LOCK_MARKER + f" pid {os.getpid()}\n".encode())
             except OSError as exc:
@@ -138,7 +147,7 @@ def exclusive_lock(target: Path, param: str) -> Iterator[Path]:
     finally:
         try:
             os.lseek(fd, 0, os.SEEK_SET)
-            if os.read(fd, len(LOCK_MARKER)) == LOCK_MARKER:
+            if os.read(fd, len(LOCK_MARKER)) == LOCK_MARKER and _names(fd, lock):
                 os.unlink(lock)
         except OSError:
             pass
@@ -146,22 +155,38 @@ def exclusive_lock(target: Path, param: str) -> Iterator[Path]:
             os.close(fd)
 
 
-def write_atomically(path: str | Path, data: bytes, *, param: str = "out") -> Path:
-    """Write ``data`` to ``<path>.partial``, then rename it to ``path`` (parents are created).
+def _names(fd: int, path: Path) -> bool:
+    """Whether ``path`` still names the file open as ``fd``."""
+    try:
+        return os.fstat(fd).st_ino == os.stat(path).st_ino
+    except FileNotFoundError:
+        return False
 
-    On failure nothing is left at either path and a :class:`DatasetError` names the file.
+
+def write_atomically(path: str | Path, data: bytes, *, param: str = "out") -> Path:
+    """Write ``data`` to a new temporary file beside ``path``, then rename it to ``path``
+    (parents are created; an existing file is replaced whole).
+
+    The temporary name is unique (``.<name>.<random>.partial``), so concurrent writers
+    never write into each other's file: each rename publishes one complete file. On
+    failure nothing is left and a :class:`DatasetError` names the file.
     """
     path = check_output_path(path, param)
     if path.is_dir():
         raise DatasetError(f"{param}={str(path)!r} is a folder: give a file path", param=param)
-    tmp = partial_path(path)
     created: list[Path] = []
+    tmp: Path | None = None
     try:
         created = make_parents(path.parent)
-        tmp.write_bytes(data)
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+        tmp = Path(name)
+        with os.fdopen(fd, "wb") as file:
+            file.write(data)
+        os.chmod(tmp, 0o644)
         tmp.replace(path)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
         remove_empty(created)
         raise DatasetError(f"{param}={str(path)!r}: cannot write ({exc.strerror or exc})", param=param) from None
     return path

@@ -48,15 +48,11 @@ def digest(data: np.ndarray) -> bytes:
     return hashlib.sha256(np.ascontiguousarray(data).tobytes()).digest()
 
 
-def combine_digests(digests: Sequence[bytes]) -> str:
-    """A dataset checksum: SHA-256 over its per-scene digests, in scene order."""
-    return hashlib.sha256(b"".join(digests)).hexdigest()
-
-
 class DigestChain:
     """The running dataset checksums: per-scene digests are fed in scene order and
     only the SHA-256 states are kept, so memory does not grow with the scene count
-    (:func:`combine_digests` of all of them, computed incrementally)."""
+    (a dataset's checksum is the SHA-256 of its per-scene digests in scene order,
+    computed incrementally)."""
 
     def __init__(self) -> None:
         self.hashers = {name: hashlib.sha256() for name in PER_SCENE_HASHED}
@@ -531,7 +527,7 @@ class ShapesDataset:
         if not allow_incomplete and not self._complete:
             raise DatasetError(
                 f"{self.path}: incomplete render ({self._scenes} of {self._num_scenes} scenes); "
-                "finish it with render_dataset(..., resume=True)"
+                "finish it by rendering again with resume (`shapesgen render --resume`)"
             )
         views = self._open_datasets()
         self.datasets: dict[str, DatasetView] = views  # every dataset of the schema, by name

@@ -389,7 +389,19 @@ def test_predict_refusal_is_one_line_and_writes_nothing(case: str, run_dir: Path
 def test_predict_disk_full_leaves_no_partial_results(
     run_dir: Path, data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(Path, "write_bytes", no_space)
+    import errno
+    import io
+
+    real_fdopen = os.fdopen
+
+    class FullDisk(io.BufferedWriter):
+        def write(self, data: Any) -> int:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    def full_disk_file(fd: int, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+        return FullDisk(real_fdopen(fd, "wb", buffering=0)) if "w" in mode else real_fdopen(fd, mode, *args, **kwargs)
+
+    monkeypatch.setattr(os, "fdopen", full_disk_file)  # the temporary file is created, then the disk is full
     before = snapshot(tmp_path)
     with pytest.raises(DatasetError, match="No space left") as caught:
         predict_run(run_dir, data, tmp_path / "out" / "results.json", limit=2)
