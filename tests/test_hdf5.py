@@ -226,3 +226,14 @@ def test_a_worker_death_or_full_disk_keeps_the_written_scenes_for_resume(
     monkeypatch.setattr(shapesgen.render, "_batches", real_batches)
     render_dataset(tiny_config, out, num_scenes=9, storage=storage, resume=True)
     assert data_bytes(out) == data_bytes(whole)
+
+
+def test_fresh_renders_are_byte_identical_to_the_pinned_checksums(tmp_path: Path) -> None:
+    """Every byte of three configs, pinned (tests/golden/checksums.json): a change to any
+    dataset of any scene, the exact-geometry columns included, fails here."""
+    pinned = json.loads((GOLDEN / "checksums.json").read_text())
+    for name, case in pinned.items():
+        config = SceneConfig.from_dict(case["config"])
+        path = render_dataset(config, tmp_path / f"{name}.h5", num_scenes=case["num_scenes"])
+        with h5py.File(path, "r") as f:
+            assert json.loads(f.attrs["checksums"]) == case["checksums"], name

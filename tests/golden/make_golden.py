@@ -10,7 +10,7 @@ from pathlib import Path
 
 import h5py
 
-from shapesgen import SceneConfig
+from shapesgen import SceneConfig, preset
 from shapesgen.render import render_dataset
 
 HERE = Path(__file__).parent
@@ -30,3 +30,19 @@ if __name__ == "__main__":
         golden = {"attributes": sorted(f.attrs), "datasets": layout}
     (HERE / "schema.h5").unlink()
     (HERE / "schema_tiny.json").write_text(json.dumps(golden, indent=1) + "\n")
+    pinned = {
+        "tiny": (tiny, 12),
+        "paper6": (preset("paper").replace(layers=3, seed=5), 8),
+        "extended": (preset("extended").replace(instances_per_class=4, seed=7), 8),
+    }
+    sums = {}
+    for name, (config, count) in pinned.items():
+        path = render_dataset(config, HERE / f"{name}.h5", num_scenes=count, force=True)
+        with h5py.File(path, "r") as f:
+            sums[name] = {
+                "config": json.loads(f.attrs["config"]),
+                "num_scenes": count,
+                "checksums": json.loads(f.attrs["checksums"]),
+            }
+        path.unlink()
+    (HERE / "checksums.json").write_text(json.dumps(sums, indent=2, sort_keys=True) + "\n")
