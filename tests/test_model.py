@@ -16,7 +16,7 @@ from amodal_model.config import TINY, TrainConfig
 from amodal_model.loss import discriminative_loss, total_loss
 from amodal_model.model import DataSpec, build_model
 from amodal_model.train import train
-from shapesgen import ConfigError, SceneConfig
+from shapesgen import ConfigError, DatasetError, SceneConfig
 from shapesgen.render import render_dataset
 from shapesgen_cli.app import app
 
@@ -219,7 +219,7 @@ def test_resume_continues_from_the_checkpoint(tiny_train_data, tmp_path: Path) -
     train_path, _ = tiny_train_data
     config = SMALL.replace(epochs=2, batch_size=8, eval_every=0)
     run_dir = train(train_path, tmp_path / "run", config)
-    with pytest.raises(Exception, match="resume=True"):
+    with pytest.raises(DatasetError, match="resume=True"):
         train(train_path, run_dir, config)
     with pytest.raises(ConfigError, match="other settings"):
         train(train_path, run_dir, config.replace(epochs=3, learning_rate=0.5), resume=True)
