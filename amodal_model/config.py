@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from shapesgen.config import reject_unknown_fields
-from shapesgen.errors import ConfigError
+from shapesgen.errors import ConfigError, shown
 
 Backbone = Literal["xception", "mobilenetv2", "tiny"]
 Hinge = Literal["squared", "linear"]
@@ -75,26 +75,8 @@ def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def show(value: object, limit: int = 60) -> str:
-    """A short repr that never fails: huge integers and deep nesting from a hand-edited file included."""
-    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**limit:
-        digits = int(abs(value).bit_length() * math.log10(2)) + 1
-        return f"<{'-' if value < 0 else ''}integer of about {digits} digits>"
-    try:
-        text = repr(value)
-    except (ValueError, RecursionError):
-        return f"<{type(value).__name__}>"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def clip(text: str, limit: int = 160) -> str:
-    """The first line of ``text``, cut to ``limit`` characters: for quoting another library's error."""
-    first = text.splitlines()[0] if text else ""
-    return first if len(first) <= limit else first[: limit - 3] + "..."
-
-
 def _invalid(name: str, value: object, allowed: str) -> ConfigError:
-    return ConfigError(f"{name}={show(value)} is invalid: must be {allowed}", param=name)
+    return ConfigError(f"{name}={shown(value)} is invalid: must be {allowed}", param=name)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -181,7 +163,7 @@ class TrainConfig:
         if not isinstance(data, dict):
             raise ConfigError(f"train config must be a JSON object, not {type(data).__name__}")
         if not all(isinstance(key, str) for key in data):
-            raise ConfigError(f"train config keys must be strings, got {show(sorted(map(repr, data)))}")
+            raise ConfigError(f"train config keys must be strings, got {shown(sorted(map(repr, data)))}")
         reject_unknown_fields(cls, data, "train config")
         return cls(**data)
 

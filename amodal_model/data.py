@@ -17,9 +17,8 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from amodal_model.config import clip, show
 from shapesgen.config import SceneConfig, build_config
-from shapesgen.errors import ConfigError, DatasetError, ShapesgenError
+from shapesgen.errors import ConfigError, DatasetError, ShapesgenError, one_line, shown
 from shapesgen.files import regular_input
 from shapesgen.hdf5 import open_dataset
 from shapesgen.scene import render_scenes
@@ -57,12 +56,12 @@ def parse_live_spec(spec: str) -> SceneConfig:
         key, sep, value = pair.partition("=")
         key, value = key.strip(), value.strip()
         if not sep or key not in names or not _LIVE_VALUE.fullmatch(value):
-            raise ConfigError(f"train_source={show(spec)} is invalid: {_LIVE_HELP}", param="train_source")
+            raise ConfigError(f"train_source={shown(spec)} is invalid: {_LIVE_HELP}", param="train_source")
         overrides[names[key]] = int(value)
     try:
         config = build_config(preset_name, **overrides)  # type: ignore[arg-type]
     except ConfigError as exc:
-        raise ConfigError(f"train_source={show(spec)}: {exc}", param="train_source") from None
+        raise ConfigError(f"train_source={shown(spec)}: {exc}", param="train_source") from None
     return config if config.seed is not None else config.replace(seed=0)
 
 
@@ -71,7 +70,7 @@ def source_text(spec: object, param: str) -> str:
     if isinstance(spec, os.PathLike):
         spec = os.fspath(spec)
     if not isinstance(spec, str) or not spec.strip():
-        raise ConfigError(f"{param}={show(spec)} is invalid: give a file path", param=param)
+        raise ConfigError(f"{param}={shown(spec)} is invalid: give a file path", param=param)
     return spec
 
 
@@ -86,7 +85,7 @@ def reading(path: Path, param: str) -> Iterator[None]:
         exc.param = param
         raise
     except (OSError, RuntimeError) as exc:  # h5py's errors for bytes it cannot read; code bugs stay bugs
-        reason = clip(str(exc)) or type(exc).__name__
+        reason = one_line(str(exc)) or type(exc).__name__
         raise DatasetError(
             f"{param}={str(path)!r}: cannot read ({reason}); check it with `shapesgen validate {path}`",
             param=param,

@@ -14,9 +14,9 @@ import keras
 from keras import layers
 
 from amodal_model.backbones import BACKBONES, conv_norm_relu
-from amodal_model.config import TrainConfig, clip
+from amodal_model.config import TrainConfig
 from shapesgen.config import SceneConfig
-from shapesgen.errors import ConfigError
+from shapesgen.errors import ConfigError, one_line
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,8 @@ def build_model(config: TrainConfig, spec: DataSpec) -> keras.Model:
             model.load_weights(config.backbone_weights, skip_mismatch=True)
         except Exception as exc:  # a foreign or damaged file fails in h5py, zipfile or Keras
             raise ConfigError(
-                f"backbone_weights={config.backbone_weights!r}: cannot load ({clip(str(exc)) or type(exc).__name__})",
+                f"backbone_weights={config.backbone_weights!r}: "
+                f"cannot load ({one_line(str(exc)) or type(exc).__name__})",
                 param="backbone_weights",
             ) from None
     return model

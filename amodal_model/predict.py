@@ -14,11 +14,11 @@ import numpy as np
 import tensorflow as tf
 
 from amodal_model.cluster import cluster_instances
-from amodal_model.config import MAX_BATCH, MAX_COUNT, TrainConfig, clip, show
+from amodal_model.config import MAX_BATCH, MAX_COUNT, TrainConfig
 from amodal_model.data import hdf5_batches, reading, source_text, to_model_input
 from shapesgen.coco import encode_rle
 from shapesgen.config import SceneConfig
-from shapesgen.errors import ConfigError, DatasetError, ShapesgenError
+from shapesgen.errors import ConfigError, DatasetError, ShapesgenError, one_line, shown
 from shapesgen.files import check_output_path, regular_input, write_atomically
 from shapesgen.hdf5 import open_dataset
 
@@ -60,7 +60,7 @@ def load_scene_config(path: Path, param: str = "run_dir") -> SceneConfig:
         raise DatasetError(f"{path}: {exc}", param=param) from None
     except (TypeError, ValueError, KeyError, AttributeError, RecursionError) as exc:
         raise DatasetError(
-            f"{path}: not a scene config ({clip(str(exc)) or type(exc).__name__})", param=param
+            f"{path}: not a scene config ({one_line(str(exc)) or type(exc).__name__})", param=param
         ) from None
 
 
@@ -111,7 +111,7 @@ def load_run(run_dir: str | Path) -> tuple[keras.Model, TrainConfig, SceneConfig
         model = keras.saving.load_model(model_path)
     except Exception as exc:  # a foreign or damaged zip fails in many ways inside Keras
         raise DatasetError(
-            f"{model_path}: not a loadable Keras model ({clip(str(exc)) or type(exc).__name__})", param="run_dir"
+            f"{model_path}: not a loadable Keras model ({one_line(str(exc)) or type(exc).__name__})", param="run_dir"
         ) from None
     _check_model(model, config, scene, model_path)
     return model, config, scene
@@ -222,7 +222,7 @@ def _positive(name: str, value: object, high: int, optional: bool = False) -> No
         return
     if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= high:
         allowed = f"{'None or ' if optional else ''}an integer in [1, {high}]"
-        raise ConfigError(f"{name}={show(value)} is invalid: must be {allowed}", param=name)
+        raise ConfigError(f"{name}={shown(value)} is invalid: must be {allowed}", param=name)
 
 
 def predict_run(

@@ -18,7 +18,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from amodal_model.config import TrainConfig, clip, show
+from amodal_model.config import TrainConfig
 from amodal_model.data import Source, hdf5_batches, live_batches, open_source, reading, source_text, to_model_input
 from amodal_model.loss import total_loss
 from amodal_model.model import DataSpec, build_model
@@ -31,7 +31,7 @@ from amodal_model.predict import (
     load_train_config,
     predict_hdf5,
 )
-from shapesgen.errors import ConfigError, DatasetError, ShapesgenError
+from shapesgen.errors import ConfigError, DatasetError, ShapesgenError, one_line, shown
 from shapesgen.evaluate import GroundTruth, evaluate, load_ground_truth
 from shapesgen.files import (
     check_output_path,
@@ -89,7 +89,7 @@ def saving(out: Path) -> Iterator[None]:
         if getattr(exc, "errno", None) == errno.ENOSPC or "No space left" in text:
             reason = "no space left on device"
         else:
-            reason = getattr(exc, "strerror", None) or clip(text) or type(exc).__name__
+            reason = getattr(exc, "strerror", None) or one_line(text) or type(exc).__name__
         raise DatasetError(f"out={str(out)!r}: cannot save the run ({reason})", param="out") from None
 
 
@@ -163,7 +163,7 @@ def _check_resume(out: Path, config: TrainConfig, source: Source) -> None:
     asked = json.loads(config.to_json())
     diff = {k: v for k, v in asked.items() if saved[k] != v and k != "epochs"}
     if diff:
-        raise ConfigError(f"resume=True: {out} was trained with other settings (now asked: {show(diff, 200)})")
+        raise ConfigError(f"resume=True: {out} was trained with other settings (now asked: {shown(diff, 200)})")
     trained_on = DataSpec.from_scene(load_scene_config(out / SCENE_CONFIG_FILE, "out"))
     if trained_on != DataSpec.from_scene(source.scene_config):
         raise ConfigError(
@@ -232,7 +232,7 @@ class Trainer:
                 if manager.latest_checkpoint:
                     self.checkpoint.restore(manager.latest_checkpoint).expect_partial()
             except Exception as exc:  # a damaged checkpoint fails in TF, protobuf or h5py
-                reason = clip(str(exc)) or type(exc).__name__
+                reason = one_line(str(exc)) or type(exc).__name__
                 raise DatasetError(
                     f"out={str(out)!r}: its checkpoint cannot be restored ({reason}); "
                     "remove the folder or pass force=True to start again",
@@ -435,10 +435,10 @@ def train(
     Only one process trains into ``out`` at a time (``<out>.lock``).
     """
     if not isinstance(config, TrainConfig):
-        raise ConfigError(f"config={show(config)} is invalid: must be a TrainConfig", param="config")
+        raise ConfigError(f"config={shown(config)} is invalid: must be a TrainConfig", param="config")
     for name, flag in (("resume", resume), ("force", force)):
         if not isinstance(flag, bool):
-            raise ConfigError(f"{name}={show(flag)} is invalid: must be True or False", param=name)
+            raise ConfigError(f"{name}={shown(flag)} is invalid: must be True or False", param=name)
     out = check_output_path(source_text(out, "out"), "out")
     source = open_source(train_source)
     if source.path is not None and source.num_scenes is not None and source.num_scenes < config.batch_size:
@@ -560,7 +560,7 @@ def _trim_log(path: Path, epochs: int) -> None:
             rows = [r for r in csv.DictReader(f) if int(r["epoch"]) <= epochs]
     except (OSError, ValueError, KeyError, TypeError, csv.Error) as exc:
         raise DatasetError(
-            f"{path}: not a training log ({clip(str(exc), 80) or type(exc).__name__}); fix or remove it to resume",
+            f"{path}: not a training log ({one_line(str(exc), 80) or type(exc).__name__}); fix or remove it to resume",
             param="out",
         ) from None
     text = io.StringIO()

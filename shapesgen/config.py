@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from shapesgen.errors import ConfigError
+from shapesgen.errors import ConfigError, shown
 from shapesgen.shapes import SHAPE_KINDS
 
 AnchorMode = Literal["corner", "center"]
@@ -25,10 +25,9 @@ MAX_CIRCLE_SEGMENTS = 4096  # at 32768 px a 4096-gon circle is within 0.25 px of
 
 
 def _fail(name: str, value: object, allowed: str) -> ConfigError:
-    shown = repr(value)
-    if len(shown) > 80:
-        shown = shown[:77] + "..."
-    return ConfigError(f"{name}={shown} is invalid: {allowed}", param=name if name.isidentifier() else "shapes")
+    return ConfigError(
+        f"{name}={shown(value, 80)} is invalid: {allowed}", param=name if name.isidentifier() else "shapes"
+    )
 
 
 def parse_json(text: str | bytes, label: str) -> Any:

@@ -49,3 +49,24 @@ class ResourceError(ShapesgenError):
     another process is writing. Not the user's input: exit code 1."""
 
     exit_code = 1
+
+
+def shown(value: object, limit: int = 60) -> str:
+    """A value as an error message quotes it: a repr that never fails (a 5,000-digit
+    integer, 100,000-deep nesting, a numpy scalar), on one line, at most ``limit`` characters."""
+    if hasattr(value, "item") and type(value).__module__ == "numpy":
+        value = value.item()  # type: ignore[attr-defined]
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 4 * limit:
+        digits = int(value.bit_length() * 0.30103) + 1
+        return f"<{'-' if value < 0 else ''}integer of about {digits} digits>"
+    try:
+        text = repr(value)
+    except (ValueError, RecursionError):
+        return f"<{type(value).__name__}>"
+    return one_line(text, limit)
+
+
+def one_line(text: object, limit: int = 300) -> str:
+    """``text`` (e.g. another library's error) on one line, at most ``limit`` characters."""
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."

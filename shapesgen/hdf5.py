@@ -22,7 +22,7 @@ from h5py import h5a, h5s, h5t
 from isal import isal_zlib
 
 from shapesgen.config import SceneConfig, StorageConfig
-from shapesgen.errors import ConfigError, DatasetError
+from shapesgen.errors import ConfigError, DatasetError, one_line, shown
 from shapesgen.scene import Scene, render_scenes
 from shapesgen.schema import DATASETS, FIELDS, FORMAT_NAME, FORMAT_VERSION, OFFSETS, ROOT_ATTRIBUTES
 
@@ -341,17 +341,6 @@ VLEN_STRING_TYPES = frozenset(
 FIXED_TYPE_CLASSES = frozenset({h5t.INTEGER, h5t.FLOAT, h5t.ENUM, h5t.STRING, h5t.BITFIELD})
 
 
-def _one_line(detail: object, limit: int = 300) -> str:
-    """``detail`` as one short line, for messages that quote a library's error or a stored value."""
-    text = " ".join(str(detail).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _shown(value: object, limit: int = 60) -> str:
-    """A stored value as a message shows it: Python's repr, numpy scalars as plain numbers, one short line."""
-    return _one_line(repr(value.item() if isinstance(value, np.generic) else value), limit)
-
-
 class CorruptDatasetError(DatasetError):
     """A file whose header or stored bytes break the format (damaged, truncated or tampered with).
 
@@ -433,7 +422,7 @@ class DatasetView:
             where = f"dataset {self.name} row {row}" if scene is None else f"scene {scene}: dataset {self.name}"
         return CorruptDatasetError(
             owner.path,
-            f"{where} cannot be read ({_one_line(exc)})",
+            f"{where} cannot be read ({one_line(exc)})",
             dataset=self.name,
             scene=scene,
             hint=f"; check the file with `shapesgen validate {owner.path}`",
@@ -489,10 +478,10 @@ class ShapesDataset:
             self.file = h5py.File(self.path, "r")
         except METADATA_ERRORS as exc:
             if isinstance(exc, OSError) and exc.errno is not None:  # permissions, a writer's lock, the disk
-                raise DatasetError(f"{self.path}: cannot open for reading ({_one_line(exc)})", param="path") from None
+                raise DatasetError(f"{self.path}: cannot open for reading ({one_line(exc)})", param="path") from None
             if _has_hdf5_signature(self.path):
-                raise CorruptDatasetError(self.path, f"damaged or truncated HDF5 ({_one_line(exc)})") from None
-            raise DatasetError(f"{self.path}: not a readable HDF5 file ({_one_line(exc)})", param="path") from None
+                raise CorruptDatasetError(self.path, f"damaged or truncated HDF5 ({one_line(exc)})") from None
+            raise DatasetError(f"{self.path}: not a readable HDF5 file ({one_line(exc)})", param="path") from None
         try:
             self._check_header(allow_incomplete)
         except BaseException:
@@ -511,7 +500,7 @@ class ShapesDataset:
         major = FORMAT_VERSION.split(".")[0]
         if "format_version" in attrs and (not isinstance(version, str) or version.split(".")[0] != major):
             raise DatasetError(
-                f"{self.path}: format_version {_shown(version, 40)} is not readable by this shapesgen (reads {major}.x)"
+                f"{self.path}: format_version {shown(version, 40)} is not readable by this shapesgen (reads {major}.x)"
             )
         if unreadable:
             raise self._corrupt(next(iter(unreadable.values())))
@@ -553,7 +542,7 @@ class ShapesDataset:
         try:
             stored = self.file.attrs
         except METADATA_ERRORS as exc:
-            raise self._corrupt(f"the root group cannot be read ({_one_line(exc)})") from None
+            raise self._corrupt(f"the root group cannot be read ({one_line(exc)})") from None
         for name in ROOT_ATTRIBUTES:
             try:
                 if not h5a.exists(self.file.id, name.encode()):
@@ -570,14 +559,14 @@ class ShapesDataset:
                 else:
                     unreadable[name] = f"attribute {name} has an HDF5 datatype that no shapesgen file uses"
             except METADATA_ERRORS as exc:
-                unreadable[name] = f"attribute {name} cannot be read ({_one_line(exc)})"
+                unreadable[name] = f"attribute {name} cannot be read ({one_line(exc)})"
         return attrs, unreadable
 
     def _config(self, text: str) -> SceneConfig:
         try:
             config = SceneConfig.from_json(text)
         except (ConfigError, TypeError, ValueError, RecursionError) as exc:
-            raise self._corrupt(f"attribute config is not a valid SceneConfig ({_one_line(exc)})") from None
+            raise self._corrupt(f"attribute config is not a valid SceneConfig ({one_line(exc)})") from None
         if config.seed is None:
             raise self._corrupt("attribute config has seed=None: a file records the seed it was rendered with")
         return config
@@ -586,12 +575,12 @@ class ShapesDataset:
         try:
             return json.loads(self._attrs[name])
         except (ValueError, RecursionError) as exc:
-            raise self._corrupt(f"attribute {name} is not JSON ({_one_line(exc, 120)})") from None
+            raise self._corrupt(f"attribute {name} is not JSON ({one_line(exc, 120)})") from None
 
     def _integer(self, name: str) -> int:
         value = self._attrs[name]
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 0:
-            raise self._corrupt(f"attribute {name}={_shown(value)} is invalid: must be an integer >= 0")
+            raise self._corrupt(f"attribute {name}={shown(value)} is invalid: must be an integer >= 0")
         return int(value)
 
     def _check_attributes(self, attrs: dict[str, Any]) -> None:
@@ -602,7 +591,7 @@ class ShapesDataset:
         names = self._json("class_names")
         expected = list(config.class_names)
         if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
-            raise self._corrupt(f"attribute class_names={_shown(names, 80)} is not a JSON list of strings")
+            raise self._corrupt(f"attribute class_names={shown(names, 80)} is not a JSON list of strings")
         if len(names) != len(expected):
             raise self._corrupt(
                 f"attribute class_names lists {len(names)} names, the config has {len(expected)} classes"
@@ -618,7 +607,7 @@ class ShapesDataset:
         self.checksums: dict[str, str] = sums
         storage = self._json("storage")
         if not isinstance(storage, dict):
-            raise self._corrupt(f"attribute storage={_shown(storage)} is not a JSON object")
+            raise self._corrupt(f"attribute storage={shown(storage)} is not a JSON object")
         self.storage: dict[str, Any] = storage
         self._num_scenes = self._integer("num_scenes")
         self._scenes = self._integer("scenes_written")
@@ -626,7 +615,7 @@ class ShapesDataset:
             raise self._corrupt(f"attribute scenes_written={self._scenes} exceeds num_scenes={self._num_scenes}")
         for name in ("complete", "clean_stop"):
             if name in attrs and not isinstance(attrs[name], (bool, np.bool_)):
-                raise self._corrupt(f"attribute {name}={_shown(attrs[name])} is not a boolean")
+                raise self._corrupt(f"attribute {name}={shown(attrs[name])} is not a boolean")
         self._complete = bool(attrs["complete"])
         if self._complete and self._scenes != self._num_scenes:
             raise self._corrupt(
@@ -648,7 +637,7 @@ class ShapesDataset:
                     raise self._corrupt(f"{name} is a {type(data).__name__}, not a dataset", name)
                 views[name] = DatasetView(self, data, name, axis)
             except METADATA_ERRORS as exc:
-                raise self._corrupt(f"dataset {name} cannot be opened ({_one_line(exc)})", name) from None
+                raise self._corrupt(f"dataset {name} cannot be opened ({one_line(exc)})", name) from None
         if missing:
             raise self._corrupt(f"dataset(s) {missing} missing")
         rows = {"scene": 1, "instance": self.config.num_instances}
