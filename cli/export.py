@@ -31,7 +31,7 @@ def export_coco(
         Resolution, typer.Option("--resolution", help="Annotations (and images) at image or mask resolution.")
     ] = "image",
     include_hidden: Annotated[
-        bool, typer.Option("--include-hidden", help="Also export instances with no visible mask pixel.")
+        bool, typer.Option("--include-hidden", help="Also export instances with no visible pixel at that resolution.")
     ] = False,
     force: Force = False,
     quiet: Quiet = False,

@@ -32,16 +32,16 @@ from shapesgen.files import (
     refuse_overwriting_inputs,
     remove_empty,
 )
-from shapesgen.geometry import front_overlaps, visible_geometry
+from shapesgen.geometry import front_overlaps
 from shapesgen.hdf5 import ShapesDataset, open_dataset
 from shapesgen.raster import layer_maps, rasterize_convex
 from shapesgen.scene import Scene
-from shapesgen.stats import summarize
+from shapesgen.stats import OCCLUSION_BANDS, occlusion_band
 
 Style = Literal["coco", "cocoa"]
 Segmentation = Literal["rle", "polygon"]
 Resolution = Literal["image", "mask"]
-COCO_EXPORT_VERSION = "1.0"
+COCO_EXPORT_VERSION = "1.1"  # 1.1: RLE visible/invisible masks in polygon mode, flags at export resolution
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -217,15 +217,21 @@ def decode_segmentation(segmentation: Any, height: int, width: int) -> np.ndarra
 
 
 def pad_rings(vertices: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """Ragged rings ``(V, 2)`` + offsets as one ``(n, max V, 2)`` array.
+    """Ragged rings ``(V, 2)`` + offsets as one ``(n, max V, 2)`` array, for the rasteriser.
 
     Rings are padded by repeating their last vertex; the zero-length edges this adds
-    change nothing in the rasteriser.
+    change nothing in the rasteriser. Exported polygons use :func:`scene_rings` instead.
     """
     counts = np.diff(offsets)
     width = int(counts.max()) if len(counts) else 0
     index = offsets[:-1, None] + np.minimum(np.arange(width)[None, :], counts[:, None] - 1)
     return vertices[index]
+
+
+def scene_rings(scene: Scene) -> list[np.ndarray]:
+    """Each instance's stored amodal ring ``(k, 2)`` in image pixels: its own vertices only."""
+    offsets = scene.vertex_offsets
+    return [scene.vertices[offsets[j] : offsets[j + 1]] for j in range(len(offsets) - 1)]
 
 
 def scene_polygons(scene: Scene) -> np.ndarray:
@@ -235,26 +241,41 @@ def scene_polygons(scene: Scene) -> np.ndarray:
 
 
 def masks_at(scene: Scene, resolution: Resolution, image_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Amodal and visible masks at mask resolution (stored) or image resolution (re-rasterised)."""
+    """Amodal and visible masks by pixel-centre sampling (the HDF5 file's rule) at mask
+    resolution (the stored masks) or image resolution (re-rasterised); visible = the
+    pixels where the instance is the front-most one."""
     if resolution == "mask":
         return scene.amodal_masks, scene.visible_masks
     amodal = rasterize_convex(pad_rings(scene.vertices, scene.vertex_offsets), image_size, 1.0)
-    front = layer_maps(amodal, scene.instances["depth"].astype(np.int64), 1)[0]
-    visible = front[None] == np.arange(1, len(amodal) + 1)[:, None, None]
-    return amodal, visible
+    return amodal, front_most(amodal, scene.instances["depth"])
 
 
-def _polygon_lists(shapes: np.ndarray, scale: float) -> list[list[list[float]] | None]:
-    """COCO polygon lists per geometry; ``None`` where holes make polygons inexact."""
-    out: list[list[list[float]] | None] = []
-    for shape in shapes:
-        parts = getattr(shape, "geoms", [shape])
-        polygons = [p for p in parts if isinstance(p, shapely.Polygon) and not p.is_empty]
-        if any(len(p.interiors) for p in polygons):
-            out.append(None)
-            continue
-        out.append([(np.asarray(p.exterior.coords)[:-1] / scale).round(4).ravel().tolist() for p in polygons])
-    return out
+def front_most(amodal: np.ndarray, depth: np.ndarray) -> np.ndarray:
+    """Visible masks ``(n, h, w)``: each pixel goes to the front-most amodal mask covering it."""
+    front = layer_maps(amodal, depth.astype(np.int64), 1)[0]
+    return front[None] == np.arange(1, len(amodal) + 1, dtype=front.dtype)[:, None, None]
+
+
+def polygon_coordinates(ring: np.ndarray, scale: float) -> list[float] | None:
+    """One COCO polygon ``[x1, y1, x2, y2, ...]`` of a stored ring, in export pixels.
+
+    Coordinates are divided by ``scale`` and rounded to 1e-4 px; consecutive repeats
+    (and a closing repeat of the first vertex) are dropped, so every vertex is distinct
+    from its neighbours. ``None`` when fewer than 3 vertices remain (no area).
+    """
+    xy = np.round(np.asarray(ring, dtype=np.float64) / scale, 4) + 0.0  # + 0.0: no "-0.0" in the JSON
+    if len(xy):
+        xy = xy[np.any(xy != np.roll(xy, 1, axis=0), axis=1)]
+    return xy.ravel().tolist() if len(xy) >= 3 else None
+
+
+def rasterize_polygons(polygons: list[list[float]], size: int) -> np.ndarray:
+    """Masks ``(k, size, size)`` of single COCO polygons exactly as pycocotools decodes them
+    (``annToMask``, ``frPyObjects``), which is what every COCO reader sees of a polygon."""
+    if not polygons:
+        return np.zeros((0, size, size), dtype=bool)
+    rles = mask_utils.frPyObjects(polygons, size, size)
+    return np.moveaxis(mask_utils.decode(rles), -1, 0).astype(bool)
 
 
 def _occluders(amodal: np.ndarray, depth: np.ndarray) -> list[list[int]]:
@@ -270,21 +291,36 @@ def _occluders(amodal: np.ndarray, depth: np.ndarray) -> list[list[int]]:
 def scene_annotations(
     ds: ShapesDataset, scene: Scene, export: ExportConfig
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The COCO image entry and flat amodal annotations of one scene."""
+    """The COCO image entry and flat amodal annotations of one scene.
+
+    Pixels (all at the export's resolution): ``is_visible`` and ``pixel_occlude_rate``,
+    which select and band the ground truth, come from pixel-centre masks (the HDF5 rule)
+    whatever the segmentation mode, so every export of one resolution has the same
+    ground truth. The written masks split one amodal pixel set: the pixel-centre mask
+    (RLE mode) or pycocotools' rasterisation of the written polygon (polygon mode);
+    visible = its pixels where the instance is front-most, invisible = amodal - visible.
+    """
     config = ds.config
     scale = 1.0 if export.resolution == "image" else float(config.mask_scale)
     size = config.image_size if export.resolution == "image" else config.mask_size
     table = scene.instances
     depth = table["depth"].astype(np.int64)
     first_row = int(ds.instance_offsets[scene.index])
-    amodal_geometry = scene_polygons(scene)
-    amodal_masks, visible_masks = masks_at(scene, export.resolution, config.image_size)
-    amodal_rle, visible_rle = encode_rle(amodal_masks), encode_rle(visible_masks)
-    invisible_rle = encode_rle(amodal_masks & ~visible_masks)
+    amodal, visible = masks_at(scene, export.resolution, config.image_size)
+    amodal_px = np.count_nonzero(amodal, axis=(1, 2))
+    visible_px = np.count_nonzero(visible, axis=(1, 2))
+    is_visible = visible_px > 0
+    pixel_rate = 1.0 - visible_px / np.maximum(amodal_px, 1)  # as the HDF5 file's pixel_occlusion_rate
+    polygons: list[list[float] | None] = [None] * len(table)
     if export.segmentation == "polygon":
-        visible_shapes = visible_geometry(amodal_geometry, depth)
-        amodal_poly, visible_poly = _polygon_lists(amodal_geometry, scale), _polygon_lists(visible_shapes, scale)
-    occluders = _occluders(amodal_geometry, depth)
+        polygons = [polygon_coordinates(ring, scale) for ring in scene_rings(scene)]
+        drawn = [j for j, polygon in enumerate(polygons) if polygon is not None]
+        amodal = amodal.copy()
+        amodal[drawn] = rasterize_polygons([polygon for polygon in polygons if polygon is not None], size)
+        visible = front_most(amodal, depth)
+    amodal_rle = encode_rle(amodal) if export.segmentation == "rle" else []
+    visible_rle, invisible_rle = encode_rle(visible), encode_rle(amodal & ~visible)  # all: cheaper than a copy
+    occluders = _occluders(scene_polygons(scene), depth)
     image = {
         "id": scene.index + 1,
         "file_name": f"images/{scene.index:06d}.png",
@@ -293,40 +329,43 @@ def scene_annotations(
         "scene_index": scene.index,
     }
     annotations = []
-    for j, row in enumerate(table):
-        if not (row["is_visible"] or export.include_hidden):
-            continue
-        amodal_seg: Any = amodal_rle[j]
-        visible_seg: Any = visible_rle[j]
-        if export.segmentation == "polygon":
-            amodal_seg = amodal_poly[j]
-            visible_seg = visible_poly[j] if visible_poly[j] else visible_rle[j]
+    for j in np.flatnonzero(is_visible | export.include_hidden).tolist():
+        row = table[j]
+        polygon = polygons[j]
+        segmentation: Any = [polygon] if polygon is not None else None
+        if segmentation is None:  # RLE mode, or a polygon-mode shape without 3 distinct vertices
+            segmentation = amodal_rle[j] if amodal_rle else encode_rle(amodal[j : j + 1])[0]
         annotations.append(
             {
                 "id": first_row + j + 1,
                 "image_id": scene.index + 1,
                 "category_id": int(row["class_id"]),
-                "segmentation": amodal_seg,
+                "segmentation": segmentation,
                 "area": round(float(row["area"]) / scale**2, 4),
                 "bbox": [round(float(v) / scale, 4) for v in row["bbox"]],
                 "iscrowd": 0,
-                "visible_mask": visible_seg,
+                "visible_mask": visible_rle[j],
                 "invisible_mask": invisible_rle[j],
                 "visible_area": round(float(row["visible_area"]) / scale**2, 4),
                 "visible_bbox": [round(float(v) / scale, 4) for v in row["visible_bbox"]],
                 "occlude_rate": round(float(row["occlusion_rate"]), 6),
-                "pixel_occlude_rate": round(float(row["pixel_occlusion_rate"]), 6),
+                "pixel_occlude_rate": float(pixel_rate[j]),
                 "depth": int(row["depth"]),
                 "occluder_ids": [first_row + o + 1 for o in occluders[j]],
                 "instance_id": int(row["id"]),
-                "is_visible": bool(row["is_visible"]),
+                "is_visible": bool(is_visible[j]),
             }
         )
     return image, annotations
 
 
 def cocoa_annotation(image: dict[str, Any], annotations: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:
-    """One COCOA (Zhu et al.) annotation: the scene's regions, front to back."""
+    """One COCOA (Zhu et al.) annotation: the scene's regions, front to back.
+
+    A region's polygon ``segmentation`` is one flat list ``[x1, y1, ...]`` (the
+    COCO-Amodal API wraps it in a list itself); ``visible_mask`` and ``invisible_mask``
+    are RLE, the only form its modal path reads.
+    """
     regions = sorted(annotations, key=lambda a: a["depth"])
     position = {a["id"]: i + 1 for i, a in enumerate(regions)}
     pairs = [f"{position[o]}-{position[a['id']]}" for a in regions for o in a["occluder_ids"] if o in position]
@@ -337,7 +376,7 @@ def cocoa_annotation(image: dict[str, Any], annotations: list[dict[str, Any]], n
         "depth_constraint": ",".join(sorted(pairs, key=lambda p: tuple(int(v) for v in p.split("-")))),
         "regions": [
             {
-                "segmentation": a["segmentation"],
+                "segmentation": a["segmentation"][0] if isinstance(a["segmentation"], list) else a["segmentation"],
                 "name": names[a["category_id"] - 1],
                 "area": a["area"],
                 "isStuff": 0,
@@ -348,6 +387,8 @@ def cocoa_annotation(image: dict[str, Any], annotations: list[dict[str, Any]], n
                 "id": a["id"],
                 "category_id": a["category_id"],
                 "bbox": a["bbox"],
+                "pixel_occlude_rate": a["pixel_occlude_rate"],
+                "is_visible": a["is_visible"],
             }
             for i, a in enumerate(regions)
         ],
@@ -499,10 +540,13 @@ def _publish(staging: Path, out: Path) -> None:
 def _write_export(
     ds: ShapesDataset, folder: Path, export: ExportConfig, progress: Callable[[int, int], None] | None
 ) -> None:
+    """Every file of an export. Bytes depend only on the data (config, seed, number of
+    scenes), the shapesgen version and the export options: no time, no file name."""
     config = ds.config
     names = ds.class_names
     images: list[dict[str, Any]] = []
     annotations: list[dict[str, Any]] = []
+    exported: list[tuple[int, bool, float]] = []  # (category_id, is_visible, pixel_occlude_rate) for the card
     size = config.image_size if export.resolution == "image" else config.mask_size
     for scene in ds:
         image, anns = scene_annotations(ds, scene, export)
@@ -511,6 +555,7 @@ def _write_export(
             pixels = pixels.resize((size, size), Image.Resampling.BOX)
         pixels.save(folder / image["file_name"], format="PNG")
         images.append(image)
+        exported.extend((a["category_id"], a["is_visible"], a["pixel_occlude_rate"]) for a in anns)
         if export.style == "coco":
             annotations.extend(anns)
         else:
@@ -518,12 +563,12 @@ def _write_export(
         if progress:
             progress(scene.index + 1, len(ds))
     info = {
-        "description": f"shapesgen synthetic amodal dataset ({ds.path.name})",
+        "description": f"shapesgen synthetic amodal dataset: {len(ds)} scenes, seed {ds.seed}",
         "version": COCO_EXPORT_VERSION,
-        "date_created": str(ds.file.attrs["created"]),
-        "shapesgen_version": str(ds.file.attrs["package_version"]),
-        "source_format_version": str(ds.file.attrs["format_version"]),
+        "shapesgen_version": str(ds.attrs["package_version"]),
+        "source_format_version": str(ds.attrs["format_version"]),
         "seed": ds.seed,
+        "num_scenes": len(ds),
         "config": config.to_dict(),
         "export": asdict(export),
         "source_checksums": ds.checksums,
@@ -540,69 +585,136 @@ def _write_export(
     (folder / "config.json").write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
     files = sorted(p for p in folder.rglob("*") if p.is_file())
     manifest = [(p.relative_to(folder).as_posix(), _sha256(p)) for p in files]
-    (folder / "README.md").write_text(dataset_card(ds, export, len(annotations), manifest))
+    (folder / "README.md").write_text(dataset_card(ds, export, exported, len(annotations), manifest))
     manifest.append(("README.md", _sha256(folder / "README.md")))
     (folder / "SHA256SUMS").write_text("".join(f"{digest}  {name}\n" for name, digest in sorted(manifest)))
 
 
-def dataset_card(ds: ShapesDataset, export: ExportConfig, records: int, manifest: list[tuple[str, str]]) -> str:
-    """The export's README.md: what the data is, statistics, how to regenerate it."""
-    s = summarize(ds)
-    config = ds.config
-    version = str(ds.file.attrs["package_version"])
+REBUILD_FOLDER = "../shapesgen-rebuild"  # where the card's commands rebuild an export, beside it
+
+
+def rebuild_commands(version: str, num_scenes: int, export: ExportConfig) -> list[str]:
+    """The shell commands that rebuild an export and check it against its ``SHA256SUMS``.
+
+    They run from the export folder, from a source checkout of shapesgen ``version``
+    (an unpublished version cannot be installed from PyPI).
+    """
     flags = f"--style {export.style} --segmentation {export.segmentation} --resolution {export.resolution}"
     if export.include_hidden:
         flags += " --include-hidden"
-    visible = max(s["visible_instances"], 1)
+    return [
+        f"python -m pip install -e /path/to/shapesgen   # a source checkout of shapesgen {version}",
+        f"shapesgen --version                           # must print shapesgen {version}",
+        'EXPORT="$PWD"                                 # run from the folder holding this README',
+        f'shapesgen render --config "$EXPORT/config.json" --num {num_scenes} --out {REBUILD_FOLDER}/dataset.h5',
+        f"shapesgen export coco {REBUILD_FOLDER}/dataset.h5 --out {REBUILD_FOLDER}/export {flags}",
+        f'cd {REBUILD_FOLDER}/export && sha256sum -c "$EXPORT/SHA256SUMS"',
+    ]
+
+
+def _card_fields(style: Style, side: int) -> list[str]:
+    """The card's description of the fields of one layout."""
+    common = [
+        "`visible_mask` and `invisible_mask` (RLE), `occlude_rate` (fraction hidden, exact geometry),",
+        f"`pixel_occlude_rate` (fraction of the amodal pixels hidden, at {side} px: the evaluation bands)",
+        f"and `is_visible` (at least one visible pixel at {side} px). `image_id` = scene index + 1.",
+    ]
+    if style == "cocoa":
+        return [
+            "COCO-Amodal layout: one annotation per image (`id` = `image_id`, `size`, `depth_constraint`",
+            "pairs `front-back` of 1-based positions in `regions`), its `regions` front to back, each with",
+            "an amodal `segmentation` (RLE or one flat polygon), `bbox`, `area`, `name`, `isStuff` (0),",
+            "`order` (1 = front), `id` (instance row in the source HDF5 file + 1), `category_id`,",
+            *common,
+        ]
+    return [
+        "`segmentation`, `bbox` and `area` are **amodal** (the full extent inside the frame). Extra:",
+        "`visible_area`, `visible_bbox`, `depth` (0 = front), `occluder_ids` (annotation ids of the",
+        "instances in front that overlap it), `instance_id` (index in the scene + 1),",
+        *common,
+        "Annotation `id` = instance row in the source HDF5 file + 1.",
+    ]
+
+
+def dataset_card(
+    ds: ShapesDataset,
+    export: ExportConfig,
+    exported: list[tuple[int, bool, float]],
+    records: int,
+    manifest: list[tuple[str, str]],
+) -> str:
+    """The export's README.md: what the data is, statistics of what was exported, how to
+    rebuild and verify it. It names no path and no time, so a rebuild is byte-identical."""
+    config = ds.config
+    version = str(ds.attrs["package_version"])
     side = config.image_size if export.resolution == "image" else config.mask_size
+    category = np.array([e[0] for e in exported], dtype=np.int64)
+    visible = np.array([e[1] for e in exported], dtype=bool)
+    rates = np.array([e[2] for e in exported], dtype=np.float64)[visible]
+    bands = occlusion_band(rates)
+    band_counts = {band: int((bands == band).sum()) for band in OCCLUSION_BANDS}
+    shown = max(int(visible.sum()), 1)
+    total = int(ds.instance_offsets[-1])
+    hidden = (
+        f"; {int((~visible).sum())} with no visible pixel included (`is_visible: false`)"
+        if export.include_hidden
+        else "; instances with no visible pixel are left out"
+    )
     lines = [
-        f"# shapesgen dataset: {ds.path.stem}",
+        "# shapesgen dataset",
         "",
-        "Synthetic occlusion scenes with exact amodal ground truth, generated by",
-        f"[shapesgen](https://pypi.org/project/shapesgen/) {version}. Shapes are the colour of the",
-        "background with black outlines; depth order is random; every mask is exact.",
+        "Synthetic occlusion scenes with exact amodal ground truth, generated by shapesgen",
+        f"{version}. Shapes are the colour of the background with black outlines; depth order is",
+        "random; every mask is derived from exact polygons.",
         "",
         "## Contents",
         "",
-        f"- {s['scenes']} images ({side} x {side}, {config.channels} channel(s)) in `images/`",
+        f"- {len(ds)} images ({side} x {side}, {config.channels} channel(s)) in `images/`",
         f"- `annotations.json`: {export.style.upper()} layout, {records} records, segmentation as "
         f"{export.segmentation} at {export.resolution} resolution ({side} px)",
         f"- classes: {', '.join(ds.class_names)}; {config.instances_per_class} instances per class per image",
-        f"- instances: {s['instances']} in all, {s['visible_instances']} visible at mask resolution"
-        + (" (all exported)" if export.include_hidden else " (exported)"),
+        f"- instances: {len(exported)} exported of {total}, {int(visible.sum())} with a visible pixel at "
+        f"{side} px{hidden}",
         "- `config.json`: the generator config (seed included); `SHA256SUMS`: every file's SHA-256",
         "",
-        "## Class balance (visible instances)",
+        "## Class balance (exported instances)",
         "",
-        "| class | instances | visible |",
+        "| class | exported | visible |",
         "|---|---|---|",
-        *[f"| {name} | {c['instances']} | {c['visible']} |" for name, c in s["per_class"].items()],
+        *[
+            f"| {name} | {int((category == c + 1).sum())} | {int(((category == c + 1) & visible).sum())} |"
+            for c, name in enumerate(ds.class_names)
+        ],
         "",
-        "## Occlusion (visible instances, rate at mask resolution)",
+        f"## Occlusion (visible instances, pixel occlusion rate at {side} px)",
         "",
-        f"Mean occlusion rate {s['mean_occlusion_rate']:.3f}.",
+        f"Mean occlusion rate {float(rates.mean()) if rates.size else 0.0:.3f}.",
         "",
         "| band | instances | share |",
         "|---|---|---|",
-        *[f"| {band} | {n} | {n / visible:.1%} |" for band, n in s["occlusion_bands"].items()],
+        *[f"| {band} | {count} | {count / shown:.1%} |" for band, count in band_counts.items()],
         "",
         "Bands as in COCO-Amodal evaluation: none <= 1e-5, partial (1e-5, 0.25), heavy >= 0.25.",
         "",
         "## Fields",
         "",
-        "`segmentation`, `bbox` and `area` are **amodal** (full extent, inside the frame).",
-        "Extra per annotation: `visible_mask`, `invisible_mask` (RLE), `visible_area`, `visible_bbox`,",
-        "`occlude_rate` (fraction hidden, exact geometry), `pixel_occlude_rate` (at mask resolution),",
-        "`depth` (0 = front), `occluder_ids` (annotation ids of the instances in front that overlap it),",
-        "`instance_id` (value in the HDF5 layer maps). `image_id` = scene index + 1. See the",
-        "shapesgen docs (`docs/export.md`) for every field.",
+        *_card_fields(export.style, side),
         "",
-        "## Regenerate exactly",
+        "Masks at the export's resolution: the amodal mask is the pixel-centre sampling of the exact",
+        "polygon (RLE) or what pycocotools rasterises from the written polygon (polygon); the visible",
+        "mask is its pixels where no instance in front covers them, the invisible mask the rest, so",
+        "amodal = visible + invisible exactly. `is_visible` and `pixel_occlude_rate` always use the",
+        "pixel-centre masks, so every export of one resolution has the same ground truth and bands.",
+        "",
+        "## Rebuild and verify",
+        "",
+        "The bytes of every file depend only on `config.json` (seed included), the number of scenes,",
+        f"the shapesgen version ({version}) and the export options; no time or file name is recorded.",
+        "With the same versions of the libraries that encode them (numpy, shapely, pycocotools, Pillow",
+        "and zlib for the PNGs), these commands rebuild this folder and check every file:",
         "",
         "```bash",
-        f"pip install shapesgen=={version}",
-        f"shapesgen render --config config.json --num {s['scenes']} --out {ds.path.name}",
-        f"shapesgen export coco {ds.path.name} --out {ds.path.stem} {flags}",
+        *rebuild_commands(version, len(ds), export),
         "```",
         "",
         "## SHA-256 manifest",

@@ -250,7 +250,11 @@ def _gt_categories(categories: Any, used: set[int], source: str) -> list[dict[st
 
 
 def _gt_records(annotations: Any, source: str) -> Iterator[tuple[str, dict[str, Any], Any]]:
-    """``(where, record, inherited image_id)`` for flat annotations and COCOA regions."""
+    """``(where, record, inherited image_id)`` for flat annotations and COCOA regions.
+
+    A region's ``segmentation`` may be one flat polygon ``[x1, y1, ...]`` (the COCOA form):
+    it is read as the list of that one polygon, as the COCO-Amodal API reads it.
+    """
     if not isinstance(annotations, list):
         raise DatasetError(f"{source}: annotations must be a list, got {_show(annotations)}")
     for i, annotation in enumerate(annotations):
@@ -266,6 +270,9 @@ def _gt_records(annotations: Any, source: str) -> Iterator[tuple[str, dict[str, 
         for j, region in enumerate(regions):
             if not isinstance(region, dict):
                 raise DatasetError(f"{where}.regions[{j}]: must be an object, got {_show(region)}")
+            polygon = region.get("segmentation")
+            if isinstance(polygon, list) and polygon and not isinstance(polygon[0], list):
+                region = dict(region, segmentation=[polygon])  # one flat COCOA polygon: wrapped, as the API does
             yield f"{where}.regions[{j}]", region, annotation.get("image_id")
 
 

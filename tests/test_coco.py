@@ -118,8 +118,10 @@ def test_exports_are_deterministic_and_carry_provenance(tiny_dataset: Path, tmp_
     with open_dataset(tiny_dataset) as ds:
         assert info["config"] == ds.config.to_dict() and info["seed"] == ds.seed
         assert info["source_checksums"] == ds.checksums
+        assert info["shapesgen_version"] == ds.attrs["package_version"] and "date_created" not in info
     card = (a / "README.md").read_text()
-    assert "shapesgen render --config config.json --num 12" in card and "## SHA-256 manifest" in card
+    assert 'shapesgen render --config "$EXPORT/config.json" --num 12' in card and "## SHA-256 manifest" in card
+    assert tiny_dataset.name not in card + json.dumps(info)  # no file name: a rebuild elsewhere is identical
 
 
 def test_export_is_atomic_and_needs_force(tiny_dataset: Path, tmp_path: Path) -> None:
