@@ -1,9 +1,12 @@
 """COCO-amodal evaluation (class-agnostic by default) by occlusion band, on pycocotools.
 
 Ground truth is every instance visible at the ground truth's resolution (mask
-resolution for HDF5 files). For a band, ground truth outside it is marked
-``iscrowd=1``, which is how COCOeval ignores regions: detections matched to it count
-neither as true nor as false positives. Matching is pycocotools' own.
+resolution for HDF5 files). Overall and per class the metrics are pycocotools'
+``COCOeval``'s to the last bit; per occlusion band they are the COCO-Amodal API's:
+ground truth outside the band is ignored (a detection matched to it counts neither as
+a true nor as a false positive) with ordinary IoU. The matching runs vectorised over all
+images instead of in COCOeval's per-image Python loop (:func:`pycocotools_eval` is the
+reference that tests compare against).
 
 Both input files are untrusted: every record is checked before pycocotools sees it
 (pycocotools trusts RLE counts and decodes uninitialised memory from short ones), and a
@@ -32,13 +35,13 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
+from pycocotools.cocoeval import COCOeval, Params
 
 from shapesgen.coco import MAX_MASK_PIXELS, decode_segmentation, encode_rle, rle_runs
 from shapesgen.errors import ConfigError, DatasetError
 from shapesgen.files import check_output_path, write_atomically
 from shapesgen.hdf5 import open_dataset
-from shapesgen.stats import OCCLUSION_BANDS, occlusion_band
+from shapesgen.stats import HEAVY_MIN, NONE_MAX, OCCLUSION_BANDS
 
 MAX_DETS = (1, 10, 100, 1000)
 KEEP_PER_IMAGE = MAX_DETS[-1]  # detections kept per (image, category): COCOeval drops the rest itself
@@ -47,11 +50,21 @@ SCENE_BLOCK = 256
 _READ_CHUNK = 1 << 20
 _NOT_SPACE = re.compile(r"[^ \t\n\r]")
 _RATE_KEYS = ("pixel_occlude_rate", "occlude_rate", "occlusion_rate")
+IOU_THRESHOLDS = Params(iouType="segm").iouThrs  # 0.50:0.05:0.95, pycocotools' own values
+RECALL_THRESHOLDS = Params(iouType="segm").recThrs
+# occlusion-rate bands as the COCO-Amodal API's ``occRng``: both bounds included, so a
+# rate of exactly 1e-5 or 0.25 lies in two bands
+BAND_RANGES = {"none": (0.0, NONE_MAX), "partial": (NONE_MAX, HEAVY_MIN), "heavy": (HEAVY_MIN, 1.0)}
+
+
+def _in_band(rates: np.ndarray, band: str) -> np.ndarray:
+    low, high = BAND_RANGES[band]
+    return (rates >= low) & (rates <= high)
 
 
 def in_band(rate: float, band: str) -> bool:
-    """Whether an occlusion rate falls in a band (see :func:`shapesgen.stats.occlusion_band`)."""
-    return bool(occlusion_band(np.array([rate]))[0] == band)
+    """Whether an occlusion rate falls in a band, bounds included as in the COCO-Amodal API."""
+    return bool(_in_band(np.array([rate], dtype=np.float64), band)[0])
 
 
 @dataclass
@@ -594,27 +607,21 @@ def _valid_mean(values: np.ndarray) -> float:
     return float(valid.mean()) if valid.size else -1.0
 
 
-def _summary(evaluator: COCOeval) -> dict[str, float]:
-    """AP over IoU 0.5:0.95 at the largest maxDets, AP50, AP75, AR at 100 detections."""
-    precision = evaluator.eval["precision"][:, :, :, 0, -1]
-    recall = evaluator.eval["recall"][:, :, 0, MAX_DETS.index(100)]
-    thresholds = evaluator.params.iouThrs
+def _summary_of(precision: np.ndarray, recall: np.ndarray) -> dict[str, float]:
+    """AP, AP50, AP75 from precision ``(T, R, ...)`` at the largest maxDets, AR100 from recall ``(T, ...)``."""
     return {
         "AP": _valid_mean(precision),
-        "AP50": _valid_mean(precision[np.isclose(thresholds, 0.5)]),
-        "AP75": _valid_mean(precision[np.isclose(thresholds, 0.75)]),
+        "AP50": _valid_mean(precision[np.isclose(IOU_THRESHOLDS, 0.5)]),
+        "AP75": _valid_mean(precision[np.isclose(IOU_THRESHOLDS, 0.75)]),
         "AR100": _valid_mean(recall),
     }
 
 
-def _per_class(evaluator: COCOeval, categories: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    return {
-        category["name"]: {
-            "AP": _valid_mean(evaluator.eval["precision"][:, :, k, 0, -1]),
-            "AR100": _valid_mean(evaluator.eval["recall"][:, k, 0, MAX_DETS.index(100)]),
-        }
-        for k, category in enumerate(categories)
-    }
+def _summary(evaluator: COCOeval) -> dict[str, float]:
+    """The same summary of a pycocotools run (``maxDets`` must be :data:`MAX_DETS`)."""
+    return _summary_of(
+        evaluator.eval["precision"][:, :, :, 0, -1], evaluator.eval["recall"][:, :, 0, MAX_DETS.index(100)]
+    )
 
 
 def _with_boxes(detections: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -627,14 +634,29 @@ def _with_boxes(detections: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def _run(
-    gt: GroundTruth, annotations: list[dict[str, Any]], detections: list[dict[str, Any]], use_cats: bool
-) -> COCOeval | None:
-    if not detections:
-        return None
-    gt_coco = _coco(gt.images, annotations, gt.categories)
-    dt_coco = _coco(gt.images, _with_boxes(detections), gt.categories)
-    evaluator = COCOeval(gt_coco, dt_coco, iouType="segm")
+def pycocotools_eval(
+    gt: GroundTruth, detections: list[dict[str, Any]], *, use_cats: bool = False, band: str | None = None
+) -> COCOeval:
+    """The reference: plain pycocotools ``COCOeval``, evaluated and accumulated.
+
+    :func:`evaluate` equals it (tests check this; ``benchmarks/bench_eval.py`` times both).
+    With a ``band`` it runs the COCO-Amodal API's semantics in pycocotools' own code:
+    ground truth outside the band gets an area outside the one area range, which
+    pycocotools ignores with ordinary IoU, and all categories become one, so that equal
+    scores and equal IoUs are taken in list order as the API (which has no categories)
+    takes them.
+    """
+    annotations = [dict(a) for a in gt.annotations]  # COCOeval writes its flags into them
+    records, categories = detections, gt.categories
+    if band is not None:
+        annotations = [
+            dict(a, category_id=1, area=a["area"] if in_band(a["occlusion_rate"], band) else -1.0) for a in annotations
+        ]
+        records = [dict(d, category_id=1) for d in detections]
+        categories = [{"id": 1, "name": "object"}]
+    evaluator = COCOeval(
+        _coco(gt.images, annotations, categories), _coco(gt.images, _with_boxes(records), categories), "segm"
+    )
     evaluator.params.maxDets = list(MAX_DETS)
     evaluator.params.areaRng = [[0, 1e10]]
     evaluator.params.areaRngLbl = ["all"]
@@ -645,35 +667,251 @@ def _run(
     return evaluator
 
 
+@dataclass
+class _Table:
+    """Ground truth and detections as arrays in list order, with every pair that can match.
+
+    Images and categories are numbered by ascending id. ``pair_*`` holds (detection,
+    ground truth, IoU) for every pair in one image with IoU >= 0.5, the lowest threshold:
+    no other pair can ever match.
+    """
+
+    gt_image: np.ndarray
+    gt_category: np.ndarray
+    gt_rate: np.ndarray
+    det_image: np.ndarray
+    det_category: np.ndarray
+    det_score: np.ndarray
+    pair_det: np.ndarray
+    pair_gt: np.ndarray
+    pair_iou: np.ndarray
+
+
+@dataclass
+class _Order:
+    """One evaluator's processing order (see :func:`_order`)."""
+
+    det_rank: np.ndarray  # per detection, its rank among those of its image (and category, per class)
+    det_sequence: np.ndarray  # the detections in the order accumulation concatenates them
+    gt_position: np.ndarray  # per ground truth, its place in its image's list: the later wins IoU ties
+
+
+def _ranks(groups: np.ndarray) -> np.ndarray:
+    """Position of each element within its run of equal values (``groups`` sorted)."""
+    if not groups.size:
+        return np.zeros(0, dtype=np.int64)
+    starts = np.flatnonzero(np.r_[True, groups[1:] != groups[:-1]])
+    return np.arange(groups.size) - np.repeat(starts, np.diff(np.r_[starts, groups.size]))
+
+
+def _order(table: _Table, kind: str) -> _Order:
+    """The order in which an evaluator takes ground truth and detections; it decides ties.
+
+    ``"cocoeval"``: pycocotools' class-agnostic run, which lists an image's ground truth
+    and detections category by category (ascending id), then in list order, and sorts
+    detections by score stably. ``"api"``: the COCO-Amodal API, which keeps list order.
+    ``"class"``: pycocotools' class-aware run, per image and category. Images come in
+    ascending id in all three.
+    """
+    det_index, gt_index = np.arange(table.det_score.size), np.arange(table.gt_rate.size)
+    image, category, score = table.det_image, table.det_category, table.det_score
+    if kind == "api":
+        sequence = np.lexsort((det_index, -score, image))
+        gt_sequence = np.lexsort((gt_index, table.gt_image))
+    else:
+        keys = (det_index, category, -score, image) if kind == "cocoeval" else (det_index, -score, category, image)
+        sequence = np.lexsort(keys)
+        gt_sequence = np.lexsort((gt_index, table.gt_category, table.gt_image))
+    groups = table.det_image[sequence]
+    if kind == "class":
+        groups = groups * (int(table.det_category.max(initial=0)) + 1) + table.det_category[sequence]
+    rank = np.empty_like(det_index)
+    rank[sequence] = _ranks(groups)
+    position = np.empty_like(gt_index)
+    position[gt_sequence] = gt_index
+    return _Order(rank, sequence, position)
+
+
+def _table(gt: GroundTruth, detections: list[dict[str, Any]]) -> tuple[_Table, list[Any], list[Any]]:
+    """The arrays of :class:`_Table` (pairs still empty) and the masks, in list order.
+
+    Records of images or categories that the ground truth lacks are left out, as COCOeval
+    leaves them out (the loaders refuse them anyway).
+    """
+    image_index = {image_id: k for k, image_id in enumerate(sorted(gt.image_ids))}
+    category_index = {c: k for k, c in enumerate(sorted(c["id"] for c in gt.categories))}
+    anns = [a for a in gt.annotations if a["image_id"] in image_index and a["category_id"] in category_index]
+    dets = [d for d in detections if d["image_id"] in image_index and d["category_id"] in category_index]
+    empty = np.zeros(0, dtype=np.int64)
+    table = _Table(
+        gt_image=np.array([image_index[a["image_id"]] for a in anns], dtype=np.int64),
+        gt_category=np.array([category_index[a["category_id"]] for a in anns], dtype=np.int64),
+        gt_rate=np.array([a["occlusion_rate"] for a in anns], dtype=np.float64),
+        det_image=np.array([image_index[d["image_id"]] for d in dets], dtype=np.int64),
+        det_category=np.array([category_index[d["category_id"]] for d in dets], dtype=np.int64),
+        det_score=np.array([d["score"] for d in dets], dtype=np.float64),
+        pair_det=empty,
+        pair_gt=empty,
+        pair_iou=np.zeros(0),
+    )
+    return table, [a["segmentation"] for a in anns], [d["segmentation"] for d in dets]
+
+
+def _find_pairs(table: _Table, gt_masks: list[Any], det_masks: list[Any], needed: np.ndarray) -> None:
+    """Fill the table's pairs: IoU (pycocotools' own) of the ``needed`` detections with
+    the ground truth of their image, keeping IoU >= 0.5."""
+    images = int(max(table.gt_image.max(initial=-1), table.det_image.max(initial=-1))) + 1
+    gts = np.argsort(table.gt_image, kind="stable")
+    dets = np.flatnonzero(needed)
+    dets = dets[np.argsort(table.det_image[dets], kind="stable")]
+    gt_bounds = np.searchsorted(table.gt_image[gts], np.arange(images + 1))
+    det_bounds = np.searchsorted(table.det_image[dets], np.arange(images + 1))
+    lowest = min(float(IOU_THRESHOLDS[0]), 1 - 1e-10)
+    found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    for image in np.flatnonzero((np.diff(gt_bounds) > 0) & (np.diff(det_bounds) > 0)).tolist():
+        g = gts[gt_bounds[image] : gt_bounds[image + 1]]
+        d = dets[det_bounds[image] : det_bounds[image + 1]]
+        ious = mask_utils.iou([det_masks[k] for k in d.tolist()], [gt_masks[k] for k in g.tolist()], [0] * g.size)
+        rows, columns = np.nonzero(np.asarray(ious) >= lowest)
+        found.append((d[rows], g[columns], np.asarray(ious, dtype=np.float64)[rows, columns]))
+    if found:
+        table.pair_det, table.pair_gt, table.pair_iou = (np.concatenate(column) for column in zip(*found, strict=True))
+
+
+def _match(table: _Table, order: _Order, ignored: np.ndarray, pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """COCOeval's greedy matching (and the COCO-Amodal API's), all images and IoU thresholds at once.
+
+    Per image, detections in ``order`` each take, per threshold, the still unmatched
+    ground truth of highest IoU >= the threshold, preferring one not ``ignored`` (ties:
+    the later in ``order``); a detection that only finds ignored ground truth takes it
+    and is itself ignored. None of our ground truth is a crowd region, so each is matched
+    at most once. Images are independent, so step ``r`` takes the ``r``-th detection of
+    every image together. Only ``pairs`` (indices into the table's pairs) take part.
+    Returns ``(matched, matched_to_ignored)``, each ``(thresholds, detections)``.
+    """
+    thresholds = np.minimum(IOU_THRESHOLDS, 1 - 1e-10)[:, None]
+    shape = (thresholds.shape[0], table.det_score.size)
+    matched, to_ignored = np.zeros(shape, dtype=bool), np.zeros(shape, dtype=bool)
+    det, gt, iou = table.pair_det[pairs], table.pair_gt[pairs], table.pair_iou[pairs]
+    rank = order.det_rank[det]
+    # by step, then detection, then rising preference: a detection takes its last eligible candidate
+    by = np.lexsort((order.gt_position[gt], iou, ~ignored[gt], det, rank))
+    det, gt, iou, rank = det[by], gt[by], iou[by], rank[by]
+    taken = np.zeros((thresholds.shape[0], table.gt_rate.size), dtype=bool)
+    starts = np.flatnonzero(np.r_[True, det[1:] != det[:-1]]) if det.size else np.zeros(0, dtype=np.int64)
+    steps = np.searchsorted(rank[starts], np.arange(int(rank.max(initial=-1)) + 2))
+    for first, last in zip(steps[:-1].tolist(), steps[1:].tolist(), strict=True):
+        if first == last:
+            continue
+        a, b = starts[first], starts[last] if last < starts.size else det.size
+        step_gt = gt[a:b]
+        eligible = (iou[a:b] >= thresholds) & ~taken[:, step_gt]
+        chosen = np.maximum.reduceat(np.where(eligible, np.arange(b - a), -1), starts[first:last] - a, axis=1)
+        t, k = np.nonzero(chosen >= 0)
+        choice = step_gt[chosen[t, k]]
+        taken[t, choice] = True
+        d = det[starts[first + k]]
+        matched[t, d] = True
+        to_ignored[t, d] = ignored[choice]
+    return matched, to_ignored
+
+
+def _accumulate(
+    table: _Table,
+    order: _Order,
+    match: tuple[np.ndarray, np.ndarray],
+    kept: np.ndarray,
+    kept_100: np.ndarray,
+    npig: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """COCOeval's ``accumulate`` for one category, with its exact arithmetic.
+
+    Precision ``(T, R)`` over the ``kept`` detections (the first 1000 per image), recall
+    ``(T,)`` over ``kept_100`` (the first 100); -1 when there is no ground truth to find
+    (``npig``, the non-ignored ground truth), 0 when nothing was detected.
+    """
+    num_t, num_r = len(IOU_THRESHOLDS), len(RECALL_THRESHOLDS)
+    if npig == 0:
+        return -np.ones((num_t, num_r)), -np.ones(num_t)
+    matched, to_ignored = match
+    found_100 = (matched[:, kept_100] & ~to_ignored[:, kept_100]).sum(axis=1)
+    recall = found_100 / npig if kept_100.any() else np.zeros(num_t)
+    precision = np.zeros((num_t, num_r))
+    sequence = order.det_sequence[kept[order.det_sequence]]
+    if not sequence.size:
+        return precision, recall
+    sequence = sequence[np.argsort(-table.det_score[sequence], kind="mergesort")]
+    hit, skip = matched[:, sequence], to_ignored[:, sequence]
+    tp_sum = np.cumsum(hit & ~skip, axis=1).astype(dtype=float)
+    fp_sum = np.cumsum(~hit & ~skip, axis=1).astype(dtype=float)
+    rc = tp_sum / npig
+    pr = tp_sum / (fp_sum + tp_sum + np.spacing(1))
+    pr = np.maximum.accumulate(pr[:, ::-1], axis=1)[:, ::-1]  # COCOeval's monotone envelope
+    for t in range(num_t):
+        at = np.searchsorted(rc[t], RECALL_THRESHOLDS, side="left")
+        reached = at < sequence.size
+        precision[t, reached] = pr[t, at[reached]]
+    return precision, recall
+
+
 def evaluate(
     gt: GroundTruth, detections: list[dict[str, Any]], *, per_class: bool = False, bands: bool = True
 ) -> dict[str, Any]:
-    """The paper's metric table: overall AP/AP50/AP75/AR100 and AR (and AP) per band."""
-    band_of = occlusion_band(np.array([a["occlusion_rate"] for a in gt.annotations], dtype=np.float64))
-    counts = {band: int((band_of == band).sum()) for band in OCCLUSION_BANDS}
-    empty = {"AP": 0.0, "AP50": 0.0, "AP75": 0.0, "AR100": 0.0}
-    evaluator = _run(gt, gt.annotations, detections, use_cats=False)
+    """The paper's metric table: overall AP/AP50/AP75/AR100, the same per occlusion band, per class if asked.
+
+    Overall and per class the numbers are pycocotools' ``COCOeval`` (``iouType="segm"``,
+    ``maxDets`` :data:`MAX_DETS`, one area range), bit for bit. Per band they are the
+    COCO-Amodal API's ``occRng`` filter: ground truth outside the band (bounds included,
+    :data:`BAND_RANGES`) is ignored with ordinary IoU, and equal scores are taken in list
+    order as the API takes them. :func:`pycocotools_eval` is the reference. Matching runs
+    for all images at once on the pairs of IoU >= 0.5, not in COCOeval's per-image loop.
+    """
+    table, gt_masks, det_masks = _table(gt, detections)
+    orders = {"cocoeval": _order(table, "cocoeval")}
+    if bands:
+        orders["api"] = _order(table, "api")
+    if per_class:
+        orders["class"] = _order(table, "class")
+    needed = np.logical_or.reduce([order.det_rank < KEEP_PER_IMAGE for order in orders.values()])
+    _find_pairs(table, gt_masks, det_masks, needed)
+    nothing_ignored = np.zeros(table.gt_rate.size, dtype=bool)
+    in_bands = {band: _in_band(table.gt_rate, band) for band in OCCLUSION_BANDS}
+
+    def run(kind: str, ignored: np.ndarray) -> dict[str, float]:
+        order = orders[kind]
+        match = _match(table, order, ignored, np.flatnonzero(order.det_rank[table.pair_det] < KEEP_PER_IMAGE))
+        kept, kept_100 = order.det_rank < KEEP_PER_IMAGE, order.det_rank < 100
+        return _summary_of(*_accumulate(table, order, match, kept, kept_100, int((~ignored).sum())))
+
     result: dict[str, Any] = {
-        "all": _summary(evaluator) if evaluator else (dict(empty) if gt.annotations else dict.fromkeys(empty, -1.0)),
-        "bands": {},
-        "ground_truth": {"instances": len(gt.annotations), "images": len(gt.images), **counts},
+        "all": run("cocoeval", nothing_ignored),
+        "bands": {band: run("api", ~inside) for band, inside in in_bands.items()} if bands else {},
+        "ground_truth": {
+            "instances": len(gt.annotations),
+            "images": len(gt.images),
+            **{band: int(inside.sum()) for band, inside in in_bands.items()},
+        },
         "detections": len(detections),
     }
-    if bands:
-        for band in OCCLUSION_BANDS:
-            annotations = [dict(a, iscrowd=int(b != band)) for a, b in zip(gt.annotations, band_of, strict=True)]
-            band_eval = _run(gt, annotations, detections, use_cats=False)
-            if band_eval is not None:
-                result["bands"][band] = _summary(band_eval)
-            else:
-                result["bands"][band] = dict(empty) if counts[band] else dict.fromkeys(empty, -1.0)
     if per_class:
-        class_eval = _run(gt, gt.annotations, detections, use_cats=True)
-        result["per_class"] = (
-            _per_class(class_eval, gt.categories)
-            if class_eval
-            else {c["name"]: {"AP": 0.0, "AR100": 0.0} for c in gt.categories}
-        )
+        order = orders["class"]
+        same_class = table.det_category[table.pair_det] == table.gt_category[table.pair_gt]
+        pairs = np.flatnonzero(same_class & (order.det_rank[table.pair_det] < KEEP_PER_IMAGE))
+        match = _match(table, order, nothing_ignored, pairs)
+        index_of = {c: k for k, c in enumerate(sorted(c["id"] for c in gt.categories))}
+        result["per_class"] = {}
+        for category in gt.categories:
+            k = index_of[category["id"]]
+            mine = table.det_category == k
+            precision, recall = _accumulate(
+                table,
+                order,
+                match,
+                mine & (order.det_rank < KEEP_PER_IMAGE),
+                mine & (order.det_rank < 100),
+                int((table.gt_category == k).sum()),
+            )
+            result["per_class"][category["name"]] = {"AP": _valid_mean(precision), "AR100": _valid_mean(recall)}
     return result
 
 

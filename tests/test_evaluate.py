@@ -12,9 +12,10 @@ import pytest
 from pycocotools.cocoeval import COCOeval
 
 from shapesgen import DatasetError
-from shapesgen.coco import export_coco
+from shapesgen.coco import encode_rle, export_coco
 from shapesgen.errors import ConfigError
 from shapesgen.evaluate import (
+    GroundTruth,
     _coco,
     _with_boxes,
     check_predictions,
@@ -37,10 +38,53 @@ def perfect(gt) -> list[dict]:
     ]
 
 
-def test_bands_follow_the_paper() -> None:
+def test_bands_are_the_amodal_apis_ranges() -> None:
+    """The COCO-Amodal API's occRng: none [0, 1e-5], partial [1e-5, 0.25], heavy [0.25, 1], bounds included."""
     assert in_band(0.0, "none") and in_band(1e-5, "none") and not in_band(2e-5, "none")
-    assert in_band(2e-5, "partial") and in_band(0.2499, "partial") and not in_band(0.25, "partial")
-    assert in_band(0.25, "heavy") and in_band(1.0, "heavy")
+    assert in_band(1e-5, "partial") and in_band(0.2499, "partial") and in_band(0.25, "partial")
+    assert not in_band(0.0, "partial") and not in_band(0.2501, "partial")
+    assert in_band(0.25, "heavy") and in_band(1.0, "heavy") and not in_band(0.2499, "heavy")
+
+
+def square_truth(rates: list[float]) -> GroundTruth:
+    """One 8x8 image holding a 2x2 square per rate, side by side in row 0 and 4."""
+    annotations = []
+    for k, rate in enumerate(rates):
+        mask = np.zeros((8, 8), bool)
+        mask[4 * (k // 2) : 4 * (k // 2) + 2, 4 * (k % 2) : 4 * (k % 2) + 2] = True
+        rle = encode_rle(mask[None])[0]
+        annotations.append(
+            {"id": k + 1, "image_id": 1, "category_id": 1, "segmentation": rle, "area": 4, "iscrowd": 0}
+            | {"bbox": [0.0, 0.0, 2.0, 2.0], "occlusion_rate": rate}
+        )
+    return GroundTruth([{"id": 1, "height": 8, "width": 8}], annotations, [{"id": 1, "name": "o"}], "squares")
+
+
+def test_band_semantics_are_the_amodal_apis() -> None:
+    """Out-of-band ground truth is ignored with ordinary IoU and matched once (the API), not as a crowd region."""
+    truth = square_truth([0.0, 0.5])  # a "none" square, a "heavy" square
+    none_square, heavy_square = (a["segmentation"] for a in truth.annotations)
+    corner = np.zeros((8, 8), bool)
+    corner[0, 4] = True  # a quarter of the heavy square: IoU 0.25, crowd IoU 1
+    detections = [
+        {"image_id": 1, "category_id": 1, "score": 0.9, "segmentation": heavy_square},  # matches ignored GT: ignored
+        {"image_id": 1, "category_id": 1, "score": 0.8, "segmentation": heavy_square},  # GT taken: false positive
+        {"image_id": 1, "category_id": 1, "score": 0.7, "segmentation": none_square},  # true positive
+    ]
+    none = evaluate(truth, detections)["bands"]["none"]
+    assert none == {"AP": 0.5, "AP50": 0.5, "AP75": 0.5, "AR100": 1.0}  # crowd semantics: AP 1.0
+    part = [detections[0], dict(detections[1], segmentation=encode_rle(corner[None])[0]), detections[2]]
+    assert evaluate(truth, part)["bands"]["none"] == none  # crowd semantics would ignore the corner
+
+
+def test_rates_on_a_bound_count_in_both_bands() -> None:
+    truth = square_truth([1e-5, 0.25, 0.1, 0.7])
+    metrics = evaluate(truth, [])
+    assert {b: metrics["ground_truth"][b] for b in ("none", "partial", "heavy")} == {
+        "none": 1,
+        "partial": 3,
+        "heavy": 2,
+    }
 
 
 def test_perfect_predictions_score_one_everywhere(gt) -> None:
