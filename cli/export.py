@@ -19,10 +19,16 @@ def export_coco(
     ctx: typer.Context,
     path: DatasetPath,
     out: Annotated[
-        Path, typer.Option("--out", help="Folder to create (annotations.json, images/, card).", show_default=False)
+        Path,
+        typer.Option("--out", help="Folder to create (annotations.json, images/, layers/, card).", show_default=False),
     ],
     style: Annotated[
-        Style, typer.Option("--style", help="coco (flat, amodal extras) or cocoa (Zhu et al. regions).")
+        Style,
+        typer.Option(
+            "--style",
+            help="coco (flat, amodal extras), cocoa (Zhu et al. regions), kins (KINS 2020 keys) or aistron "
+            "(amodal_segm, visible_segm, exact occluder_segm).",
+        ),
     ] = "coco",
     segmentation: Annotated[
         Segmentation, typer.Option("--segmentation", help="rle, or polygon (exact polygons from the geometry).")
@@ -32,6 +38,14 @@ def export_coco(
     ] = "image",
     include_hidden: Annotated[
         bool, typer.Option("--include-hidden", help="Also export instances with no visible pixel at that resolution.")
+    ] = False,
+    layers_png: Annotated[
+        bool,
+        typer.Option(
+            "--layers-png",
+            help="Also write the N-layer maps: layers/NNNNNN_Lk.png, 16-bit, pixel = instance_id of the "
+            "k-th instance from the front (0 = none), at the export's resolution.",
+        ),
     ] = False,
     force: Force = False,
     quiet: Quiet = False,
@@ -43,7 +57,11 @@ def export_coco(
     export = run(
         ctx,
         lambda: ExportConfig(
-            style=style, segmentation=segmentation, resolution=resolution, include_hidden=include_hidden
+            style=style,
+            segmentation=segmentation,
+            resolution=resolution,
+            include_hidden=include_hidden,
+            layers_png=layers_png,
         ),
     )
     with progress_bar("export", quiet) as update:

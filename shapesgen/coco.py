@@ -1,4 +1,5 @@
-"""COCO exports of a dataset: flat COCO with amodal extras, and the COCOA layout.
+"""COCO exports of a dataset: flat COCO with amodal extras, and the COCOA, KINS 2020 and
+aistron layouts; optionally the N-layer maps as 16-bit PNGs.
 
 Ids: ``image_id = scene index + 1``; annotation ``id = instance row in the HDF5 file
 + 1``, so ids are the same whatever is exported and occluder ids are always defined.
@@ -38,10 +39,12 @@ from shapesgen.raster import layer_maps, rasterize_convex
 from shapesgen.scene import Scene
 from shapesgen.stats import OCCLUSION_BANDS, occlusion_band
 
-Style = Literal["coco", "cocoa"]
+Style = Literal["coco", "cocoa", "kins", "aistron"]
 Segmentation = Literal["rle", "polygon"]
 Resolution = Literal["image", "mask"]
-COCO_EXPORT_VERSION = "1.1"  # 1.1: RLE visible/invisible masks in polygon mode, flags at export resolution
+COCO_EXPORT_VERSION = "1.2"  # 1.1: RLE visible/invisible masks in polygon mode, flags at export resolution
+# 1.2: kins and aistron styles, layer PNGs (layers_png); the coco and cocoa layouts are unchanged
+STYLES: tuple[str, ...] = ("coco", "cocoa", "kins", "aistron")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,16 +55,21 @@ class ExportConfig:
     segmentation: Segmentation = "rle"
     resolution: Resolution = "image"
     include_hidden: bool = False
+    layers_png: bool = False
 
     def __post_init__(self) -> None:
         for name, allowed in (
-            ("style", ("coco", "cocoa")),
+            ("style", STYLES),
             ("segmentation", ("rle", "polygon")),
             ("resolution", ("image", "mask")),
         ):
             value = getattr(self, name)
             if value not in allowed:
-                raise ConfigError(f"{name}={value!r} is invalid: must be one of {', '.join(allowed)}")
+                raise ConfigError(f"{name}={value!r} is invalid: must be one of {', '.join(allowed)}", param=name)
+        for name in ("include_hidden", "layers_png"):
+            value = getattr(self, name)
+            if not isinstance(value, bool):
+                raise ConfigError(f"{name}={value!r} is invalid: must be True or False", param=name)
 
 
 def encode_rle(masks: np.ndarray) -> list[dict[str, Any]]:
@@ -288,10 +296,86 @@ def _occluders(amodal: np.ndarray, depth: np.ndarray) -> list[list[int]]:
     return [sorted(r, key=lambda j: int(depth[j])) for r in result]
 
 
+def occlusion_clusters(occluders: list[list[int]], depth: np.ndarray) -> tuple[list[int], list[int]]:
+    """KINS ``(oco_id, ico_id)`` per instance, from the overlap pairs of :func:`_occluders`.
+
+    An occlusion cluster is a connected group of instances linked by pairwise overlap
+    (positive area), over every instance of the scene. Clusters are numbered 1, 2, ... in
+    the order of their front-most member's depth; ``ico_id`` is the depth rank inside
+    the cluster (1 = front). An instance that overlaps no other has both ids 0.
+    """
+    n = len(occluders)
+    root = list(range(n))
+
+    def find(j: int) -> int:
+        while root[j] != j:
+            root[j] = root[root[j]]
+            j = root[j]
+        return j
+
+    for j, front in enumerate(occluders):
+        for o in front:
+            root[find(j)] = find(o)
+    members: dict[int, list[int]] = {}
+    for j in sorted(range(n), key=lambda k: int(depth[k])):
+        members.setdefault(find(j), []).append(j)
+    oco, ico = [0] * n, [0] * n
+    clusters = [group for group in members.values() if len(group) > 1]  # in order of their front-most member
+    for number, group in enumerate(clusters, start=1):
+        for rank, j in enumerate(group, start=1):
+            oco[j], ico[j] = number, rank
+    return oco, ico
+
+
+def occluder_masks(amodal: np.ndarray, visible: np.ndarray, depth: np.ndarray) -> np.ndarray:
+    """Exact occluder masks ``(n, h, w)`` (aistron's ``occluder_segm``) from the written masks.
+
+    For each instance: the union of the visible masks of the instances in front of it
+    whose amodal mask shares a pixel with its amodal mask, inside the bounding box of its
+    amodal pixels (aistron crops its box-overlap estimate to the same box). Inside the
+    amodal mask this is exactly the invisible mask (amodal - visible).
+    """
+    n = len(amodal)
+    out = np.zeros_like(amodal)
+    if n == 0:
+        return out
+    bits = np.packbits(amodal.reshape(n, -1), axis=1)
+    shares = np.asarray((bits[:, None, :] & bits[None, :, :]).any(axis=2))
+    occluding = shares & (depth[None, :] < depth[:, None])  # [j, i]: i is in front of j and shares a pixel
+    rows, cols = np.asarray(amodal.any(axis=2)), np.asarray(amodal.any(axis=1))
+    for j in np.flatnonzero(occluding.any(axis=1)).tolist():
+        union = np.asarray(visible[occluding[j]].any(axis=0))
+        r, c = np.flatnonzero(rows[j]), np.flatnonzero(cols[j])
+        out[j, r[0] : r[-1] + 1, c[0] : c[-1] + 1] = union[r[0] : r[-1] + 1, c[0] : c[-1] + 1]
+    return out
+
+
+def export_layer_maps(scene: Scene, resolution: Resolution, amodal: np.ndarray, layers: int) -> np.ndarray:
+    """The N-layer maps ``(layers, h, w)`` uint16 at the export's resolution (values: ``instance_id``).
+
+    At mask resolution, the HDF5 file's maps; at image resolution, the same rule applied
+    to the pixel-centre amodal masks ``amodal`` at image size (layer k = the k-th instance
+    from the front covering the pixel, 0 = none). Independent of the segmentation mode.
+    """
+    if resolution == "mask":
+        return np.asarray(scene.layers, dtype=np.uint16)
+    return layer_maps(amodal, scene.instances["depth"].astype(np.int64), layers)
+
+
 def scene_annotations(
     ds: ShapesDataset, scene: Scene, export: ExportConfig
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The COCO image entry and flat amodal annotations of one scene.
+    """The COCO image entry and the annotations of one scene: flat (``coco`` and ``cocoa``
+    styles, see :func:`cocoa_annotation`), KINS 2020 or aistron records."""
+    image, annotations, _ = _scene_export(ds, scene, export)
+    return image, annotations
+
+
+def _scene_export(
+    ds: ShapesDataset, scene: Scene, export: ExportConfig
+) -> tuple[dict[str, Any], list[dict[str, Any]], np.ndarray | None]:
+    """The image entry, the annotations (in the style's record layout) and, with
+    ``layers_png``, the layer maps of one scene.
 
     Pixels (all at the export's resolution): ``is_visible`` and ``pixel_occlude_rate``,
     which select and band the ground truth, come from pixel-centre masks (the HDF5 rule)
@@ -307,6 +391,7 @@ def scene_annotations(
     depth = table["depth"].astype(np.int64)
     first_row = int(ds.instance_offsets[scene.index])
     amodal, visible = masks_at(scene, export.resolution, config.image_size)
+    maps = export_layer_maps(scene, export.resolution, amodal, config.layers) if export.layers_png else None
     amodal_px = np.count_nonzero(amodal, axis=(1, 2))
     visible_px = np.count_nonzero(visible, axis=(1, 2))
     is_visible = visible_px > 0
@@ -321,6 +406,8 @@ def scene_annotations(
     amodal_rle = encode_rle(amodal) if export.segmentation == "rle" else []
     visible_rle, invisible_rle = encode_rle(visible), encode_rle(amodal & ~visible)  # all: cheaper than a copy
     occluders = _occluders(scene_polygons(scene), depth)
+    occluder_rle = encode_rle(occluder_masks(amodal, visible, depth)) if export.style == "aistron" else []
+    oco, ico = occlusion_clusters(occluders, depth) if export.style == "kins" else ([], [])
     image = {
         "id": scene.index + 1,
         "file_name": f"images/{scene.index:06d}.png",
@@ -335,28 +422,85 @@ def scene_annotations(
         segmentation: Any = [polygon] if polygon is not None else None
         if segmentation is None:  # RLE mode, or a polygon-mode shape without 3 distinct vertices
             segmentation = amodal_rle[j] if amodal_rle else encode_rle(amodal[j : j + 1])[0]
-        annotations.append(
-            {
-                "id": first_row + j + 1,
-                "image_id": scene.index + 1,
-                "category_id": int(row["class_id"]),
-                "segmentation": segmentation,
-                "area": round(float(row["area"]) / scale**2, 4),
-                "bbox": [round(float(v) / scale, 4) for v in row["bbox"]],
-                "iscrowd": 0,
-                "visible_mask": visible_rle[j],
-                "invisible_mask": invisible_rle[j],
-                "visible_area": round(float(row["visible_area"]) / scale**2, 4),
-                "visible_bbox": [round(float(v) / scale, 4) for v in row["visible_bbox"]],
-                "occlude_rate": round(float(row["occlusion_rate"]), 6),
-                "pixel_occlude_rate": float(pixel_rate[j]),
-                "depth": int(row["depth"]),
-                "occluder_ids": [first_row + o + 1 for o in occluders[j]],
-                "instance_id": int(row["id"]),
-                "is_visible": bool(is_visible[j]),
-            }
-        )
-    return image, annotations
+        flat = {
+            "id": first_row + j + 1,
+            "image_id": scene.index + 1,
+            "category_id": int(row["class_id"]),
+            "segmentation": segmentation,
+            "area": round(float(row["area"]) / scale**2, 4),
+            "bbox": [round(float(v) / scale, 4) for v in row["bbox"]],
+            "iscrowd": 0,
+            "visible_mask": visible_rle[j],
+            "invisible_mask": invisible_rle[j],
+            "visible_area": round(float(row["visible_area"]) / scale**2, 4),
+            "visible_bbox": [round(float(v) / scale, 4) for v in row["visible_bbox"]],
+            "occlude_rate": round(float(row["occlusion_rate"]), 6),
+            "pixel_occlude_rate": float(pixel_rate[j]),
+            "depth": int(row["depth"]),
+            "occluder_ids": [first_row + o + 1 for o in occluders[j]],
+            "instance_id": int(row["id"]),
+            "is_visible": bool(is_visible[j]),
+        }
+        if export.style == "kins":
+            flat = kins_record(flat, oco[j], ico[j])
+        elif export.style == "aistron":
+            flat = aistron_record(flat, occluder_rle[j])
+        annotations.append(flat)
+    return image, annotations, maps
+
+
+_EXTRAS = ("instance_id", "depth", "occlude_rate", "pixel_occlude_rate", "is_visible")  # kept by every layout
+
+
+def kins_record(flat: dict[str, Any], oco_id: int, ico_id: int) -> dict[str, Any]:
+    """A KINS 2020 annotation (``update_train_2020.json`` keys) from a flat one.
+
+    ``a_*`` = amodal, ``i_*`` = inmodal (visible); ``i_segm`` is RLE, as ``visible_mask``.
+    ``oco_id`` / ``ico_id``: see :func:`occlusion_clusters`.
+    """
+    return {
+        "id": flat["id"],
+        "image_id": flat["image_id"],
+        "category_id": flat["category_id"],
+        "iscrowd": 0,
+        "a_segm": flat["segmentation"],
+        "i_segm": flat["visible_mask"],
+        "a_bbox": flat["bbox"],
+        "i_bbox": flat["visible_bbox"],
+        "a_area": flat["area"],
+        "i_area": flat["visible_area"],
+        "oco_id": oco_id,
+        "ico_id": ico_id,
+        **{key: flat[key] for key in _EXTRAS},
+    }
+
+
+def aistron_record(flat: dict[str, Any], occluder: dict[str, Any]) -> dict[str, Any]:
+    """An aistron annotation from a flat one: the keys its ``load_aistron_cocolike_json`` and
+    dataset mapper read, plus the standard COCO ones its own converters keep.
+
+    ``occluder_segm`` is exact (:func:`occluder_masks`); ``background_objs_segm``, which its
+    mapper also reads, is the same mask, as its converters write it; ``occluded_segm``
+    (the ground truth of its occluded-mask task) is the invisible mask.
+    """
+    return {
+        "id": flat["id"],
+        "image_id": flat["image_id"],
+        "category_id": flat["category_id"],
+        "iscrowd": 0,
+        "segmentation": flat["segmentation"],
+        "bbox": flat["bbox"],
+        "area": flat["area"],
+        "amodal_segm": flat["segmentation"],
+        "visible_segm": flat["visible_mask"],
+        "amodal_bbox": flat["bbox"],
+        "visible_bbox": flat["visible_bbox"],
+        "amodal_area": flat["area"],
+        "occluder_segm": occluder,
+        "background_objs_segm": occluder,
+        "occluded_segm": flat["invisible_mask"],
+        **{key: flat[key] for key in _EXTRAS},
+    }
 
 
 def cocoa_annotation(image: dict[str, Any], annotations: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:
@@ -400,6 +544,7 @@ def _sha256(path: Path) -> str:
 
 
 EXPORT_FILES = frozenset({"annotations.json", "config.json", "README.md", "SHA256SUMS"})
+EXPORT_FOLDERS = ("images", "layers")  # of PNGs only
 
 
 def _unlisted_file(folder: Path, listed: set[str] | None) -> str | None:
@@ -412,11 +557,13 @@ def _unlisted_file(folder: Path, listed: set[str] | None) -> str | None:
         if path.is_symlink() or not (path.is_file() or path.is_dir()):
             return name
         if path.is_dir():
-            if name != "images":
+            if name not in EXPORT_FOLDERS:
                 return name
             continue
-        expected = name in listed if listed is not None else (
-            name in EXPORT_FILES or (name.startswith("images/") and name.endswith(".png"))
+        expected = (
+            name in listed
+            if listed is not None
+            else (name in EXPORT_FILES or (name.split("/", 1)[0] in EXPORT_FOLDERS and name.endswith(".png")))
         )
         if not expected and name != "SHA256SUMS":
             return name
@@ -548,18 +695,23 @@ def _write_export(
     annotations: list[dict[str, Any]] = []
     exported: list[tuple[int, bool, float]] = []  # (category_id, is_visible, pixel_occlude_rate) for the card
     size = config.image_size if export.resolution == "image" else config.mask_size
+    if export.layers_png:
+        (folder / "layers").mkdir(exist_ok=True)
     for scene in ds:
-        image, anns = scene_annotations(ds, scene, export)
+        image, anns, maps = _scene_export(ds, scene, export)
+        for k, layer in enumerate(maps if maps is not None else []):
+            png = Image.fromarray(np.ascontiguousarray(layer, dtype=np.uint16))  # mode I;16: 16-bit grey PNG
+            png.save(folder / layer_file_name(scene.index, k + 1), format="PNG")
         pixels = Image.fromarray(scene.image[:, :, 0] if scene.image.shape[2] == 1 else scene.image)
         if size != config.image_size:
             pixels = pixels.resize((size, size), Image.Resampling.BOX)
         pixels.save(folder / image["file_name"], format="PNG")
         images.append(image)
         exported.extend((a["category_id"], a["is_visible"], a["pixel_occlude_rate"]) for a in anns)
-        if export.style == "coco":
-            annotations.extend(anns)
-        else:
+        if export.style == "cocoa":
             annotations.append(cocoa_annotation(image, anns, names))
+        else:
+            annotations.extend(anns)
         if progress:
             progress(scene.index + 1, len(ds))
     info = {
@@ -590,6 +742,12 @@ def _write_export(
     (folder / "SHA256SUMS").write_text("".join(f"{digest}  {name}\n" for name, digest in sorted(manifest)))
 
 
+def layer_file_name(scene_index: int, layer: int) -> str:
+    """The export's PNG of layer ``layer`` (1 = front) of scene ``scene_index`` (0-based)."""
+    return f"layers/{scene_index:06d}_L{layer}.png"
+
+
+LAYOUT_NAMES = {"coco": "COCO", "cocoa": "COCOA", "kins": "KINS 2020", "aistron": "aistron"}
 REBUILD_FOLDER = "../shapesgen-rebuild"  # where the card's commands rebuild an export, beside it
 
 
@@ -602,6 +760,8 @@ def rebuild_commands(version: str, num_scenes: int, export: ExportConfig) -> lis
     flags = f"--style {export.style} --segmentation {export.segmentation} --resolution {export.resolution}"
     if export.include_hidden:
         flags += " --include-hidden"
+    if export.layers_png:
+        flags += " --layers-png"
     return [
         f"python -m pip install -e /path/to/shapesgen   # a source checkout of shapesgen {version}",
         f"shapesgen --version                           # must print shapesgen {version}",
@@ -614,11 +774,33 @@ def rebuild_commands(version: str, num_scenes: int, export: ExportConfig) -> lis
 
 def _card_fields(style: Style, side: int) -> list[str]:
     """The card's description of the fields of one layout."""
-    common = [
-        "`visible_mask` and `invisible_mask` (RLE), `occlude_rate` (fraction hidden, exact geometry),",
+    flags = [
         f"`pixel_occlude_rate` (fraction of the amodal pixels hidden, at {side} px: the evaluation bands)",
         f"and `is_visible` (at least one visible pixel at {side} px). `image_id` = scene index + 1.",
     ]
+    common = ["`visible_mask` and `invisible_mask` (RLE), `occlude_rate` (fraction hidden, exact geometry),", *flags]
+    extras = [
+        "`instance_id` (index in the scene + 1: the value in the layer maps), `depth` (0 = front),",
+        "`occlude_rate` (fraction hidden, exact geometry),",
+        *flags,
+        "Annotation `id` = instance row in the source HDF5 file + 1. Masks without a polygon are RLE.",
+    ]
+    if style == "kins":
+        return [
+            "KINS 2020 layout (`update_train_2020.json` keys): `a_segm`, `a_bbox` (x, y, w, h), `a_area`",
+            "are amodal; `i_segm` (RLE), `i_bbox`, `i_area` are inmodal (visible); `oco_id` numbers the",
+            "occlusion cluster in the image (instances linked by overlap, 1, 2, ... by front-most member;",
+            "0 = overlaps nothing) and `ico_id` is the depth rank in it (1 = front; 0 = overlaps nothing). Extra:",
+            *extras,
+        ]
+    if style == "aistron":
+        return [
+            "aistron layout: `amodal_segm` (= `segmentation`), `amodal_bbox` (= `bbox`), `amodal_area`",
+            "(= `area`), `visible_segm` (RLE), `visible_bbox`, `occluded_segm` (amodal - visible, RLE) and an",
+            "exact `occluder_segm` (RLE; `background_objs_segm` is the same): the visible pixels of the",
+            "instances in front that share a pixel with it, inside its amodal pixel box. Extra:",
+            *extras,
+        ]
     if style == "cocoa":
         return [
             "COCO-Amodal layout: one annotation per image (`id` = `image_id`, `size`, `depth_constraint`",
@@ -670,11 +852,21 @@ def dataset_card(
         "## Contents",
         "",
         f"- {len(ds)} images ({side} x {side}, {config.channels} channel(s)) in `images/`",
-        f"- `annotations.json`: {export.style.upper()} layout, {records} records, segmentation as "
+        f"- `annotations.json`: {LAYOUT_NAMES[export.style]} layout, {records} records, segmentation as "
         f"{export.segmentation} at {export.resolution} resolution ({side} px)",
         f"- classes: {', '.join(ds.class_names)}; {config.instances_per_class} instances per class per image",
         f"- instances: {len(exported)} exported of {total}, {int(visible.sum())} with a visible pixel at "
         f"{side} px{hidden}",
+        *(
+            [
+                f"- `layers/NNNNNN_Lk.png`: layer k (1 = front) of image NNNNNN, 16-bit grey, {side} x {side}:",
+                "  pixel value = `instance_id` of the k-th instance from the front covering the pixel, 0 = none",
+                "  (from the pixel-centre amodal masks; layer 1 == `instance_id` is the pixel-centre visible",
+                "  mask). Deeper layers also show instances with no visible pixel, which may not be exported.",
+            ]
+            if export.layers_png
+            else []
+        ),
         "- `config.json`: the generator config (seed included); `SHA256SUMS`: every file's SHA-256",
         "",
         "## Class balance (exported instances)",

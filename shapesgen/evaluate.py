@@ -266,7 +266,9 @@ def _gt_records(annotations: Any, source: str) -> Iterator[tuple[str, dict[str, 
     """``(where, record, inherited image_id)`` for flat annotations and COCOA regions.
 
     A region's ``segmentation`` may be one flat polygon ``[x1, y1, ...]`` (the COCOA form):
-    it is read as the list of that one polygon, as the COCO-Amodal API reads it.
+    it is read as the list of that one polygon, as the COCO-Amodal API reads it. A flat
+    annotation without ``segmentation`` has its amodal mask read from the KINS 2020 key
+    ``a_segm`` or the aistron key ``amodal_segm``.
     """
     if not isinstance(annotations, list):
         raise DatasetError(f"{source}: annotations must be a list, got {_show(annotations)}")
@@ -275,6 +277,9 @@ def _gt_records(annotations: Any, source: str) -> Iterator[tuple[str, dict[str, 
         if not isinstance(annotation, dict):
             raise DatasetError(f"{where}: must be an object, got {_show(annotation)}")
         if "regions" not in annotation:
+            amodal = next((k for k in ("a_segm", "amodal_segm") if k in annotation), None)
+            if "segmentation" not in annotation and amodal:
+                annotation = dict(annotation, segmentation=annotation[amodal])
             yield where, annotation, None
             continue
         regions = annotation["regions"]
@@ -309,7 +314,7 @@ def _gt_annotation(where: str, record: dict[str, Any], inherited: Any, sizes: di
     if not _number(rate) or not 0.0 <= rate <= 1.0:
         raise DatasetError(f"{where}: {key} must be a number in [0, 1], got {_show(rate)}")
     if "segmentation" not in record:
-        raise DatasetError(f"{where}: missing 'segmentation'")
+        raise DatasetError(f"{where}: missing 'segmentation' (or the KINS 'a_segm', the aistron 'amodal_segm')")
     h, w = sizes[image_id]
     try:
         mask = decode_segmentation(record["segmentation"], h, w)

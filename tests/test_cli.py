@@ -163,8 +163,8 @@ def test_export_and_evaluate_end_to_end(tmp_path: Path) -> None:
     assert (tmp_path / "share" / "annotations.json").exists() and (tmp_path / "share" / "SHA256SUMS").exists()
     cocoa = invoke("export", "coco", data, "--out", tmp_path / "cocoa", "--style", "cocoa", "--quiet")
     assert cocoa.exit_code == 0, cocoa.output
-    bad = invoke("export", "coco", data, "--out", tmp_path / "x", "--style", "kins")
-    assert bad.exit_code == 2 and "'kins'" in bad.output and "Traceback" not in bad.output
+    bad = invoke("export", "coco", data, "--out", tmp_path / "x", "--style", "kitti")
+    assert bad.exit_code == 2 and "'kitti'" in bad.output and "Traceback" not in bad.output
 
     metrics_path = tmp_path / "m.json"
     oracle = invoke("evaluate", "--gt", data, "--oracle-layers", 2, "--json", metrics_path, "--per-class")

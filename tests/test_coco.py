@@ -1,4 +1,4 @@
-"""COCO exports: pycocotools round trips, polygon/RLE agreement, COCOA layout, determinism."""
+"""COCO exports: pycocotools round trips, polygon/RLE agreement, COCOA layout, layer PNGs, determinism."""
 
 from __future__ import annotations
 
@@ -8,11 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_cli
+from PIL import Image
 from pycocotools.coco import COCO
 
-from shapesgen import DatasetError
+from shapesgen import ConfigError, DatasetError
 from shapesgen.coco import ExportConfig, decode_segmentation, export_coco, masks_at
 from shapesgen.hdf5 import open_dataset
+from shapesgen.raster import layer_maps
 
 
 @pytest.fixture(scope="module")
@@ -23,6 +26,8 @@ def exports(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
         "rle-image": ExportConfig(segmentation="rle", resolution="image"),
         "polygon-image": ExportConfig(segmentation="polygon", resolution="image"),
         "cocoa": ExportConfig(style="cocoa", resolution="mask"),
+        "layers-mask": ExportConfig(style="kins", segmentation="polygon", resolution="mask", layers_png=True),
+        "layers-image": ExportConfig(style="aistron", resolution="image", layers_png=True),
     }
     return {name: export_coco(tiny_dataset, root / name, cfg) for name, cfg in variants.items()}
 
@@ -138,3 +143,52 @@ def test_export_is_atomic_and_needs_force(tiny_dataset: Path, tmp_path: Path) ->
     with pytest.raises(KeyboardInterrupt):
         export_coco(tiny_dataset, tmp_path / "cut", progress=boom)
     assert not (tmp_path / "cut").exists() and not (tmp_path / "cut.partial").exists()
+
+
+def read_layers(folder: Path, scene: int, layers: int) -> np.ndarray:
+    pngs = [Image.open(folder / "layers" / f"{scene:06d}_L{k}.png") for k in range(1, layers + 1)]
+    assert all(png.format == "PNG" and png.mode == "I;16" for png in pngs)  # 16-bit grey
+    return np.stack([np.asarray(png) for png in pngs])
+
+
+def test_layer_pngs_at_mask_resolution_are_the_hdf5_layer_maps(exports: dict[str, Path], tiny_dataset: Path) -> None:
+    folder = exports["layers-mask"]  # polygon masks: the maps still follow the pixel-centre (HDF5) rule
+    listed = {line.split("  ")[1] for line in (folder / "SHA256SUMS").read_text().splitlines()}
+    with open_dataset(tiny_dataset) as ds:
+        layers = ds.config.layers
+        assert sorted(p.name for p in (folder / "layers").iterdir()) == sorted(
+            f"{s:06d}_L{k}.png" for s in range(len(ds)) for k in range(1, layers + 1)
+        )
+        for scene in ds:
+            assert np.array_equal(read_layers(folder, scene.index, layers), scene.layers)
+            assert {f"layers/{scene.index:06d}_L{k}.png" for k in range(1, layers + 1)} <= listed
+    assert "`layers/NNNNNN_Lk.png`" in (folder / "README.md").read_text()
+    assert "--layers-png" in (folder / "README.md").read_text()  # the rebuild command asks for them
+
+
+def test_layer_pngs_at_image_resolution_follow_the_rle_masks(exports: dict[str, Path], tiny_dataset: Path) -> None:
+    folder = exports["layers-image"]
+    coco = load(folder)
+    with open_dataset(tiny_dataset) as ds:
+        for scene in ds:
+            maps = read_layers(folder, scene.index, ds.config.layers)
+            amodal, _ = masks_at(scene, "image", 64)
+            assert maps.shape == (ds.config.layers, 64, 64)
+            assert np.array_equal(maps, layer_maps(amodal, scene.instances["depth"], ds.config.layers))
+            for ann in coco.loadAnns(coco.getAnnIds(imgIds=[scene.index + 1])):
+                visible = decode_segmentation(ann["visible_segm"], 64, 64)
+                assert np.array_equal(maps[0] == ann["instance_id"], visible)
+
+
+def test_an_export_with_layers_is_replaced_and_its_options_are_checked(tiny_dataset: Path, tmp_path: Path) -> None:
+    out = export_coco(tiny_dataset, tmp_path / "e", ExportConfig(layers_png=True))
+    export_coco(tiny_dataset, out, ExportConfig(style="kins"), force=True)  # a layers/ folder is the export's own
+    assert not (out / "layers").exists()
+    for bad in ({"style": "kitti"}, {"layers_png": "yes"}, {"include_hidden": 1}):
+        with pytest.raises(ConfigError, match=f"{next(iter(bad))}="):
+            ExportConfig(**bad)  # type: ignore[arg-type]
+    result = run_cli("export", "coco", tiny_dataset, "--out", tmp_path / "cli", "--style", "aistron", "--layers-png")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "cli" / "layers" / "000011_L3.png").is_file()
+    result = run_cli("export", "coco", tiny_dataset, "--out", tmp_path / "bad", "--style", "kitti")
+    assert result.exit_code == 2 and "Traceback" not in result.stderr and not (tmp_path / "bad").exists()

@@ -1,5 +1,6 @@
-"""Exports as a receiving team uses them: the COCO-Amodal API's layout, identical evaluation
-numbers from every file of one dataset, consistent masks, verifiable rebuilds, stand-alone docs."""
+"""Exports as a receiving team uses them: the COCO-Amodal API's, KINS 2020 and aistron layouts,
+identical evaluation numbers from every file of one dataset, consistent masks, verifiable
+rebuilds, stand-alone docs."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import numpy as np
 import pytest
 from conftest import run_cli
 from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
 
 from shapesgen import SceneConfig, __version__
 from shapesgen.coco import ExportConfig, encode_rle, export_coco, masks_at, scene_rings
@@ -32,7 +34,7 @@ OPTIONS = {
         style=style, segmentation=segmentation, resolution=resolution, include_hidden=hidden
     )
     for style, segmentation, resolution, hidden in itertools.product(
-        ("coco", "cocoa"), ("rle", "polygon"), ("mask", "image"), (False, True)
+        ("coco", "cocoa", "kins", "aistron"), ("rle", "polygon"), ("mask", "image"), (False, True)
     )
 }
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "export.md"
@@ -62,6 +64,23 @@ def records(folder: Path) -> list[tuple[int, dict[str, Any]]]:
         for record in annotation.get("regions", [annotation]):
             out.append((annotation["image_id"], record))
     return out
+
+
+# Each layout's keys for the amodal, visible and invisible masks (KINS has no invisible mask).
+MASK_KEYS = {
+    "coco": ("segmentation", "visible_mask", "invisible_mask"),
+    "cocoa": ("segmentation", "visible_mask", "invisible_mask"),
+    "kins": ("a_segm", "i_segm", None),
+    "aistron": ("amodal_segm", "visible_segm", "occluded_segm"),
+}
+
+
+def record_masks(record: dict[str, Any], style: str, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Amodal, visible and invisible masks of a record of any layout, as pycocotools decodes them."""
+    amodal_key, visible_key, invisible_key = MASK_KEYS[style]
+    amodal, visible = decode(record[amodal_key], size), decode(record[visible_key], size)
+    invisible = decode(record[invisible_key], size) if invisible_key else amodal & ~visible
+    return amodal, visible, invisible
 
 
 def decode(segmentation: Any, size: int) -> np.ndarray:
@@ -192,10 +211,10 @@ def test_ground_truth_bands_and_hidden_instances_agree_across_sources(crowded: P
 def test_polygons_are_the_stored_vertices_without_padding(crowded: Path, exports: dict[str, Path]) -> None:
     with open_dataset(crowded) as ds:
         rings = {ds.instance_offsets[s.index] + j + 1: ring for s in ds for j, ring in enumerate(scene_rings(s))}
-    for name in ("coco-polygon-image", "cocoa-polygon-mask"):
+    for name in ("coco-polygon-image", "cocoa-polygon-mask", "kins-polygon-mask", "aistron-polygon-image"):
         scale = 1 if OPTIONS[name].resolution == "image" else CROWDED.mask_scale
         for _, record in records(exports[name]):
-            segmentation = record["segmentation"]
+            segmentation = record[MASK_KEYS[OPTIONS[name].style][0]]
             flat = segmentation[0] if isinstance(segmentation[0], list) else segmentation
             xy = np.array(flat).reshape(-1, 2)
             ring = rings[record["id"]]
@@ -209,9 +228,8 @@ def test_amodal_is_visible_plus_invisible_in_every_mode(exports: dict[str, Path]
     size = document(folder)["images"][0]["height"]
     per_image: dict[int, list[tuple[int, np.ndarray, np.ndarray]]] = {}
     for image_id, record in records(folder):
-        amodal = decode(record["segmentation"], size)
-        visible = decode(record["visible_mask"], size)
-        invisible = decode(record["invisible_mask"], size)
+        amodal, visible, invisible = record_masks(record, OPTIONS[name].style, size)
+        assert not (visible & ~amodal).any()
         assert np.array_equal(amodal, visible | invisible) and not (visible & invisible).any(), record["id"]
         assert visible.any() == record["is_visible"] or OPTIONS[name].segmentation == "polygon"
         depth = record.get("depth", record.get("order"))
@@ -231,10 +249,11 @@ def test_rle_masks_are_the_pixel_centre_masks(crowded: Path, exports: dict[str, 
             amodal, visible = masks_at(scene, "image", CROWDED.image_size)
             for j in range(len(amodal)):
                 expected[int(ds.instance_offsets[scene.index]) + j + 1] = (amodal[j], visible[j])
-    for _, record in records(exports["cocoa-rle-image-hidden"]):
-        amodal, visible = expected[record["id"]]
-        assert np.array_equal(decode(record["segmentation"], 64), amodal)
-        assert np.array_equal(decode(record["visible_mask"], 64), visible)
+    for name in ("cocoa-rle-image-hidden", "kins-rle-image-hidden", "aistron-rle-image-hidden"):
+        for _, record in records(exports[name]):
+            amodal, visible = expected[record["id"]]
+            written = record_masks(record, OPTIONS[name].style, 64)
+            assert np.array_equal(written[0], amodal) and np.array_equal(written[1], visible)
 
 
 # 5. Visibility at the export's resolution ------------------------------------------------------
@@ -318,7 +337,7 @@ def test_export_docs_stand_alone_and_name_every_field(exports: dict[str, Path]) 
         if not target.startswith("http"):
             assert (DOCS.parent / target).exists(), target
     fields = set()
-    for name in ("coco-polygon-image-hidden", "cocoa-rle-mask"):
+    for name in ("coco-polygon-image-hidden", "cocoa-rle-mask", "kins-polygon-mask-hidden", "aistron-rle-image"):
         data = document(exports[name])
         fields |= set(data["info"]) | set(data["images"][0])
         for annotation in data["annotations"]:
@@ -327,3 +346,117 @@ def test_export_docs_stand_alone_and_name_every_field(exports: dict[str, Path]) 
                 fields |= set(region)
     missing = sorted(f for f in fields if f"`{f}`" not in text)
     assert not missing, f"docs/export.md does not describe {missing}"
+
+
+# 7. KINS 2020 and aistron layouts ------------------------------------------------------------------
+
+
+def flat_records(folder: Path) -> dict[int, dict[str, Any]]:
+    return {record["id"]: record for _, record in records(folder)}
+
+
+@pytest.mark.parametrize("name", [n for n in OPTIONS if n.startswith("kins")])
+def test_kins_export_has_the_2020_keys_and_occlusion_clusters(exports: dict[str, Path], name: str) -> None:
+    folder = exports[name]
+    coco = COCO(str(folder / "annotations.json"))  # pycocotools indexes it as any COCO file
+    flat = flat_records(exports[name.replace("kins", "coco", 1)])
+    assert sorted(coco.anns) == sorted(flat)
+    size = coco.imgs[1]["height"]
+    for ann_id, record in coco.anns.items():
+        assert "segmentation" not in record and record["category_id"] == flat[ann_id]["category_id"]
+        pairs = {"a_segm": "segmentation", "i_segm": "visible_mask", "a_bbox": "bbox", "i_bbox": "visible_bbox"}
+        pairs |= {"a_area": "area", "i_area": "visible_area"}
+        for kins_key, flat_key in pairs.items():
+            assert record[kins_key] == flat[ann_id][flat_key], kins_key
+        assert isinstance(record["i_segm"]["counts"], str)
+        if OPTIONS[name].segmentation == "polygon":  # a COCO polygon list, as KINS files hold
+            assert isinstance(record["a_segm"], list) and isinstance(record["a_segm"][0], list)
+        assert decode(record["a_segm"], size).shape == (size, size)
+
+    # oco_id / ico_id from the overlap graph of every instance (the hidden export has them all)
+    everyone = flat_records(exports[f"coco-{OPTIONS[name].segmentation}-{OPTIONS[name].resolution}-hidden"])
+    by_image: dict[int, list[dict[str, Any]]] = {}
+    for record in everyone.values():
+        by_image.setdefault(record["image_id"], []).append(record)
+    expected: dict[int, tuple[int, int]] = {}
+    for group in by_image.values():
+        linked = {r["id"]: set(r["occluder_ids"]) for r in group}
+        for r in group:
+            for o in r["occluder_ids"]:
+                linked[o].add(r["id"])
+        seen: set[int] = set()
+        clusters = []
+        for start in sorted(group, key=lambda r: r["depth"]):  # clusters in order of their front-most member
+            if start["id"] in seen or not linked[start["id"]]:
+                continue
+            cluster: set[int] = set()
+            todo = [start["id"]]
+            while todo:
+                j = todo.pop()
+                if j not in cluster:
+                    cluster.add(j)
+                    todo.extend(linked[j])
+            seen |= cluster
+            clusters.append(sorted(cluster, key=lambda j: everyone[j]["depth"]))
+        expected |= {r["id"]: (0, 0) for r in group}
+        for number, members in enumerate(clusters, start=1):
+            expected |= {j: (number, rank) for rank, j in enumerate(members, start=1)}
+    assert any(oco > 1 for oco, _ in expected.values()) and any(oco == 0 for oco, _ in expected.values())
+    for ann_id, record in coco.anns.items():
+        assert (record["oco_id"], record["ico_id"]) == expected[ann_id], ann_id
+
+
+def aistron_segm_ok(segm: Any) -> bool:
+    """What aistron's loader accepts as a valid mask: an RLE dict, or polygons of >= 3 points."""
+    if isinstance(segm, dict):
+        return isinstance(segm["counts"], str) and len(segm["size"]) == 2
+    return bool(segm) and all(isinstance(p, list) and len(p) % 2 == 0 and len(p) >= 6 for p in segm)
+
+
+@pytest.mark.parametrize("name", [n for n in OPTIONS if n.startswith("aistron")])
+def test_aistron_export_loads_as_its_loader_reads_it_with_an_exact_occluder_mask(
+    exports: dict[str, Path], name: str
+) -> None:
+    folder = exports[name]
+    coco = COCO(str(folder / "annotations.json"))
+    flat = flat_records(exports[name.replace("aistron", "coco", 1)])
+    assert sorted(coco.anns) == sorted(flat)
+    size = coco.imgs[1]["height"]
+    per_image: dict[int, list[tuple[dict[str, Any], np.ndarray, np.ndarray]]] = {}
+    for ann_id, record in coco.anns.items():
+        # the keys its loader and mapper read unconditionally, every one a mask it accepts
+        for key in ("amodal_segm", "visible_segm", "occluder_segm", "background_objs_segm"):
+            assert aistron_segm_ok(record[key]), key
+        assert record["occluder_segm"] == record["background_objs_segm"]
+        assert len(record["amodal_bbox"]) == 4 and len(record["visible_bbox"]) == 4
+        assert record["amodal_segm"] == record["segmentation"] == flat[ann_id]["segmentation"]
+        assert record["visible_segm"] == flat[ann_id]["visible_mask"]
+        assert record["occluded_segm"] == flat[ann_id]["invisible_mask"]
+        assert (record["amodal_bbox"], record["amodal_area"]) == (flat[ann_id]["bbox"], flat[ann_id]["area"])
+        amodal = coco.annToMask(record).astype(bool)  # stock pycocotools reads the amodal mask
+        assert np.array_equal(amodal, decode(record["amodal_segm"], size))
+        per_image.setdefault(record["image_id"], []).append((record, amodal, decode(record["visible_segm"], size)))
+    occluded = 0
+    for group in per_image.values():  # occluder = visible masks of overlapping instances in front, in the box
+        for record, amodal, visible in group:
+            expected = np.zeros_like(amodal)
+            for other, other_amodal, other_visible in group:
+                if other["depth"] < record["depth"] and (other_amodal & amodal).any():
+                    expected |= other_visible
+            box = np.zeros_like(amodal)
+            if amodal.any():
+                r, c = np.flatnonzero(amodal.any(axis=1)), np.flatnonzero(amodal.any(axis=0))
+                box[r[0] : r[-1] + 1, c[0] : c[-1] + 1] = True
+            occluder = decode(record["occluder_segm"], size)
+            assert np.array_equal(occluder, expected & box), record["id"]
+            assert np.array_equal(occluder & amodal, amodal & ~visible)  # inside the amodal mask: the invisible part
+            occluded += bool(occluder.any())
+    assert occluded
+
+
+def test_kins_renamed_as_aistron_converts_it_gives_the_aistron_export(exports: dict[str, Path]) -> None:
+    kins, aistron = flat_records(exports["kins-polygon-image"]), flat_records(exports["aistron-polygon-image"])
+    renamed = {"a_segm": "amodal_segm", "a_bbox": "amodal_bbox", "i_segm": "visible_segm", "i_bbox": "visible_bbox"}
+    for ann_id, record in kins.items():
+        for kins_key, aistron_key in renamed.items():
+            assert record[kins_key] == aistron[ann_id][aistron_key]
