@@ -256,3 +256,25 @@ def test_a_bad_value_inside_a_config_file_names_the_file_not_a_flag(tmp_path: Pa
     config.write_text(json.dumps({"layers": 0}))
     line = one_error_line(run_cli("render", "--config", config, "--out", tmp_path / "x.h5", "-q"))
     assert line.startswith("error: --config ") and "layers=0 is invalid" in line and "--layers" not in line
+
+
+def test_force_never_replaces_a_look_alike_or_hand_edited_export(rendered: Path, tmp_path: Path) -> None:
+    import hashlib
+
+    mine = tmp_path / "mycoco"  # a user's own COCO folder with a valid-looking manifest
+    (mine / "images").mkdir(parents=True)
+    files = {"annotations.json": b"{}", "images/cat.png": b"png", "thesis.tex": b"tex"}
+    for name, data in files.items():
+        (mine / name).write_bytes(data)
+    (mine / "SHA256SUMS").write_text("".join(f"{hashlib.sha256(d).hexdigest()}  {n}\n" for n, d in files.items()))
+    edited = tmp_path / "edited"
+    assert run_cli("export", "coco", rendered, "--out", edited, "-q").exit_code == 0
+    (edited / "annotations.json").write_text("HAND-CORRECTED")
+    unfinished = tmp_path / "h.partial"  # a user folder with the staging name of --out h
+    (unfinished / "images").mkdir(parents=True)
+    (unfinished / "README.md").write_text("notes")
+    before = tree(tmp_path)
+    for out in (mine, edited, tmp_path / "h"):
+        line = one_error_line(run_cli("export", "coco", rendered, "--out", out, "--force", "-q"))
+        assert "--out" in line and ("not a shapesgen export" in line or "unfinished" in line), line
+    assert tree(tmp_path) == before
