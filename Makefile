@@ -21,7 +21,7 @@ demo: $(VENV)/.base
 	$(BIN)/shapesgen render --preset paper --instances 6 --layers 3 --num 500 --seed 0 --workers 2 --out data/demo.h5 --force
 	$(BIN)/shapesgen info data/demo.h5
 	$(BIN)/shapesgen validate data/demo.h5
-	$(BIN)/shapesgen preview data/demo.h5 --out preview.png --count 4
+	$(BIN)/shapesgen preview data/demo.h5 --out preview.png --count 4 --force
 
 test: $(VENV)/.full
 	$(BIN)/ruff check .

@@ -19,7 +19,7 @@ from amodal_model.data import hdf5_batches, reading, source_text, to_model_input
 from shapesgen.coco import encode_rle
 from shapesgen.config import SceneConfig
 from shapesgen.errors import ConfigError, DatasetError, ShapesgenError, one_line, shown
-from shapesgen.files import check_output_path, regular_input, write_atomically
+from shapesgen.files import check_output_path, contains, regular_input, write_atomically
 from shapesgen.hdf5 import open_dataset
 
 MODEL_FILE = "model.keras"
@@ -194,9 +194,11 @@ def predict_hdf5(
     return records
 
 
-def write_results(records: list[dict[str, Any]], path: str | Path) -> Path:
+def write_results(records: list[dict[str, Any]], path: str | Path, force: bool = False) -> Path:
     """COCO results JSON, written atomically (nothing is left at ``path`` on failure)."""
-    return write_atomically(path, (json.dumps(records, separators=(",", ":")) + "\n").encode(), param="out")
+    return write_atomically(
+        path, (json.dumps(records, separators=(",", ":")) + "\n").encode(), param="out", force=force
+    )
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -233,12 +235,13 @@ def predict_run(
     limit: int | None = None,
     batch_size: int = 8,
     progress: Callable[[int, int], None] | None = None,
+    force: bool = False,
 ) -> Path:
     """Load a run, predict an HDF5 file, write COCO results.
 
     Every argument is checked before the model is loaded: ``out`` may be neither the
-    input file nor a file of the run, and must be writable. The results appear at
-    ``out`` only when complete.
+    input file nor inside the run folder, must be writable, and replaces an existing
+    file only with ``force=True``. The results appear at ``out`` only when complete.
     """
     _positive("limit", limit, MAX_COUNT, optional=True)
     _positive("batch_size", batch_size, MAX_BATCH)
@@ -249,11 +252,17 @@ def predict_run(
     if _same_file(out_path, data_path):
         raise ConfigError(f"out={str(out_path)!r} is the input data file: give another path", param="out")
     run_path = Path(source_text(run_dir, "run_dir"))
-    if any(_same_file(out_path, run_path / name) for name in RUN_FILES):
-        raise ConfigError(f"out={str(out_path)!r} would overwrite a file of the run {run_path}", param="out")
+    run_entries = (*RUN_FILES, "metrics.csv", "checkpoints", "tensorboard")
+    if any(_same_file(out_path, run_path / name) or contains(run_path / name, out_path) for name in run_entries):
+        raise ConfigError(
+            f"out={str(out_path)!r} would overwrite a file of the run {run_path} (results may sit beside them)",
+            param="out",
+        )
+    if out_path.exists() and not force:
+        raise DatasetError(f"out={str(out_path)!r} exists: pass force=True to replace it", param="out")
     check_writable(out_path, "out")
     model, config, scene_config = load_run(run_path)
     records = predict_hdf5(
         model, config, scene_config, data_path, limit=limit, batch_size=batch_size, progress=progress
     )
-    return write_results(records, out_path)
+    return write_results(records, out_path, force=force)

@@ -489,7 +489,8 @@ def _resume(
 ) -> None:
     _check_resume(out, config, source)
     trainer = Trainer(model, source, out, config, resume=True)
-    write_atomically(out / TRAIN_CONFIG_FILE, (json.dumps(json.loads(config.to_json()), indent=2) + "\n").encode())
+    text = json.dumps(json.loads(config.to_json()), indent=2) + "\n"
+    write_atomically(out / TRAIN_CONFIG_FILE, text.encode(), force=True)  # the run's own file, under its lock
     try:
         trainer.fit(val, val_gt, callbacks)
         trainer.save_model()
@@ -567,7 +568,7 @@ def _trim_log(path: Path, epochs: int) -> None:
     writer = csv.DictWriter(text, COLUMNS, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
-    write_atomically(path, text.getvalue().encode(), param="out")
+    write_atomically(path, text.getvalue().encode(), param="out", force=True)
 
 
 def _log(out: Path, writer: Any, row: dict[str, Any]) -> None:

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from .common import console, run, warn
+from .common import Force, console, run, warn
 
 
 def evaluate(
@@ -26,13 +26,16 @@ def evaluate(
     ] = None,
     per_class: Annotated[bool, typer.Option("--per-class", help="Add class-aware AP/AR per class.")] = False,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the metrics to this JSON file.")] = None,
+    force: Force = False,
 ) -> None:
     """COCO-amodal AP/AR, class-agnostic, with AR by occlusion band (none/partial/heavy)."""
     from shapesgen.evaluate import evaluate_files
 
     metrics, warnings = run(
         ctx,
-        lambda: evaluate_files(gt, dt=dt, oracle_layers=oracle_layers, per_class=per_class, json_out=json_out),
+        lambda: evaluate_files(
+            gt, dt=dt, oracle_layers=oracle_layers, per_class=per_class, json_out=json_out, force=force
+        ),
         aliases={"num_layers": "oracle_layers"},
     )
     for warning in warnings:

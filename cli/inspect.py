@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from .common import DatasetPath, Quiet, console, err, progress_bar, run
+from .common import DatasetPath, Force, Quiet, console, err, progress_bar, run
 
 
 def info(
@@ -64,19 +64,25 @@ def preview(
     out: Annotated[Path, typer.Option("--out", help="PNG to write.")] = Path("preview.png"),
     count: Annotated[int, typer.Option("--count", help="Scenes to show (one row each, at most 64).")] = 4,
     start: Annotated[int, typer.Option("--start", help="First scene index.")] = 0,
+    force: Force = False,
+    quiet: Quiet = False,
 ) -> None:
     """Write a PNG grid: image | layer 1..N instance maps | amodal outlines."""
     from shapesgen.preview import write_preview
 
-    written = run(ctx, lambda: write_preview(path, out, count=count, start=start))
-    err.print(f"wrote {written}")
+    written = run(ctx, lambda: write_preview(path, out, count=count, start=start, force=force))
+    if not quiet:
+        err.print(f"wrote {written}")
 
 
 def validate(
     ctx: typer.Context,
     path: DatasetPath,
     regenerate: Annotated[
-        int, typer.Option("--regenerate", help="Scenes re-rendered from the stored config and compared byte for byte.")
+        int,
+        typer.Option(
+            "--regenerate", min=0, help="Scenes re-rendered from the stored config and compared byte for byte."
+        ),
     ] = 2,
     deep: Annotated[bool, typer.Option("--deep", help="Re-render and compare every scene.")] = False,
     quiet: Quiet = False,

@@ -127,12 +127,16 @@ def predict(
     out: Annotated[Path, typer.Option("--out", help="COCO results JSON to write.", show_default=False)],
     limit: Annotated[int | None, typer.Option("--limit", help="Only the first N scenes.")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images per forward pass.")] = 8,
+    force: Force = False,
     quiet: Quiet = False,
 ) -> None:
     """Predict amodal instances (COCO results, masks at mask resolution) for an HDF5 file."""
     from amodal_model.predict import predict_run
 
     with progress_bar("predict", quiet) as update:
-        written = run(ctx, lambda: predict_run(run_dir, data, out, limit=limit, batch_size=batch_size, progress=update))
+        written = run(
+            ctx,
+            lambda: predict_run(run_dir, data, out, limit=limit, batch_size=batch_size, progress=update, force=force),
+        )
     if not quiet:
         err.print(f"wrote {written}")

@@ -584,7 +584,7 @@ def is_export_folder(folder: Path) -> bool:
             ours = card.readline().startswith(CARD_TITLE)
     except (OSError, UnicodeDecodeError):
         return False
-    listed = dict(reversed(line.split("  ", 1)) for line in lines if "  " in line)
+    listed = {name: digest for digest, name in (line.split("  ", 1) for line in lines if "  " in line)}
     if not ours or "annotations.json" not in listed or "README.md" not in listed:
         return False
     if _unlisted_file(folder, set(listed)) is not None:

@@ -927,12 +927,17 @@ def evaluate_files(
     oracle_layers: int | None = None,
     per_class: bool = False,
     json_out: str | Path | None = None,
+    force: bool = False,
 ) -> tuple[dict[str, Any], list[str]]:
     """Metrics of the predictions file ``dt`` (or of the ``oracle_layers`` oracle) against
     the ground-truth file ``gt``; also written to ``json_out`` if given. Returns the
     metrics and the warnings raised while reading the predictions."""
     if (dt is None) == (oracle_layers is None):
-        raise ConfigError("give exactly one of dt= (predictions) or oracle_layers= (the layer oracle)", param="dt")
+        raise ConfigError(
+            "give exactly one of dt= (predictions) or oracle_layers= (the layer oracle)",
+            param="dt",
+            related=("oracle_layers",),
+        )
     if json_out is not None:
         check_output_path(json_out, "json_out")
         if Path(json_out).resolve() in {Path(gt).resolve(), Path(dt).resolve() if dt is not None else None}:
@@ -954,5 +959,5 @@ def evaluate_files(
     metrics["ground_truth_path"] = str(gt)
     metrics["predictions"] = f"oracle K={oracle_layers}" if oracle_layers is not None else str(dt)
     if json_out is not None:
-        write_atomically(json_out, (json.dumps(metrics, indent=2) + "\n").encode(), param="json_out")
+        write_atomically(json_out, (json.dumps(metrics, indent=2) + "\n").encode(), param="json_out", force=force)
     return metrics, warnings

@@ -163,32 +163,44 @@ def _names(fd: int, path: Path) -> bool:
         return False
 
 
-def write_atomically(path: str | Path, data: bytes, *, param: str = "out") -> Path:
-    """Write ``data`` to a new temporary file beside ``path``, then rename it to ``path``
-    (parents are created; an existing file is replaced whole).
+def write_atomically(path: str | Path, data: bytes, *, param: str = "out", force: bool = False) -> Path:
+    """Write ``data`` to ``path`` all at once: to a new temporary file beside it, then
+    renamed into place (parents are created), under ``<path>.lock``.
 
-    The temporary name is unique (``.<name>.<random>.partial``), so concurrent writers
-    never write into each other's file: each rename publishes one complete file. On
-    failure nothing is left and a :class:`DatasetError` names the file.
+    An existing file is replaced only with ``force=True``; a symbolic link, FIFO,
+    device or folder at ``path`` is never replaced. The temporary name is unique, so
+    nothing another program writes is touched. On failure nothing is left behind.
     """
     path = check_output_path(path, param)
-    if path.is_dir():
-        raise DatasetError(f"{param}={str(path)!r} is a folder: give a file path", param=param)
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        raise ConfigError(
+            f"{param}={str(path)!r} exists and is not a regular file (a folder, link, FIFO or device): "
+            "give a file path",
+            param=param,
+        )
+    if path.exists() and not force:
+        raise DatasetError(f"{param}={str(path)!r} exists: pass force=True to replace it", param=param)
     created: list[Path] = []
     tmp: Path | None = None
     try:
         created = make_parents(path.parent)
-        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-        tmp = Path(name)
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-        os.chmod(tmp, 0o644)
-        tmp.replace(path)
+        with exclusive_lock(path, param):
+            fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+            tmp = Path(name)
+            with os.fdopen(fd, "wb") as file:
+                file.write(data)
+            os.chmod(tmp, 0o644)
+            tmp.replace(path)
     except OSError as exc:
         if tmp is not None:
             tmp.unlink(missing_ok=True)
         remove_empty(created)
-        raise DatasetError(f"{param}={str(path)!r}: cannot write ({exc.strerror or exc})", param=param) from None
+        raise ResourceError(f"{param}={str(path)!r}: cannot write ({exc.strerror or exc})", param=param) from None
+    except BaseException:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+        remove_empty(created)
+        raise
     return path
 
 

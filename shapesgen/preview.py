@@ -75,8 +75,11 @@ MAX_ROWS = 64  # scenes in one preview
 MAX_LAYER_COLUMNS = 8  # layers shown; deeper ones are left out of the preview
 
 
-def write_preview(path: str | Path, out: str | Path, *, count: int = 4, start: int = 0) -> Path:
-    """Write the preview grid of ``count`` scenes from ``start`` as a PNG, atomically."""
+def write_preview(
+    path: str | Path, out: str | Path, *, count: int = 4, start: int = 0, force: bool = False
+) -> Path:
+    """Write the preview grid of ``count`` scenes from ``start`` as a PNG, atomically
+    (an existing ``out`` is replaced only with ``force=True``)."""
     if not isinstance(count, int) or not 1 <= count <= MAX_ROWS:
         raise ConfigError(f"count={count!r} is invalid: must be an integer in [1, {MAX_ROWS}]", param="count")
     out = check_output_path(out, "out")
@@ -91,4 +94,4 @@ def write_preview(path: str | Path, out: str | Path, *, count: int = 4, start: i
         grid = preview_grid(ds, count, start)
     png = io.BytesIO()
     grid.save(png, format="PNG")
-    return write_atomically(out, png.getvalue())
+    return write_atomically(out, png.getvalue(), force=force)

@@ -278,3 +278,23 @@ def test_force_never_replaces_a_look_alike_or_hand_edited_export(rendered: Path,
         line = one_error_line(run_cli("export", "coco", rendered, "--out", out, "--force", "-q"))
         assert "--out" in line and ("not a shapesgen export" in line or "unfinished" in line), line
     assert tree(tmp_path) == before
+
+
+def test_single_file_outputs_replace_only_regular_files_and_only_with_force(rendered: Path, tmp_path: Path) -> None:
+    fifo, link, notes = tmp_path / "fifo.png", tmp_path / "link.json", tmp_path / "notes.json"
+    os.mkfifo(fifo)
+    link.symlink_to(notes)
+    notes.write_text("precious")
+    before = tree(tmp_path)
+    cases = [
+        (["preview", rendered, "--out", fifo, "--force"], 2, "not a regular file"),
+        (["evaluate", "--gt", rendered, "--oracle-layers", 1, "--json", link, "--force"], 2, "not a regular file"),
+        (["evaluate", "--gt", rendered, "--oracle-layers", 1, "--json", notes], 2, "pass --force"),
+    ]
+    for args, code, needle in cases:
+        result = run_cli(*args)
+        line = [x for x in result.stderr.splitlines() if x.strip()]
+        assert result.exit_code == code and len(line) == 1 and needle in line[0], result.stderr
+    assert tree(tmp_path) == before and fifo.is_fifo() and link.is_symlink()
+    assert run_cli("evaluate", "--gt", rendered, "--oracle-layers", 1, "--json", notes, "--force").exit_code == 0
+    assert json.loads(notes.read_text())["predictions"] == "oracle K=1"

@@ -27,7 +27,7 @@ import amodal_model.train as train_module
 from amodal_model.config import MAX_SEED, TINY, TrainConfig, build_train_config
 from amodal_model.predict import predict_run
 from amodal_model.train import Trainer, TrainingInterrupted, train
-from shapesgen.errors import ConfigError, DatasetError, ShapesgenError
+from shapesgen.errors import ConfigError, DatasetError, ResourceError, ShapesgenError
 
 SMALL = TINY.replace(feature_channels=8, head_filters=(8, 4), embedding_dim=4)
 QUICK = SMALL.replace(epochs=1, batch_size=2, steps_per_epoch=1, eval_every=0)
@@ -403,7 +403,7 @@ def test_predict_disk_full_leaves_no_partial_results(
 
     monkeypatch.setattr(os, "fdopen", full_disk_file)  # the temporary file is created, then the disk is full
     before = snapshot(tmp_path)
-    with pytest.raises(DatasetError, match="No space left") as caught:
+    with pytest.raises(ResourceError, match="No space left") as caught:
         predict_run(run_dir, data, tmp_path / "out" / "results.json", limit=2)
     one_line(caught.value)
     monkeypatch.undo()
@@ -416,7 +416,7 @@ def test_unwritable_folder_is_one_line_for_train_and_predict(run_dir: Path, data
     with pytest.raises(DatasetError, match="not permitted|ermission denied") as caught:
         train(data, Path("/sys/shapesgen-test-run"), QUICK)
     one_line(caught.value)
-    with pytest.raises(DatasetError, match="not permitted|ermission denied") as caught:
+    with pytest.raises(ResourceError, match="not permitted|ermission denied") as caught:
         predict_run(run_dir, data, Path("/sys/shapesgen-test/results.json"))
     one_line(caught.value)
     assert snapshot(tmp_path) == before
@@ -465,3 +465,18 @@ def test_cli_predict_refusal(run_dir: Path, data: Path, tmp_path: Path) -> None:
         ["--model", run_dir, "--data", data, "--out", data],
     ):
         assert_clean_failure(run_cli("predict", *args, "-q"), tmp_path, before)
+
+
+def test_predict_never_writes_over_the_run_or_an_existing_file(run_dir: Path, data: Path, tmp_path: Path) -> None:
+    for target in (run_dir / "metrics.csv", run_dir / "checkpoints" / "checkpoint", run_dir / "model.keras"):
+        with pytest.raises(ConfigError, match="file of the run"):
+            predict_run(run_dir, data, target, limit=1)
+    existing = tmp_path / "results.json"
+    existing.write_text("[] mine")
+    with pytest.raises(DatasetError, match="force=True"):
+        predict_run(run_dir, data, existing, limit=1)
+    assert existing.read_text() == "[] mine"
+    assert predict_run(run_dir, data, existing, limit=1, force=True) == existing and existing.read_text() != "[] mine"
+    beside = predict_run(run_dir, data, run_dir / "results.json", limit=1)  # results may sit beside the run files
+    assert beside.is_file()
+    beside.unlink()
