@@ -6,7 +6,6 @@ script is ``shapesgen`` and ``python -m shapesgen`` runs the same app.
 
 from __future__ import annotations
 
-import sys
 from typing import Annotated
 
 import typer
@@ -50,8 +49,3 @@ app.command()(evaluate.evaluate)
 app.command()(model.train)
 app.command()(model.predict)
 app.command()(render.presets)
-
-
-def main() -> None:
-    """Console-script entry point."""
-    sys.exit(app())

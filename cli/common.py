@@ -91,6 +91,11 @@ def fail(message: str, code: int) -> typer.Exit:
     return typer.Exit(code)
 
 
+def _debug() -> bool:
+    """``SHAPESGEN_TRACEBACK=1`` (or any value but empty, 0, false, no) shows tracebacks."""
+    return os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
 def run(ctx: typer.Context, call: Callable[[], T], aliases: Mapping[str, str] | None = None) -> T:
     """Run one library call. Its errors become one line naming this command's flags and
     their exit code; notes print as they happen; nothing ever shows a traceback unless
@@ -116,16 +121,16 @@ def run(ctx: typer.Context, call: Callable[[], T], aliases: Mapping[str, str] | 
     except typer.Exit:
         raise
     except MemoryError:
-        if os.environ.get(DEBUG_ENV):
+        if _debug():
             raise
         raise fail("out of memory: use a smaller config, fewer workers or a smaller batch", EXIT_ENVIRONMENT) from None
     except OSError as exc:
-        if os.environ.get(DEBUG_ENV):
+        if _debug():
             raise
         where = f"{exc.filename}: " if exc.filename else ""
         raise fail(f"{where}{exc.strerror or exc}", EXIT_ENVIRONMENT) from None
     except Exception as exc:
-        if os.environ.get(DEBUG_ENV):
+        if _debug():
             raise
         raise fail(
             f"internal error ({type(exc).__name__}: {exc}); this is a bug in shapesgen: please report it "

@@ -39,6 +39,7 @@ from shapesgen.limits import batch_scenes_for, check_disk, check_scene_fits
 from shapesgen.scene import render_scenes
 
 ProgressCallback = Callable[[int, int], None]
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 class RenderInterrupted(ShapesgenError):
@@ -72,8 +73,19 @@ def _pool_context() -> BaseContext:
     return get_context("fork" if sys.platform.startswith("linux") else "spawn")
 
 
-def _ignore_sigint() -> None:
+def _worker_init() -> None:
+    """Workers leave Ctrl-C and SIGTERM to the parent, and die with it: on Linux the
+    kernel sends them SIGKILL when the parent dies (even by ``kill -9``), so no orphan
+    keeps rendering or holds the output's files open."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() == 1:  # the parent died before the request took effect
+            os._exit(1)
 
 
 def _batches(
@@ -85,7 +97,7 @@ def _batches(
         for lo, hi in bounds:
             yield render_batch(config, lo, hi, level)
         return
-    with ProcessPoolExecutor(workers, mp_context=_pool_context(), initializer=_ignore_sigint) as pool:
+    with ProcessPoolExecutor(workers, mp_context=_pool_context(), initializer=_worker_init) as pool:
         pending: deque[Future[EncodedBatch]] = deque()
         todo = iter(bounds)
         try:
