@@ -15,7 +15,7 @@ import h5py
 import pytest
 from conftest import run_cli
 
-from shapesgen.files import exclusive_lock
+from shapesgen.files import exclusive_lock, partial_path
 from shapesgen.validate import validate_file
 
 SMALL = ("--instances", 1, "--layers", 2, "--image-size", 64, "--mask-size", 32, "--seed", 3)
@@ -298,3 +298,37 @@ def test_single_file_outputs_replace_only_regular_files_and_only_with_force(rend
     assert tree(tmp_path) == before and fifo.is_fifo() and link.is_symlink()
     assert run_cli("evaluate", "--gt", rendered, "--oracle-layers", 1, "--json", notes, "--force").exit_code == 0
     assert json.loads(notes.read_text())["predictions"] == "oracle K=1"
+
+
+def _start_render(out: Path, *extra: str) -> subprocess.Popen[str]:
+    args = ["render", "--out", str(out), "--num", "200000", "--seed", "4", "--instances", "1", "-q", *extra]
+    proc = subprocess.Popen([sys.executable, "-m", "shapesgen", *args], stderr=subprocess.PIPE, text=True)
+    partial, deadline = partial_path(out), time.monotonic() + 60
+    while not partial.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.5)
+    return proc
+
+
+def test_sigterm_stops_a_render_like_ctrl_c(tmp_path: Path) -> None:
+    out = tmp_path / "t.h5"
+    proc = _start_render(out)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert proc.returncode == 130 and len(lines) == 1 and "is kept: rerun with --resume" in lines[0], stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.h5.partial"]  # no lock file, no output
+
+
+def test_workers_die_with_a_killed_parent_and_free_the_output(tmp_path: Path) -> None:
+    out = tmp_path / "k.h5"
+    proc = _start_render(out, "--workers", "2", "--image-size", "64", "--mask-size", "32")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    deadline = time.monotonic() + 10
+    while True:  # the kernel kills the workers at once; their inherited lock goes with them
+        result = run_cli("render", "--out", out, "--num", 2, "--seed", 4, "-q", "--force", *SMALL[:-2])
+        if result.exit_code == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert result.exit_code == 0, result.stderr
