@@ -229,8 +229,10 @@ class Trainer:
         if resume:
             try:
                 manager = tf.train.CheckpointManager(self.checkpoint, out / "checkpoints", max_to_keep=2)
-                if manager.latest_checkpoint:
-                    self.checkpoint.restore(manager.latest_checkpoint).expect_partial()
+                latest = manager.latest_checkpoint
+                if latest is None:  # missing or unreadable index: resuming would silently start over
+                    raise ValueError(f"no readable checkpoint in {out / 'checkpoints'}")
+                self.checkpoint.restore(latest).expect_partial()
             except Exception as exc:  # a damaged checkpoint fails in TF, protobuf or h5py
                 reason = one_line(str(exc)) or type(exc).__name__
                 raise DatasetError(

@@ -322,6 +322,18 @@ def test_resume_of_a_damaged_run_is_one_line_and_changes_nothing(
         train(data, copy, config, resume=True)
     one_line(caught.value)
     assert snapshot(tmp_path) == before
+    for damage in ("garbage index", "no checkpoints"):  # resuming must never silently start over
+        shutil.rmtree(copy)
+        shutil.copytree(run_dir, copy)
+        if damage == "no checkpoints":
+            shutil.rmtree(copy / "checkpoints")
+        else:
+            (copy / "checkpoints" / "checkpoint").write_text("garbage")
+        before = snapshot(tmp_path)
+        with pytest.raises(DatasetError, match="no readable checkpoint") as caught:
+            train(data, copy, config, resume=True)
+        one_line(caught.value)
+        assert snapshot(tmp_path) == before, damage
 
 
 # --- predict -------------------------------------------------------------------------------------------
