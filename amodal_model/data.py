@@ -21,6 +21,7 @@ from shapesgen.config import SceneConfig, build_config
 from shapesgen.errors import ConfigError, DatasetError, ShapesgenError, one_line, shown
 from shapesgen.files import regular_input
 from shapesgen.hdf5 import open_dataset
+from shapesgen.limits import check_scene_fits
 from shapesgen.scene import render_scenes
 
 BLOCK = 256
@@ -60,6 +61,7 @@ def parse_live_spec(spec: str) -> SceneConfig:
         overrides[names[key]] = int(value)
     try:
         config = build_config(preset_name, **overrides)  # type: ignore[arg-type]
+        check_scene_fits(config)  # the same limits as `render`: refused now, not after minutes of rendering
     except ConfigError as exc:
         raise ConfigError(f"train_source={shown(spec)}: {exc}", param="train_source") from None
     return config if config.seed is not None else config.replace(seed=0)

@@ -170,6 +170,7 @@ TRAIN_REFUSALS: dict[str, Any] = {
     "live-unknown-preset": lambda d, t: dict(train_source="render:nope", out=t / "run"),
     "live-huge-number": lambda d, t: dict(train_source="render:paper,instances=" + "9" * 5000, out=t / "run"),
     "live-too-many-instances": lambda d, t: dict(train_source="render:paper,instances=99999", out=t / "run"),
+    "live-impossible-layers": lambda d, t: dict(train_source="render:paper,layers=99999999", out=t / "run"),
     "foreign-val": lambda d, t: dict(train_source=d, out=t / "run", val=foreign_hdf5(t / "foreign.h5")),
     "out-is-a-file": lambda d, t: dict(train_source=d, out=t / "notes.txt"),
     "out-under-a-file": lambda d, t: dict(train_source=d, out=t / "notes.txt" / "run"),
