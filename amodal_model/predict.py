@@ -204,7 +204,7 @@ def write_results(records: list[dict[str, Any]], path: str | Path, force: bool =
 def _same_file(a: Path, b: Path) -> bool:
     try:
         return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
-    except OSError:
+    except (OSError, RuntimeError):  # a link loop is no file of ours
         return False
 
 

@@ -129,7 +129,7 @@ def render(
     if coco is not None:
         run(
             ctx,
-            lambda: check_export_target(out, coco, force, inputs={"config": config}),
+            lambda: check_export_target(out, coco, force, inputs={"config": config}, probe=True),
             aliases={"out": "coco", "source": "out"},
         )
     with progress_bar("render", quiet) as update:

@@ -596,13 +596,20 @@ def is_export_folder(folder: Path) -> bool:
 
 
 def check_export_target(
-    source: str | Path, out: str | Path, force: bool, inputs: dict[str, str | Path | None] | None = None
+    source: str | Path,
+    out: str | Path,
+    force: bool,
+    inputs: dict[str, str | Path | None] | None = None,
+    *,
+    probe: bool = False,
 ) -> Path:
     """Refuse an export folder that would lose data, before any work is done.
 
     ``out`` must not be or contain ``source`` (nor any of ``inputs``, other files the
     caller read); an existing ``out`` is replaced only with ``force=True`` and only if
-    it is a previous, untouched shapesgen export.
+    it is a previous, untouched shapesgen export. ``probe=True`` also checks that the
+    folder can be made there (its parent is created and its lock taken, then both
+    undone), for callers that export only after long work (``render --coco``).
     """
     out = check_output_path(out, "out")
     source = Path(source)
@@ -623,6 +630,8 @@ def check_export_target(
                 "replaces a previous export; remove it yourself or choose another folder",
                 param="out",
             )
+    if probe:
+        _probe_writable(out)
     staging = partial_path(out)
     if (staging.exists() or staging.is_symlink()) and not (
         staging.is_dir() and not staging.is_symlink() and (staging / STAGING_MARKER).is_file()
@@ -632,6 +641,19 @@ def check_export_target(
             param="out",
         )
     return out
+
+
+def _probe_writable(out: Path) -> None:
+    """Make ``out``'s parent folders and take its lock, then undo both."""
+    try:
+        created = make_parents(out.parent)
+    except OSError as exc:
+        raise ResourceError(f"out={str(out)!r}: cannot create {out.parent} ({exc.strerror})", param="out") from None
+    try:
+        with exclusive_lock(out, "out"):
+            pass
+    finally:
+        remove_empty(created)
 
 
 def export_coco(

@@ -21,6 +21,7 @@ AnchorMode = Literal["corner", "center"]
 MAX_INSTANCES_PER_SCENE = 65535
 MAX_SEED = 2**63 - 1
 MAX_IMAGE_SIZE = 32768  # an RGB image chunk stays under HDF5's 4 GiB chunk limit
+MIN_SHAPE_SIZE = 1e-6  # smaller shapes underflow in geometry (1e-20 broke GEOS; 1e-15 still validated)
 MAX_CIRCLE_SEGMENTS = 4096  # at 32768 px a 4096-gon circle is within 0.25 px of the true circle
 
 
@@ -89,11 +90,11 @@ class ShapeSpec:
         if len(self.size) != arity:
             raise _fail(f"size of {self.kind}", self.size, f"must have {arity} number(s), see SHAPE_KINDS")
         for value in self.size:
-            if not _is_number(value) or not 0.0 < value <= 1.0:
+            if not _is_number(value) or not MIN_SHAPE_SIZE <= value <= 1.0:
                 raise _fail(
                     f"size of {self.kind}",
                     self.size,
-                    "each number must be in (0, 1], a fraction of the image side",
+                    f"each number must be in [{MIN_SHAPE_SIZE:g}, 1], a fraction of the image side",
                 )
         if not self.name:
             object.__setattr__(self, "name", self.kind)

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from shapesgen.errors import ConfigError, DatasetError, ResourceError
+from shapesgen.errors import ConfigError, DatasetError, ResourceError, one_line, shown
 
 try:
     import fcntl
@@ -38,15 +38,36 @@ def lock_path(path: Path) -> Path:
     return path.with_name(path.name + ".lock")
 
 
+NAME_MAX = 255  # bytes in one path component on Linux and macOS file systems
+SIDE_SUFFIX = len(".partial.lock")  # the longest name we add beside an output
+
+
+def resolved(path: Path) -> Path:
+    """``path`` with symbolic links resolved; a link loop is a :class:`DatasetError`."""
+    try:
+        return path.resolve()
+    except (RuntimeError, OSError) as exc:  # RuntimeError("Symlink loop") before Python 3.13
+        raise DatasetError(f"{path}: cannot resolve it ({one_line(exc)}): a symbolic link loop?") from None
+
+
 def check_output_path(path: str | Path, param: str) -> Path:
-    """Refuse output paths that can never be a file of ours: empty, ``.``, ``/``, ``..``."""
+    """Refuse output paths that can never be a file of ours: empty, ``.``, ``/``, ``..``,
+    a link loop, or names too long for the file system once ``.partial`` or ``.lock`` is added."""
     text = str(path)
     if not text.strip():
         raise ConfigError(f"{param}='' is invalid: give a path", param=param)
-    resolved = Path(path)
-    if resolved.name in ("", ".", "..") or resolved.resolve() == Path(resolved.resolve().anchor):
+    candidate = Path(path)
+    if candidate.name in ("", ".", "..") or resolved(candidate) == Path(resolved(candidate).anchor):
         raise ConfigError(f"{param}={text!r} is invalid: give a path that names a new file or folder", param=param)
-    return resolved
+    for part in candidate.parts:
+        limit = NAME_MAX - (SIDE_SUFFIX if part == candidate.name else 0)
+        if len(os.fsencode(part)) > limit:
+            raise ConfigError(
+                f"{param}={shown(text)} is invalid: the name {shown(part, 30)} is longer than {limit} bytes "
+                f"(the file system allows {NAME_MAX}, and .partial/.lock files are made beside an output)",
+                param=param,
+            )
+    return candidate
 
 
 def regular_input(path: str | Path, param: str) -> Path:
@@ -67,7 +88,7 @@ def regular_input(path: str | Path, param: str) -> Path:
 
 def contains(folder: Path, path: Path) -> bool:
     """Whether ``path`` is ``folder`` or lies inside it (symlinks resolved)."""
-    folder, path = folder.resolve(), path.resolve()
+    folder, path = resolved(folder), resolved(path)
     return path == folder or folder in path.parents
 
 
@@ -115,11 +136,13 @@ def exclusive_lock(target: Path, param: str) -> Iterator[Path]:
             except FileNotFoundError:  # its holder removed it meanwhile: try again
                 continue
             except OSError as exc:
-                raise DatasetError(
+                raise ResourceError(
                     f"{param}={str(target)!r}: cannot open {lock} ({exc.strerror})", param=param
                 ) from None
         except OSError as exc:
-            raise DatasetError(f"{param}={str(target)!r}: cannot create {lock} ({exc.strerror})", param=param) from None
+            raise ResourceError(
+                f"{param}={str(target)!r}: cannot create {lock} ({exc.strerror})", param=param
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -130,7 +153,7 @@ def exclusive_lock(target: Path, param: str) -> Iterator[Path]:
                     "wait for it to finish or stop it",
                     param=param,
                 ) from None
-            raise DatasetError(f"{param}={str(target)!r}: cannot lock {lock} ({exc.strerror})", param=param) from None
+            raise ResourceError(f"{param}={str(target)!r}: cannot lock {lock} ({exc.strerror})", param=param) from None
         if _names(fd, lock):  # not a lock file that its holder removed while we waited to open it
             break
         os.close(fd)
@@ -140,7 +163,7 @@ def exclusive_lock(target: Path, param: str) -> Iterator[Path]:
                 os.write(fd, LOCK_MARKER + f" pid {os.getpid()}\n".encode())
             except OSError as exc:
                 os.unlink(lock)  # empty and ours: nothing to keep
-                raise DatasetError(
+                raise ResourceError(
                     f"{param}={str(target)!r}: cannot write {lock} ({exc.strerror})", param=param
                 ) from None
         yield lock

@@ -332,3 +332,26 @@ def test_workers_die_with_a_killed_parent_and_free_the_output(tmp_path: Path) ->
             break
         time.sleep(0.2)
     assert result.exit_code == 0, result.stderr
+
+
+def test_link_loops_long_names_and_unwritable_coco_folders_are_refused_up_front(
+    rendered: Path, tmp_path: Path
+) -> None:
+    loop = tmp_path / "loop"
+    (tmp_path / "loop2").symlink_to(loop)
+    loop.symlink_to(tmp_path / "loop2")
+    long_name = "a" * 250 + ".h5"  # valid alone, too long once .partial.lock is added
+    cases = [
+        (["render", "--num", 2, *SMALL, "--out", loop], 2, "link loop"),
+        (["export", "coco", rendered, "--out", loop], 2, "link loop"),
+        (["evaluate", "--gt", rendered, "--oracle-layers", 1, "--json", loop], 2, "link loop"),
+        (["render", "--num", 2, *SMALL, "--out", tmp_path / "new" / long_name], 2, "longer than"),
+        (["render", "--num", 2, *SMALL, "--out", tmp_path / "x.h5", "--coco", "/proc/none/coco"], 1, "--coco"),
+        (["render", "--num", 2, *SMALL, "--out", tmp_path / "x.h5", "--coco", "/proc/coco"], 1, "--coco"),
+        (["render", "--num", 2, *SMALL, "--out", tmp_path / "x.h5", "--size", "circle=1e-300"], 2, "size of circle"),
+    ]
+    before = tree(tmp_path)
+    for args, code, needle in cases:
+        line = one_error_line(run_cli(*args), code=code)
+        assert needle in line, line
+    assert tree(tmp_path) == before

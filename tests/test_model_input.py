@@ -426,7 +426,7 @@ def test_predict_disk_full_leaves_no_partial_results(
 def test_unwritable_folder_is_one_line_for_train_and_predict(run_dir: Path, data: Path, tmp_path: Path) -> None:
     """``/sys`` refuses new entries even to root (EPERM), unlike a chmod-ed folder."""
     before = snapshot(tmp_path)
-    with pytest.raises(DatasetError, match="not permitted|ermission denied") as caught:
+    with pytest.raises(ResourceError, match="not permitted|ermission denied") as caught:
         train(data, Path("/sys/shapesgen-test-run"), QUICK)
     one_line(caught.value)
     with pytest.raises(ResourceError, match="not permitted|ermission denied") as caught:
