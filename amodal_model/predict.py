@@ -176,6 +176,13 @@ def predict_hdf5(
             f"the model takes {expected[0]} px x {expected[1]}",
             param=param,
         )
+    if other.class_names != scene_config.class_names or other.mask_size != scene_config.mask_size:
+        raise ConfigError(
+            f"{param}={str(path)!r}: classes {list(other.class_names)} at {other.mask_size} px masks, but the "
+            f"model was trained on {list(scene_config.class_names)} at {scene_config.mask_size} px: its class "
+            "ids and mask size would not mean the same",
+            param=param,
+        )
     forward = infer_fn(model)
     records: list[dict[str, Any]] = []
     done = 0

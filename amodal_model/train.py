@@ -323,6 +323,12 @@ class Trainer:
         config = self.config
         for epoch in range(self.completed_epochs, config.epochs):
             row = self.run_epoch(epoch, callbacks)
+            if not math.isfinite(float(row["loss"])):  # never checkpoint or save a diverged model as a success
+                raise ConfigError(
+                    f"learning_rate={config.learning_rate:g}: training diverged (loss {row['loss']} in epoch "
+                    f"{epoch + 1}); lower the learning rate",
+                    param="learning_rate",
+                )
             due = config.eval_every and ((epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs)
             if val is not None and val_gt is not None and due:
                 row.update(self.evaluate(val, val_gt))

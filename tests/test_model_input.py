@@ -493,3 +493,39 @@ def test_predict_never_writes_over_the_run_or_an_existing_file(run_dir: Path, da
     beside = predict_run(run_dir, data, run_dir / "results.json", limit=1)  # results may sit beside the run files
     assert beside.is_file()
     beside.unlink()
+
+
+@pytest.mark.parametrize("change", [{"instances_per_class": 1, "mask_size": 16}, {"shapes": "circle,square"}])
+def test_predict_refuses_data_of_other_classes_or_mask_size(
+    change: dict[str, Any], run_dir: Path, tiny_dataset: Path, tmp_path: Path
+) -> None:
+    from shapesgen import open_dataset
+    from shapesgen.config import build_config, parse_classes
+    from shapesgen.render import render_dataset
+
+    with open_dataset(tiny_dataset) as ds:
+        base = ds.config
+    if "shapes" in change:
+        other = build_config(base=base, classes=parse_classes(change["shapes"]))
+    else:
+        other = base.replace(**change)
+    data = render_dataset(other, tmp_path / "other.h5", num_scenes=2)
+    before = snapshot(tmp_path)
+    with pytest.raises(ConfigError, match="model was trained on") as caught:
+        predict_run(run_dir, data, tmp_path / "r.json")
+    one_line(caught.value)
+    assert snapshot(tmp_path) == before
+
+
+def test_a_diverged_training_fails_and_keeps_nothing(
+    data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def diverged(self: Trainer, epoch: int, callbacks: Any) -> dict[str, Any]:
+        return {**fake_epoch(self, epoch, callbacks), "loss": float("nan")}
+
+    monkeypatch.setattr(Trainer, "run_epoch", diverged)
+    before = snapshot(tmp_path)
+    with pytest.raises(ConfigError, match="training diverged") as caught:
+        train(data, tmp_path / "run", QUICK)
+    assert caught.value.param == "learning_rate"
+    assert snapshot(tmp_path) == before
