@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from shapesgen.errors import ShapesgenError, ShapesgenNote
+from shapesgen.errors import ShapesgenError, ShapesgenNote, one_line
 
 err = Console(stderr=True)
 console = Console()
@@ -133,8 +133,9 @@ def run(ctx: typer.Context, call: Callable[[], T], aliases: Mapping[str, str] | 
         if _debug():
             raise
         raise fail(
-            f"internal error ({type(exc).__name__}: {exc}); this is a bug in shapesgen: please report it "
-            f"with the command, and rerun with {DEBUG_ENV}=1 for the traceback",
+            f"internal error ({type(exc).__name__}: {one_line(exc, 200)}); if an input file was edited or "
+            "damaged, check it with `shapesgen validate`; otherwise this is a bug in shapesgen: please report "
+            f"it with the command (rerun with {DEBUG_ENV}=1 for the traceback)",
             EXIT_INTERNAL,
         ) from None
 
