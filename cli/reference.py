@@ -14,14 +14,18 @@ Generated from the commands by `make docs`; a test fails if it drifts. Every com
 also prints this with `--help`; `shapesgen --version` prints the package and HDF5
 format versions; `python -m shapesgen` is the same command.
 
-Exit codes: 0 success; 1 a failed check (`validate`) or a refusal by the system (disk
-full, out of memory); 2 bad input (one line naming the flag and what is allowed,
-checked before any work, nothing written); 130 Ctrl-C (`render` and `train` keep what
-can be resumed); 70 a bug in shapesgen (one line; set `SHAPESGEN_TRACEBACK=1` for the
-traceback to report). Outputs are written to a temporary path and renamed on success;
-`--force` replaces an output only with a complete new one, never deletes an input, and
-replaces an export folder only if it is an untouched shapesgen export. While a command
-writes `X`, it holds `X.lock`: a second command writing `X` is refused.
+Exit codes: 0 success; 1 a failed check (`validate`) or a refusal by the system (a full
+disk, out of memory, a worker killed, an output another command is writing); 2 bad
+input (one line naming the flag and what is allowed, checked before any work, nothing
+written); 130 Ctrl-C or SIGTERM (`render` and `train` keep what can be resumed, the
+rest is removed); 70 an unexpected error (one line; check edited inputs with
+`shapesgen validate`, otherwise set `SHAPESGEN_TRACEBACK=1` and report the traceback).
+
+Outputs are written to a temporary path and renamed on success. While a command writes
+`X`, it holds `X.lock`: a second command writing `X` is refused. An existing output is
+replaced only with `--force`, only by a complete new one, never when it is (or holds)
+an input, never when it is a link, FIFO or device, and an export folder only if it is
+a shapesgen export exactly as written (every file matches its `SHA256SUMS`).
 """
 
 
