@@ -2,18 +2,33 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
+from types import ModuleType
 from typing import Annotated, Any
 
 import typer
 
 from amodal_model.config import Backbone, DistanceScope, Hinge, TrainPresetName
+from shapesgen.errors import ResourceError
 
 from .common import Force, Quiet, err, progress_bar, run
 
 BackboneOption = Annotated[
     Backbone | None, typer.Option("--backbone", help="The image encoder (overrides the preset's).")
 ]
+
+
+def _model_module(name: str) -> ModuleType:
+    """``amodal_model.<name>``, or one line saying how to install TensorFlow, which the
+    model needs and a plain ``pip install shapesgen`` leaves out."""
+    try:
+        return importlib.import_module(f"amodal_model.{name}")
+    except ImportError as exc:
+        raise ResourceError(
+            f"the model needs TensorFlow and Keras ({exc.name} is not installed): "
+            "pip install 'shapesgen[train-cpu]' (or 'shapesgen[train]' for a GPU)"
+        ) from None
 
 
 def train(
@@ -71,8 +86,8 @@ def train(
 ) -> None:
     """Train the layered-embedding model (N layers = the dataset's layers)."""
     from amodal_model.config import build_train_config
-    from amodal_model.train import Callbacks
-    from amodal_model.train import train as run_training
+
+    training = run(ctx, lambda: _model_module("train"))
 
     config = run(
         ctx,
@@ -105,14 +120,14 @@ def train(
 
         run_dir = run(
             ctx,
-            lambda: run_training(
+            lambda: training.train(
                 train_source,
                 out,
                 config,
                 val=val,
                 resume=resume,
                 force=force,
-                callbacks=Callbacks(on_step=on_step, on_epoch=on_epoch),
+                callbacks=training.Callbacks(on_step=on_step, on_epoch=on_epoch),
             ),
         )
     err.print(f"model saved in {run_dir}")
@@ -131,7 +146,7 @@ def predict(
     quiet: Quiet = False,
 ) -> None:
     """Predict amodal instances (COCO results, masks at mask resolution) for an HDF5 file."""
-    from amodal_model.predict import predict_run
+    predict_run = run(ctx, lambda: _model_module("predict")).predict_run
 
     with progress_bar("predict", quiet) as update:
         written = run(

@@ -355,3 +355,22 @@ def test_link_loops_long_names_and_unwritable_coco_folders_are_refused_up_front(
         line = one_error_line(run_cli(*args), code=code)
         assert needle in line, line
     assert tree(tmp_path) == before
+
+
+def test_train_and_predict_without_tensorflow_say_how_to_install_it(
+    rendered: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shapesgen_cli.model
+
+    def missing(name: str) -> None:
+        raise ModuleNotFoundError("No module named 'keras'", name="keras")
+
+    monkeypatch.setattr(shapesgen_cli.model.importlib, "import_module", missing)
+    before = tree(tmp_path)
+    for args in (
+        ["train", "--train", rendered, "--out", tmp_path / "run", "--preset", "tiny"],
+        ["predict", "--model", tmp_path / "run", "--data", rendered, "--out", tmp_path / "r.json"],
+    ):
+        line = one_error_line(run_cli(*args), code=1)
+        assert "pip install 'shapesgen[train-cpu]'" in line
+    assert tree(tmp_path) == before
