@@ -109,6 +109,19 @@ def scene_targets(table_class_ids: np.ndarray) -> np.ndarray:
     return np.concatenate([[0], table_class_ids]).astype(np.int32)
 
 
+def _check_ids(block: Batch, num_instances: int, path: Path, start: int, param: str) -> None:
+    """Ids and classes the model indexes with must be in range; only a hand-edited file
+    breaks this (the reader checks structure, not every value)."""
+    worst = int(block["layers"].max(initial=0))
+    classes = int(block["instance_classes"].max(initial=0))
+    if worst > num_instances or int(block["class_layers"].max(initial=0)) > classes:
+        raise DatasetError(
+            f"{param}={str(path)!r}: scenes from {start}: stored ids are out of range (layer id {worst} of "
+            f"{num_instances} instances); check it with `shapesgen validate {path}`",
+            param=param,
+        )
+
+
 def hdf5_batches(
     path: Path,
     batch_size: int,
@@ -149,6 +162,7 @@ def hdf5_batches(
                 ),
                 "index": np.arange(start, stop, dtype=np.int64),
             }
+            _check_ids(block, n, path, start, param)
             order = rng.permutation(stop - start) if shuffle else np.arange(stop - start)
             pending.append({key: value[order] for key, value in block.items()})
             merged = {key: np.concatenate([p[key] for p in pending]) for key in pending[0]}

@@ -34,7 +34,7 @@ from shapesgen.files import (
     remove_empty,
 )
 from shapesgen.geometry import front_overlaps
-from shapesgen.hdf5 import ShapesDataset, open_dataset
+from shapesgen.hdf5 import CorruptDatasetError, ShapesDataset, open_dataset
 from shapesgen.raster import layer_maps, rasterize_convex
 from shapesgen.scene import Scene
 from shapesgen.stats import OCCLUSION_BANDS, occlusion_band
@@ -371,6 +371,24 @@ def scene_annotations(
     return image, annotations
 
 
+def _check_stored_values(ds: ShapesDataset, scene: Scene) -> None:
+    """The values an export computes with, which only a hand-edited file can break
+    (the reader checks structure, not every value): finite vertices, known instance ids."""
+    problem = None
+    if not np.all(np.isfinite(scene.vertices)):
+        problem, dataset = "vertices are not all finite", "vertices"
+    elif scene.layers.size and int(scene.layers.max()) > len(scene.instances):
+        problem, dataset = f"layers hold instance id {int(scene.layers.max())} of {len(scene.instances)}", "layers"
+    if problem is not None:
+        raise CorruptDatasetError(
+            ds.path,
+            f"scene {scene.index}: {problem}",
+            dataset=dataset,
+            scene=scene.index,
+            hint=f"; check the file with `shapesgen validate {ds.path}`",
+        )
+
+
 def _scene_export(
     ds: ShapesDataset, scene: Scene, export: ExportConfig
 ) -> tuple[dict[str, Any], list[dict[str, Any]], np.ndarray | None]:
@@ -384,6 +402,7 @@ def _scene_export(
     (RLE mode) or pycocotools' rasterisation of the written polygon (polygon mode);
     visible = its pixels where the instance is front-most, invisible = amodal - visible.
     """
+    _check_stored_values(ds, scene)
     config = ds.config
     scale = 1.0 if export.resolution == "image" else float(config.mask_scale)
     size = config.image_size if export.resolution == "image" else config.mask_size

@@ -589,8 +589,13 @@ def oracle_predictions(gt: GroundTruth, num_layers: int) -> list[dict[str, Any]]
     for scene, layers in enumerate(gt.layers[:, :num_layers]):
         ids = np.unique(layers[0])
         ids = ids[ids > 0]
-        masks = np.any(layers[None] == ids[:, None, None, None], axis=1)
         classes = gt.class_of_id[scene]
+        if len(ids) and int(ids[-1]) >= len(classes):  # only a hand-edited file can hold such an id
+            raise DatasetError(
+                f"{gt.source}: scene {scene}: layer 1 holds instance id {int(ids[-1])}, but the scene has "
+                f"{len(classes) - 1} instances; check the file with `shapesgen validate {gt.source}`"
+            )
+        masks = np.any(layers[None] == ids[:, None, None, None], axis=1)
         for instance, rle in zip(ids.tolist(), encode_rle(masks), strict=True):
             detections.append(
                 {"image_id": scene + 1, "category_id": int(classes[instance]), "score": 1.0, "segmentation": rle}

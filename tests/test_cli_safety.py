@@ -334,9 +334,7 @@ def test_workers_die_with_a_killed_parent_and_free_the_output(tmp_path: Path) ->
     assert result.exit_code == 0, result.stderr
 
 
-def test_link_loops_long_names_and_unwritable_coco_folders_are_refused_up_front(
-    rendered: Path, tmp_path: Path
-) -> None:
+def test_link_loops_long_names_and_unwritable_coco_folders_are_refused_up_front(rendered: Path, tmp_path: Path) -> None:
     loop = tmp_path / "loop"
     (tmp_path / "loop2").symlink_to(loop)
     loop.symlink_to(tmp_path / "loop2")
@@ -373,4 +371,32 @@ def test_train_and_predict_without_tensorflow_say_how_to_install_it(
     ):
         line = one_error_line(run_cli(*args), code=1)
         assert "pip install 'shapesgen[train-cpu]'" in line
+    assert tree(tmp_path) == before
+
+
+def test_hand_edited_values_are_one_line_pointing_at_validate(rendered: Path, tmp_path: Path) -> None:
+    """Readers check structure at open, not every stored value; values a command would
+    index with are checked where it uses them."""
+    import shutil
+
+    layer_id, vertex = tmp_path / "layer_id.h5", tmp_path / "vertex.h5"
+    shutil.copy(rendered, layer_id)
+    shutil.copy(rendered, vertex)
+    with h5py.File(layer_id, "r+") as f:
+        f["layers"][0, 0, 0, 0] = 999
+    with h5py.File(vertex, "r+") as f:
+        f["vertices"][0, 0] = float("nan")
+    before = tree(tmp_path)
+    cases = [
+        (["evaluate", "--gt", layer_id, "--oracle-layers", 1], "instance id 999"),
+        (["export", "coco", layer_id, "--out", tmp_path / "e1", "-q"], "instance id 999"),
+        (["export", "coco", vertex, "--out", tmp_path / "e2", "-q"], "not all finite"),
+        (
+            ["train", "--train", layer_id, "--out", tmp_path / "run", "--preset", "tiny", "--batch-size", 2],
+            "out of range",
+        ),
+    ]
+    for args, needle in cases:
+        line = one_error_line(run_cli(*args))
+        assert needle in line and "shapesgen validate" in line, line
     assert tree(tmp_path) == before
