@@ -98,23 +98,35 @@ RUN_ENTRIES = frozenset({MODEL_FILE, TRAIN_CONFIG_FILE, SCENE_CONFIG_FILE, "metr
 
 
 def is_run_folder(folder: Path) -> bool:
-    """Whether ``folder`` is a run :func:`train` made and nobody added to: it holds the run
-    marker and nothing but what a run writes (so replacing it loses no user file)."""
-    if not (folder.is_dir() and not folder.is_symlink() and (folder / RUN_MARKER).is_file()):
-        return False
+    """Whether ``folder`` is a run :func:`train` made (it holds the run marker); it may
+    also hold the user's files, such as predictions written beside the model."""
+    return folder.is_dir() and not folder.is_symlink() and (folder / RUN_MARKER).is_file()
+
+
+def _foreign_entry(folder: Path) -> str | None:
+    """The first entry of a run folder that :func:`train` did not write (``None`` if none)."""
     try:
-        return all(entry.name in RUN_ENTRIES and not entry.is_symlink() for entry in folder.iterdir())
-    except OSError:
-        return False
+        for entry in sorted(folder.iterdir()):
+            if entry.name not in RUN_ENTRIES or entry.is_symlink():
+                return entry.name
+    except OSError as exc:
+        return f"<unlistable: {exc.strerror}>"
+    return None
 
 
 def _check_replaceable(folder: Path, inputs: list[Path], cwd: Path) -> None:
     """``force=True`` removes ``folder``: only a run folder, never one holding an input or the cwd."""
     if not is_run_folder(folder):
         raise DatasetError(
-            f"out={str(folder)!r} is not a training run, or holds files a run does not write "
-            f"(a run holds only {', '.join(sorted(RUN_ENTRIES))}): force=True only replaces a previous run; "
-            "move your files out or give another path",
+            f"out={str(folder)!r} exists and is not a training run (no {RUN_MARKER}): "
+            "force=True only replaces a previous run; give another path",
+            param="out",
+        )
+    foreign = _foreign_entry(folder)
+    if foreign is not None:
+        raise DatasetError(
+            f"out={str(folder)!r} holds {foreign!r}, which a run does not write: force=True would delete it; "
+            "move it out of the run folder first",
             param="out",
         )
     for path in inputs:
@@ -353,6 +365,9 @@ class Trainer:
             raise DatasetError(
                 f"{exc}; the checkpoints are kept: pass resume=True once it can be written", param="out"
             ) from None
+        except BaseException:  # Ctrl-C or SIGTERM while saving: the checkpoints are what resume needs
+            tmp.unlink(missing_ok=True)
+            raise
 
 
 class _Staging:

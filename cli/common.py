@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -24,8 +25,19 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from shapesgen.errors import ShapesgenError, ShapesgenNote, one_line
 
-err = Console(stderr=True)
-console = Console()
+
+class _Console(Console):
+    """A rich console whose closed pipe (``shapesgen info x | head``) ends the command
+    quietly with 141, as a shell reports SIGPIPE, instead of rich's exit 1."""
+
+    def on_broken_pipe(self) -> None:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), (sys.stderr if self.stderr else sys.stdout).fileno())
+        raise SystemExit(EXIT_BROKEN_PIPE)
+
+
+EXIT_BROKEN_PIPE = 141
+err = _Console(stderr=True)
+console = _Console()
 T = TypeVar("T")
 
 EXIT_INTERRUPTED = 130

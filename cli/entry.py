@@ -13,7 +13,7 @@ import sys
 from types import FrameType
 
 EXIT_INTERRUPTED = 130
-EXIT_BROKEN_PIPE = 141  # what a shell reports for a command killed by SIGPIPE
+EXIT_BROKEN_PIPE = 141  # what a shell reports for a command killed by SIGPIPE (as cli.common)
 
 
 def _terminate(signum: int, frame: FrameType | None) -> None:

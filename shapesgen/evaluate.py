@@ -39,7 +39,7 @@ from pycocotools.cocoeval import COCOeval, Params
 
 from shapesgen.coco import MAX_MASK_PIXELS, decode_segmentation, encode_rle, rle_runs
 from shapesgen.errors import ConfigError, DatasetError
-from shapesgen.files import check_output_path, resolved, write_atomically
+from shapesgen.files import check_file_output, resolved, write_atomically
 from shapesgen.hdf5 import open_dataset
 from shapesgen.stats import HEAVY_MIN, NONE_MAX, OCCLUSION_BANDS
 
@@ -944,7 +944,7 @@ def evaluate_files(
             related=("oracle_layers",),
         )
     if json_out is not None:
-        check_output_path(json_out, "json_out")
+        check_file_output(json_out, "json_out", force)
         if resolved(Path(json_out)) in {resolved(Path(gt)), resolved(Path(dt)) if dt is not None else None}:
             raise ConfigError(f"json_out={str(json_out)!r} would overwrite an input", param="json_out")
     if oracle_layers is not None and Path(gt).suffix.lower() == ".json":

@@ -93,6 +93,8 @@ def contains(folder: Path, path: Path) -> bool:
 
 
 LOCK_MARKER = b"shapesgen lock"
+LOCK_ATTEMPTS = 100  # lock files replaced under us this often mean something else is at work
+NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)  # a lock is never reached through a link
 
 
 def refuse_overwriting_inputs(out: Path, param: str, inputs: dict[str, str | Path | None]) -> None:
@@ -125,14 +127,19 @@ def exclusive_lock(target: Path, param: str) -> Iterator[Path]:
     if fcntl is None:  # pragma: no cover - Windows: no advisory locks, no protection
         yield lock
         return
-    while True:
+    for _attempt in range(LOCK_ATTEMPTS):
+        if lock.is_symlink():
+            raise ResourceError(
+                f"{param}={str(target)!r}: {lock} is a symbolic link, not a lock file of ours: remove it",
+                param=param,
+            )
         created = True
         try:
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_EXCL | NOFOLLOW, 0o644)
         except FileExistsError:
             created = False
             try:
-                fd = os.open(lock, os.O_RDWR)
+                fd = os.open(lock, os.O_RDWR | NOFOLLOW)
             except FileNotFoundError:  # its holder removed it meanwhile: try again
                 continue
             except OSError as exc:
@@ -157,6 +164,8 @@ def exclusive_lock(target: Path, param: str) -> Iterator[Path]:
         if _names(fd, lock):  # not a lock file that its holder removed while we waited to open it
             break
         os.close(fd)
+    else:
+        raise ResourceError(f"{param}={str(target)!r}: {lock} keeps changing; is another program using it?")
     try:
         if created:
             try:
@@ -186,6 +195,24 @@ def _names(fd: int, path: Path) -> bool:
         return False
 
 
+def check_file_output(path: str | Path, param: str, force: bool) -> Path:
+    """Refuse, before any work, a single-file output :func:`write_atomically` would refuse."""
+    path = check_output_path(path, param)
+    _check_replaceable(path, param, force)
+    return path
+
+
+def _check_replaceable(path: Path, param: str, force: bool) -> None:
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        raise ConfigError(
+            f"{param}={str(path)!r} exists and is not a regular file (a folder, link, FIFO or device): "
+            "give a file path",
+            param=param,
+        )
+    if path.exists() and not force:
+        raise DatasetError(f"{param}={str(path)!r} exists: pass force=True to replace it", param=param)
+
+
 def write_atomically(path: str | Path, data: bytes, *, param: str = "out", force: bool = False) -> Path:
     """Write ``data`` to ``path`` all at once: to a new temporary file beside it, then
     renamed into place (parents are created), under ``<path>.lock``.
@@ -195,20 +222,14 @@ def write_atomically(path: str | Path, data: bytes, *, param: str = "out", force
     nothing another program writes is touched. On failure nothing is left behind.
     """
     path = check_output_path(path, param)
-    if path.is_symlink() or (path.exists() and not path.is_file()):
-        raise ConfigError(
-            f"{param}={str(path)!r} exists and is not a regular file (a folder, link, FIFO or device): "
-            "give a file path",
-            param=param,
-        )
-    if path.exists() and not force:
-        raise DatasetError(f"{param}={str(path)!r} exists: pass force=True to replace it", param=param)
+    _check_replaceable(path, param, force)
     created: list[Path] = []
     tmp: Path | None = None
     try:
         created = make_parents(path.parent)
         with exclusive_lock(path, param):
-            fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+            _check_replaceable(path, param, force)  # again, now that no other shapesgen writer can change it
+            fd, name = tempfile.mkstemp(dir=path.parent, prefix=".shapesgen-", suffix=".partial")
             tmp = Path(name)
             with os.fdopen(fd, "wb") as file:
                 file.write(data)

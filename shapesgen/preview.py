@@ -11,7 +11,7 @@ from skimage.color import label2rgb
 from skimage.segmentation import find_boundaries
 
 from shapesgen.errors import ConfigError
-from shapesgen.files import check_output_path, refuse_overwriting_inputs, write_atomically
+from shapesgen.files import check_file_output, refuse_overwriting_inputs, write_atomically
 from shapesgen.hdf5 import ShapesDataset, open_dataset
 from shapesgen.scene import Scene
 
@@ -82,8 +82,8 @@ def write_preview(
     (an existing ``out`` is replaced only with ``force=True``)."""
     if not isinstance(count, int) or not 1 <= count <= MAX_ROWS:
         raise ConfigError(f"count={count!r} is invalid: must be an integer in [1, {MAX_ROWS}]", param="count")
-    out = check_output_path(out, "out")
-    refuse_overwriting_inputs(out, "out", {"path": path})
+    refuse_overwriting_inputs(Path(out), "out", {"path": path})
+    out = check_file_output(out, "out", force)
     if out.suffix.lower() != ".png":
         raise ConfigError(f"out={str(out)!r} is invalid: the preview is a PNG, give a path ending in .png", param="out")
     with open_dataset(path) as ds:

@@ -270,12 +270,12 @@ def _render_locked(
         if progress:
             progress(done, num_scenes)
         for encoded in _batches(config, done, num_scenes, batch, storage.compression_level, workers):
-            with _stopped_by_system(writer, partial, num_scenes, "writing"):
+            with _stopped_by_system(writer, partial, num_scenes, "writing", resuming):
                 writer.append(encoded)
             done += encoded.count
             if progress:
                 progress(done, num_scenes)
-        with _stopped_by_system(writer, partial, num_scenes, "writing"):
+        with _stopped_by_system(writer, partial, num_scenes, "writing", resuming):
             writer.finish()
     except KeyboardInterrupt:
         written = writer.scenes_written
@@ -286,7 +286,7 @@ def _render_locked(
         ) from None
     except BrokenProcessPool:
         reason = "a render worker died (killed, or out of memory)"
-        raise _system_failure(writer, partial, num_scenes, "rendering", reason) from None
+        raise _system_failure(writer, partial, num_scenes, "rendering", reason, resuming) from None
     except BaseException:
         writer.close()
         raise
@@ -310,28 +310,33 @@ def _reason(exc: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def _stopped_by_system(writer: DatasetWriter, partial: Path, num_scenes: int, doing: str) -> Iterator[None]:
+def _stopped_by_system(
+    writer: DatasetWriter, partial: Path, num_scenes: int, doing: str, resuming: bool
+) -> Iterator[None]:
     """A write the system refuses (h5py reports a full disk as OSError or RuntimeError)
     becomes one :class:`ResourceError` (see :func:`_system_failure`)."""
     try:
         yield
     except (OSError, RuntimeError) as exc:
-        raise _system_failure(writer, partial, num_scenes, doing, _reason(exc)) from None
+        raise _system_failure(writer, partial, num_scenes, doing, _reason(exc), resuming) from None
 
 
-def _system_failure(writer: DatasetWriter, partial: Path, num_scenes: int, doing: str, reason: str) -> ResourceError:
+def _system_failure(
+    writer: DatasetWriter, partial: Path, num_scenes: int, doing: str, reason: str, resuming: bool
+) -> ResourceError:
     """Close the partial file after a failure the system caused. Scenes already written
     are kept for resume=True (a torn tail is checked then); a file with none is removed."""
     with contextlib.suppress(OSError, RuntimeError):
         writer.close()
-    written = 0
+    written = None  # unknown until read: a file whose count cannot be read is kept, never deleted
     with contextlib.suppress(OSError, RuntimeError, KeyError, ValueError), h5py.File(partial, "r") as file:
         written = int(file.attrs["scenes_written"])
-    if written == 0:
+    if written == 0 and not resuming:
         partial.unlink(missing_ok=True)
         kept = "nothing was kept"
     else:
-        kept = f"{partial} is kept with {written} of {num_scenes} scenes: rerun with resume=True to finish it"
+        held = f"with {written} of {num_scenes} scenes" if written is not None else "(its scene count is unreadable)"
+        kept = f"{partial} is kept {held}: rerun with resume=True to finish it"
     return ResourceError(f"{doing} {partial.name} failed ({reason}); {kept}", param="out")
 
 

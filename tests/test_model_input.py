@@ -284,7 +284,7 @@ def test_force_never_replaces_a_run_holding_user_files_or_the_backbone_weights(d
     (old / "train_config.json").write_text(QUICK.to_json())
     (old / "results.json").write_text("[]")  # the user's predictions, kept beside the run
     before = snapshot(tmp_path)
-    with pytest.raises(DatasetError, match="holds files a run does not write"):
+    with pytest.raises(DatasetError, match="holds 'results.json', which a run does not write"):
         train(data, old, QUICK, force=True)
     (old / "results.json").unlink()
     weights = old / "checkpoints"
