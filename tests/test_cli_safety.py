@@ -400,3 +400,11 @@ def test_hand_edited_values_are_one_line_pointing_at_validate(rendered: Path, tm
         line = one_error_line(run_cli(*args))
         assert needle in line and "shapesgen validate" in line, line
     assert tree(tmp_path) == before
+
+
+def test_a_link_at_the_lock_path_is_refused_not_followed(rendered: Path, tmp_path: Path) -> None:
+    out = tmp_path / "p.png"
+    lock = tmp_path / "p.png.lock"
+    lock.symlink_to(tmp_path / "missing" / "target")
+    line = one_error_line(run_cli("preview", rendered, "--out", out), code=1)
+    assert "symbolic link" in line and not out.exists() and lock.is_symlink()

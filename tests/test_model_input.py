@@ -529,3 +529,14 @@ def test_a_diverged_training_fails_and_keeps_nothing(
         train(data, tmp_path / "run", QUICK)
     assert caught.value.param == "learning_rate"
     assert snapshot(tmp_path) == before
+
+
+def test_a_run_with_results_beside_it_resumes(
+    run_dir: Path, tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    copy = Path(shutil.copytree(run_dir, tmp_path / "run"))
+    (copy / "results.json").write_text("[]")  # the README's workflow: predictions written into the run folder
+    monkeypatch.setattr(Trainer, "run_epoch", fake_epoch)
+    config = json.loads((copy / "train_config.json").read_text())
+    assert train(tiny_dataset, copy, TrainConfig.from_dict({**config, "epochs": config["epochs"] + 1}), resume=True)
+    assert (copy / "results.json").read_text() == "[]"
