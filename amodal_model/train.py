@@ -191,6 +191,8 @@ def _validation(val: Path | None, source: Source, config: TrainConfig) -> Ground
         return None
     with reading(val, "val"), open_dataset(val) as ds:
         scene, scenes = ds.config, len(ds)
+        used = min(config.eval_scenes, scenes)
+        ds.images[:used]  # the images evaluation predicts: a damaged chunk fails now, not after an epoch
     if scenes == 0:
         raise DatasetError(f"val={str(val)!r} has no scenes", param="val")
     ours = source.scene_config

@@ -540,3 +540,25 @@ def test_a_run_with_results_beside_it_resumes(
     config = json.loads((copy / "train_config.json").read_text())
     assert train(tiny_dataset, copy, TrainConfig.from_dict({**config, "epochs": config["epochs"] + 1}), resume=True)
     assert (copy / "results.json").read_text() == "[]"
+
+
+def test_a_damaged_validation_file_is_refused_before_training(
+    data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import h5py
+
+    val = Path(shutil.copy(data, tmp_path / "val.h5"))
+    with h5py.File(val, "r") as f:  # one byte inverted inside the compressed chunk of scene 1's image
+        chunk = f["images"].id.get_chunk_info_by_coord((1, 0, 0, 0))
+    with val.open("r+b") as file:
+        file.seek(chunk.byte_offset + chunk.size // 2)
+        byte = file.read(1)[0]
+        file.seek(chunk.byte_offset + chunk.size // 2)
+        file.write(bytes([byte ^ 0xFF]))
+    epochs: list[int] = []
+    monkeypatch.setattr(Trainer, "run_epoch", lambda self, epoch, callbacks: epochs.append(epoch) or {})
+    before = snapshot(tmp_path)
+    with pytest.raises(DatasetError, match="val.h5.*images") as caught:
+        train(data, tmp_path / "run", QUICK.replace(eval_every=1), val=val)
+    one_line(caught.value)
+    assert epochs == [] and snapshot(tmp_path) == before
