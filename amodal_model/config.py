@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from shapesgen.config import reject_unknown_fields
+from shapesgen.config import parse_json, reject_unknown_fields
 from shapesgen.errors import ConfigError, shown
 
 Backbone = Literal["xception", "mobilenetv2", "tiny"]
@@ -170,14 +170,7 @@ class TrainConfig:
     @classmethod
     def from_json(cls, text: str | bytes) -> TrainConfig:
         """A validated config from JSON text (as saved in a run's ``train_config.json``)."""
-        try:
-            data = json.loads(text)
-        except (ValueError, RecursionError) as exc:  # JSONDecodeError, over-long integers, deep nesting
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            if "digits" in reason:
-                reason = "a number has more than 4300 digits"
-            raise ConfigError(f"train config is not valid JSON ({reason})") from None
-        return cls.from_dict(data)
+        return cls.from_dict(parse_json(text, "train config"))
 
     def replace(self, **changes: Any) -> TrainConfig:
         """A validated copy with some fields changed."""

@@ -32,18 +32,19 @@ def _fail(name: str, value: object, allowed: str) -> ConfigError:
 
 
 def parse_json(text: str | bytes, label: str) -> Any:
-    """JSON from untrusted text: every way it can fail (syntax, a 5,000-digit integer,
-    100,000-deep nesting) is one :class:`ConfigError` naming ``label``."""
+    """JSON from untrusted text: every way it can fail (syntax, not UTF-8, a 5,000-digit
+    integer, 100,000-deep nesting) is one :class:`ConfigError`, ``<label> is not valid JSON (why)``."""
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ConfigError(f"{label} is not valid JSON: {exc}") from None
+        reason = str(exc)
     except UnicodeDecodeError:
-        raise ConfigError(f"{label} is not UTF-8 text") from None
-    except ValueError as exc:  # e.g. an integer beyond Python's digit limit
-        raise ConfigError(f"{label} is not usable JSON ({str(exc).split(':')[0]})") from None
+        reason = "not UTF-8 text"
+    except ValueError as exc:  # an integer beyond Python's digit limit
+        reason = "a number has more than 4300 digits" if "digits" in str(exc) else str(exc).splitlines()[0]
     except RecursionError:
-        raise ConfigError(f"{label} is nested too deeply to be a config") from None
+        reason = "nested too deeply"
+    raise ConfigError(f"{label} is not valid JSON ({reason})")
 
 
 def _sequence(name: str, value: object) -> tuple[Any, ...]:

@@ -39,7 +39,7 @@ from pycocotools.cocoeval import COCOeval, Params
 
 from shapesgen.coco import MAX_MASK_PIXELS, decode_segmentation, encode_rle, rle_runs
 from shapesgen.errors import ConfigError, DatasetError
-from shapesgen.files import check_file_output, resolved, write_atomically
+from shapesgen.files import check_file_output, file_kind, regular_input, resolved, write_atomically
 from shapesgen.hdf5 import open_dataset
 from shapesgen.stats import HEAVY_MIN, NONE_MAX, OCCLUSION_BANDS
 
@@ -146,30 +146,6 @@ def _show(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _file_kind(mode: int) -> str:
-    if stat.S_ISDIR(mode):
-        return "a folder"
-    if stat.S_ISFIFO(mode):
-        return "a named pipe (FIFO)"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "a device"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    return "not a regular file"
-
-
-def _check_regular(path: Path) -> None:
-    """Refuse a path that is missing or is not a regular file, looking only at its metadata."""
-    try:
-        mode = path.stat().st_mode
-    except FileNotFoundError:
-        raise DatasetError(f"{path}: no such file", param="path") from None
-    except OSError as exc:
-        raise DatasetError(f"{path}: cannot be read ({exc.strerror})", param="path") from None
-    if not stat.S_ISREG(mode):
-        raise DatasetError(f"{path}: is {_file_kind(mode)}, not a file", param="path")
-
-
 def _open_regular(path: Path) -> IO[bytes]:
     """``path`` opened for reading if it is a regular file.
 
@@ -177,7 +153,7 @@ def _open_regular(path: Path) -> IO[bytes]:
     the open itself cannot block (``O_NONBLOCK``), and the opened file is checked again
     in case the path was swapped in between.
     """
-    _check_regular(path)
+    regular_input(path, None)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
     except OSError as exc:
@@ -185,7 +161,7 @@ def _open_regular(path: Path) -> IO[bytes]:
     mode = os.fstat(fd).st_mode
     if not stat.S_ISREG(mode):
         os.close(fd)
-        raise DatasetError(f"{path}: is {_file_kind(mode)}, not a file", param="path")
+        raise DatasetError(f"{path} is {file_kind(mode)}, not a file")
     return os.fdopen(fd, "rb")
 
 
@@ -372,7 +348,7 @@ def ground_truth_from_json(path: str | Path) -> GroundTruth:
 def load_ground_truth(path: str | Path, keep_layers: bool = False) -> GroundTruth:
     """Ground truth from an HDF5 dataset or a COCO JSON export."""
     path = Path(path)
-    _check_regular(path)
+    regular_input(path, None)
     if path.suffix.lower() == ".json":
         return ground_truth_from_json(path)
     return ground_truth_from_hdf5(path, keep_layers=keep_layers)

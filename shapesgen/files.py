@@ -70,19 +70,33 @@ def check_output_path(path: str | Path, param: str) -> Path:
     return candidate
 
 
-def regular_input(path: str | Path, param: str) -> Path:
-    """``path`` if it is an existing regular file; FIFOs, devices and folders are refused
-    (opening a FIFO blocks until a writer appears)."""
+def file_kind(mode: int) -> str:
+    """What a path that is not a regular file is, for a message (from its ``st_mode``)."""
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a named pipe (FIFO)"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"
+
+
+def regular_input(path: str | Path, param: str | None) -> Path:
+    """``path`` if it is an existing regular file, judged from its metadata alone: FIFOs,
+    devices and folders are refused without opening them (opening a FIFO blocks until a
+    writer appears). Messages start with ``param=path``, or the path alone without a param."""
     path = Path(path)
+    where = f"{param}={str(path)!r}" if param else str(path)
     try:
         mode = path.stat().st_mode
     except FileNotFoundError:
-        raise DatasetError(f"{param}={str(path)!r}: no such file", param=param) from None
+        raise DatasetError(f"{where}: no such file", param=param) from None
     except OSError as exc:
-        raise DatasetError(f"{param}={str(path)!r}: cannot read ({exc.strerror})", param=param) from None
+        raise DatasetError(f"{where}: cannot read ({exc.strerror})", param=param) from None
     if not stat.S_ISREG(mode):
-        kind = "a folder" if stat.S_ISDIR(mode) else "not a regular file (a FIFO, socket or device)"
-        raise DatasetError(f"{param}={str(path)!r} is {kind}: give a file", param=param)
+        raise DatasetError(f"{where} is {file_kind(mode)}, not a file", param=param)
     return path
 
 

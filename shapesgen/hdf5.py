@@ -23,6 +23,7 @@ from isal import isal_zlib
 
 from shapesgen.config import SceneConfig, StorageConfig
 from shapesgen.errors import ConfigError, DatasetError, one_line, shown
+from shapesgen.limits import MAX_CHUNK_BYTES  # no scene record this package writes is larger
 from shapesgen.scene import Scene, render_scenes
 from shapesgen.schema import DATASETS, FIELDS, FORMAT_NAME, FORMAT_VERSION, OFFSETS, ROOT_ATTRIBUTES
 
@@ -328,7 +329,6 @@ def checksums(file: Mapping[str, Any], chain: DigestChain) -> dict[str, str]:
 
 
 OFFSET_READ_BLOCK = 1 << 20  # instance offsets read and checked at a time when opening a file
-MAX_CHUNK_BYTES = 2**32 - 1  # HDF5's limit on one chunk: no scene record this package writes is larger
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 READ_ERRORS = (OSError, RuntimeError)  # h5py's errors for stored bytes it cannot read or decode
 METADATA_ERRORS = (OSError, RuntimeError, KeyError, ValueError, TypeError)  # and for a damaged header
