@@ -135,7 +135,8 @@ def test_render_info_validate_preview_end_to_end(tmp_path: Path) -> None:
         assert image.width > 5 * 64 and image.height > 2 * 64  # image + 3 layers + amodal columns
 
 
-def test_bad_files_are_clean_errors(tmp_path: Path) -> None:
+def test_bad_files_are_clean_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # preview's default --out is ./preview.png: never the checkout's own
     (tmp_path / "bad.h5").write_text("garbage")
     for command in ("info", "validate", "preview"):
         result = invoke(command, tmp_path / "bad.h5")

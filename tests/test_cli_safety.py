@@ -162,8 +162,10 @@ def test_interrupted_render_keeps_its_partial_and_its_lock_is_free(tmp_path: Pat
         (["--compression", 12], "--compression"),
     ],
 )
-def test_impossible_renders_are_refused_up_front(tmp_path: Path, args: list[object], needle: str) -> None:
-    os.chdir(tmp_path)
+def test_impossible_renders_are_refused_up_front(
+    tmp_path: Path, args: list[object], needle: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
     base = ["render", "--out", tmp_path / "big.h5", "--num", 2, "-q", "--seed", 1]
     line = one_error_line(run_cli(*base, *args))
     assert needle in line, line
