@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from .common import DatasetPath, Force, Quiet, console, err, progress_bar, run
+from .common import DatasetPath, Force, Quiet, console, err, fail, progress_bar, run, warn
 
 
 def info(
@@ -64,13 +64,36 @@ def preview(
     out: Annotated[Path, typer.Option("--out", help="PNG to write.")] = Path("preview.png"),
     count: Annotated[int, typer.Option("--count", help="Scenes to show (one row each, at most 64).")] = 4,
     start: Annotated[int, typer.Option("--start", help="First scene index.")] = 0,
+    results: Annotated[
+        Path | None,
+        typer.Option(
+            "--results",
+            help="COCO results file (as `shapesgen predict` writes): draw its instances next to the ground truth.",
+        ),
+    ] = None,
+    score_threshold: Annotated[
+        float, typer.Option("--score-threshold", help="With --results: predictions scoring below are not drawn.")
+    ] = 0.0,
     force: Force = False,
     quiet: Quiet = False,
 ) -> None:
-    """Write a PNG grid: image | layer 1..N instance maps | amodal outlines."""
-    from shapesgen.preview import write_preview
+    """Write a PNG grid: image | layer 1..N instance maps | amodal outlines (or, with
+    --results, image | ground truth | predicted instances)."""
+    from shapesgen.preview import write_comparison, write_preview
 
-    written = run(ctx, lambda: write_preview(path, out, count=count, start=start, force=force))
+    if results is None and score_threshold != 0.0:
+        raise fail("--score-threshold needs --results (the predictions it filters)", 2)
+    if results is None:
+        written = run(ctx, lambda: write_preview(path, out, count=count, start=start, force=force))
+    else:
+        written, warnings = run(
+            ctx,
+            lambda: write_comparison(
+                path, results, out, count=count, start=start, score_threshold=score_threshold, force=force
+            ),
+        )
+        for warning in warnings:
+            warn(warning)
     if not quiet:
         err.print(f"wrote {written}")
 
