@@ -26,6 +26,7 @@ from shapesgen.errors import ConfigError, DatasetError, one_line, shown
 from shapesgen.limits import MAX_CHUNK_BYTES  # no scene record this package writes is larger
 from shapesgen.scene import Scene, render_scenes
 from shapesgen.schema import DATASETS, FIELDS, FORMAT_NAME, FORMAT_VERSION, OFFSETS, ROOT_ATTRIBUTES
+from shapesgen.splits import Split, split_from_json
 
 VERTEX_CHUNK = 4096
 VERIFY_BATCH = 64  # scenes re-rendered at a time when checking a killed render
@@ -135,10 +136,15 @@ class DatasetWriter:
         storage: StorageConfig,
         num_scenes: int,
         progress: Callable[[int, int], None] | None = None,
+        split: Split | None = None,
     ) -> None:
-        """``progress(done, total)`` also reports scenes verified when resuming a killed render."""
+        """``progress(done, total)`` also reports scenes verified when resuming a killed render;
+        ``split`` (resolved, its seed the config's) is recorded in a new file."""
         self.path = path
         self.progress = progress
+        if split is not None and split.seed != config.seed:
+            raise ConfigError(f"seed={config.seed} is not the seed {split.seed} of split {split.name!r}")
+        self.split = split
         if config.seed is None:
             raise ConfigError("seed=None is invalid here: a file records the seed it was rendered with")
         self.seed: int = config.seed
@@ -171,6 +177,7 @@ class DatasetWriter:
         attrs["complete"] = False
         attrs["created"] = datetime.now(UTC).isoformat(timespec="seconds")
         attrs["checksums"] = "{}"
+        attrs["split"] = self.split.to_json() if self.split is not None else "null"
         gzip: dict[str, Any] = (
             {"compression": "gzip", "compression_opts": storage.compression_level} if storage.compression_level else {}
         )
@@ -332,7 +339,8 @@ OFFSET_READ_BLOCK = 1 << 20  # instance offsets read and checked at a time when 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 READ_ERRORS = (OSError, RuntimeError)  # h5py's errors for stored bytes it cannot read or decode
 METADATA_ERRORS = (OSError, RuntimeError, KeyError, ValueError, TypeError)  # and for a damaged header
-REQUIRED_ATTRIBUTES = tuple(name for name in ROOT_ATTRIBUTES if name != "clean_stop")  # clean_stop: since 1.1
+OPTIONAL_ATTRIBUTES = ("clean_stop", "split")  # since 1.1 and 1.2: older files lack them
+REQUIRED_ATTRIBUTES = tuple(name for name in ROOT_ATTRIBUTES if name not in OPTIONAL_ATTRIBUTES)
 TEXT_ATTRIBUTES = ("config", "storage", "class_names", "checksums", "created", "package_version")
 HEX_DIGEST = re.compile(r"[0-9a-f]{64}")
 VLEN_STRING_TYPES = frozenset(
@@ -577,6 +585,17 @@ class ShapesDataset:
         except (ValueError, RecursionError) as exc:
             raise self._corrupt(f"attribute {name} is not JSON ({one_line(exc, 120)})") from None
 
+    def _split(self, value: Any) -> Split | None:
+        if not isinstance(value, str):
+            raise self._corrupt(f"attribute split must be a string, not {type(value).__name__}")
+        try:
+            split = split_from_json(value)
+        except ConfigError as exc:
+            raise self._corrupt(f"attribute split is invalid ({one_line(exc, 200)})") from None
+        if split is not None and split.seed != self.config.seed:
+            raise self._corrupt(f"attribute split has seed {split.seed}, the config's seed is {self.config.seed}")
+        return split
+
     def _integer(self, name: str) -> int:
         value = self._attrs[name]
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 0:
@@ -617,6 +636,7 @@ class ShapesDataset:
             if name in attrs and not isinstance(attrs[name], (bool, np.bool_)):
                 raise self._corrupt(f"attribute {name}={shown(attrs[name])} is not a boolean")
         self._complete = bool(attrs["complete"])
+        self.split: Split | None = self._split(attrs.get("split", "null"))
         if self._complete and self._scenes != self._num_scenes:
             raise self._corrupt(
                 f"attribute complete is true but scenes_written={self._scenes} != num_scenes={self._num_scenes}"

@@ -37,8 +37,10 @@ from shapesgen.files import (
 from shapesgen.hdf5 import DatasetWriter, EncodedBatch, encode_scenes
 from shapesgen.limits import batch_scenes_for, check_disk, check_scene_fits
 from shapesgen.scene import render_scenes
+from shapesgen.splits import Split, split_from_json
 
 ProgressCallback = Callable[[int, int], None]
+Verifier = Callable[[dict[str, str]], None]
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
@@ -116,15 +118,35 @@ def _batches(
                 future.cancel()
 
 
-def _read_partial_header(path: Path) -> tuple[SceneConfig, int, StorageConfig]:
+def _read_partial_header(path: Path) -> tuple[SceneConfig, int, StorageConfig, Split | None]:
     try:
         with h5py.File(path, "r") as file:
             storage = StorageConfig(**json.loads(str(file.attrs["storage"])))
-            return SceneConfig.from_json(str(file.attrs["config"])), int(file.attrs["num_scenes"]), storage
+            split = split_from_json(str(file.attrs.get("split", "null")))
+            return SceneConfig.from_json(str(file.attrs["config"])), int(file.attrs["num_scenes"]), storage, split
     except (OSError, KeyError, ConfigError, ValueError, TypeError, RecursionError) as exc:
         raise DatasetError(
             f"{path}: the interrupted render cannot be read ({exc}); delete it or pass force=True", param="out"
         ) from None
+
+
+def _split_request(split: Split | str | None) -> Split | None:
+    return Split(name=split) if isinstance(split, str) else split
+
+
+def _resolve_as_file(
+    config: SceneConfig, split: Split | None, file_config: SceneConfig, file_split: Split | None
+) -> tuple[SceneConfig, Split | None]:
+    """The config (and split) asked for, with ``seed=None`` taken from an existing file:
+    its split's base seed for a split, else its seed."""
+    if config.seed is None:
+        base = file_split.base_seed if split is not None and file_split is not None else file_config.seed
+        config = config.replace(seed=base)
+    return split.apply(config) if split is not None else (config, None)
+
+
+def _split_label(split: Split | None) -> str:
+    return "no split" if split is None else f"split {split.reference or split.name!r} of base seed {split.base_seed}"
 
 
 def _config_difference(ours: SceneConfig, theirs: SceneConfig) -> str:
@@ -175,6 +197,8 @@ def render_dataset(
     force: bool = False,
     progress: ProgressCallback | None = None,
     inputs: dict[str, str | Path | None] | None = None,
+    split: Split | str | None = None,
+    verify: Verifier | None = None,
 ) -> Path:
     """Render ``num_scenes`` scenes of ``config`` into the HDF5 file ``out``.
 
@@ -185,6 +209,11 @@ def render_dataset(
     publish the same output meanwhile. Lowered worker counts are reported with
     :mod:`warnings` (``RenderNote``). ``inputs`` names files the caller read (e.g.
     ``{"config": path}``): ``out`` may not overwrite them, even with ``force=True``.
+
+    ``split`` (a name or a :class:`~shapesgen.splits.Split`) renders that split of
+    ``config`` (whose seed is the base seed; ``None`` draws one) and records it.
+    ``verify(checksums)`` is called with the finished file's checksums before it is
+    published; if it raises, the file is removed and the error propagates.
     """
     if not isinstance(num_scenes, int) or isinstance(num_scenes, bool) or num_scenes < 1:
         raise ConfigError(f"num_scenes={num_scenes!r} is invalid: must be an integer >= 1", param="num_scenes")
@@ -201,7 +230,9 @@ def render_dataset(
     created = _prepare_output(out)
     try:
         with exclusive_lock(out, "out"):
-            return _render_locked(config, out, num_scenes, workers, storage, resume, force, progress)
+            return _render_locked(
+                config, _split_request(split), out, num_scenes, workers, storage, resume, force, progress, verify
+            )
     except BaseException:
         if not partial.exists():
             remove_empty(created)
@@ -210,6 +241,7 @@ def render_dataset(
 
 def _render_locked(
     config: SceneConfig,
+    split: Split | None,
     out: Path,
     num_scenes: int,
     workers: int,
@@ -217,14 +249,19 @@ def _render_locked(
     resume: bool,
     force: bool,
     progress: ProgressCallback | None,
+    verify: Verifier | None,
 ) -> Path:
     """:func:`render_dataset` once ``<out>.lock`` is held."""
     partial = partial_path(out)
     resuming = resume and partial.exists()
     if resuming:
-        file_config, file_scenes, storage = _read_partial_header(partial)  # chunks must match its filters
-        if config.seed is None:
-            config = config.replace(seed=file_config.seed)
+        file_config, file_scenes, storage, file_split = _read_partial_header(partial)  # chunks: its filters
+        config, split = _resolve_as_file(config, split, file_config, file_split)
+        if file_split != split:
+            raise ConfigError(
+                f"resume=True: {partial} was started as {_split_label(file_split)}, not {_split_label(split)}",
+                param="resume",
+            )
         if file_config != config:
             raise ConfigError(
                 f"resume=True: {partial} was started with another config ({_config_difference(config, file_config)})",
@@ -242,10 +279,12 @@ def _render_locked(
         )
     else:
         if out.exists() and not force:
-            if resume and _is_complete_match(out, config, num_scenes):
+            if resume and _is_complete_match(out, config, split, num_scenes, verify):
                 return out
             raise DatasetError(f"out={str(out)!r} exists: pass force=True to overwrite it", param="out")
         config = resolve_seed(config)
+        if split is not None:
+            config, split = split.apply(config)
     batch = batch_scenes_for(config, storage.batch_scenes)
     workers, note = effective_workers(workers, num_scenes, batch)
     check_scene_fits(config, workers)
@@ -257,7 +296,7 @@ def _render_locked(
         warnings.warn(note, RenderNote, stacklevel=3)
 
     try:
-        writer = DatasetWriter(partial, config, storage, num_scenes, progress)
+        writer = DatasetWriter(partial, config, storage, num_scenes, progress, split)
     except KeyboardInterrupt:  # while checking a killed render's scenes: nothing was changed
         raise RenderInterrupted(f"interrupted while checking {partial}; it is kept: rerun with resume=True") from None
     except (OSError, RuntimeError) as exc:
@@ -301,8 +340,20 @@ def _render_locked(
             "nothing was published",
             param="out",
         )
+    if verify is not None:
+        try:
+            verify(_stored_checksums(partial))
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
     os.replace(partial, out)
     return out
+
+
+def _stored_checksums(path: Path) -> dict[str, str]:
+    with h5py.File(path, "r") as file:
+        sums: dict[str, str] = json.loads(str(file.attrs["checksums"]))
+    return sums
 
 
 def _reason(exc: BaseException) -> str:
@@ -354,13 +405,19 @@ def _encoded_bytes(batch: EncodedBatch) -> float:
     )
 
 
-def _is_complete_match(out: Path, config: SceneConfig, num_scenes: int) -> bool:
+def _is_complete_match(
+    out: Path, config: SceneConfig, split: Split | None, num_scenes: int, verify: Verifier | None
+) -> bool:
+    """Whether ``out`` is already the finished render asked for (``verify`` then checks it)."""
     try:
         with h5py.File(out, "r") as file:
             file_config = SceneConfig.from_json(str(file.attrs["config"]))
+            file_split = split_from_json(str(file.attrs.get("split", "null")))
             complete = bool(file.attrs["complete"]) and int(file.attrs["num_scenes"]) == num_scenes
     except (OSError, KeyError, ConfigError, json.JSONDecodeError):
         return False
-    if config.seed is None:
-        config = config.replace(seed=file_config.seed)
-    return complete and file_config == config
+    config, split = _resolve_as_file(config, split, file_config, file_split)
+    matches = complete and file_config == config and file_split == split
+    if matches and verify is not None:
+        verify(_stored_checksums(out))
+    return matches

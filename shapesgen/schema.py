@@ -14,7 +14,7 @@ import numpy as np
 from shapesgen.config import SceneConfig
 
 FORMAT_NAME = "shapesgen-hdf5"
-FORMAT_VERSION = "1.1"
+FORMAT_VERSION = "1.2"
 
 Axis = Literal["scene", "instance", "vertex"]
 
@@ -145,6 +145,10 @@ ROOT_ATTRIBUTES: dict[str, str] = {
     "checksums": "JSON {dataset: hex SHA-256}, set on completion: for offsets, of the array's bytes; "
     "for every other dataset, of the concatenated 32-byte SHA-256 digests of each scene's slice "
     "(C-order bytes), in scene order, so workers hash in parallel",
+    "split": "JSON: null, or the split the file holds, {name, base_seed, seed, dataset, version}: the "
+    "config's seed is seed = split_seed(base_seed, name) (first 63 bits of SHA-256 of "
+    "'shapesgen-split/<base_seed>/<name>'); dataset and version name a registered dataset, else null "
+    "(since 1.2)",
 }
 
 

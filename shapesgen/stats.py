@@ -45,6 +45,7 @@ def summarize(ds: ShapesDataset) -> dict[str, Any]:
         "created": str(ds.attrs["created"]),
         "complete": ds.complete,
         "seed": ds.seed,
+        "split": ds.split.to_dict() if ds.split is not None else None,
         "config": ds.config.to_dict(),
         "scenes": len(ds),
         "instances": int(len(table)),

@@ -17,7 +17,8 @@ HERE = Path(__file__).parent
 
 if __name__ == "__main__":
     tiny = SceneConfig(image_size=64, mask_size=32, instances_per_class=3, layers=3, seed=11)
-    render_dataset(tiny, HERE / "tiny.h5", num_scenes=3, force=True)
+    # tiny.h5 (3 scenes of this config) is a file of format 1.0, kept to check that files of an
+    # earlier release still read and validate: it is never rewritten.
     render_dataset(tiny, HERE / "schema.h5", num_scenes=12, force=True)
     with h5py.File(HERE / "schema.h5", "r") as f:
         layout = {
@@ -37,7 +38,7 @@ if __name__ == "__main__":
     }
     sums = {}
     for name, (config, count) in pinned.items():
-        path = render_dataset(config, HERE / f"{name}.h5", num_scenes=count, force=True)
+        path = render_dataset(config, HERE / f"pinned-{name}.h5", num_scenes=count, force=True)  # not tiny.h5
         with h5py.File(path, "r") as f:
             sums[name] = {
                 "config": json.loads(f.attrs["config"]),
