@@ -1,4 +1,4 @@
-"""``shapesgen render`` and ``shapesgen presets``."""
+"""``shapesgen render``, ``shapesgen presets`` and ``shapesgen datasets``."""
 
 from __future__ import annotations
 
@@ -21,8 +21,9 @@ from shapesgen.config import (
     parse_pair,
     parse_sizes,
 )
+from shapesgen.errors import ConfigError
 
-from .common import Quiet, console, err, progress_bar, run
+from .common import Quiet, console, err, flag_names, progress_bar, run
 
 PresetOption = Annotated[
     PresetName,
@@ -100,11 +101,31 @@ def render(
         Path | None,
         typer.Option("--coco", help="Also export COCO JSON + PNGs into this new folder (default export options)."),
     ] = None,
+    split: Annotated[
+        str | None,
+        typer.Option(
+            "--split",
+            help="Render split NAME (train, val, test, ...) of the config: its seed is derived from --seed and "
+            "NAME, so the splits of one seed share no scene; recorded in the file and its exports.",
+        ),
+    ] = None,
+    dataset: Annotated[
+        str | None,
+        typer.Option(
+            "--dataset",
+            help="Build a registered split, NAME[:VERSION]/SPLIT (e.g. paper-6:1.0.0/test; see `shapesgen "
+            "datasets`), and check it against its registered checksums (exit 1 and no file if they differ). "
+            "It fixes the config, seed, split and --num.",
+        ),
+    ] = None,
     quiet: Quiet = False,
 ) -> None:
     """Render a dataset of occlusion scenes into a self-describing HDF5 file."""
     from shapesgen.coco import check_export_target, export_coco
     from shapesgen.render import render_dataset
+
+    if dataset is not None:
+        run(ctx, lambda: _refuse_config_options(ctx))
 
     def build() -> tuple[SceneConfig, StorageConfig]:
         scene_config = build_config(
@@ -125,7 +146,10 @@ def render(
         )
         return scene_config, StorageConfig(compression_level=compression_level)
 
-    scene_config, storage = run(ctx, build)
+    if dataset is None:
+        scene_config, storage = run(ctx, build)
+    else:
+        storage = run(ctx, lambda: StorageConfig(compression_level=compression_level))
     if coco is not None:
         run(
             ctx,
@@ -133,20 +157,31 @@ def render(
             aliases={"out": "coco", "source": "out"},
         )
     with progress_bar("render", quiet) as update:
-        path = run(
-            ctx,
-            lambda: render_dataset(
-                scene_config,
-                out,
-                num_scenes=num_scenes,
-                workers=workers,
-                storage=storage,
-                resume=resume,
-                force=force,
-                progress=update,
-                inputs={"config": config},
-            ),
-        )
+        if dataset is not None:
+            from shapesgen.datasets import build_split
+
+            path = run(
+                ctx,
+                lambda: build_split(
+                    dataset, out, workers=workers, storage=storage, resume=resume, force=force, progress=update
+                ),
+            )
+        else:
+            path = run(
+                ctx,
+                lambda: render_dataset(
+                    scene_config,
+                    out,
+                    num_scenes=num_scenes,
+                    workers=workers,
+                    storage=storage,
+                    resume=resume,
+                    force=force,
+                    progress=update,
+                    inputs={"config": config},
+                    split=split,
+                ),
+            )
     if not quiet:
         err.print(f"wrote {path}")
     if coco is not None:
@@ -158,6 +193,63 @@ def render(
             )
         if not quiet:
             err.print(f"wrote {folder}")
+
+
+FIXED_BY_DATASET = (
+    "num_scenes",
+    "preset",
+    "config",
+    "instances_per_class",
+    "layers",
+    "seed",
+    "classes",
+    "size",
+    "image_size",
+    "mask_size",
+    "anchor",
+    "anchor_range",
+    "rotation_range",
+    "outline_width",
+    "channels",
+    "split",
+)
+
+
+def _source(ctx: typer.Context, name: str) -> str | None:
+    source = ctx.get_parameter_source(name)
+    return source.name if source is not None else None
+
+
+def _refuse_config_options(ctx: typer.Context) -> None:
+    """``--dataset`` fixes the config and size: options that would change them are refused
+    (those the user typed; typer reports where each value came from)."""
+    names = flag_names(ctx)
+    typed = [name for name in FIXED_BY_DATASET if _source(ctx, name) not in (None, "DEFAULT", "DEFAULT_MAP")]
+    given = [names[name][0] for name in typed]
+    if given:
+        raise ConfigError(
+            f"--dataset fixes the config, seed, split and number of scenes: drop {', '.join(given)}", param="dataset"
+        )
+
+
+def datasets() -> None:
+    """List the registered datasets: versions, splits (scenes), config and base seed."""
+    from shapesgen.datasets import REGISTRY
+
+    table = Table(title="registered datasets (build one with render --dataset NAME:VERSION/SPLIT)")
+    table.add_column("dataset", no_wrap=True)
+    for column in ("splits (scenes)", "config", "description"):
+        table.add_column(column)
+    for spec in REGISTRY:
+        config = spec.config
+        table.add_row(
+            f"{spec.name}:{spec.version}",
+            ", ".join(f"{split.name} {split.num_scenes}" for split in spec.splits),
+            f"{', '.join(config.class_names)}; N={config.instances_per_class}, {config.layers} layers, "
+            f"{config.image_size}/{config.mask_size} px, base seed {config.seed}",
+            spec.description,
+        )
+    console.print(table)
 
 
 def presets() -> None:
