@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from shapesgen.coco import Resolution, Segmentation, Style
+from shapesgen.metadata import DEFAULT_LICENSE, LICENSES
 
 from .common import DatasetPath, Force, Quiet, err, progress_bar, run
 
@@ -47,6 +48,14 @@ def export_coco(
             "k-th instance from the front (0 = none), at the export's resolution.",
         ),
     ] = False,
+    license: Annotated[
+        str,
+        typer.Option(
+            "--license",
+            help="Licence the export states (Hugging Face id): " + ", ".join(LICENSES) + ". The data is generated, "
+            "so the default waives all rights; pick cc-by-4.0 to require attribution.",
+        ),
+    ] = DEFAULT_LICENSE,
     force: Force = False,
     quiet: Quiet = False,
 ) -> None:
@@ -62,6 +71,7 @@ def export_coco(
             resolution=resolution,
             include_hidden=include_hidden,
             layers_png=layers_png,
+            license=license,
         ),
     )
     with progress_bar("export", quiet) as update:

@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from itertools import accumulate
 from pathlib import Path
@@ -23,6 +23,7 @@ import shapely
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from shapesgen.datasets import content_digest, content_version, registered_spec
 from shapesgen.errors import ConfigError, DatasetError, ResourceError
 from shapesgen.files import (
     check_output_path,
@@ -35,15 +36,19 @@ from shapesgen.files import (
 )
 from shapesgen.geometry import front_overlaps
 from shapesgen.hdf5 import CorruptDatasetError, ShapesDataset, open_dataset
+from shapesgen.metadata import DEFAULT_LICENSE, LICENSES, croissant, hf_front_matter, license_of
 from shapesgen.raster import layer_maps, rasterize_convex
 from shapesgen.scene import Scene
+from shapesgen.splits import Split
 from shapesgen.stats import OCCLUSION_BANDS, occlusion_band
 
 Style = Literal["coco", "cocoa", "kins", "aistron"]
 Segmentation = Literal["rle", "polygon"]
 Resolution = Literal["image", "mask"]
-COCO_EXPORT_VERSION = "1.2"  # 1.1: RLE visible/invisible masks in polygon mode, flags at export resolution
+COCO_EXPORT_VERSION = "1.3"  # 1.1: RLE visible/invisible masks in polygon mode, flags at export resolution
 # 1.2: kins and aistron styles, layer PNGs (layers_png); the coco and cocoa layouts are unchanged
+# 1.3: info.version is the dataset version (the layout's is info.format_version), info.dataset, info.split,
+# info.content_digest; licenses filled and images[].license; croissant.json; the card's YAML header
 STYLES: tuple[str, ...] = ("coco", "cocoa", "kins", "aistron")
 
 
@@ -56,8 +61,10 @@ class ExportConfig:
     resolution: Resolution = "image"
     include_hidden: bool = False
     layers_png: bool = False
+    license: str = DEFAULT_LICENSE
 
     def __post_init__(self) -> None:
+        license_of(self.license)
         for name, allowed in (
             ("style", STYLES),
             ("segmentation", ("rle", "polygon")),
@@ -433,6 +440,7 @@ def _scene_export(
         "height": size,
         "width": size,
         "scene_index": scene.index,
+        "license": LICENSE_ID,
     }
     annotations = []
     for j in np.flatnonzero(is_visible | export.include_hidden).tolist():
@@ -562,7 +570,7 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-EXPORT_FILES = frozenset({"annotations.json", "config.json", "README.md", "SHA256SUMS"})
+EXPORT_FILES = frozenset({"annotations.json", "config.json", "croissant.json", "README.md", "SHA256SUMS"})
 EXPORT_FOLDERS = ("images", "layers")  # of PNGs only
 
 
@@ -593,6 +601,20 @@ def _unlisted_file(folder: Path, listed: set[str] | None) -> str | None:
     return None
 
 
+MAX_HEADER_LINES = 100  # a card's YAML header is shorter
+
+
+def _card_title(card: Iterator[str]) -> bool:
+    """Whether a card starts with our title, after its YAML header if it has one (since 1.3)."""
+    first = next(card, "")
+    if first.rstrip("\n") == "---":
+        for _, line in zip(range(MAX_HEADER_LINES), card, strict=False):
+            if line.rstrip("\n") == "---":
+                return next(card, "").startswith(CARD_TITLE)
+        return False
+    return first.startswith(CARD_TITLE)
+
+
 def is_export_folder(folder: Path) -> bool:
     """Whether ``folder`` is a shapesgen export exactly as it was written: its card is a
     shapesgen card, and every file in it is listed in its ``SHA256SUMS`` with that
@@ -600,7 +622,7 @@ def is_export_folder(folder: Path) -> bool:
     try:
         lines = (folder / "SHA256SUMS").read_text().splitlines()
         with (folder / "README.md").open() as card:
-            ours = card.readline().startswith(CARD_TITLE)
+            ours = _card_title(card)
     except (OSError, UnicodeDecodeError):
         return False
     listed = {name: digest for digest, name in (line.split("  ", 1) for line in lines if "  " in line)}
@@ -773,9 +795,16 @@ def _write_export(
             annotations.extend(anns)
         if progress:
             progress(scene.index + 1, len(ds))
+    identity = data_identity(ds)
+    licence = LICENSES[export.license]
     info = {
-        "description": f"shapesgen synthetic amodal dataset: {len(ds)} scenes, seed {ds.seed}",
-        "version": COCO_EXPORT_VERSION,
+        "description": f"shapesgen synthetic amodal dataset {identity.name}: {len(ds)} scenes, seed {ds.seed}",
+        "version": identity.version,
+        "format_version": COCO_EXPORT_VERSION,
+        "dataset": identity.reference,
+        "split": identity.split.to_dict() if identity.split is not None else None,
+        "content_digest": identity.digest,
+        "license": licence.spdx,
         "shapesgen_version": str(ds.attrs["package_version"]),
         "source_format_version": str(ds.attrs["format_version"]),
         "seed": ds.seed,
@@ -787,16 +816,34 @@ def _write_export(
     }
     document: dict[str, Any] = {
         "info": info,
-        "licenses": [],
+        "licenses": [{"id": LICENSE_ID, "name": licence.name, "url": licence.url, "spdx": licence.spdx}],
         "images": images,
         "annotations": annotations,
         "categories": [{"id": c + 1, "name": name, "supercategory": "shape"} for c, name in enumerate(names)],
     }
     (folder / "annotations.json").write_text(json.dumps(document, separators=(",", ":")) + "\n")
     (folder / "config.json").write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
+    digests = {name: _sha256(folder / name) for name in ("annotations.json", "config.json")}
+    description = (
+        f"Synthetic occlusion scenes with exact amodal ground truth ({len(ds)} images, "
+        f"{', '.join(names)}), {LAYOUT_NAMES[export.style]} layout, generated by shapesgen."
+    )
+    metadata = croissant(
+        name=f"shapesgen-{identity.name}",
+        description=description,
+        version=identity.version,
+        license_key=export.license,
+        cite_as=identity.citation(str(ds.attrs["package_version"])),
+        style=export.style,
+        digests=digests,
+        categories=names,
+        layers_png=export.layers_png,
+        date_published=identity.released,
+    )
+    (folder / "croissant.json").write_text(json.dumps(metadata, indent=1, sort_keys=True) + "\n")
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != STAGING_MARKER)
     manifest = [(p.relative_to(folder).as_posix(), _sha256(p)) for p in files]
-    (folder / "README.md").write_text(dataset_card(ds, export, exported, len(annotations), manifest))
+    (folder / "README.md").write_text(dataset_card(ds, export, exported, len(annotations), manifest, identity))
     manifest.append(("README.md", _sha256(folder / "README.md")))
     (folder / "SHA256SUMS").write_text("".join(f"{digest}  {name}\n" for name, digest in sorted(manifest)))
 
@@ -808,27 +855,104 @@ def layer_file_name(scene_index: int, layer: int) -> str:
 
 LAYOUT_NAMES = {"coco": "COCO", "cocoa": "COCOA", "kins": "KINS 2020", "aistron": "aistron"}
 REBUILD_FOLDER = "../shapesgen-rebuild"  # where the card's commands rebuild an export, beside it
+LICENSE_ID = 1  # the one entry of "licenses", which every image names
 
 
-def rebuild_commands(version: str, num_scenes: int, export: ExportConfig) -> list[str]:
+@dataclass(frozen=True, kw_only=True)
+class DataIdentity:
+    """What an export says its data is: the dataset version, the registered split it was
+    verified to be (``reference``, else ``None``), the split recorded in the file, and
+    the content digest of its HDF5 checksums."""
+
+    version: str
+    reference: str | None
+    split: Split | None
+    digest: str
+    released: str | None  # a registered version's date
+
+    @property
+    def name(self) -> str:
+        """``paper-6-1.0.0-test``, or ``<version>`` (``-<split>``) for unregistered data."""
+        if self.reference is not None:
+            return self.reference.replace(":", "-").replace("/", "-")
+        return self.version + (f"-{self.split.name}" if self.split is not None else "")
+
+    @property
+    def hub_split(self) -> str:
+        """The split name the card's header gives the data (``train`` when it is no split,
+        the Hugging Face default)."""
+        return self.split.name if self.split is not None else "train"
+
+    def citation(self, package_version: str) -> str:
+        what = f"dataset {self.reference}" if self.reference is not None else f"synthetic dataset {self.name}"
+        return f"shapesgen {what} (content SHA-256 {self.digest}), generated by shapesgen {package_version}"
+
+
+def data_identity(ds: ShapesDataset) -> DataIdentity:
+    """The identity of ``ds``'s data (see :class:`DataIdentity`)."""
+    digest = content_digest(ds.checksums)
+    spec = registered_spec(ds.split, ds.checksums)
+    if spec is None or ds.split is None:
+        return DataIdentity(
+            version=content_version(digest), reference=None, split=ds.split, digest=digest, released=None
+        )
+    return DataIdentity(
+        version=spec.version,
+        reference=spec.reference(ds.split.name),
+        split=ds.split,
+        digest=digest,
+        released=spec.released,
+    )
+
+
+def rebuild_commands(version: str, num_scenes: int, export: ExportConfig, split: Split | None = None) -> list[str]:
     """The shell commands that rebuild an export and check it against its ``SHA256SUMS``.
 
     They run from the export folder, from a source checkout of shapesgen ``version``
-    (an unpublished version cannot be installed from PyPI).
+    (an unpublished version cannot be installed from PyPI). A registered split is
+    rebuilt by name (and checked against its registered digest), a user's split from
+    ``config.json`` with its base seed and name.
     """
     flags = f"--style {export.style} --segmentation {export.segmentation} --resolution {export.resolution}"
     if export.include_hidden:
         flags += " --include-hidden"
     if export.layers_png:
         flags += " --layers-png"
+    flags += f" --license {export.license}"
+    if split is not None and split.reference is not None:
+        render = f"shapesgen render --dataset {split.reference} --out {REBUILD_FOLDER}/dataset.h5"
+    else:
+        chosen = f" --seed {split.base_seed} --split {split.name}" if split is not None else ""
+        render = (
+            f'shapesgen render --config "$EXPORT/config.json"{chosen} --num {num_scenes} '
+            f"--out {REBUILD_FOLDER}/dataset.h5"
+        )
     return [
         f"python -m pip install -e /path/to/shapesgen   # a source checkout of shapesgen {version}",
         f"shapesgen --version                           # must print shapesgen {version}",
         'EXPORT="$PWD"                                 # run from the folder holding this README',
-        f'shapesgen render --config "$EXPORT/config.json" --num {num_scenes} --out {REBUILD_FOLDER}/dataset.h5',
+        render,
         f"shapesgen export coco {REBUILD_FOLDER}/dataset.h5 --out {REBUILD_FOLDER}/export {flags}",
         f'cd {REBUILD_FOLDER}/export && sha256sum -c "$EXPORT/SHA256SUMS"',
     ]
+
+
+def _identity_lines(identity: DataIdentity, seed: int, num_scenes: int) -> list[str]:
+    """The card's lines on which data this is: dataset, version, split, seeds, digest."""
+    split = identity.split
+    if identity.reference is not None:
+        lines = [f"- dataset: `{identity.reference}`, registered in shapesgen with this content (`shapesgen datasets`)"]
+    else:
+        lines = ["- dataset: unregistered; its version is `0.0.0+` and the first 12 hex digits of the content digest"]
+    lines.append(f"- version: `{identity.version}`; {num_scenes} scenes, seed {seed}")
+    if split is not None:
+        lines += [
+            f"- split: `{split.name}` of base seed {split.base_seed}: seed {split.seed} = first 63 bits of",
+            f"  SHA-256 of `shapesgen-split/{split.base_seed}/{split.name}`, so the splits of one base seed share no",
+            "  scene (scene i uses `default_rng([seed, i])`)",
+        ]
+    lines.append(f"- content digest: `{identity.digest}` (SHA-256 of the source file's dataset checksums)")
+    return lines
 
 
 def _card_fields(style: Style, side: int) -> list[str]:
@@ -883,9 +1007,13 @@ def dataset_card(
     exported: list[tuple[int, bool, float]],
     records: int,
     manifest: list[tuple[str, str]],
+    identity: DataIdentity | None = None,
 ) -> str:
-    """The export's README.md: what the data is, statistics of what was exported, how to
-    rebuild and verify it. It names no path and no time, so a rebuild is byte-identical."""
+    """The export's README.md: a Hugging Face YAML header, what the data is, statistics of
+    what was exported, its licence, how to rebuild and verify it. It names no path and
+    no time, so a rebuild is byte-identical."""
+    identity = identity or data_identity(ds)
+    licence = LICENSES[export.license]
     config = ds.config
     version = str(ds.attrs["package_version"])
     side = config.image_size if export.resolution == "image" else config.mask_size
@@ -902,11 +1030,25 @@ def dataset_card(
         else "; instances with no visible pixel are left out"
     )
     lines = [
+        *hf_front_matter(
+            license_key=export.license,
+            pretty_name=f"shapesgen {identity.reference or identity.name}",
+            split=identity.hub_split,
+            num_images=len(ds),
+            style=export.style,
+            layers_png=export.layers_png,
+        ),
         CARD_TITLE,
         "",
         "Synthetic occlusion scenes with exact amodal ground truth, generated by shapesgen",
         f"{version}. Shapes are the colour of the background with black outlines; depth order is",
         "random; every mask is derived from exact polygons.",
+        "",
+        "## Dataset",
+        "",
+        *_identity_lines(identity, ds.seed, len(ds)),
+        f"- licence: {licence.name} ({licence.spdx}, {licence.url}); also in `annotations.json`",
+        "  (`licenses`, each image's `license`) and `croissant.json`",
         "",
         "## Contents",
         "",
@@ -927,6 +1069,7 @@ def dataset_card(
             else []
         ),
         "- `config.json`: the generator config (seed included); `SHA256SUMS`: every file's SHA-256",
+        "- `croissant.json`: Croissant 1.0 metadata (files with their SHA-256, record sets)",
         "",
         "## Class balance (exported instances)",
         "",
@@ -959,13 +1102,13 @@ def dataset_card(
         "",
         "## Rebuild and verify",
         "",
-        "The bytes of every file depend only on `config.json` (seed included), the number of scenes,",
-        f"the shapesgen version ({version}) and the export options; no time or file name is recorded.",
+        "The bytes of every file depend only on `config.json` (seed included), the split, the number of",
+        f"scenes, the shapesgen version ({version}) and the export options; no time or file name is recorded.",
         "With the same versions of the libraries that encode them (numpy, shapely, pycocotools, Pillow",
         "and zlib for the PNGs), these commands rebuild this folder and check every file:",
         "",
         "```bash",
-        *rebuild_commands(version, len(ds), export),
+        *rebuild_commands(version, len(ds), export, ds.split),
         "```",
         "",
         "## SHA-256 manifest",
