@@ -4,6 +4,10 @@ Per class, the embeddings of that class's pixels in *all* layers are clustered
 together, so an instance's amodal mask is the union of its pixels over the layers.
 Deterministic given a seed; iteration and cluster caps replace the reference code's
 wall-clock timeout, and a pixel keeps the first cluster that claims it.
+
+An instance's score is its mean class probability (``class``, the reference code's),
+its visible fraction (``completeness``: top-layer pixels over all its pixels, which
+ranks fully visible, reliably found instances first), or their product.
 """
 
 from __future__ import annotations
@@ -24,27 +28,53 @@ class Instance:
     pixels: int
 
 
+SEEK_SAMPLE = 2048
+"""Mode seeking moves the centre over at most this many unlabelled points (a seeded sample)."""
+
+
 def threshold_mean_shift(
     points: np.ndarray, bandwidth: float, rng: np.random.Generator, max_clusters: int, max_iterations: int
 ) -> np.ndarray:
-    """Cluster labels (-1 = left over once ``max_clusters`` is reached), L1 distances."""
+    """Cluster labels (-1 = left over once ``max_clusters`` is reached), L1 distances.
+
+    Each cluster seeks its mode over the points no cluster has claimed yet (so it
+    never converges onto a claimed centre and wastes the cluster cap), on a seeded
+    sample of at most :data:`SEEK_SAMPLE` of them, then claims every unlabelled point
+    within ``bandwidth`` of the mode.
+    """
+    points = np.asarray(points, dtype=np.float32)
     labels = np.full(len(points), -1, dtype=np.int64)
     for cluster in range(max_clusters):
         free = np.flatnonzero(labels < 0)
         if free.size == 0:
             break
         centre = points[free[rng.integers(free.size)]]
+        seek = points[free if free.size <= SEEK_SAMPLE else rng.choice(free, SEEK_SAMPLE, replace=False)]
         for _ in range(max_iterations):
-            near = np.abs(points - centre).sum(axis=1) <= bandwidth
-            moved = points[near].mean(axis=0)
+            near = np.abs(seek - centre).sum(axis=1) <= bandwidth
+            if not near.any():
+                break
+            moved = seek[near].mean(axis=0)
             if np.abs(moved - centre).sum() < 1e-6:
                 break
             centre = moved
-        claim = np.abs(points[free] - centre).sum(axis=1) <= bandwidth
+        distance = np.abs(points[free] - centre).sum(axis=1)
+        claim = distance <= bandwidth
         if not claim.any():
-            claim[np.argmin(np.abs(points[free] - centre).sum(axis=1))] = True
+            claim[np.argmin(distance)] = True
         labels[free[claim]] = cluster
     return labels
+
+
+def instance_score(kind: str, probability: float, visible_fraction: float) -> float:
+    """The detection score of ``kind`` (``class``, ``completeness`` or ``product``)."""
+    if kind == "class":
+        return probability
+    if kind == "completeness":
+        return visible_fraction
+    if kind == "product":
+        return probability * visible_fraction
+    raise ValueError(f"score={kind!r} is invalid: must be 'class', 'completeness' or 'product'")
 
 
 def cluster_instances(
@@ -56,6 +86,7 @@ def cluster_instances(
     max_clusters: int = 64,
     max_iterations: int = 50,
     seed: int | Sequence[int] = 0,
+    score: str = "class",
 ) -> list[Instance]:
     """Instances of one image from ``semantic`` ``(L, M, M, K + 1)`` and ``embedding`` ``(L, M, M, C)``."""
     rng = np.random.default_rng(seed)
@@ -75,5 +106,9 @@ def cluster_instances(
             pixels = int(mask.sum())
             if pixels < min_pixels:
                 continue
-            instances.append(Instance(class_id, mask, float(probability[members].mean()), pixels))
+            top = np.zeros(shape, dtype=bool)
+            in_top = members & (where[0] == 0)
+            top[where[1][in_top], where[2][in_top]] = True
+            value = instance_score(score, float(probability[members].mean()), float(top.sum()) / pixels)
+            instances.append(Instance(class_id, mask, value, pixels))
     return instances

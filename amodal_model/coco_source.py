@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path, PurePosixPath
@@ -44,18 +44,16 @@ from typing import Any, TypeGuard
 import numpy as np
 from PIL import Image
 
+from amodal_model.batching import Batch, blocked_batches
 from shapesgen.coco import decode_segmentation, layer_file_name, pad_rings
 from shapesgen.config import SceneConfig
 from shapesgen.errors import ConfigError, DatasetError, ShapesgenNote, one_line, shown
 from shapesgen.raster import layer_maps, rasterize_convex
 
-BLOCK = 256  # scenes read together; equals amodal_model.data.BLOCK, so epochs shuffle alike
 ANNOTATIONS = "annotations.json"
 CONFIG = "config.json"
 CORNER_WINDOW = 8  # side of the pixel window that decides an even-scale corner sample
 _MAX_GROUPS = 12  # characters in one number of a compressed RLE string (as shapesgen.coco reads them)
-
-Batch = dict[str, np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -141,30 +139,6 @@ def coco_batches(
         }
 
     return blocked_batches(len(scenes), read_block, batch_size, seed, epoch, shuffle)
-
-
-def blocked_batches(
-    total: int, read_block: Callable[[int, int], Batch], batch_size: int, seed: int, epoch: int, shuffle: bool
-) -> Iterator[Batch]:
-    """Batches of ``total`` scenes read in blocks of :data:`BLOCK`, shuffled by block and
-    within a block by a generator seeded with ``(seed, epoch)``, as ``hdf5_batches`` does."""
-    rng = np.random.default_rng([seed, epoch])
-    starts = np.arange(0, total, BLOCK)
-    if shuffle:
-        rng.shuffle(starts)
-    pending: list[Batch] = []
-    for start in starts.tolist():
-        stop = min(start + BLOCK, total)
-        block = read_block(start, stop)
-        order = rng.permutation(stop - start) if shuffle else np.arange(stop - start)
-        pending.append({key: value[order] for key, value in block.items()})
-        merged = {key: np.concatenate([p[key] for p in pending]) for key in pending[0]}
-        whole = len(merged["index"]) // batch_size * batch_size
-        for b in range(0, whole, batch_size):
-            yield {key: value[b : b + batch_size] for key, value in merged.items()}
-        pending = [{key: value[whole:] for key, value in merged.items()}] if whole < len(merged["index"]) else []
-    if pending and len(pending[0]["index"]):
-        yield pending[0]
 
 
 # Reading the export ---------------------------------------------------------------

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from amodal_model.batching import Batch, blocked_batches
+from amodal_model.coco_source import coco_batches, is_coco_export, open_coco_export
 from shapesgen.config import SceneConfig, build_config
 from shapesgen.errors import ConfigError, DatasetError, ShapesgenError, one_line, shown
 from shapesgen.files import regular_input
@@ -24,10 +26,7 @@ from shapesgen.hdf5 import open_dataset
 from shapesgen.limits import check_scene_fits
 from shapesgen.scene import render_scenes
 
-BLOCK = 256
 LIVE_PREFIX = "render:"
-
-Batch = dict[str, np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -95,13 +94,42 @@ def reading(path: Path, param: str) -> Iterator[None]:
 
 
 def open_source(spec: str | Path) -> Source:
-    """A training source from a path or a ``render:`` spec."""
+    """A training source from an HDF5 path, a COCO-amodal export or a ``render:`` spec."""
     text = source_text(spec, "train_source")
     if text.startswith(LIVE_PREFIX):
         return Source(parse_live_spec(text))
-    path = regular_input(text, "train_source")
-    with reading(path, "train_source"), open_dataset(path) as ds:
-        return Source(ds.config, path, len(ds))
+    path, config, count = describe_file(text, "train_source")
+    return Source(config, path, count)
+
+
+def describe_file(spec: str | Path, param: str) -> tuple[Path, SceneConfig, int]:
+    """The checked path, scene config and scene count of an HDF5 file or a COCO-amodal
+    export (its folder or its ``annotations.json``)."""
+    text = source_text(spec, param)
+    if is_coco_export(Path(text)):
+        path = Path(text)
+        if not path.is_dir():
+            path = regular_input(text, param)
+        config, count = open_coco_export(path, param)
+        return path, config, count
+    path = regular_input(text, param)
+    with reading(path, param), open_dataset(path) as ds:
+        return path, ds.config, len(ds)
+
+
+def file_batches(
+    path: Path,
+    batch_size: int,
+    seed: int,
+    epoch: int,
+    shuffle: bool,
+    limit: int | None = None,
+    *,
+    param: str = "train_source",
+) -> Iterator[Batch]:
+    """:func:`hdf5_batches`, or :func:`~amodal_model.coco_source.coco_batches` for an export."""
+    read = coco_batches if is_coco_export(path) else hdf5_batches
+    return read(path, batch_size, seed, epoch, shuffle, limit, param=param)
 
 
 def scene_targets(table_class_ids: np.ndarray) -> np.ndarray:
@@ -140,13 +168,8 @@ def hdf5_batches(
     with reading(path, param), open_dataset(path) as ds:
         total = len(ds) if limit is None else min(limit, len(ds))
         n = ds.config.num_instances
-        rng = np.random.default_rng([seed, epoch])
-        starts = np.arange(0, total, BLOCK)
-        if shuffle:
-            rng.shuffle(starts)
-        pending: list[Batch] = []
-        for start in starts.tolist():
-            stop = min(start + BLOCK, total)
+
+        def read_block(start: int, stop: int) -> Batch:
             block = {
                 "image": ds.images[start:stop],
                 "layers": ds.layers[start:stop].astype(np.int32),
@@ -163,15 +186,9 @@ def hdf5_batches(
                 "index": np.arange(start, stop, dtype=np.int64),
             }
             _check_ids(block, n, path, start, param)
-            order = rng.permutation(stop - start) if shuffle else np.arange(stop - start)
-            pending.append({key: value[order] for key, value in block.items()})
-            merged = {key: np.concatenate([p[key] for p in pending]) for key in pending[0]}
-            whole = len(merged["index"]) // batch_size * batch_size
-            for b in range(0, whole, batch_size):
-                yield {key: value[b : b + batch_size] for key, value in merged.items()}
-            pending = [{key: value[whole:] for key, value in merged.items()}] if whole < len(merged["index"]) else []
-        if pending and len(pending[0]["index"]):
-            yield pending[0]
+            return block
+
+        yield from blocked_batches(total, read_block, batch_size, seed, epoch, shuffle)
 
 
 def live_batches(config: SceneConfig, batch_size: int, first_index: int, count: int) -> Iterator[Batch]:
@@ -188,9 +205,26 @@ def live_batches(config: SceneConfig, batch_size: int, first_index: int, count: 
         }
 
 
+def visible_targets(batch: Batch) -> Batch:
+    """Training targets with every instance that has no visible pixel made background.
+
+    The paper counts an instance only where part of it is visible, and the reference
+    trains hidden ones as background; the dataset's own layer maps stay exact.
+    """
+    layers = batch["layers"]
+    count = len(layers)
+    slots = batch["instance_classes"].shape[1]
+    visible = np.zeros((count, slots), dtype=bool)
+    rows = np.broadcast_to(np.arange(count)[:, None, None], layers[:, 0].shape)
+    visible[rows, layers[:, 0]] = True
+    visible[:, 0] = False
+    keep = visible[np.arange(count)[:, None, None, None], layers]
+    return {**batch, "layers": np.where(keep, layers, 0), "class_layers": np.where(keep, batch["class_layers"], 0)}
+
+
 def to_model_input(image: np.ndarray | tf.Tensor) -> tf.Tensor:
-    """uint8 [0, 255] -> float32 [-1, 1], as the paper feeds the network."""
-    return tf.cast(image, tf.float32) / 127.5 - 1.0
+    """uint8 images -> float32 [0, 255]; the model scales them itself."""
+    return tf.cast(image, tf.float32)
 
 
 def tf_dataset(batches: Iterator[Batch], config: SceneConfig) -> tf.data.Dataset:

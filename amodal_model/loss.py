@@ -54,7 +54,15 @@ def discriminative_loss(
         same = tf.cast(tf.equal(instance_classes[:, :, None], instance_classes[:, None, :]), tf.float32)
         pairs = pairs * same
     push = _hinge(2.0 * config.d_dist - gap, squared) * pairs
-    distance = tf.math.divide_no_nan(tf.reduce_sum(push, axis=[1, 2]), tf.reduce_sum(pairs, axis=[1, 2]))
+    if config.loss_normalisation == "reference":
+        # Each group's (class's, or all instances') pair sum divided by n(n - 1) + 1,
+        # summed over groups: a pair's weight comes from the group size of its first member.
+        grouped = present[:, None, :] * (same if config.distance_scope == "class" else tf.ones_like(pairs))
+        group_size = tf.reduce_sum(grouped, axis=2)
+        weight = 1.0 / (group_size * (group_size - 1.0) + 1.0)
+        distance = tf.reduce_sum(push * weight[:, :, None], axis=[1, 2])
+    else:
+        distance = tf.math.divide_no_nan(tf.reduce_sum(push, axis=[1, 2]), tf.reduce_sum(pairs, axis=[1, 2]))
 
     norms = tf.reduce_sum(tf.abs(centres), axis=-1) * present
     regulariser = tf.math.divide_no_nan(tf.reduce_sum(norms, axis=1), n_instances)
@@ -68,11 +76,17 @@ def discriminative_loss(
 def total_loss(
     outputs: dict[str, tf.Tensor], targets: dict[str, tf.Tensor], config: TrainConfig
 ) -> dict[str, tf.Tensor]:
-    """Weighted discriminative terms plus semantic cross-entropy; ``loss`` is the sum."""
+    """Weighted discriminative terms plus semantic cross-entropy; ``loss`` is the sum.
+
+    The cross-entropy is the per-pixel mean within a layer, summed over the layers
+    (``loss_normalisation='reference'``) or averaged over them (``'mean'``).
+    """
     terms = discriminative_loss(outputs["embedding"], targets["layers"], targets["instance_classes"], config)
     probabilities = tf.clip_by_value(outputs["semantic"], 1e-7, 1.0)
     labels = tf.cast(targets["class_layers"], tf.int32)
     cross_entropy = tf.reduce_mean(-tf.math.log(tf.gather(probabilities, labels, batch_dims=4)))
+    if config.loss_normalisation == "reference":
+        cross_entropy = cross_entropy * tf.cast(tf.shape(labels)[1], cross_entropy.dtype)
     terms["cross_entropy"] = cross_entropy
     terms["loss"] = (
         config.var_weight * terms["variance"]

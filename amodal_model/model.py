@@ -8,13 +8,18 @@ an embedding head (C dimensions); with two layers this is exactly the paper's mo
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from dataclasses import dataclass
+from typing import Any
 
 import keras
+import numpy as np
 from keras import layers
 
 from amodal_model.backbones import BACKBONES, conv_norm_relu
 from amodal_model.config import TrainConfig
+from amodal_model.inference import InferenceConfig, clusterer
 from shapesgen.config import SceneConfig
 from shapesgen.errors import ConfigError, one_line
 
@@ -34,38 +39,72 @@ class DataSpec:
         return cls(scene.image_size, scene.channels, scene.mask_size, scene.layers, scene.num_classes)
 
 
-def _head(x: keras.KerasTensor, config: TrainConfig, outputs: int, activation: str | None, name: str, m: int):
+def _trunk(x: keras.KerasTensor, config: TrainConfig, name: str) -> keras.KerasTensor:
+    """The head's 3x3 convolutions (ReLU), standard or depthwise-separable."""
+    regulariser = keras.regularizers.L2(config.l2) if config.l2 else None
     for i, filters in enumerate(config.head_filters):
-        x = layers.Conv2D(
-            filters,
-            3,
-            padding="same",
-            activation="relu",
-            kernel_regularizer=keras.regularizers.L2(config.l2) if config.l2 else None,
-            name=f"{name}_conv{i + 1}",
-        )(x)
-    x = layers.Conv2D(outputs, 1, activation=activation, name=f"{name}_out")(x)
-    return layers.Reshape((1, m, m, outputs), name=f"{name}_stack")(x)
+        if config.head_conv == "separable":
+            conv = layers.SeparableConv2D(
+                filters,
+                3,
+                padding="same",
+                activation="relu",
+                depthwise_regularizer=regulariser,
+                pointwise_regularizer=regulariser,
+                name=f"{name}_conv{i + 1}",
+            )
+        else:
+            conv = layers.Conv2D(
+                filters,
+                3,
+                padding="same",
+                activation="relu",
+                kernel_regularizer=regulariser,
+                name=f"{name}_conv{i + 1}",
+            )
+        x = conv(x)
+    return x
 
 
-def build_model(config: TrainConfig, spec: DataSpec) -> keras.Model:
-    """A functional Keras model: image in [-1, 1] -> per-layer semantics and embeddings."""
-    if spec.image_size % 16:
-        raise ConfigError(f"image_size={spec.image_size} is invalid for the model: must be a multiple of 16")
-    inputs = keras.Input((spec.image_size, spec.image_size, spec.channels), name="image")
-    features = BACKBONES[config.backbone](inputs, config)
-    m = spec.mask_size
-    if features.shape[1] != m:
-        features = layers.Resizing(m, m, interpolation="bilinear", name="to_mask_size")(features)
-    if features.shape[-1] != config.feature_channels:
-        features = conv_norm_relu(features, config.feature_channels, config, "features", kernel=1)
-    semantic, embedding = [], []
-    for k in range(spec.layers):
-        semantic.append(_head(features, config, spec.num_classes + 1, "softmax", f"semantic{k + 1}", m))
-        embedding.append(_head(features, config, config.embedding_dim, None, f"embedding{k + 1}", m))
-    join = (lambda xs, name: layers.Concatenate(axis=1, name=name)(xs)) if spec.layers > 1 else (lambda xs, name: xs[0])
-    outputs = {"semantic": join(semantic, "semantic"), "embedding": join(embedding, "embedding")}
-    model = keras.Model(inputs, outputs, name=f"layered_embeddings_{config.backbone}_{spec.layers}layers")
+def _output(x: keras.KerasTensor, config: TrainConfig, outputs: int, activation: str | None, name: str, m: int):
+    """The output convolution, in float32 whatever the compute precision (softmax and loss stay exact)."""
+    x = layers.Conv2D(
+        outputs, config.output_kernel, padding="same", activation=activation, dtype="float32", name=f"{name}_out"
+    )(x)
+    return layers.Reshape((1, m, m, outputs), dtype="float32", name=f"{name}_stack")(x)
+
+
+def has_fast_bfloat16() -> bool:
+    """Whether this machine computes bfloat16 natively: a GPU, or a CPU with AVX512-BF16 or AMX."""
+    try:
+        import tensorflow as tf
+
+        if tf.config.list_physical_devices("GPU"):
+            return True
+    except ImportError:  # pragma: no cover - the model needs TensorFlow anyway
+        pass
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def compute_policy(config: TrainConfig) -> str:
+    """The Keras dtype policy ``config.precision`` means on this machine."""
+    if config.precision == "auto":
+        return "mixed_bfloat16" if has_fast_bfloat16() else "float32"
+    return config.precision
+
+
+def build_model(config: TrainConfig, spec: DataSpec, scene_config: SceneConfig | None = None) -> LayeredEmbeddingModel:
+    """The model for ``config`` and data of shape ``spec``, with ``backbone_weights`` loaded if set."""
+    model = LayeredEmbeddingModel(
+        train_config=json.loads(config.to_json()),
+        data_spec=dataclasses.asdict(spec),
+        scene_config=json.loads(scene_config.to_json()) if scene_config is not None else None,
+    )
     if config.backbone_weights:
         try:
             model.load_weights(config.backbone_weights, skip_mismatch=True)
@@ -76,3 +115,125 @@ def build_model(config: TrainConfig, spec: DataSpec) -> keras.Model:
                 param="backbone_weights",
             ) from None
     return model
+
+
+def _graph(config: TrainConfig, spec: DataSpec) -> tuple[keras.KerasTensor, dict[str, keras.KerasTensor]]:
+    """Input and outputs of the network, built in :func:`compute_policy`'s precision."""
+    if spec.image_size % 16:
+        raise ConfigError(f"image_size={spec.image_size} is invalid for the model: must be a multiple of 16")
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(compute_policy(config))
+    try:
+        return _layers(config, spec)
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def _layers(config: TrainConfig, spec: DataSpec) -> tuple[keras.KerasTensor, dict[str, keras.KerasTensor]]:
+    inputs = keras.Input((spec.image_size, spec.image_size, spec.channels), name="image")
+    scaled = layers.Rescaling(1 / 127.5, offset=-1.0, name="to_unit_range")(inputs)
+    features = BACKBONES[config.backbone](scaled, config)
+    m = spec.mask_size
+    if features.shape[1] != m:
+        features = layers.Resizing(m, m, interpolation="bilinear", name="to_mask_size")(features)
+    if features.shape[-1] != config.feature_channels:
+        features = conv_norm_relu(features, config.feature_channels, config, "features", kernel=1)
+    semantic: list[keras.KerasTensor] = []
+    embedding: list[keras.KerasTensor] = []
+    shared = _trunk(features, config, "head") if config.head == "shared" else None
+    for k in range(spec.layers):
+        for kind, outputs, activation, found in (
+            ("semantic", spec.num_classes + 1, "softmax", semantic),
+            ("embedding", config.embedding_dim, None, embedding),
+        ):
+            name = f"{kind}{k + 1}"
+            trunk = shared if shared is not None else _trunk(features, config, name)
+            found.append(_output(trunk, config, outputs, activation, name, m))
+    join = (
+        (lambda xs, name: layers.Concatenate(axis=1, dtype="float32", name=name)(xs))
+        if spec.layers > 1
+        else (lambda xs, name: xs[0])
+    )
+    return inputs, {"semantic": join(semantic, "semantic"), "embedding": join(embedding, "embedding")}
+
+
+@keras.saving.register_keras_serializable(package="shapesgen")
+class LayeredEmbeddingModel(keras.Model):
+    """The layered-embedding network: images (uint8 values, any float dtype) in, per-layer
+    class probabilities ``semantic`` ``(B, L, M, M, K + 1)`` and embeddings ``embedding``
+    ``(B, L, M, M, C)`` out.
+
+    Everything needed to use a saved model travels in the ``.keras`` file itself
+    (``get_config``): the training config (architecture, loss and the inference
+    settings: bandwidth, min pixels, score), the data shapes (layers, mask size,
+    classes) and, when known, the scene config of the training data. So::
+
+        import amodal_model.model  # registers the class with Keras
+        model = keras.saving.load_model("model.keras")
+        records = model.predict_instances(images)  # COCO result records
+
+    A functional model underneath (as keras-hub's backbones), so summaries, weights
+    by layer name and ``backbone_weights`` work as for any Keras model.
+    """
+
+    def __init__(
+        self,
+        train_config: dict[str, Any],
+        data_spec: dict[str, int],
+        scene_config: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        config = TrainConfig.from_dict(dict(train_config))
+        spec = DataSpec(**data_spec)
+        inputs, outputs = _graph(config, spec)
+        kwargs.setdefault("name", f"layered_embeddings_{config.backbone}_{spec.layers}layers")
+        super().__init__(inputs=inputs, outputs=outputs, **kwargs)
+        self.config_json = config.to_json()
+        self.data_spec = spec
+        self.scene_json = json.dumps(scene_config, sort_keys=True) if scene_config is not None else None
+
+    @property
+    def train_config(self) -> TrainConfig:
+        return TrainConfig.from_json(self.config_json)
+
+    @property
+    def scene_config(self) -> SceneConfig | None:
+        """The training data's scene config (class names, sizes), if it was given."""
+        return SceneConfig.from_json(self.scene_json) if self.scene_json is not None else None
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "train_config": json.loads(self.config_json),
+            "data_spec": dataclasses.asdict(self.data_spec),
+            "scene_config": json.loads(self.scene_json) if self.scene_json is not None else None,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], custom_objects: Any = None) -> LayeredEmbeddingModel:
+        return cls(**config)
+
+    def predict_instances(
+        self,
+        images: np.ndarray,
+        *,
+        first_index: int = 0,
+        settings: InferenceConfig | None = None,
+        batch_size: int = 8,
+    ) -> list[dict[str, Any]]:
+        """COCO result records (RLE amodal masks at mask size) for ``images`` ``(B, S, S, C)``.
+
+        Image ``b`` gets ``image_id = first_index + b + 1`` (the convention of
+        ``shapesgen predict``: scene index + 1); ``settings`` overrides the model's own
+        inference settings.
+        """
+        settings = settings or InferenceConfig.of(self.train_config)
+        records: list[dict[str, Any]] = []
+        with clusterer(settings, 1) as pool:
+            for start in range(0, len(images), batch_size):
+                chunk = np.asarray(images[start : start + batch_size], dtype=np.float32)
+                outputs = {k: keras.ops.convert_to_numpy(v) for k, v in self(chunk, training=False).items()}
+                indices = range(first_index + start, first_index + start + len(chunk))
+                records.extend(pool.submit(outputs, indices)())
+        return records

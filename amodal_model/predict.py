@@ -10,17 +10,15 @@ from pathlib import Path
 from typing import Any
 
 import keras
-import numpy as np
 import tensorflow as tf
 
-from amodal_model.cluster import cluster_instances
 from amodal_model.config import MAX_BATCH, MAX_COUNT, TrainConfig
-from amodal_model.data import hdf5_batches, reading, source_text, to_model_input
-from shapesgen.coco import encode_rle
+from amodal_model.data import describe_file, file_batches, source_text, to_model_input
+from amodal_model.inference import InferenceConfig, clusterer
+from amodal_model.pretrained import resolve_model
 from shapesgen.config import SceneConfig
 from shapesgen.errors import ConfigError, DatasetError, ShapesgenError, one_line, shown
 from shapesgen.files import check_output_path, contains, regular_input, write_atomically
-from shapesgen.hdf5 import open_dataset
 
 MODEL_FILE = "model.keras"
 TRAIN_CONFIG_FILE = "train_config.json"
@@ -91,9 +89,30 @@ def _check_model(model: Any, config: TrainConfig, scene: SceneConfig, path: Path
         )
 
 
+def _load_keras(model_path: Path, param: str) -> keras.Model:
+    import amodal_model.model  # noqa: F401  (registers LayeredEmbeddingModel with Keras)
+
+    regular_input(model_path, param)
+    if not zipfile.is_zipfile(model_path):
+        raise DatasetError(f"{model_path}: not a Keras model file (not a zip archive)", param=param)
+    try:
+        return keras.saving.load_model(model_path)
+    except Exception as exc:  # a foreign or damaged zip fails in many ways inside Keras
+        raise DatasetError(
+            f"{model_path}: not a loadable Keras model ({one_line(str(exc)) or type(exc).__name__})", param=param
+        ) from None
+
+
 def load_run(run_dir: str | Path) -> tuple[keras.Model, TrainConfig, SceneConfig]:
-    """The model and both configs saved by ``train``, checked against each other."""
-    run_dir = Path(source_text(run_dir, "run_dir"))
+    """The model and its train and scene configs, checked against each other.
+
+    ``run_dir`` is a run folder written by ``train`` (configs from its JSON files), a
+    folder holding only a ``model.keras``, a ``.keras`` file, or a shipped model's
+    name; the last three take the configs the model file carries.
+    """
+    run_dir = resolve_model(run_dir)
+    if run_dir.is_file() or (run_dir.suffix == ".keras" and not run_dir.is_dir()):
+        return _self_contained(run_dir)
     if not run_dir.is_dir():
         what = "is not a folder" if run_dir.exists() else "no such folder"
         raise DatasetError(f"run_dir={str(run_dir)!r}: {what}", param="run_dir")
@@ -102,17 +121,26 @@ def load_run(run_dir: str | Path) -> tuple[keras.Model, TrainConfig, SceneConfig
         raise DatasetError(
             f"run_dir={str(run_dir)!r}: no {MODEL_FILE} inside (is it a finished training run?)", param="run_dir"
         )
-    regular_input(model_path, "run_dir")
+    if not (run_dir / TRAIN_CONFIG_FILE).exists() and not (run_dir / SCENE_CONFIG_FILE).exists():
+        return _self_contained(model_path)
     config = load_train_config(run_dir / TRAIN_CONFIG_FILE)
     scene = load_scene_config(run_dir / SCENE_CONFIG_FILE)
-    if not zipfile.is_zipfile(model_path):
-        raise DatasetError(f"{model_path}: not a Keras model file (not a zip archive)", param="run_dir")
-    try:
-        model = keras.saving.load_model(model_path)
-    except Exception as exc:  # a foreign or damaged zip fails in many ways inside Keras
+    model = _load_keras(model_path, "run_dir")
+    _check_model(model, config, scene, model_path)
+    return model, config, scene
+
+
+def _self_contained(model_path: Path) -> tuple[keras.Model, TrainConfig, SceneConfig]:
+    """A model file that carries its own configs (saved by this version of ``train``)."""
+    model = _load_keras(model_path, "run_dir")
+    scene = getattr(model, "scene_config", None)
+    if scene is None:
         raise DatasetError(
-            f"{model_path}: not a loadable Keras model ({one_line(str(exc)) or type(exc).__name__})", param="run_dir"
-        ) from None
+            f"{model_path}: the model does not carry its configs (saved by an older train?): "
+            f"give its run folder, with {TRAIN_CONFIG_FILE} and {SCENE_CONFIG_FILE}",
+            param="run_dir",
+        )
+    config = model.train_config
     _check_model(model, config, scene, model_path)
     return model, config, scene
 
@@ -127,32 +155,6 @@ def infer_fn(model: keras.Model) -> Callable[[tf.Tensor], dict[str, tf.Tensor]]:
     return forward
 
 
-def results_for_batch(outputs: dict[str, np.ndarray], indices: np.ndarray, config: TrainConfig) -> list[dict[str, Any]]:
-    """COCO result records for a batch of model outputs (image_id = scene index + 1)."""
-    records = []
-    for b, index in enumerate(indices.tolist()):
-        instances = cluster_instances(
-            outputs["semantic"][b],
-            outputs["embedding"][b],
-            bandwidth=config.bandwidth,
-            min_pixels=config.min_pixels,
-            max_clusters=config.max_clusters,
-            max_iterations=config.max_iterations,
-            seed=[config.seed, index],
-        )
-        masks = np.stack([i.mask for i in instances]) if instances else np.zeros((0, 1, 1), bool)
-        for instance, rle in zip(instances, encode_rle(masks), strict=True):
-            records.append(
-                {
-                    "image_id": index + 1,
-                    "category_id": instance.class_id,
-                    "segmentation": rle,
-                    "score": round(instance.score, 6),
-                }
-            )
-    return records
-
-
 def predict_hdf5(
     model: keras.Model,
     config: TrainConfig,
@@ -163,12 +165,17 @@ def predict_hdf5(
     batch_size: int = 8,
     progress: Callable[[int, int], None] | None = None,
     param: str = "data",
+    settings: InferenceConfig | None = None,
+    workers: int | None = 1,
 ) -> list[dict[str, Any]]:
-    """Predictions for the scenes of an HDF5 file (all, or the first ``limit``)."""
-    path = regular_input(source_text(data, param), param)
-    with reading(path, param), open_dataset(path) as ds:
-        other = ds.config
-        total = len(ds) if limit is None else min(limit, len(ds))
+    """Predictions for the scenes of an HDF5 file or COCO-amodal export (all, or the first ``limit``).
+
+    ``settings`` defaults to the ones ``config`` was trained with. Clustering runs in
+    ``workers`` processes (``None``: one per core) while the next batch's forward
+    pass runs; the records are the same for any number of workers.
+    """
+    path, other, count = describe_file(data, param)
+    total = count if limit is None else min(limit, count)
     expected = (scene_config.image_size, scene_config.channels)
     if (other.image_size, other.channels) != expected:
         raise ConfigError(
@@ -186,18 +193,30 @@ def predict_hdf5(
     forward = infer_fn(model)
     records: list[dict[str, Any]] = []
     done = 0
-    for batch in hdf5_batches(path, batch_size, seed=0, epoch=0, shuffle=False, limit=total, param=param):
-        try:
-            outputs = {k: v.numpy() for k, v in forward(tf.constant(batch["image"])).items()}
-        except tf.errors.ResourceExhaustedError:
-            raise ConfigError(
-                f"batch_size={batch_size} is invalid: out of memory in the forward pass, use a smaller one",
-                param="batch_size",
-            ) from None
-        records.extend(results_for_batch(outputs, batch["index"], config))
-        done += len(batch["index"])
-        if progress:
-            progress(done, total)
+    with clusterer(settings or InferenceConfig.of(config), workers) as pool:
+        pending: list[tuple[Callable[[], list[dict[str, Any]]], int]] = []
+
+        def collect() -> None:
+            nonlocal done
+            wait, count = pending.pop(0)
+            records.extend(wait())
+            done += count
+            if progress:
+                progress(done, total)
+
+        for batch in file_batches(path, batch_size, seed=0, epoch=0, shuffle=False, limit=total, param=param):
+            try:
+                outputs = {k: v.numpy() for k, v in forward(tf.constant(batch["image"])).items()}
+            except tf.errors.ResourceExhaustedError:
+                raise ConfigError(
+                    f"batch_size={batch_size} is invalid: out of memory in the forward pass, use a smaller one",
+                    param="batch_size",
+                ) from None
+            pending.append((pool.submit(outputs, batch["index"].tolist()), len(batch["index"])))
+            if len(pending) > 1:
+                collect()
+        while pending:
+            collect()
     return records
 
 
@@ -243,8 +262,15 @@ def predict_run(
     batch_size: int = 8,
     progress: Callable[[int, int], None] | None = None,
     force: bool = False,
+    bandwidth: float | None = None,
+    min_pixels: int | None = None,
+    score: str | None = None,
+    workers: int | None = None,
 ) -> Path:
     """Load a run, predict an HDF5 file, write COCO results.
+
+    ``bandwidth``, ``min_pixels`` and ``score`` override the run's inference settings
+    (``None`` keeps them); clustering uses ``workers`` processes (``None``: one per core).
 
     Every argument is checked before the model is loaded: ``out`` may be neither the
     input file nor inside the run folder, must be writable, and replaces an existing
@@ -252,13 +278,15 @@ def predict_run(
     """
     _positive("limit", limit, MAX_COUNT, optional=True)
     _positive("batch_size", batch_size, MAX_BATCH)
-    data_path = regular_input(source_text(data, "data"), "data")
+    data_path = describe_file(data, "data")[0]
     out_path = check_output_path(source_text(out, "out"), "out")
     if out_path.is_dir():
         raise DatasetError(f"out={str(out_path)!r} is a folder: give a file path", param="out")
     if _same_file(out_path, data_path):
         raise ConfigError(f"out={str(out_path)!r} is the input data file: give another path", param="out")
-    run_path = Path(source_text(run_dir, "run_dir"))
+    run_path = resolve_model(run_dir)
+    if _same_file(out_path, run_path):
+        raise ConfigError(f"out={str(out_path)!r} is the model file: give another path", param="out")
     run_entries = (*RUN_FILES, "metrics.csv", "checkpoints", "tensorboard")
     if any(_same_file(out_path, run_path / name) or contains(run_path / name, out_path) for name in run_entries):
         raise ConfigError(
@@ -269,7 +297,16 @@ def predict_run(
         raise DatasetError(f"out={str(out_path)!r} exists: pass force=True to replace it", param="out")
     check_writable(out_path, "out")
     model, config, scene_config = load_run(run_path)
+    settings = InferenceConfig.of(config).replace(bandwidth=bandwidth, min_pixels=min_pixels, score=score)
     records = predict_hdf5(
-        model, config, scene_config, data_path, limit=limit, batch_size=batch_size, progress=progress
+        model,
+        config,
+        scene_config,
+        data_path,
+        limit=limit,
+        batch_size=batch_size,
+        progress=progress,
+        settings=settings,
+        workers=workers,
     )
     return write_results(records, out_path, force=force)

@@ -19,7 +19,16 @@ import keras
 import tensorflow as tf
 
 from amodal_model.config import TrainConfig
-from amodal_model.data import Source, hdf5_batches, live_batches, open_source, reading, source_text, to_model_input
+from amodal_model.data import (
+    Source,
+    file_batches,
+    live_batches,
+    open_source,
+    reading,
+    source_text,
+    to_model_input,
+    visible_targets,
+)
 from amodal_model.loss import total_loss
 from amodal_model.model import DataSpec, build_model
 from amodal_model.predict import (
@@ -77,6 +86,14 @@ def steps_per_epoch(config: TrainConfig, source: Source) -> int:
     return max(1, source.num_scenes // config.batch_size)
 
 
+def learning_rate_schedule(config: TrainConfig, steps: int) -> float | keras.optimizers.schedules.LearningRateSchedule:
+    """Constant, or cosine decay from ``learning_rate`` to 0 over all ``epochs`` (resuming
+    continues the same curve; a resume with more epochs stretches what is left of it)."""
+    if config.schedule == "constant":
+        return config.learning_rate
+    return keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=config.epochs * steps)
+
+
 @contextmanager
 def saving(out: Path) -> Iterator[None]:
     """Turn a failure to write into the run folder (a full disk above all) into one DatasetError."""
@@ -93,7 +110,13 @@ def saving(out: Path) -> Iterator[None]:
         raise DatasetError(f"out={str(out)!r}: cannot save the run ({reason})", param="out") from None
 
 
-RUN_ENTRIES = frozenset({MODEL_FILE, TRAIN_CONFIG_FILE, SCENE_CONFIG_FILE, "metrics.csv", "checkpoints", "tensorboard"})
+BEST_MODEL_FILE = "best.keras"
+"""The model of the epoch with the highest validation AP so far (kept when ``val`` is given)."""
+STEP_LOG_EVERY = 10
+"""Training steps between two per-step loss points in TensorBoard."""
+RUN_ENTRIES = frozenset(
+    {MODEL_FILE, BEST_MODEL_FILE, TRAIN_CONFIG_FILE, SCENE_CONFIG_FILE, "metrics.csv", "checkpoints", "tensorboard"}
+)
 """Everything :func:`train` writes at the top of a run folder."""
 
 
@@ -237,7 +260,8 @@ class Trainer:
     ) -> None:
         self.source, self.out, self.config, self.model = source, out, config, model
         self.target = target or out
-        self.optimizer = keras.optimizers.Adam(config.learning_rate)
+        self.steps = steps_per_epoch(config, source)
+        self.optimizer = keras.optimizers.Adam(learning_rate_schedule(config, self.steps))
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
         self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer, epoch=self.epoch)
         if resume:
@@ -246,7 +270,7 @@ class Trainer:
                 latest = manager.latest_checkpoint
                 if latest is None:  # missing or unreadable index: resuming would silently start over
                     raise ValueError(f"no readable checkpoint in {out / 'checkpoints'}")
-                self.checkpoint.restore(latest).expect_partial()
+                self.checkpoint.restore(latest).expect_partial().assert_existing_objects_matched()
             except Exception as exc:  # a damaged checkpoint fails in TF, protobuf or h5py
                 reason = one_line(str(exc)) or type(exc).__name__
                 raise DatasetError(
@@ -258,8 +282,8 @@ class Trainer:
         with saving(self.target):
             self.manager = tf.train.CheckpointManager(self.checkpoint, out / "checkpoints", max_to_keep=2)
             self.writer = tf.summary.create_file_writer(str(out / "tensorboard"))
-        self.steps = steps_per_epoch(config, source)
         self.step = tf.function(self._step, reduce_retracing=True)
+        self.best_ap = _best_ap(out / "metrics.csv") if resume else -1.0
 
     @property
     def completed_epochs(self) -> int:
@@ -296,6 +320,8 @@ class Trainer:
         sums = dict.fromkeys(LOSS_TERMS, 0.0)
         for step, batch in enumerate(self.batches(epoch), start=1):
             try:
+                if self.config.visible_targets:
+                    batch = visible_targets(batch)
                 terms = self.step({k: tf.constant(v) for k, v in batch.items() if k != "index"})
             except tf.errors.ResourceExhaustedError:
                 raise ConfigError(
@@ -305,6 +331,10 @@ class Trainer:
                 ) from None
             for key in LOSS_TERMS:
                 sums[key] += float(terms[key])
+            if step % STEP_LOG_EVERY == 0:
+                with self.writer.as_default():
+                    for key in LOSS_TERMS:
+                        tf.summary.scalar(f"step/{key}", float(terms[key]), step=int(self.optimizer.iterations))
             if callbacks.on_step:
                 callbacks.on_step(epoch + 1, step, self.steps, float(terms["loss"]))
         seconds = time.perf_counter() - started
@@ -350,18 +380,29 @@ class Trainer:
             with saving(self.target):
                 _log(self.out, self.writer, row)
                 self.manager.save()
+                if "AP" in row and row["AP"] > self.best_ap:
+                    self.best_ap = float(row["AP"])
+                    self._save(BEST_MODEL_FILE)
             if after_checkpoint:
                 after_checkpoint()
             if callbacks.on_epoch:
                 callbacks.on_epoch(row)
+
+    def _save(self, name: str) -> None:
+        """Save the model as ``name`` in the run folder, renamed into place once complete."""
+        tmp = self.out / f"{Path(name).stem}.partial.keras"
+        try:
+            self.model.save(tmp)
+            tmp.replace(self.out / name)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def save_model(self) -> None:
         """``model.keras``, renamed into place once complete."""
         tmp = self.out / "model.partial.keras"
         try:
             with saving(self.target):
-                self.model.save(tmp)
-                tmp.replace(self.out / MODEL_FILE)
+                self._save(MODEL_FILE)
         except DatasetError as exc:
             tmp.unlink(missing_ok=True)
             raise DatasetError(
@@ -484,7 +525,7 @@ def train(
     else:
         check_writable(out, "out")
     keras.utils.set_random_seed(config.seed)
-    model = build_model(config, DataSpec.from_scene(source.scene_config))
+    model = build_model(config, DataSpec.from_scene(source.scene_config), source.scene_config)
     try:
         created = make_parents(out.parent)
     except OSError as exc:
@@ -561,7 +602,7 @@ def _repeat(path: Path, config: TrainConfig, epoch: int, steps: int) -> Iterator
     produced, sweep = 0, 0
     while produced < steps:
         before = produced
-        for batch in hdf5_batches(path, config.batch_size, config.seed, epoch * 1000 + sweep, shuffle=True):
+        for batch in file_batches(path, config.batch_size, config.seed, epoch * 1000 + sweep, shuffle=True):
             if len(batch["index"]) < config.batch_size:
                 continue
             yield batch
@@ -594,6 +635,15 @@ def _trim_log(path: Path, epochs: int) -> None:
     writer.writeheader()
     writer.writerows(rows)
     write_atomically(path, text.getvalue().encode(), param="out", force=True)
+
+
+def _best_ap(path: Path) -> float:
+    """The highest validation AP a run's log records (-1 if none)."""
+    try:
+        with path.open(newline="") as f:
+            return max((float(r["AP"]) for r in csv.DictReader(f) if r.get("AP")), default=-1.0)
+    except (OSError, ValueError, csv.Error):
+        return -1.0
 
 
 def _log(out: Path, writer: Any, row: dict[str, Any]) -> None:

@@ -1,8 +1,9 @@
-"""Training throughput (images/s) per backbone, and the HDF5 input pipeline's rate.
+"""Training throughput (images/s) per preset and layer count, and the HDF5 input rate.
 
-    python benchmarks/bench_train.py [--backbones tiny mobilenetv2] [--steps 10]
+    python benchmarks/bench_train.py [--presets cpu cpu-fast] [--layers 2 3] [--steps 30]
 
-On a GPU machine add ``xception`` for the paper configuration.
+Each figure times ``--steps`` training steps of the real training step (loss, visible
+targets, optimiser) after two warm-up steps. On a GPU machine add ``paper``.
 """
 
 from __future__ import annotations
@@ -16,30 +17,29 @@ import keras
 import tensorflow as tf
 
 from amodal_model.config import TRAIN_PRESETS
-from amodal_model.data import hdf5_batches, tf_dataset, to_model_input
+from amodal_model.data import hdf5_batches, tf_dataset, to_model_input, visible_targets
 from amodal_model.loss import total_loss
-from amodal_model.model import DataSpec, build_model
+from amodal_model.model import DataSpec, build_model, compute_policy
+from amodal_model.train import learning_rate_schedule
 from shapesgen import preset
 from shapesgen.render import render_dataset
 
-PRESET_OF = {"tiny": "tiny", "cpu": "cpu", "mobilenetv2": "light", "xception": "paper"}
 
-
-def input_rate(path: Path, batch_size: int, seconds: float = 5.0) -> float:
+def input_rate(path: Path, layers: int, batch_size: int, seconds: float = 5.0) -> float:
     """Images/s delivered by the tf.data pipeline alone (decode, shuffle, batch)."""
-    config = preset("paper")
+    config = preset("paper").replace(layers=layers)
     images, start, epoch = 0, time.perf_counter(), 0
     while time.perf_counter() - start < seconds:
-        for batch in tf_dataset(hdf5_batches(path, batch_size, 0, epoch, True), config.replace(layers=2)):
+        for batch in tf_dataset(hdf5_batches(path, batch_size, 0, epoch, True), config):
             images += int(batch["image"].shape[0])
         epoch += 1
     return images / (time.perf_counter() - start)
 
 
-def train_rate(backbone: str, path: Path, steps: int) -> tuple[float, int]:
-    config = TRAIN_PRESETS[PRESET_OF[backbone]]
-    model = build_model(config, DataSpec(256, 1, 64, 2, 3))
-    optimizer = keras.optimizers.Adam(config.learning_rate)
+def train_rate(name: str, path: Path, layers: int, steps: int) -> tuple[float, int]:
+    config = TRAIN_PRESETS[name]
+    model = build_model(config, DataSpec(256, 1, 64, layers, 3))
+    optimizer = keras.optimizers.Adam(learning_rate_schedule(config, steps))
 
     @tf.function
     def step(batch: dict[str, tf.Tensor]) -> tf.Tensor:
@@ -49,34 +49,40 @@ def train_rate(backbone: str, path: Path, steps: int) -> tuple[float, int]:
         optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
         return terms["loss"]
 
-    batches = [
-        {k: tf.constant(v) for k, v in b.items() if k != "index"}
-        for _, b in zip(range(steps + 2), hdf5_batches(path, config.batch_size, 0, 0, True), strict=False)
-    ]
-    step(batches[0])
-    step(batches[1])
+    raw = [b for _, b in zip(range(steps + 2), hdf5_batches(path, config.batch_size, 0, 0, True), strict=False)]
+    step({k: tf.constant(v) for k, v in visible_targets(raw[0]).items() if k != "index"})
+    step({k: tf.constant(v) for k, v in visible_targets(raw[1]).items() if k != "index"})
     start = time.perf_counter()
-    for batch in batches[2:]:
-        step(batch).numpy()
+    for batch in raw[2:]:
+        targets = visible_targets(batch) if config.visible_targets else batch
+        step({k: tf.constant(v) for k, v in targets.items() if k != "index"}).numpy()
     seconds = time.perf_counter() - start
-    return (len(batches) - 2) * config.batch_size / seconds, model.count_params()
+    return (len(raw) - 2) * config.batch_size / seconds, model.count_params()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--backbones", nargs="+", default=["tiny", "cpu", "mobilenetv2"])
-    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--presets", nargs="+", default=["tiny", "cpu", "cpu-fast", "light"], choices=TRAIN_PRESETS)
+    parser.add_argument("--layers", nargs="+", type=int, default=[2, 3])
+    parser.add_argument("--steps", type=int, default=30)
     args = parser.parse_args()
     devices = [d.device_type for d in tf.config.list_physical_devices()]
-    print(f"devices: {devices}")
+    print(f"devices: {devices}, threads: intra {tf.config.threading.get_intra_op_parallelism_threads() or 'all'}")
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "bench.h5"
-        render_dataset(preset("paper").replace(seed=0), path, num_scenes=1024, workers=2)
-        print(f"tf.data input from HDF5 (batch 8): {input_rate(path, 8):,.0f} images/s")
-        for backbone in args.backbones:
-            rate, params = train_rate(backbone, path, args.steps)
-            batch = TRAIN_PRESETS[PRESET_OF[backbone]].batch_size
-            print(f"train {backbone:<12} {params / 1e6:6.1f} M params, batch {batch}: {rate:7.2f} images/s")
+        path = {}
+        for layers in args.layers:
+            path[layers] = Path(tmp) / f"bench{layers}.h5"
+            config = preset("paper").replace(seed=0, layers=layers)
+            render_dataset(config, path[layers], num_scenes=(args.steps + 2) * 16, workers=2)
+        print(f"tf.data input from HDF5 (batch 8): {input_rate(path[args.layers[0]], args.layers[0], 8):,.0f} images/s")
+        for name in args.presets:
+            for layers in args.layers:
+                rate, params = train_rate(name, path[layers], layers, args.steps)
+                config = TRAIN_PRESETS[name]
+                print(
+                    f"train {name:<9} {layers} layers {params / 1e6:6.2f} M params, batch {config.batch_size}, "
+                    f"{compute_policy(config)}: {rate:7.2f} images/s"
+                )
 
 
 if __name__ == "__main__":

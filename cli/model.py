@@ -9,7 +9,17 @@ from typing import Annotated, Any
 
 import typer
 
-from amodal_model.config import Backbone, DistanceScope, Hinge, TrainPresetName
+from amodal_model.config import (
+    Backbone,
+    DistanceScope,
+    HeadKind,
+    Hinge,
+    LossNormalisation,
+    Precision,
+    Schedule,
+    Score,
+    TrainPresetName,
+)
 from shapesgen.errors import ResourceError
 
 from .common import Force, Quiet, err, progress_bar, run
@@ -49,7 +59,11 @@ def train(
     ] = None,
     preset: Annotated[
         TrainPresetName,
-        typer.Option("--preset", help="Model preset: paper (Xception), light (MobileNetV2), cpu, tiny."),
+        typer.Option(
+            "--preset",
+            help="Model preset: paper (Xception DeepLabV3+, 47 M), light (MobileNetV2), cpu-fast (separable "
+            "encoder, shared head: the CPU preset), cpu (small encoder, separate heads), tiny (tests).",
+        ),
     ] = "paper",
     epochs: Annotated[int | None, typer.Option("--epochs", help="Epochs (paper: 100).")] = None,
     steps_per_epoch: Annotated[
@@ -72,6 +86,40 @@ def train(
     ] = None,
     reg_weight: Annotated[
         float | None, typer.Option("--reg-weight", help="Regulariser weight (reference 0.01, paper 1).")
+    ] = None,
+    var_weight: Annotated[float | None, typer.Option("--var-weight", help="Variance term weight (1).")] = None,
+    dist_weight: Annotated[float | None, typer.Option("--dist-weight", help="Distance term weight (1).")] = None,
+    ce_weight: Annotated[float | None, typer.Option("--ce-weight", help="Cross-entropy weight (1).")] = None,
+    d_var: Annotated[float | None, typer.Option("--d-var", help="Variance margin d_var (0.5).")] = None,
+    d_dist: Annotated[float | None, typer.Option("--d-dist", help="Distance margin d_dist (1.5).")] = None,
+    loss_normalisation: Annotated[
+        LossNormalisation | None,
+        typer.Option(
+            "--loss-normalisation",
+            help="reference (per class / (n(n-1)+1), cross-entropy summed over layers) or mean (over pairs, layers).",
+        ),
+    ] = None,
+    visible_targets: Annotated[
+        bool | None,
+        typer.Option(
+            "--visible-targets/--all-targets",
+            help="Train instances with no visible pixel as background (the reference) or as instances.",
+            show_default=False,
+        ),
+    ] = None,
+    head: Annotated[
+        HeadKind | None, typer.Option("--head", help="shared: one head trunk for all outputs; separate: one each.")
+    ] = None,
+    precision: Annotated[
+        Precision | None,
+        typer.Option("--precision", help="auto: mixed_bfloat16 where the CPU or GPU computes it natively."),
+    ] = None,
+    schedule: Annotated[
+        Schedule | None, typer.Option("--schedule", help="Learning rate: constant, or cosine decay to 0.")
+    ] = None,
+    score: Annotated[
+        Score | None,
+        typer.Option("--score", help="Detection score saved with the model (predict can override it)."),
     ] = None,
     eval_every: Annotated[
         int | None, typer.Option("--eval-every", help="Evaluate on --val every N epochs (0 = never).")
@@ -103,6 +151,17 @@ def train(
             hinge=hinge,
             distance_scope=distance_scope,
             reg_weight=reg_weight,
+            var_weight=var_weight,
+            dist_weight=dist_weight,
+            ce_weight=ce_weight,
+            d_var=d_var,
+            d_dist=d_dist,
+            loss_normalisation=loss_normalisation,
+            visible_targets=visible_targets,
+            head=head,
+            precision=precision,
+            schedule=schedule,
+            score=score,
             eval_every=eval_every,
             eval_scenes=eval_scenes,
             seed=seed,
@@ -136,12 +195,34 @@ def train(
 def predict(
     ctx: typer.Context,
     run_dir: Annotated[
-        Path, typer.Option("--model", help="A run folder written by `shapesgen train`.", show_default=False)
+        str,
+        typer.Option(
+            "--model",
+            help="A run folder written by `shapesgen train`, a .keras model file, or a shipped model's name "
+            "(`shapesgen models` lists them).",
+            show_default=False,
+        ),
     ],
     data: Annotated[Path, typer.Option("--data", help="HDF5 file to predict.", show_default=False)],
     out: Annotated[Path, typer.Option("--out", help="COCO results JSON to write.", show_default=False)],
     limit: Annotated[int | None, typer.Option("--limit", help="Only the first N scenes.")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images per forward pass.")] = 8,
+    bandwidth: Annotated[
+        float | None, typer.Option("--bandwidth", help="Clustering bandwidth (default: the model's).")
+    ] = None,
+    min_pixels: Annotated[
+        int | None, typer.Option("--min-pixels", help="Drop instances under N pixels (default: the model's).")
+    ] = None,
+    score: Annotated[
+        Score | None,
+        typer.Option(
+            "--score",
+            help="class probability, completeness (visible fraction) or their product (default: the model's).",
+        ),
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option("--workers", help="Clustering processes (default: one per core).")
+    ] = None,
     force: Force = False,
     quiet: Quiet = False,
 ) -> None:
@@ -151,7 +232,35 @@ def predict(
     with progress_bar("predict", quiet) as update:
         written = run(
             ctx,
-            lambda: predict_run(run_dir, data, out, limit=limit, batch_size=batch_size, progress=update, force=force),
+            lambda: predict_run(
+                run_dir,
+                data,
+                out,
+                limit=limit,
+                batch_size=batch_size,
+                progress=update,
+                force=force,
+                bandwidth=bandwidth,
+                min_pixels=min_pixels,
+                score=score,
+                workers=workers,
+            ),
         )
     if not quiet:
         err.print(f"wrote {written}")
+
+
+def models() -> None:
+    """List the trained models shipped with shapesgen (usable as `predict --model NAME`)."""
+    predicting = _model_module("pretrained")
+    names = predicting.shipped_models()
+    if not names:
+        err.print("no trained models are shipped with this installation")
+        return
+    for name in names:
+        card = predicting.PRETRAINED / name / "MODEL_CARD.md"
+        summary = ""
+        if card.is_file():
+            lines = [line.strip() for line in card.read_text().splitlines() if line.strip()]
+            summary = next((line for line in lines if not line.startswith(("#", "---", "|"))), "")
+        typer.echo(f"{name}\t{summary}")

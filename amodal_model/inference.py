@@ -1,0 +1,143 @@
+"""The inference concern: how model outputs become scored amodal instances.
+
+:class:`InferenceConfig` is frozen and validated once. A trained model carries its
+own (from training), and ``predict`` may override any field. Clustering runs in a
+pool of worker processes, one image per task, so it uses every core while the
+forward pass of the next batch runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing
+import os
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor, ProcessPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from amodal_model.cluster import cluster_instances
+from amodal_model.config import MAX_COUNT, SCORES, Score, TrainConfig
+from shapesgen.errors import ConfigError, shown
+
+MAX_WORKERS = 256
+
+
+@dataclass(frozen=True, kw_only=True)
+class InferenceConfig:
+    """Clustering and scoring settings (the paper's: bandwidth 1.5, 5 pixels, class score)."""
+
+    bandwidth: float = 1.5
+    min_pixels: int = 5
+    max_clusters: int = 64
+    max_iterations: int = 50
+    score: Score = "class"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        value = self.bandwidth
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value) or value <= 0:
+            raise ConfigError(f"bandwidth={shown(value)} is invalid: must be a finite number > 0", param="bandwidth")
+        for name in ("min_pixels", "max_clusters", "max_iterations"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_COUNT:
+                raise ConfigError(
+                    f"{name}={shown(value)} is invalid: must be an integer in [1, {MAX_COUNT}]", param=name
+                )
+        if self.score not in SCORES:
+            raise ConfigError(
+                f"score={shown(self.score)} is invalid: must be one of " + ", ".join(SCORES), param="score"
+            )
+
+    @classmethod
+    def of(cls, config: TrainConfig) -> InferenceConfig:
+        """The inference settings a model was trained with."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        return cls(**{name: getattr(config, name) for name in names})
+
+    def replace(self, **changes: Any) -> InferenceConfig:
+        """A validated copy with the fields given (``None`` keeps the current value)."""
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def image_records(
+    semantic: np.ndarray, embedding: np.ndarray, index: int, settings: InferenceConfig
+) -> list[dict[str, Any]]:
+    """COCO result records of one image (``image_id`` = scene index + 1, RLE at mask size)."""
+    from shapesgen.coco import encode_rle
+
+    instances = cluster_instances(
+        semantic,
+        embedding,
+        bandwidth=settings.bandwidth,
+        min_pixels=settings.min_pixels,
+        max_clusters=settings.max_clusters,
+        max_iterations=settings.max_iterations,
+        seed=[settings.seed, index],
+        score=settings.score,
+    )
+    masks = np.stack([i.mask for i in instances]) if instances else np.zeros((0, 1, 1), bool)
+    return [
+        {"image_id": index + 1, "category_id": i.class_id, "segmentation": rle, "score": round(i.score, 6)}
+        for i, rle in zip(instances, encode_rle(masks), strict=True)
+    ]
+
+
+def _job(args: tuple[np.ndarray, np.ndarray, int, InferenceConfig]) -> list[dict[str, Any]]:
+    return image_records(*args)
+
+
+def default_workers() -> int:
+    """One clustering process per core this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class Clusterer:
+    """Clusters batches of model outputs, in ``workers`` processes (1 = in this process).
+
+    Results come back in image order whatever the number of workers, and each image's
+    clustering is seeded by (seed, scene index): the records are identical for any
+    ``workers``.
+    """
+
+    def __init__(self, settings: InferenceConfig, workers: int, pool: Executor | None) -> None:
+        self.settings, self.workers, self.pool = settings, workers, pool
+
+    def submit(self, outputs: dict[str, np.ndarray], indices: Iterable[int]) -> Callable[[], list[dict[str, Any]]]:
+        """Start clustering a batch; the returned call waits for its records, in image order."""
+        jobs = [
+            (outputs["semantic"][b], outputs["embedding"][b], int(index), self.settings)
+            for b, index in enumerate(indices)
+        ]
+        if self.pool is None:
+            done = [record for job in jobs for record in _job(job)]
+            return lambda: done
+        futures = [self.pool.submit(_job, job) for job in jobs]
+        return lambda: [record for future in futures for record in future.result()]
+
+
+@contextmanager
+def clusterer(settings: InferenceConfig, workers: int | None = None) -> Iterator[Clusterer]:
+    """A :class:`Clusterer` with its worker pool (spawned: TensorFlow in the parent is not forked)."""
+    count = default_workers() if workers is None else workers
+    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_WORKERS:
+        raise ConfigError(
+            f"workers={shown(workers)} is invalid: must be an integer in [1, {MAX_WORKERS}]", param="workers"
+        )
+    if count == 1:
+        yield Clusterer(settings, 1, None)
+        return
+    pool = ProcessPoolExecutor(count, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        yield Clusterer(settings, count, pool)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,124 @@
+"""Inference settings, scoring, visible-only targets and parallel clustering."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from amodal_model.cluster import cluster_instances, instance_score, threshold_mean_shift
+from amodal_model.config import CPU_FAST, TrainConfig
+from amodal_model.data import visible_targets
+from amodal_model.inference import InferenceConfig, clusterer
+from shapesgen import ConfigError
+
+
+def test_inference_config_comes_from_the_train_config_and_overrides_keep_unset_fields() -> None:
+    config = TrainConfig(bandwidth=1.2, min_pixels=7, score="product")
+    settings = InferenceConfig.of(config)
+    assert (settings.bandwidth, settings.min_pixels, settings.score) == (1.2, 7, "product")
+    changed = settings.replace(bandwidth=None, score="completeness")
+    assert (changed.bandwidth, changed.score) == (1.2, "completeness")
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("bandwidth", 0, "bandwidth=0 is invalid"),
+        ("bandwidth", float("nan"), "bandwidth=nan is invalid"),
+        ("min_pixels", 0, "min_pixels=0 is invalid"),
+        ("score", "area", "score='area' is invalid"),
+    ],
+)
+def test_bad_inference_settings_are_one_config_error(field: str, value: object, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        InferenceConfig().replace(**{field: value})
+
+
+def test_instance_score_kinds() -> None:
+    assert instance_score("class", 0.8, 0.5) == 0.8
+    assert instance_score("completeness", 0.8, 0.5) == 0.5
+    assert instance_score("product", 0.8, 0.5) == pytest.approx(0.4)
+
+
+def two_stacked_instances() -> tuple[np.ndarray, np.ndarray]:
+    """Instance A (embedding 0) fully visible; instance B (embedding 4) half under A."""
+    semantic = np.zeros((2, 8, 8, 2), np.float32)
+    semantic[..., 0] = 1.0
+    embedding = np.zeros((2, 8, 8, 3), np.float32)
+    semantic[0, :4, :4] = [0.1, 0.9]  # A, layer 1
+    semantic[0, 4:, :4] = [0.3, 0.7]  # B's visible half, layer 1
+    embedding[0, 4:, :4] = 4.0
+    semantic[1, :4, :4] = [0.3, 0.7]  # B's hidden half, layer 2
+    embedding[1, :4, :4] = 4.0
+    return semantic, embedding
+
+
+@pytest.mark.parametrize(
+    ("score", "expected"), [("class", [0.9, 0.7]), ("completeness", [1.0, 0.5]), ("product", [0.9, 0.35])]
+)
+def test_scores_rank_by_class_probability_visible_fraction_or_both(score: str, expected: list[float]) -> None:
+    semantic, embedding = two_stacked_instances()
+    instances = cluster_instances(semantic, embedding, score=score, min_pixels=1)
+    by_size = sorted(instances, key=lambda i: i.pixels)
+    assert [i.pixels for i in by_size] == [16, 32]
+    assert [i.score for i in by_size] == pytest.approx(expected)
+
+
+def test_mean_shift_never_wastes_a_cluster_on_a_claimed_centre() -> None:
+    rng = np.random.default_rng(0)
+    centres = np.array([[0.0, 0, 0], [5, 0, 0], [0, 5, 0]])
+    points = np.concatenate([c + rng.uniform(-0.2, 0.2, (300, 3)) for c in centres])
+    labels = threshold_mean_shift(points, 1.5, np.random.default_rng(1), max_clusters=3, max_iterations=50)
+    assert (labels >= 0).all() and len(set(labels.tolist())) == 3
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 2**32 - 1))
+def test_visible_targets_drop_exactly_the_instances_absent_from_layer_one(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    layers = rng.integers(0, 6, (3, 3, 5, 5)).astype(np.int32)
+    batch = {
+        "image": np.zeros((3, 8, 8, 1), np.uint8),
+        "layers": layers,
+        "class_layers": np.where(layers > 0, 1 + layers % 3, 0).astype(np.int32),
+        "instance_classes": np.zeros((3, 6), np.int32),
+        "index": np.arange(3),
+    }
+    out = visible_targets(batch)
+    for b in range(3):
+        visible = set(np.unique(layers[b, 0]).tolist()) - {0}
+        kept = set(np.unique(out["layers"][b]).tolist()) - {0}
+        assert kept == visible
+        hidden = ~np.isin(layers[b], list(visible))
+        assert (out["layers"][b][hidden] == 0).all() and (out["class_layers"][b][hidden] == 0).all()
+        assert np.array_equal(out["layers"][b][~hidden], layers[b][~hidden])
+    assert out["image"] is batch["image"]
+
+
+def test_clustering_in_worker_processes_gives_the_same_records_as_in_process() -> None:
+    rng = np.random.default_rng(3)
+    semantic = rng.dirichlet(np.ones(4), (4, 2, 16, 16)).astype(np.float32)
+    embedding = rng.normal(0, 2, (4, 2, 16, 16, 3)).astype(np.float32)
+    outputs = {"semantic": semantic, "embedding": embedding}
+    settings = InferenceConfig(score="product")
+    with clusterer(settings, 1) as one:
+        alone = one.submit(outputs, [10, 11, 12, 13])()
+    with clusterer(settings, 2) as pool:
+        first = pool.submit(outputs, [10, 11, 12, 13])
+        again = pool.submit(outputs, [10, 11, 12, 13])
+        assert first() == alone == again()
+    assert {r["image_id"] for r in alone} == {11, 12, 13, 14}
+
+
+@pytest.mark.parametrize("workers", [0, -1, True, 10**6])
+def test_bad_worker_counts_are_refused(workers: object) -> None:
+    with pytest.raises(ConfigError, match="workers=.* is invalid"):
+        with clusterer(InferenceConfig(), workers):  # type: ignore[arg-type]
+            pass
+
+
+def test_the_cpu_preset_is_the_fast_one() -> None:
+    assert (CPU_FAST.head, CPU_FAST.schedule, CPU_FAST.precision) == ("shared", "cosine", "auto")
+    assert CPU_FAST.loss_normalisation == "reference" and CPU_FAST.visible_targets
