@@ -6,7 +6,13 @@ resolution for HDF5 files). Overall and per class the metrics are pycocotools'
 ground truth outside the band is ignored (a detection matched to it counts neither as
 a true nor as a false positive) with ordinary IoU. The matching runs vectorised over all
 images instead of in COCOeval's per-image Python loop (:func:`pycocotools_eval` is the
-reference that tests compare against).
+reference that tests compare against). Bands use the pixel occlusion rate, or with
+``band_rate="geometric"`` the geometric one (the COCO-Amodal API's ``occlude_rate``).
+
+When the predictions carry a ``depth`` or ``order``, occlusion-order recall and accuracy
+are computed (:func:`occlusion_order_metrics`); when they carry a
+``visible_segmentation``, invisible-mask AP (:func:`invisible_metrics`). Otherwise these
+are reported as not available, never estimated.
 
 Both input files are untrusted: every record is checked before pycocotools sees it
 (pycocotools trusts RLE counts and decodes uninitialised memory from short ones), and a
@@ -29,7 +35,7 @@ import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Literal, cast
 
 import numpy as np
 from PIL import Image
@@ -40,7 +46,7 @@ from pycocotools.cocoeval import COCOeval, Params
 from shapesgen.coco import MAX_MASK_PIXELS, decode_segmentation, encode_rle, rle_runs
 from shapesgen.errors import ConfigError, DatasetError
 from shapesgen.files import check_file_output, file_kind, regular_input, resolved, write_atomically
-from shapesgen.hdf5 import open_dataset
+from shapesgen.hdf5 import ShapesDataset, open_dataset
 from shapesgen.stats import HEAVY_MIN, NONE_MAX, OCCLUSION_BANDS
 
 MAX_DETS = (1, 10, 100, 1000)
@@ -49,7 +55,16 @@ MAX_RECORD_BYTES = 64 << 20  # one prediction record's JSON text
 SCENE_BLOCK = 256
 _READ_CHUNK = 1 << 20
 _NOT_SPACE = re.compile(r"[^ \t\n\r]")
-_RATE_KEYS = ("pixel_occlude_rate", "occlude_rate", "occlusion_rate")
+BandRate = Literal["pixel", "geometric"]
+BAND_RATES: tuple[BandRate, ...] = ("pixel", "geometric")
+# the occlusion rate that bands a JSON record, by band rate: the first key the record has (none: 0)
+_RATE_KEYS: dict[str, tuple[str, ...]] = {
+    "pixel": ("pixel_occlude_rate", "occlude_rate", "occlusion_rate"),
+    "geometric": ("occlude_rate", "occlusion_rate"),
+}
+_HDF5_RATE = {"pixel": "pixel_occlusion_rate", "geometric": "occlusion_rate"}
+_DEPTH_KEYS = ("depth", "order")  # a record's depth order, smaller = nearer: shapesgen's depth, COCOA's order
+_VISIBLE_KEYS = ("visible_mask", "i_segm", "visible_segm")  # a ground-truth record's visible mask (COCO, KINS, aistron)
 IOU_THRESHOLDS = Params(iouType="segm").iouThrs  # 0.50:0.05:0.95, pycocotools' own values
 RECALL_THRESHOLDS = Params(iouType="segm").recThrs
 # occlusion-rate bands as the COCO-Amodal API's ``occRng``: both bounds included, so a
@@ -69,7 +84,13 @@ def in_band(rate: float, band: str) -> bool:
 
 @dataclass
 class GroundTruth:
-    """Flat COCO ground truth at one resolution, with an occlusion rate per instance."""
+    """Flat COCO ground truth at one resolution, with an occlusion rate per instance.
+
+    Optional annotation keys: ``depth`` (its depth order, smaller = nearer), and where its
+    visible mask can be read when invisible-mask AP needs it: ``visible_row`` (its row
+    in the HDF5 file ``source``) or ``visible_source`` (``(where, value)`` from a JSON
+    file, checked only when read).
+    """
 
     images: list[dict[str, Any]]
     annotations: list[dict[str, Any]]
@@ -90,8 +111,10 @@ class GroundTruth:
         self._by_id = {image["id"]: image for image in self.images}
 
 
-def ground_truth_from_hdf5(path: str | Path, keep_layers: bool = False) -> GroundTruth:
-    """Visible instances of every scene, amodal masks at mask resolution."""
+def ground_truth_from_hdf5(path: str | Path, keep_layers: bool = False, band_rate: BandRate = "pixel") -> GroundTruth:
+    """Visible instances of every scene, amodal masks at mask resolution, banded by
+    ``pixel_occlusion_rate`` (``band_rate="pixel"``) or the geometric ``occlusion_rate``."""
+    rate_column = _HDF5_RATE[band_rate]
     with open_dataset(path) as ds:
         m = ds.config.mask_size
         images = [{"id": i + 1, "height": m, "width": m} for i in range(len(ds))]
@@ -114,7 +137,9 @@ def ground_truth_from_hdf5(path: str | Path, keep_layers: bool = False) -> Groun
                         "area": int(row["amodal_pixels"]),
                         "bbox": [float(v) for v in mask_utils.toBbox(_bytes_rle(rle))],
                         "iscrowd": 0,
-                        "occlusion_rate": float(row["pixel_occlusion_rate"]),
+                        "occlusion_rate": float(row[rate_column]),
+                        "depth": float(row["depth"]),
+                        "visible_row": rows.start + k,
                     }
                 )
         categories = [{"id": c + 1, "name": name} for c, name in enumerate(ds.class_names)]
@@ -270,8 +295,21 @@ def _gt_records(annotations: Any, source: str) -> Iterator[tuple[str, dict[str, 
             yield f"{where}.regions[{j}]", region, annotation.get("image_id")
 
 
-def _gt_annotation(where: str, record: dict[str, Any], inherited: Any, sizes: dict[int, tuple[int, int]]) -> Any:
-    """One checked annotation (``None`` if flagged invisible) with its mask."""
+def _finite(value: Any) -> bool:
+    """A JSON number (never a boolean) of finite value as a float."""
+    if not _number(value):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:  # an integer beyond float range
+        return False
+
+
+def _gt_annotation(
+    where: str, record: dict[str, Any], inherited: Any, sizes: dict[int, tuple[int, int]], band_rate: BandRate
+) -> Any:
+    """One checked annotation (``None`` if flagged invisible): ``(image_id, category, mask,
+    rate, depth or None, (where, visible mask value) or None)``."""
     image_id = record.get("image_id", inherited)
     if image_id is None:
         raise DatasetError(f"{where}: missing 'image_id'")
@@ -285,7 +323,7 @@ def _gt_annotation(where: str, record: dict[str, Any], inherited: Any, sizes: di
     category = record.get("category_id", 1)
     if not _integer(category):
         raise DatasetError(f"{where}: category_id must be an integer, got {_show(category)}")
-    key = next((k for k in _RATE_KEYS if k in record), None)
+    key = next((k for k in _RATE_KEYS[band_rate] if k in record), None)
     rate = record[key] if key else 0.0
     if not _number(rate) or not 0.0 <= rate <= 1.0:
         raise DatasetError(f"{where}: {key} must be a number in [0, 1], got {_show(rate)}")
@@ -298,13 +336,25 @@ def _gt_annotation(where: str, record: dict[str, Any], inherited: Any, sizes: di
         raise DatasetError(f"{where}: {exc}") from None
     if mask.shape != (h, w):
         raise DatasetError(f"{where}: segmentation size {list(mask.shape)} is not its image's [{h}, {w}]")
+    depth_key = next((k for k in _DEPTH_KEYS if k in record), None)
+    depth = record[depth_key] if depth_key else None
+    if depth_key and not _finite(depth):
+        raise DatasetError(f"{where}: {depth_key} must be a finite number (smaller = nearer), got {_show(depth)}")
     if not visible:
         return None
-    return int(image_id), int(category), mask, float(rate)
+    visible_key = next((k for k in _VISIBLE_KEYS if k in record), None)
+    visible_mask = (f"{where}.{visible_key}", record[visible_key]) if visible_key else None
+    return int(image_id), int(category), mask, float(rate), None if depth is None else float(depth), visible_mask
 
 
-def ground_truth_from_json(path: str | Path) -> GroundTruth:
+def ground_truth_from_json(path: str | Path, band_rate: BandRate = "pixel") -> GroundTruth:
     """A shapesgen COCO or COCOA export (or any flat COCO file with amodal masks), checked.
+
+    ``band_rate="pixel"`` bands by ``pixel_occlude_rate`` (else ``occlude_rate``, else
+    ``occlusion_rate``), ``"geometric"`` by ``occlude_rate`` (else ``occlusion_rate``);
+    a record with none of them has rate 0. A record's ``depth`` (else COCOA's ``order``)
+    is its depth order; its visible mask (``visible_mask``, KINS ``i_segm`` or aistron
+    ``visible_segm``) is kept unread until invisible-mask AP needs it.
 
     Any malformed part (structure, types, ids, masks) raises :class:`DatasetError` with
     one line naming the file and the record, e.g. ``annotations[17]: image_id 99 is not an image id``.
@@ -319,10 +369,10 @@ def ground_truth_from_json(path: str | Path) -> GroundTruth:
     annotations: list[dict[str, Any]] = []
     where_of: list[str] = []
     for where, record, inherited in _gt_records(document["annotations"], source):
-        checked = _gt_annotation(where, record, inherited, sizes)
+        checked = _gt_annotation(where, record, inherited, sizes, band_rate)
         if checked is None:
             continue
-        image_id, category, mask, rate = checked
+        image_id, category, mask, rate, depth, visible_mask = checked
         rle = encode_rle(mask[None])[0]  # only the RLE is kept: memory grows with the file, not with pixels
         annotations.append(
             {
@@ -336,6 +386,10 @@ def ground_truth_from_json(path: str | Path) -> GroundTruth:
                 "occlusion_rate": rate,
             }
         )
+        if depth is not None:
+            annotations[-1]["depth"] = depth
+        if visible_mask is not None:
+            annotations[-1]["visible_source"] = visible_mask
         where_of.append(where)
     categories = _gt_categories(document.get("categories"), {a["category_id"] for a in annotations}, source)
     category_ids = {c["id"] for c in categories}
@@ -345,13 +399,25 @@ def ground_truth_from_json(path: str | Path) -> GroundTruth:
     return GroundTruth(images, annotations, categories, source)
 
 
-def load_ground_truth(path: str | Path, keep_layers: bool = False) -> GroundTruth:
-    """Ground truth from an HDF5 dataset or a COCO JSON export."""
+def check_band_rate(band_rate: Any) -> BandRate:
+    """``band_rate`` if it is one of :data:`BAND_RATES`, else a :class:`ConfigError`."""
+    if band_rate not in BAND_RATES:
+        raise ConfigError(
+            f"band_rate={band_rate!r} is invalid: use 'pixel' (mask pixels hidden, the default) or 'geometric' "
+            "(area hidden, exact geometry: the COCO-Amodal API's occlude_rate)",
+            param="band_rate",
+        )
+    return cast(BandRate, band_rate)
+
+
+def load_ground_truth(path: str | Path, keep_layers: bool = False, band_rate: BandRate = "pixel") -> GroundTruth:
+    """Ground truth from an HDF5 dataset or a COCO JSON export, banded by ``band_rate``."""
+    band_rate = check_band_rate(band_rate)
     path = Path(path)
     regular_input(path, None)
     if path.suffix.lower() == ".json":
-        return ground_truth_from_json(path)
-    return ground_truth_from_hdf5(path, keep_layers=keep_layers)
+        return ground_truth_from_json(path, band_rate)
+    return ground_truth_from_hdf5(path, keep_layers=keep_layers, band_rate=band_rate)
 
 
 def _bytes_rle(rle: dict[str, Any]) -> dict[str, Any]:
@@ -455,14 +521,29 @@ class _JsonListReader:
             raise DatasetError(f"{self.source}: unexpected data after the list at character {self.offset + self.pos}")
 
 
+OPTIONAL_RESULT_FIELDS = ("depth", "order", "visible_segmentation")
+"""Result fields beyond COCO's, each on every record or on none: ``depth`` and ``order``
+(a number, smaller = nearer: occlusion-order metrics) and ``visible_segmentation`` (an
+RLE of the mask's size: invisible-mask AP)."""
+
+
 def load_predictions(path: str | Path, gt: GroundTruth, warnings: list[str]) -> list[dict[str, Any]]:
-    """COCO results (``image_id``, ``segmentation`` RLE, ``score``, ``category_id``), checked.
+    """COCO results (``image_id``, ``segmentation`` RLE, ``score``, ``category_id``, and
+    the :data:`OPTIONAL_RESULT_FIELDS`), checked.
 
     The file is read one record at a time; see :func:`check_predictions` for what is kept.
     """
     path = Path(path)
     with io.TextIOWrapper(_open_regular(path), encoding="utf-8-sig") as text:
         return check_predictions(_JsonListReader(text, str(path)).records(), gt, warnings, str(path))
+
+
+def _resized_rle(rle: Any, size: tuple[int, int], target: tuple[int, int]) -> dict[str, Any]:
+    """A checked RLE of ``size`` as a compressed RLE of ``target`` (resized nearest)."""
+    mask = decode_segmentation(rle, *size)
+    if size != target:
+        mask = np.asarray(Image.fromarray(mask).resize((target[1], target[0]), Image.Resampling.NEAREST))
+    return encode_rle(mask[None])[0]
 
 
 def _check_record(
@@ -496,7 +577,31 @@ def _check_record(
         height, width, _ = rle_runs(record["segmentation"])
     except DatasetError as exc:
         raise DatasetError(f"{where}: {exc}") from None
+    for key in ("depth", "order"):
+        if key in record and not _finite(record[key]):
+            raise DatasetError(f"{where}: {key} must be a finite number (smaller = nearer), got {_show(record[key])}")
+    if "visible_segmentation" in record:
+        try:
+            visible_size = rle_runs(record["visible_segmentation"])[:2]
+        except DatasetError as exc:
+            message = str(exc)
+            named = f"visible_{message}" if message.startswith("segmentation") else f"visible_segmentation: {message}"
+            raise DatasetError(f"{where}: {named}") from None
+        if visible_size != (height, width):
+            raise DatasetError(
+                f"{where}: visible_segmentation size {list(visible_size)} is not its segmentation's {[height, width]}"
+            )
     return int(image_id), int(category), value, (height, width)
+
+
+def _same_fields(record: dict[str, Any], first: tuple[str, ...] | None, where: str) -> tuple[str, ...]:
+    """The optional fields ``record`` carries, which must be those of the first record."""
+    fields = tuple(key for key in OPTIONAL_RESULT_FIELDS if key in record)
+    if first is not None and fields != first:
+        key = next(key for key in OPTIONAL_RESULT_FIELDS if (key in fields) != (key in first))
+        has = "has" if key in fields else "has no"
+        raise DatasetError(f"{where}: {has} {key!r}, unlike record 0: give {key!r} on every record or on none")
+    return fields
 
 
 def check_predictions(
@@ -509,14 +614,19 @@ def check_predictions(
     detections are kept, ties going to the earlier record, as COCOeval keeps them, so the
     metrics are exactly those of the full list and memory stays bounded; a warning says
     how many were dropped. Masks of another size than the ground truth are resized
-    (nearest) with a warning. The result keeps the records' order.
+    (nearest) with a warning. The :data:`OPTIONAL_RESULT_FIELDS` a record carries are
+    kept (``depth`` and ``order`` as floats, ``visible_segmentation`` resized like the
+    mask). The result keeps the records' order.
     """
     image_ids = gt.image_ids
     categories = {c["id"] for c in gt.categories}
     best: dict[tuple[int, int], list[tuple[float, int, dict[str, Any]]]] = {}
     resized = dropped = 0
+    first: tuple[str, ...] | None = None
     for index, record in enumerate(records):
-        image_id, category, score, size = _check_record(record, f"{source}: record {index}", image_ids, categories)
+        where = f"{source}: record {index}"
+        image_id, category, score, size = _check_record(record, where, image_ids, categories)
+        first = _same_fields(record, first, where)
         h, w = gt.size_of(image_id)
         resized += size != (h, w)
         heap = best.setdefault((image_id, category), [])
@@ -524,15 +634,17 @@ def check_predictions(
             dropped += 1
             if (score, -index) < heap[0][:2]:
                 continue
-        mask = decode_segmentation(record["segmentation"], *size)
-        if size != (h, w):
-            mask = np.asarray(Image.fromarray(mask).resize((w, h), Image.Resampling.NEAREST))
         detection: dict[str, Any] = {
             "image_id": image_id,
             "category_id": category,
             "score": score,
-            "segmentation": encode_rle(mask[None])[0],
+            "segmentation": _resized_rle(record["segmentation"], size, (h, w)),
         }
+        for key in ("depth", "order"):
+            if key in record:
+                detection[key] = float(record[key])
+        if "visible_segmentation" in record:
+            detection["visible_segmentation"] = _resized_rle(record["visible_segmentation"], size, (h, w))
         entry = (score, -index, detection)
         if len(heap) >= KEEP_PER_IMAGE:
             heapq.heapreplace(heap, entry)
@@ -659,15 +771,17 @@ class _Table:
 
     Images and categories are numbered by ascending id. ``pair_*`` holds (detection,
     ground truth, IoU) for every pair in one image with IoU >= 0.5, the lowest threshold:
-    no other pair can ever match.
+    no other pair can ever match. ``*_depth``: depth order (smaller = nearer), NaN if unknown.
     """
 
     gt_image: np.ndarray
     gt_category: np.ndarray
     gt_rate: np.ndarray
+    gt_depth: np.ndarray
     det_image: np.ndarray
     det_category: np.ndarray
     det_score: np.ndarray
+    det_depth: np.ndarray
     pair_det: np.ndarray
     pair_gt: np.ndarray
     pair_iou: np.ndarray
@@ -718,8 +832,11 @@ def _order(table: _Table, kind: str) -> _Order:
     return _Order(rank, sequence, position)
 
 
-def _table(gt: GroundTruth, detections: list[dict[str, Any]]) -> tuple[_Table, list[Any], list[Any]]:
-    """The arrays of :class:`_Table` (pairs still empty) and the masks, in list order.
+def _table(
+    gt: GroundTruth, detections: list[dict[str, Any]], depth_key: str | None = None
+) -> tuple[_Table, list[Any], list[Any]]:
+    """The arrays of :class:`_Table` (pairs still empty) and the masks, in list order;
+    a detection's depth is its ``depth_key`` field.
 
     Records of images or categories that the ground truth lacks are left out, as COCOeval
     leaves them out (the loaders refuse them anyway).
@@ -733,9 +850,11 @@ def _table(gt: GroundTruth, detections: list[dict[str, Any]]) -> tuple[_Table, l
         gt_image=np.array([image_index[a["image_id"]] for a in anns], dtype=np.int64),
         gt_category=np.array([category_index[a["category_id"]] for a in anns], dtype=np.int64),
         gt_rate=np.array([a["occlusion_rate"] for a in anns], dtype=np.float64),
+        gt_depth=np.array([a.get("depth", math.nan) for a in anns], dtype=np.float64),
         det_image=np.array([image_index[d["image_id"]] for d in dets], dtype=np.int64),
         det_category=np.array([category_index[d["category_id"]] for d in dets], dtype=np.int64),
         det_score=np.array([d["score"] for d in dets], dtype=np.float64),
+        det_depth=np.array([d[depth_key] if depth_key else math.nan for d in dets], dtype=np.float64),
         pair_det=empty,
         pair_gt=empty,
         pair_iou=np.zeros(0),
@@ -764,7 +883,9 @@ def _find_pairs(table: _Table, gt_masks: list[Any], det_masks: list[Any], needed
         table.pair_det, table.pair_gt, table.pair_iou = (np.concatenate(column) for column in zip(*found, strict=True))
 
 
-def _match(table: _Table, order: _Order, ignored: np.ndarray, pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _match(
+    table: _Table, order: _Order, ignored: np.ndarray, pairs: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """COCOeval's greedy matching (and the COCO-Amodal API's), all images and IoU thresholds at once.
 
     Per image, detections in ``order`` each take, per threshold, the still unmatched
@@ -773,11 +894,13 @@ def _match(table: _Table, order: _Order, ignored: np.ndarray, pairs: np.ndarray)
     and is itself ignored. None of our ground truth is a crowd region, so each is matched
     at most once. Images are independent, so step ``r`` takes the ``r``-th detection of
     every image together. Only ``pairs`` (indices into the table's pairs) take part.
-    Returns ``(matched, matched_to_ignored)``, each ``(thresholds, detections)``.
+    Returns ``(matched, matched_to_ignored, partner)``, each ``(thresholds, detections)``;
+    ``partner`` is the index of the matched ground truth, -1 if none.
     """
     thresholds = np.minimum(IOU_THRESHOLDS, 1 - 1e-10)[:, None]
     shape = (thresholds.shape[0], table.det_score.size)
     matched, to_ignored = np.zeros(shape, dtype=bool), np.zeros(shape, dtype=bool)
+    partner = np.full(shape, -1, dtype=np.int64)
     det, gt, iou = table.pair_det[pairs], table.pair_gt[pairs], table.pair_iou[pairs]
     rank = order.det_rank[det]
     # by step, then detection, then rising preference: a detection takes its last eligible candidate
@@ -799,7 +922,8 @@ def _match(table: _Table, order: _Order, ignored: np.ndarray, pairs: np.ndarray)
         d = det[starts[first + k]]
         matched[t, d] = True
         to_ignored[t, d] = ignored[choice]
-    return matched, to_ignored
+        partner[t, d] = choice
+    return matched, to_ignored, partner
 
 
 def _accumulate(
@@ -840,6 +964,11 @@ def _accumulate(
     return precision, recall
 
 
+ORDER_KEYS = ("recall", "recall50", "accuracy", "accuracy50")
+INVISIBLE_KEYS = ("AP", "AP50", "AP75", "AR100")
+_DECODE_PIXELS = 1 << 24  # masks decoded at once for invisible-mask AP (16 MiB of booleans)
+
+
 def evaluate(
     gt: GroundTruth, detections: list[dict[str, Any]], *, per_class: bool = False, bands: bool = True
 ) -> dict[str, Any]:
@@ -851,10 +980,33 @@ def evaluate(
     :data:`BAND_RANGES`) is ignored with ordinary IoU, and equal scores are taken in list
     order as the API takes them. :func:`pycocotools_eval` is the reference. Matching runs
     for all images at once on the pairs of IoU >= 0.5, not in COCOeval's per-image loop.
+
+    Also ``occlusion_order`` (:func:`occlusion_order_metrics`) and ``invisible``
+    (:func:`invisible_metrics`): their numbers are ``None``, with a ``note`` saying why,
+    when the predictions or the ground truth lack what they need.
     """
-    table, gt_masks, det_masks = _table(gt, detections)
+    depth_key = _carried(detections, ("depth", "order"))
+    result, table, orders, gt_masks, det_masks = _amodal_metrics(
+        gt, detections, per_class=per_class, bands=bands, depth_key=depth_key
+    )
+    result["occlusion_order"] = occlusion_order_metrics(table, gt_masks, det_masks, orders.get("api"), depth_key)
+    result["invisible"] = invisible_metrics(gt, detections)
+    return result
+
+
+def _carried(detections: list[dict[str, Any]], keys: tuple[str, ...]) -> str | None:
+    """The first of ``keys`` that every detection carries (``None`` for no detections)."""
+    return next((key for key in keys if detections and all(key in d for d in detections)), None)
+
+
+def _amodal_metrics(
+    gt: GroundTruth, detections: list[dict[str, Any]], *, per_class: bool, bands: bool, depth_key: str | None = None
+) -> tuple[dict[str, Any], _Table, dict[str, _Order], list[Any], list[Any]]:
+    """:func:`evaluate`'s mask metrics, and the table, orders and masks they were computed
+    from (with the COCO-Amodal API's order too when ``depth_key`` asks for order metrics)."""
+    table, gt_masks, det_masks = _table(gt, detections, depth_key)
     orders = {"cocoeval": _order(table, "cocoeval")}
-    if bands:
+    if bands or depth_key is not None:
         orders["api"] = _order(table, "api")
     if per_class:
         orders["class"] = _order(table, "class")
@@ -865,9 +1017,11 @@ def evaluate(
 
     def run(kind: str, ignored: np.ndarray) -> dict[str, float]:
         order = orders[kind]
-        match = _match(table, order, ignored, np.flatnonzero(order.det_rank[table.pair_det] < KEEP_PER_IMAGE))
+        matched, to_ignored, _ = _match(
+            table, order, ignored, np.flatnonzero(order.det_rank[table.pair_det] < KEEP_PER_IMAGE)
+        )
         kept, kept_100 = order.det_rank < KEEP_PER_IMAGE, order.det_rank < 100
-        return _summary_of(*_accumulate(table, order, match, kept, kept_100, int((~ignored).sum())))
+        return _summary_of(*_accumulate(table, order, (matched, to_ignored), kept, kept_100, int((~ignored).sum())))
 
     result: dict[str, Any] = {
         "all": run("cocoeval", nothing_ignored),
@@ -883,7 +1037,7 @@ def evaluate(
         order = orders["class"]
         same_class = table.det_category[table.pair_det] == table.gt_category[table.pair_gt]
         pairs = np.flatnonzero(same_class & (order.det_rank[table.pair_det] < KEEP_PER_IMAGE))
-        match = _match(table, order, nothing_ignored, pairs)
+        matched, to_ignored, _ = _match(table, order, nothing_ignored, pairs)
         index_of = {c: k for k, c in enumerate(sorted(c["id"] for c in gt.categories))}
         result["per_class"] = {}
         for category in gt.categories:
@@ -892,13 +1046,253 @@ def evaluate(
             precision, recall = _accumulate(
                 table,
                 order,
-                match,
+                (matched, to_ignored),
                 mine & (order.det_rank < KEEP_PER_IMAGE),
                 mine & (order.det_rank < 100),
                 int((table.gt_category == k).sum()),
             )
             result["per_class"][category["name"]] = {"AP": _valid_mean(precision), "AR100": _valid_mean(recall)}
-    return result
+    return result, table, orders, gt_masks, det_masks
+
+
+def _unavailable(source: str | None, keys: tuple[str, ...], note: str) -> dict[str, Any]:
+    """A metric group that was not computed: every number ``None``, and why."""
+    return {"source": source, **dict.fromkeys(keys), "note": f"not available: {note}"}
+
+
+def _by_image(indices: np.ndarray, image: np.ndarray) -> Iterator[np.ndarray]:
+    """``indices`` in groups of one image each (ascending image, list order within)."""
+    if not indices.size:
+        return
+    indices = indices[np.argsort(image[indices], kind="stable")]
+    bounds = np.flatnonzero(np.r_[True, np.diff(image[indices]) != 0, True])
+    for start, stop in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
+        yield indices[start:stop]
+
+
+def _touch_matrix(masks: list[Any]) -> np.ndarray:
+    """Whether each two of one image's masks share a pixel (IoU > 0; an empty mask touches nothing)."""
+    return np.asarray(mask_utils.iou(masks, masks, [0] * len(masks))) > 0
+
+
+def overlapping_pairs(table: _Table, gt_masks: list[Any]) -> tuple[np.ndarray, np.ndarray]:
+    """``(front, back)``: every two ground-truth instances of one image whose amodal masks
+    share a pixel and whose depths are known and differ, the nearer one first."""
+    fronts, backs = [np.zeros(0, dtype=np.int64)], [np.zeros(0, dtype=np.int64)]
+    for members in _by_image(np.flatnonzero(~np.isnan(table.gt_depth)), table.gt_image):
+        if members.size < 2:
+            continue
+        i, j = np.nonzero(np.triu(_touch_matrix([gt_masks[k] for k in members.tolist()]), 1))
+        a, b = members[i], members[j]
+        depth_a, depth_b = table.gt_depth[a], table.gt_depth[b]
+        known = depth_a != depth_b
+        a_first = depth_a < depth_b
+        fronts.append(np.where(a_first, a, b)[known])
+        backs.append(np.where(a_first, b, a)[known])
+    return np.concatenate(fronts), np.concatenate(backs)
+
+
+def _touching(table: _Table, det_masks: list[Any], first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """Whether the masks of detections ``first[k]`` and ``second[k]`` (of one image) share a pixel."""
+    count = table.det_score.size
+    keys, inverse = np.unique(first * count + second, return_inverse=True)
+    a, b = keys // count, keys % count
+    touching = np.zeros(keys.size, dtype=bool)
+    for chosen in _by_image(np.arange(keys.size), table.det_image[a]):
+        members = np.unique(np.r_[a[chosen], b[chosen]])
+        touch = _touch_matrix([det_masks[k] for k in members.tolist()])
+        touching[chosen] = touch[np.searchsorted(members, a[chosen]), np.searchsorted(members, b[chosen])]
+    return touching[inverse.reshape(-1)]
+
+
+def occlusion_order_metrics(
+    table: _Table, gt_masks: list[Any], det_masks: list[Any], order: _Order | None, depth_key: str | None
+) -> dict[str, Any]:
+    """Occlusion-order recall (COCOA's "Order AR") and pairwise depth-order accuracy.
+
+    Ground-truth pairs: every two instances of one image whose amodal masks share a pixel,
+    with known, different depths (:func:`overlapping_pairs`). Detections are matched to
+    ground truth as the COCO-Amodal API matches them (all ground truth in range, equal
+    scores in list order, the 1000 best per image), at each IoU threshold. A pair is
+    *ordered right* when both members are matched and the detection matched to the front
+    one has the smaller ``depth_key`` value; *recalled* when, moreover, the two detections'
+    masks share a pixel (the API's condition). Per threshold, recall = recalled / pairs and
+    accuracy = ordered right / pairs with both members matched. ``recall`` and
+    ``accuracy`` average the ten thresholds (accuracy over those with a matched pair),
+    ``recall50`` and ``accuracy50`` are at IoU 0.5; -1 where there is nothing to measure.
+    """
+    if depth_key is None or order is None:
+        return _unavailable(None, ("pairs", *ORDER_KEYS), "the predictions carry no 'depth' or 'order'")
+    if np.isnan(table.gt_depth).all():
+        note = "the ground truth has no depth order ('depth', or the COCOA 'order')"
+        return _unavailable(depth_key, ("pairs", *ORDER_KEYS), note)
+    front, back = overlapping_pairs(table, gt_masks)
+    if not front.size:
+        return {"source": depth_key, "pairs": 0, **dict.fromkeys(ORDER_KEYS, -1.0), "note": None}
+    kept = np.flatnonzero(order.det_rank[table.pair_det] < KEEP_PER_IMAGE)
+    _, _, partner = _match(table, order, np.zeros(table.gt_rate.size, dtype=bool), kept)
+    det_of_gt = np.full((partner.shape[0], table.gt_rate.size), -1, dtype=np.int64)
+    t, d = np.nonzero(partner >= 0)
+    det_of_gt[t, partner[t, d]] = d
+    at_front, at_back = det_of_gt[:, front], det_of_gt[:, back]
+    both = (at_front >= 0) & (at_back >= 0)
+    depth = np.append(table.det_depth, np.nan)  # index -1 (unmatched): NaN, never nearer
+    right = both & (depth[at_front] < depth[at_back])
+    touching = np.zeros_like(both)
+    touching[both] = _touching(table, det_masks, at_front[both], at_back[both])
+    recall = (right & touching).sum(axis=1) / front.size
+    matched = both.sum(axis=1)
+    accuracy = np.where(matched > 0, right.sum(axis=1) / np.maximum(matched, 1), -1.0)
+    at_50 = int(np.flatnonzero(np.isclose(IOU_THRESHOLDS, 0.5))[0])
+    return {
+        "source": depth_key,
+        "pairs": int(front.size),
+        "recall": float(recall.mean()),
+        "recall50": float(recall[at_50]),
+        "accuracy": _valid_mean(accuracy),
+        "accuracy50": float(accuracy[at_50]),
+        "note": None,
+    }
+
+
+def _rle(mask: np.ndarray) -> dict[str, Any]:
+    return encode_rle(mask[None])[0]
+
+
+def _decode_many(rles: list[dict[str, Any]]) -> np.ndarray:
+    """Masks ``(n, h, w)`` of checked RLEs of one size, decoded in one pycocotools call."""
+    return np.moveaxis(mask_utils.decode([_bytes_rle(rle) for rle in rles]), -1, 0).astype(bool)
+
+
+def _chunks(sizes: list[tuple[int, int]]) -> Iterator[list[int]]:
+    """Indices of ``sizes`` in chunks of one size and at most :data:`_DECODE_PIXELS` pixels,
+    in list order within each size."""
+    by_size: dict[tuple[int, int], list[int]] = {}
+    for k, size in enumerate(sizes):
+        by_size.setdefault(size, []).append(k)
+    for (height, width), members in sorted(by_size.items()):
+        step = max(1, _DECODE_PIXELS // (height * width))
+        for start in range(0, len(members), step):
+            yield members[start : start + step]
+
+
+def _hidden_parts(amodal: np.ndarray, visible: np.ndarray) -> tuple[np.ndarray, list[dict[str, Any]], np.ndarray]:
+    """``(which are not empty, their invisible masks as RLE, their areas)`` of amodal minus visible."""
+    hidden = amodal & ~visible
+    areas = np.count_nonzero(hidden, axis=(1, 2))
+    kept = areas > 0
+    return kept, encode_rle(hidden[kept]), areas[kept]
+
+
+def _check_visible_sources(gt: GroundTruth) -> bool:
+    """Whether every annotation says where its visible mask is (``False``: none does)."""
+    known = ["visible_row" in a or "visible_source" in a for a in gt.annotations]
+    if gt.annotations and not any(known):
+        return False
+    if not all(known):
+        raise DatasetError(
+            f"{gt.source}: evaluated instance {known.index(False) + 1} has no visible mask ('visible_mask', 'i_segm' "
+            "or 'visible_segm') while others have one: invisible-mask AP needs one on every instance"
+        )
+    return True
+
+
+def _read_visible(gt: GroundTruth, chunk: list[int], ds: ShapesDataset | None) -> np.ndarray:
+    """The visible masks ``(n, h, w)`` of annotations ``chunk`` (of one image size), checked."""
+    h, w = gt.size_of(gt.annotations[chunk[0]]["image_id"])
+    masks = np.zeros((len(chunk), h, w), dtype=bool)
+    rows = [(i, gt.annotations[k]["visible_row"]) for i, k in enumerate(chunk) if "visible_row" in gt.annotations[k]]
+    if rows:
+        assert ds is not None
+        low, high = min(r for _, r in rows), max(r for _, r in rows) + 1
+        if high - low <= 2 * len(rows):
+            block = ds.visible_masks[low:high]
+            for i, row in rows:
+                masks[i] = block[row - low]
+        else:
+            for i, row in rows:
+                masks[i] = ds.visible_masks[row]
+    for i, k in enumerate(chunk):
+        if "visible_source" in gt.annotations[k]:
+            where, value = gt.annotations[k]["visible_source"]
+            try:
+                mask = decode_segmentation(value, h, w)
+            except DatasetError as exc:
+                raise DatasetError(f"{where}: {exc}") from None
+            if mask.shape != (h, w):
+                raise DatasetError(f"{where}: size {list(mask.shape)} is not its image's [{h}, {w}]")
+            masks[i] = mask
+    return masks
+
+
+def invisible_ground_truth(gt: GroundTruth) -> GroundTruth | None:
+    """The ground truth of invisible-mask AP: each instance's amodal mask minus its visible
+    mask, for the instances whose invisible region is not empty (the others have nothing
+    to find); ``None`` when the ground truth has no visible masks.
+
+    Visible masks are read (and checked) a chunk at a time: memory holds one chunk of
+    masks, not the dataset's.
+    """
+    if not _check_visible_sources(gt):
+        return None
+    sizes = [gt.size_of(a["image_id"]) for a in gt.annotations]
+    kept: list[tuple[int, dict[str, Any], int]] = []
+    from_file = any("visible_row" in a for a in gt.annotations)
+    with open_dataset(gt.source) if from_file else contextlib.nullcontext() as ds:
+        for chunk in _chunks(sizes):
+            amodal = _decode_many([gt.annotations[k]["segmentation"] for k in chunk])
+            present, rles, areas = _hidden_parts(amodal, _read_visible(gt, chunk, ds))
+            chosen = [k for k, keep in zip(chunk, present.tolist(), strict=True) if keep]
+            kept.extend(zip(chosen, rles, areas.tolist(), strict=True))
+    kept.sort(key=lambda item: item[0])
+    boxes = mask_utils.toBbox([_bytes_rle(rle) for _, rle, _ in kept]) if kept else []
+    annotations = [
+        dict(gt.annotations[k], id=n + 1, segmentation=rle, area=area, bbox=[float(v) for v in box])
+        for n, ((k, rle, area), box) in enumerate(zip(kept, boxes, strict=True))
+    ]
+    return GroundTruth(gt.images, annotations, gt.categories, gt.source)
+
+
+def invisible_predictions(detections: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each detection's invisible mask, its ``segmentation`` minus its ``visible_segmentation``,
+    with its image, category and score, in list order; detections whose invisible mask is
+    empty (no claim of a hidden part) are left out."""
+    sizes = [(int(d["segmentation"]["size"][0]), int(d["segmentation"]["size"][1])) for d in detections]
+    kept: list[tuple[int, dict[str, Any]]] = []
+    for chunk in _chunks(sizes):
+        amodal = _decode_many([detections[k]["segmentation"] for k in chunk])
+        visible = _decode_many([detections[k]["visible_segmentation"] for k in chunk])
+        present, rles, _ = _hidden_parts(amodal, visible)
+        kept.extend(zip([k for k, keep in zip(chunk, present.tolist(), strict=True) if keep], rles, strict=True))
+    kept.sort(key=lambda item: item[0])
+    return [
+        {"image_id": detections[k]["image_id"], "category_id": detections[k]["category_id"]}
+        | {"score": detections[k]["score"], "segmentation": rle}
+        for k, rle in kept
+    ]
+
+
+def invisible_metrics(gt: GroundTruth, detections: list[dict[str, Any]]) -> dict[str, Any]:
+    """Invisible-mask AP, AP50, AP75 and AR100: COCO's class-agnostic segm metrics (as
+    ``evaluate``'s overall ones) of :func:`invisible_predictions` against
+    :func:`invisible_ground_truth`, with how many of each took part (-1: no invisible ground truth)."""
+    if not _carried(detections, ("visible_segmentation",)):
+        return _unavailable(
+            None, (*INVISIBLE_KEYS, "instances", "detections"), "the predictions carry no 'visible_segmentation'"
+        )
+    truth = invisible_ground_truth(gt)
+    if truth is None:
+        note = "the ground truth has no visible masks ('visible_mask', KINS 'i_segm' or aistron 'visible_segm')"
+        return _unavailable("visible_segmentation", (*INVISIBLE_KEYS, "instances", "detections"), note)
+    hidden = invisible_predictions(detections)
+    metrics = _amodal_metrics(truth, hidden, per_class=False, bands=False)[0]["all"]
+    return {
+        "source": "visible_segmentation",
+        **metrics,
+        "instances": len(truth.annotations),
+        "detections": len(hidden),
+        "note": None,
+    }
 
 
 def evaluate_files(
@@ -907,12 +1301,14 @@ def evaluate_files(
     dt: str | Path | None = None,
     oracle_layers: int | None = None,
     per_class: bool = False,
+    band_rate: BandRate = "pixel",
     json_out: str | Path | None = None,
     force: bool = False,
 ) -> tuple[dict[str, Any], list[str]]:
     """Metrics of the predictions file ``dt`` (or of the ``oracle_layers`` oracle) against
-    the ground-truth file ``gt``; also written to ``json_out`` if given. Returns the
-    metrics and the warnings raised while reading the predictions."""
+    the ground-truth file ``gt``, banded by ``band_rate``; also written to ``json_out`` if
+    given. Returns the metrics and the warnings raised while reading the predictions."""
+    band_rate = check_band_rate(band_rate)
     if (dt is None) == (oracle_layers is None):
         raise ConfigError(
             "give exactly one of dt= (predictions) or oracle_layers= (the layer oracle)",
@@ -930,7 +1326,7 @@ def evaluate_files(
             param="oracle_layers",
         )
     warnings: list[str] = []
-    truth = load_ground_truth(gt, keep_layers=oracle_layers is not None)
+    truth = load_ground_truth(gt, keep_layers=oracle_layers is not None, band_rate=band_rate)
     if oracle_layers is not None:
         detections = oracle_predictions(truth, oracle_layers)
     else:
@@ -939,6 +1335,7 @@ def evaluate_files(
     metrics = evaluate(truth, detections, per_class=per_class)
     metrics["ground_truth_path"] = str(gt)
     metrics["predictions"] = f"oracle K={oracle_layers}" if oracle_layers is not None else str(dt)
+    metrics["band_rate"] = band_rate
     if json_out is not None:
         write_atomically(json_out, (json.dumps(metrics, indent=2) + "\n").encode(), param="json_out", force=force)
     return metrics, warnings
