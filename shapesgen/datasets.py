@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from shapesgen.config import SceneConfig, StorageConfig, preset
 from shapesgen.errors import ConfigError, ShapesgenError, shown
+from shapesgen.hdf5 import open_dataset
 from shapesgen.render import ProgressCallback, Verifier, render_dataset
 from shapesgen.splits import SEMVER, Split, check_split_name
 
@@ -260,8 +262,6 @@ def build_split(
 def render_digest(spec: DatasetSpec, split: str, *, workers: int = 1) -> str:
     """Render a registered split in a temporary folder and return its content digest
     (how a new version's digests are computed; the file is removed)."""
-    import tempfile
-
     with tempfile.TemporaryDirectory(prefix="shapesgen-digest-") as folder:
         path = render_dataset(
             spec.config,
@@ -270,16 +270,21 @@ def render_digest(spec: DatasetSpec, split: str, *, workers: int = 1) -> str:
             workers=workers,
             split=spec.split_of(split),
         )
-        from shapesgen.hdf5 import open_dataset
-
         with open_dataset(path) as ds:
             return content_digest(ds.checksums)
 
 
-if __name__ == "__main__":  # python -m shapesgen.datasets NAME:VERSION [WORKERS]: print each split's digest
+def main(argv: list[str]) -> None:
+    """``python -m shapesgen.datasets NAME[:VERSION] [WORKERS]``: print each split's content
+    digest, as a new version's registry entry needs them."""
+    name, _, version = argv[0].partition(":")
+    spec = dataset_spec(name, version or None)
+    workers = int(argv[1]) if len(argv) > 1 else 1
+    for split in spec.splits:
+        print(split.name, render_digest(spec, split.name, workers=workers))
+
+
+if __name__ == "__main__":
     import sys
 
-    _name, _, _version = sys.argv[1].partition(":")
-    _spec = dataset_spec(_name, _version or None)
-    for _split in _spec.splits:
-        print(_split.name, render_digest(_spec, _split.name, workers=int(sys.argv[2]) if len(sys.argv) > 2 else 1))
+    main(sys.argv[1:])
