@@ -5,6 +5,11 @@ together, so an instance's amodal mask is the union of its pixels over the layer
 Deterministic given a seed; iteration and cluster caps replace the reference code's
 wall-clock timeout, and a pixel keeps the first cluster that claims it.
 
+Each instance also gets its visible mask (its layer-1 pixels) and a depth, the mean
+layer index of its pixels: of two overlapping instances the one in front holds the
+shared pixels in layer 1, the one behind in deeper layers, so the lower depth is the
+nearer (a heuristic: the model predicts layers, not an order).
+
 An instance's score is its mean class probability (``class``, the reference code's),
 its visible fraction (``completeness``: top-layer pixels over all its pixels, which
 ranks fully visible, reliably found instances first), or their product.
@@ -26,6 +31,8 @@ class Instance:
     mask: np.ndarray  # (M, M) bool: the union over layers
     score: float
     pixels: int
+    visible: np.ndarray  # (M, M) bool: its pixels in layer 1 (the front)
+    depth: float  # mean layer index (0 = front) of its pixels: lower is nearer
 
 
 SEEK_SAMPLE = 2048
@@ -110,5 +117,6 @@ def cluster_instances(
             in_top = members & (where[0] == 0)
             top[where[1][in_top], where[2][in_top]] = True
             value = instance_score(score, float(probability[members].mean()), float(top.sum()) / pixels)
-            instances.append(Instance(class_id, mask, value, pixels))
+            depth = float(where[0][members].mean())
+            instances.append(Instance(class_id, mask, value, pixels, top, depth))
     return instances

@@ -69,7 +69,8 @@ class InferenceConfig:
 def image_records(
     semantic: np.ndarray, embedding: np.ndarray, index: int, settings: InferenceConfig
 ) -> list[dict[str, Any]]:
-    """COCO result records of one image (``image_id`` = scene index + 1, RLE at mask size)."""
+    """COCO result records of one image (``image_id`` = scene index + 1, RLE at mask size),
+    with the ``visible_segmentation`` and ``depth`` that order and invisible-mask metrics use."""
     from shapesgen.coco import encode_rle
 
     instances = cluster_instances(
@@ -82,10 +83,19 @@ def image_records(
         seed=[settings.seed, index],
         score=settings.score,
     )
-    masks = np.stack([i.mask for i in instances]) if instances else np.zeros((0, 1, 1), bool)
+    empty = np.zeros((0, 1, 1), bool)
+    masks = np.stack([i.mask for i in instances]) if instances else empty
+    visible = np.stack([i.visible for i in instances]) if instances else empty
     return [
-        {"image_id": index + 1, "category_id": i.class_id, "segmentation": rle, "score": round(i.score, 6)}
-        for i, rle in zip(instances, encode_rle(masks), strict=True)
+        {
+            "image_id": index + 1,
+            "category_id": i.class_id,
+            "segmentation": rle,
+            "score": round(i.score, 6),
+            "visible_segmentation": visible_rle,
+            "depth": round(i.depth, 6),
+        }
+        for i, rle, visible_rle in zip(instances, encode_rle(masks), encode_rle(visible), strict=True)
     ]
 
 

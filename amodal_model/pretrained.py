@@ -51,12 +51,16 @@ def resolve_model(spec: str | os.PathLike[str]) -> Path:
     )
 
 
-def package_run(run_dir: Path, name: str, card: str, metrics: dict[str, Any] | None = None) -> Path:
+def package_run(
+    run_dir: Path, name: str, card: str, metrics: dict[str, Any] | None = None, **inference: Any
+) -> Path:
     """Copy a run's model, as a self-contained :class:`LayeredEmbeddingModel`, to
     ``pretrained/<name>/`` with its model card; returns the folder.
 
-    A run saved by an older ``train`` (a plain functional model) is rebuilt from its
-    configs and given its weights, so the shipped file always carries its settings.
+    ``inference`` (``score=``, ``bandwidth=``, ``min_pixels=``) changes the inference
+    settings the shipped file carries. A run saved by an older ``train`` (a plain
+    functional model) is rebuilt from its configs and given its weights, so the shipped
+    file always carries its settings.
     """
     import keras
 
@@ -64,7 +68,9 @@ def package_run(run_dir: Path, name: str, card: str, metrics: dict[str, Any] | N
     from amodal_model.predict import load_run
 
     model, config, scene = load_run(run_dir)
-    if not isinstance(model, LayeredEmbeddingModel) or model.scene_config is None:
+    if inference:
+        config = config.replace(**inference)
+    if inference or not isinstance(model, LayeredEmbeddingModel) or model.scene_config is None:
         from amodal_model.model import DataSpec
 
         rebuilt = build_model(config.replace(backbone_weights=None), DataSpec.from_scene(scene), scene)

@@ -90,8 +90,11 @@ def test_a_shipped_model_is_found_by_name(
 ) -> None:
     monkeypatch.setattr(pretrained, "PRETRAINED", tmp_path / "pretrained")
     (tmp_path / "pretrained").mkdir()
-    folder = pretrained.package_run(run_dir, "tiny-test", "# tiny-test\n\nA model for tests.\n", {"AP": 0.0})
+    folder = pretrained.package_run(
+        run_dir, "tiny-test", "# tiny-test\n\nA model for tests.\n", {"AP": 0.0}, score="completeness"
+    )
     assert pretrained.shipped_models() == ["tiny-test"]
+    assert keras.saving.load_model(folder / "model.keras").train_config.score == "completeness"
     assert "SHA-256" in (folder / "MODEL_CARD.md").read_text()
     assert json.loads((folder / "metrics.json").read_text()) == {"AP": 0.0}
     out = tmp_path / "results.json"
