@@ -137,10 +137,20 @@ class DatasetWriter:
         num_scenes: int,
         progress: Callable[[int, int], None] | None = None,
         split: Split | None = None,
+        first_scene: int = 0,
+        created: str | None = None,
+        flush_seconds: float = FLUSH_EVERY_S,
     ) -> None:
         """``progress(done, total)`` also reports scenes verified when resuming a killed render;
-        ``split`` (resolved, its seed the config's) is recorded in a new file."""
+        ``split`` (resolved, its seed the config's) is recorded in a new file. A new file's
+        record j holds scene ``first_scene + j`` (a shard of a sharded dataset) and records
+        ``created`` (default: now) as its start time. The file is flushed after a batch once
+        ``flush_seconds`` have passed since the last flush; 0 flushes after every batch, so
+        the file's bytes do not depend on timing (HDF5 lays metadata out as it is flushed)."""
         self.path = path
+        self.first_scene = first_scene
+        self.created = created
+        self.flush_seconds = flush_seconds
         self.progress = progress
         if split is not None and split.seed != config.seed:
             raise ConfigError(f"seed={config.seed} is not the seed {split.seed} of split {split.name!r}")
@@ -175,9 +185,11 @@ class DatasetWriter:
         attrs["num_scenes"] = np.int64(num_scenes)
         attrs["scenes_written"] = np.int64(0)
         attrs["complete"] = False
-        attrs["created"] = datetime.now(UTC).isoformat(timespec="seconds")
+        attrs["created"] = self.created or datetime.now(UTC).isoformat(timespec="seconds")
         attrs["checksums"] = "{}"
         attrs["split"] = self.split.to_json() if self.split is not None else "null"
+        if self.first_scene:
+            attrs["first_scene"] = np.int64(self.first_scene)
         gzip: dict[str, Any] = (
             {"compression": "gzip", "compression_opts": storage.compression_level} if storage.compression_level else {}
         )
@@ -203,6 +215,7 @@ class DatasetWriter:
         prefix is kept.
         """
         written = self.scenes_written
+        self.first_scene = int(self.file.attrs.get("first_scene", 0))
         if bool(self.file.attrs.get("clean_stop", True)):
             offsets, vertex_offsets = self._offsets(written)
             chain = DigestChain()
@@ -250,7 +263,8 @@ class DatasetWriter:
                 stored = list(scene_digests(self.file, offsets, vertex_offsets, range(start, stop)))
             except (OSError, RuntimeError, ValueError, KeyError, IndexError):  # this block is torn beyond reading
                 return chain.scenes, chain
-            fresh = encode_scenes(render_scenes(self.config, range(start, stop)), 0).digests
+            first = self.first_scene
+            fresh = encode_scenes(render_scenes(self.config, range(first + start, first + stop)), 0).digests
             for j, scene in enumerate(stored):
                 if any(scene[name] != fresh[name][j] for name in PER_SCENE_HASHED):
                     return chain.scenes, chain
@@ -285,7 +299,7 @@ class DatasetWriter:
             dataset[base:] = int(dataset[base - 1]) + np.cumsum(counts)
         self.chain.extend(batch.digests)
         self.file.attrs["scenes_written"] = np.int64(written + batch.count)
-        if time.monotonic() - self.last_flush >= FLUSH_EVERY_S:
+        if time.monotonic() - self.last_flush >= self.flush_seconds:
             self.file.flush()
             self.last_flush = time.monotonic()
 
@@ -337,9 +351,10 @@ def checksums(file: Mapping[str, Any], chain: DigestChain) -> dict[str, str]:
 
 OFFSET_READ_BLOCK = 1 << 20  # instance offsets read and checked at a time when opening a file
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+SHARD_MANIFEST = "manifest.json"  # names a sharded dataset's folder (shapesgen.shards)
 READ_ERRORS = (OSError, RuntimeError)  # h5py's errors for stored bytes it cannot read or decode
 METADATA_ERRORS = (OSError, RuntimeError, KeyError, ValueError, TypeError)  # and for a damaged header
-OPTIONAL_ATTRIBUTES = ("clean_stop", "split")  # since 1.1 and 1.2: older files lack them
+OPTIONAL_ATTRIBUTES = ("clean_stop", "split", "first_scene")  # since 1.1, 1.2, 1.3: older files lack them
 REQUIRED_ATTRIBUTES = tuple(name for name in ROOT_ATTRIBUTES if name not in OPTIONAL_ATTRIBUTES)
 TEXT_ATTRIBUTES = ("config", "storage", "class_names", "checksums", "created", "package_version")
 HEX_DIGEST = re.compile(r"[0-9a-f]{64}")
@@ -480,6 +495,12 @@ class ShapesDataset:
         self.path = Path(path)
         if not self.path.exists():
             raise DatasetError(f"{self.path}: no such file", param="path")
+        if (self.path / SHARD_MANIFEST).is_file():
+            raise DatasetError(
+                f"{self.path} is a sharded dataset (a folder with {SHARD_MANIFEST}): this reads single HDF5 files "
+                "only so far; info and validate take the folder, shapesgen.shards.open_sharded reads it",
+                param="path",
+            )
         if not self.path.is_file():
             raise DatasetError(f"{self.path}: not a regular file", param="path")
         try:
@@ -637,6 +658,7 @@ class ShapesDataset:
                 raise self._corrupt(f"attribute {name}={shown(attrs[name])} is not a boolean")
         self._complete = bool(attrs["complete"])
         self.split: Split | None = self._split(attrs.get("split", "null"))
+        self._first_scene = self._integer("first_scene") if "first_scene" in attrs else 0
         if self._complete and self._scenes != self._num_scenes:
             raise self._corrupt(
                 f"attribute complete is true but scenes_written={self._scenes} != num_scenes={self._num_scenes}"
@@ -776,6 +798,12 @@ class ShapesDataset:
         return self._complete
 
     @property
+    def first_scene(self) -> int:
+        """Index of the file's first scene: ``dataset[j]`` is scene ``first_scene + j``
+        (0 unless the file is a shard of a sharded dataset)."""
+        return self._first_scene
+
+    @property
     def num_scenes(self) -> int:
         """Scenes the render was asked for (``len`` counts those written)."""
         return self._num_scenes
@@ -805,7 +833,7 @@ class ShapesDataset:
                 hint=f"; check the file with `shapesgen validate {self.path}`",
             )
         return Scene(
-            index=index,
+            index=self._first_scene + index,
             image=self.images[index],
             layers=self.layers[index],
             class_layers=self.class_layers[index],

@@ -34,7 +34,7 @@ from shapesgen.files import (
     refuse_overwriting_inputs,
     remove_empty,
 )
-from shapesgen.hdf5 import DatasetWriter, EncodedBatch, encode_scenes
+from shapesgen.hdf5 import FLUSH_EVERY_S, DatasetWriter, EncodedBatch, encode_scenes
 from shapesgen.limits import batch_scenes_for, check_disk, check_scene_fits
 from shapesgen.scene import render_scenes
 from shapesgen.splits import Split, split_from_json
@@ -91,10 +91,11 @@ def _worker_init() -> None:
 
 
 def _batches(
-    config: SceneConfig, start: int, total: int, size: int, level: int, workers: int
+    config: SceneConfig, start: int, total: int, size: int, level: int, workers: int, first: int = 0
 ) -> Iterator[EncodedBatch]:
-    """Rendered batches of ``size`` scenes in index order; with workers > 1 a bounded window runs ahead."""
-    bounds = [(lo, min(lo + size, total)) for lo in range(start, total, size)]
+    """Rendered batches of ``size`` scenes in index order, from scene ``first + start`` to
+    ``first + total``; with workers > 1 a bounded window runs ahead."""
+    bounds = [(first + lo, first + min(lo + size, total)) for lo in range(start, total, size)]
     if workers == 1:
         for lo, hi in bounds:
             yield render_batch(config, lo, hi, level)
@@ -118,12 +119,14 @@ def _batches(
                 future.cancel()
 
 
-def _read_partial_header(path: Path) -> tuple[SceneConfig, int, StorageConfig, Split | None]:
+def _read_partial_header(path: Path) -> tuple[SceneConfig, int, StorageConfig, Split | None, int]:
     try:
         with h5py.File(path, "r") as file:
             storage = StorageConfig(**json.loads(str(file.attrs["storage"])))
             split = split_from_json(str(file.attrs.get("split", "null")))
-            return SceneConfig.from_json(str(file.attrs["config"])), int(file.attrs["num_scenes"]), storage, split
+            first = int(file.attrs.get("first_scene", 0))
+            config = SceneConfig.from_json(str(file.attrs["config"]))
+            return config, int(file.attrs["num_scenes"]), storage, split, first
     except (OSError, KeyError, ConfigError, ValueError, TypeError, RecursionError) as exc:
         raise DatasetError(
             f"{path}: the interrupted render cannot be read ({exc}); delete it or pass force=True", param="out"
@@ -199,6 +202,9 @@ def render_dataset(
     inputs: dict[str, str | Path | None] | None = None,
     split: Split | str | None = None,
     verify: Verifier | None = None,
+    first_scene: int = 0,
+    created: str | None = None,
+    flush_seconds: float = FLUSH_EVERY_S,
 ) -> Path:
     """Render ``num_scenes`` scenes of ``config`` into the HDF5 file ``out``.
 
@@ -214,6 +220,12 @@ def render_dataset(
     ``config`` (whose seed is the base seed; ``None`` draws one) and records it.
     ``verify(checksums)`` is called with the finished file's checksums before it is
     published; if it raises, the file is removed and the error propagates.
+
+    ``first_scene`` renders scenes ``first_scene .. first_scene + num_scenes - 1`` (a shard of
+    a sharded dataset, :mod:`shapesgen.shards`): each is the scene of that index, byte for
+    byte. ``created`` (ISO 8601) is recorded as the start time instead of now.
+    ``flush_seconds=0`` flushes after every batch, so that the file's bytes (not only its
+    data) are the same however fast it was written (see :class:`DatasetWriter`).
     """
     if not isinstance(num_scenes, int) or isinstance(num_scenes, bool) or num_scenes < 1:
         raise ConfigError(f"num_scenes={num_scenes!r} is invalid: must be an integer >= 1", param="num_scenes")
@@ -223,19 +235,33 @@ def render_dataset(
         )
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
         raise ConfigError(f"workers={workers!r} is invalid: must be an integer >= 1", param="workers")
+    if not isinstance(first_scene, int) or isinstance(first_scene, bool) or first_scene < 0:
+        raise ConfigError(f"first_scene={first_scene!r} is invalid: must be an integer >= 0", param="first_scene")
     storage = storage or StorageConfig()
     out = check_output_path(out, "out")
     refuse_overwriting_inputs(out, "out", inputs or {})
     partial = partial_path(out)
-    created = _prepare_output(out)
+    parents = _prepare_output(out)
     try:
         with exclusive_lock(out, "out"):
             return _render_locked(
-                config, _split_request(split), out, num_scenes, workers, storage, resume, force, progress, verify
+                config,
+                _split_request(split),
+                out,
+                num_scenes,
+                workers,
+                storage,
+                resume,
+                force,
+                progress,
+                verify,
+                first_scene,
+                created,
+                flush_seconds,
             )
     except BaseException:
         if not partial.exists():
-            remove_empty(created)
+            remove_empty(parents)
         raise
 
 
@@ -250,12 +276,15 @@ def _render_locked(
     force: bool,
     progress: ProgressCallback | None,
     verify: Verifier | None,
+    first_scene: int = 0,
+    created: str | None = None,
+    flush_seconds: float = FLUSH_EVERY_S,
 ) -> Path:
     """:func:`render_dataset` once ``<out>.lock`` is held."""
     partial = partial_path(out)
     resuming = resume and partial.exists()
     if resuming:
-        file_config, file_scenes, storage, file_split = _read_partial_header(partial)  # chunks: its filters
+        file_config, file_scenes, storage, file_split, file_first = _read_partial_header(partial)  # its filters
         config, split = _resolve_as_file(config, split, file_config, file_split)
         if file_split != split:
             raise ConfigError(
@@ -272,6 +301,11 @@ def _render_locked(
                 f"num_scenes={num_scenes} differs from the interrupted render's {file_scenes} (resume=True)",
                 param="num_scenes",
             )
+        if file_first != first_scene:
+            raise ConfigError(
+                f"first_scene={first_scene} differs from the interrupted render's {file_first} (resume=True)",
+                param="first_scene",
+            )
     elif partial.exists() and not force:
         raise DatasetError(
             f"{partial}: an interrupted render exists; pass resume=True to continue it or force=True to start over",
@@ -279,7 +313,7 @@ def _render_locked(
         )
     else:
         if out.exists() and not force:
-            if resume and _is_complete_match(out, config, split, num_scenes, verify):
+            if resume and _is_complete_match(out, config, split, num_scenes, verify, first_scene):
                 return out
             raise DatasetError(f"out={str(out)!r} exists: pass force=True to overwrite it", param="out")
         config = resolve_seed(config)
@@ -289,14 +323,16 @@ def _render_locked(
     workers, note = effective_workers(workers, num_scenes, batch)
     check_scene_fits(config, workers)
     if not resuming:
-        sample = render_batch(config, 0, 1, storage.compression_level)
+        sample = render_batch(config, first_scene, first_scene + 1, storage.compression_level)
         check_disk(out.parent, num_scenes, _encoded_bytes(sample))
         partial.unlink(missing_ok=True)
     if note:
         warnings.warn(note, RenderNote, stacklevel=3)
 
     try:
-        writer = DatasetWriter(partial, config, storage, num_scenes, progress, split)
+        writer = DatasetWriter(
+            partial, config, storage, num_scenes, progress, split, first_scene, created, flush_seconds
+        )
     except KeyboardInterrupt:  # while checking a killed render's scenes: nothing was changed
         raise RenderInterrupted(f"interrupted while checking {partial}; it is kept: rerun with resume=True") from None
     except (OSError, RuntimeError) as exc:
@@ -308,7 +344,8 @@ def _render_locked(
         done = writer.scenes_written
         if progress:
             progress(done, num_scenes)
-        for encoded in _batches(config, done, num_scenes, batch, storage.compression_level, workers):
+        level = storage.compression_level
+        for encoded in _batches(config, done, num_scenes, batch, level, workers, first_scene):
             with _stopped_by_system(writer, partial, num_scenes, "writing", resuming):
                 writer.append(encoded)
             done += encoded.count
@@ -406,14 +443,18 @@ def _encoded_bytes(batch: EncodedBatch) -> float:
 
 
 def _is_complete_match(
-    out: Path, config: SceneConfig, split: Split | None, num_scenes: int, verify: Verifier | None
+    out: Path, config: SceneConfig, split: Split | None, num_scenes: int, verify: Verifier | None, first_scene: int = 0
 ) -> bool:
     """Whether ``out`` is already the finished render asked for (``verify`` then checks it)."""
     try:
         with h5py.File(out, "r") as file:
             file_config = SceneConfig.from_json(str(file.attrs["config"]))
             file_split = split_from_json(str(file.attrs.get("split", "null")))
-            complete = bool(file.attrs["complete"]) and int(file.attrs["num_scenes"]) == num_scenes
+            complete = (
+                bool(file.attrs["complete"])
+                and int(file.attrs["num_scenes"]) == num_scenes
+                and int(file.attrs.get("first_scene", 0)) == first_scene
+            )
     except (OSError, KeyError, ConfigError, json.JSONDecodeError):
         return False
     config, split = _resolve_as_file(config, split, file_config, file_split)

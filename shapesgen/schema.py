@@ -14,7 +14,7 @@ import numpy as np
 from shapesgen.config import SceneConfig
 
 FORMAT_NAME = "shapesgen-hdf5"
-FORMAT_VERSION = "1.2"
+FORMAT_VERSION = "1.3"
 
 Axis = Literal["scene", "instance", "vertex"]
 
@@ -149,6 +149,9 @@ ROOT_ATTRIBUTES: dict[str, str] = {
     "config's seed is seed = split_seed(base_seed, name) (first 63 bits of SHA-256 of "
     "'shapesgen-split/<base_seed>/<name>'); dataset and version name a registered dataset, else null "
     "(since 1.2)",
+    "first_scene": "present in a shard of a sharded dataset (see docs/scaling.md): record j holds scene "
+    "first_scene + j, so the instances' scene column and each scene's rng use the dataset-wide index; "
+    "absent means 0 (since 1.3)",
 }
 
 

@@ -143,8 +143,13 @@ def validate_file(path: str | Path, *, regenerate: int = 2, progress: Callable[[
 
     A damaged file, one that cannot even be opened included, is a finding
     (:class:`ValidationError`); a missing path or a file that is not HDF5 or not a
-    shapesgen dataset stays a :class:`DatasetError`.
+    shapesgen dataset stays a :class:`DatasetError`. A sharded dataset folder is checked
+    shard by shard and against its manifest (:func:`shapesgen.shards.validate_sharded`).
     """
+    from shapesgen.shards import is_sharded, validate_sharded
+
+    if is_sharded(path):
+        return validate_sharded(path, regenerate=regenerate, progress=progress)
     try:
         with open_dataset(path, allow_incomplete=True) as ds:
             return validate_dataset(ds, regenerate=regenerate, progress=progress)
@@ -162,10 +167,10 @@ def _validate(ds: ShapesDataset, regenerate: int, progress: Callable[[int, int],
         scene = ds[index]
         check_scene(scene, ds)
         if index in again:
-            fresh = render_scene(ds.config, index)
+            fresh, where = render_scene(ds.config, scene.index), f"scene {scene.index}"
             for name in ("image", "layers", "class_layers", "amodal_masks", "visible_masks", "vertices"):
                 if not np.array_equal(getattr(fresh, name), getattr(scene, name)):
-                    raise ValidationError(f"scene {index}: {name} differs from a fresh render of the stored config")
+                    raise ValidationError(f"{where}: {name} differs from a fresh render of the stored config")
             for column in INSTANCE_DTYPE.names or ():
                 ours, theirs = fresh.instances[column], scene.instances[column]
                 same = (
@@ -175,7 +180,7 @@ def _validate(ds: ShapesDataset, regenerate: int, progress: Callable[[int, int],
                 )
                 if not same:
                     raise ValidationError(
-                        f"scene {index}: instances column {column} differs from a fresh render of the stored config"
+                        f"{where}: instances column {column} differs from a fresh render of the stored config"
                     )
         if progress:
             progress(index + 1, n)
