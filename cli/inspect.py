@@ -11,10 +11,14 @@ from rich.table import Table
 
 from .common import DatasetPath, Force, Quiet, console, err, fail, progress_bar, run, warn
 
+AnyDatasetPath = Annotated[
+    Path, typer.Argument(help="A shapesgen HDF5 file or a sharded dataset folder.", show_default=False)
+]
+
 
 def info(
     ctx: typer.Context,
-    path: DatasetPath,
+    path: AnyDatasetPath,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Show a dataset's config, counts, occlusion-rate and stack-depth histograms."""
@@ -100,11 +104,13 @@ def preview(
 
 def validate(
     ctx: typer.Context,
-    path: DatasetPath,
+    path: AnyDatasetPath,
     regenerate: Annotated[
         int,
         typer.Option(
-            "--regenerate", min=0, help="Scenes re-rendered from the stored config and compared byte for byte."
+            "--regenerate",
+            min=0,
+            help="Scenes re-rendered from the stored config and compared byte for byte (in each shard of a folder).",
         ),
     ] = 2,
     deep: Annotated[bool, typer.Option("--deep", help="Re-render and compare every scene.")] = False,

@@ -12,6 +12,7 @@ from shapesgen.config import (
     PRESET_HELP,
     PRESETS,
     AnchorMode,
+    Engine,
     PresetName,
     SceneConfig,
     StorageConfig,
@@ -118,14 +119,40 @@ def render(
             "It fixes the config, seed, split and --num.",
         ),
     ] = None,
+    shard_size: Annotated[
+        int | None,
+        typer.Option(
+            "--shard-size",
+            help="Write a sharded dataset: --out is a folder of HDF5 shards of this many scenes plus "
+            "manifest.json (written last). Rerunning the same command resumes an unfinished folder.",
+        ),
+    ] = None,
+    engine: Annotated[
+        Engine,
+        typer.Option(
+            "--engine",
+            help="With --shard-size: local (shards in turn, each with --workers processes) or dask (one task "
+            "per shard; a LocalCluster of --workers processes, or --scheduler). Same bytes either way.",
+        ),
+    ] = "local",
+    scheduler: Annotated[
+        str | None,
+        typer.Option(
+            "--scheduler",
+            help="With --engine dask: address of a running Dask scheduler (e.g. tcp://host:8786); every worker "
+            "must see --out (shared storage).",
+        ),
+    ] = None,
     quiet: Quiet = False,
 ) -> None:
-    """Render a dataset of occlusion scenes into a self-describing HDF5 file."""
+    """Render a dataset of occlusion scenes into a self-describing HDF5 file (or, with
+    --shard-size, a folder of HDF5 shards and a manifest)."""
     from shapesgen.coco import check_export_target, export_coco
     from shapesgen.render import render_dataset
 
     if dataset is not None:
         run(ctx, lambda: _refuse_config_options(ctx))
+    run(ctx, lambda: _check_shard_options(ctx, shard_size, engine, scheduler))
 
     def build() -> tuple[SceneConfig, StorageConfig]:
         scene_config = build_config(
@@ -156,6 +183,28 @@ def render(
             lambda: check_export_target(out, coco, force, inputs={"config": config}, probe=True),
             aliases={"out": "coco", "source": "out"},
         )
+    if shard_size is not None:
+        from shapesgen.shards import render_sharded
+
+        per_shard = shard_size
+        with progress_bar("render", quiet) as update:
+            path = run(
+                ctx,
+                lambda: render_sharded(
+                    scene_config,
+                    out,
+                    num_scenes=num_scenes,
+                    shard_size=per_shard,
+                    engine=engine,
+                    scheduler=scheduler,
+                    workers=workers,
+                    storage=storage,
+                    progress=update,
+                ),
+            )
+        if not quiet:
+            err.print(f"wrote {path}")
+        return
     with progress_bar("render", quiet) as update:
         if dataset is not None:
             from shapesgen.datasets import build_split
@@ -213,6 +262,26 @@ FIXED_BY_DATASET = (
     "channels",
     "split",
 )
+
+
+NOT_WITH_SHARDS = ("dataset", "split", "coco", "force")
+
+
+def _check_shard_options(ctx: typer.Context, shard_size: int | None, engine: str, scheduler: str | None) -> None:
+    """--engine and --scheduler need --shard-size; options sharded renders do not take yet are refused."""
+    names = flag_names(ctx)
+    if shard_size is None:
+        for name, value, default in (("engine", engine, "local"), ("scheduler", scheduler, None)):
+            if value != default:
+                raise ConfigError(f"{names[name][0]} needs --shard-size (a sharded render)", param=name)
+        return
+    typed = [names[n][0] for n in NOT_WITH_SHARDS if _source(ctx, n) not in (None, "DEFAULT", "DEFAULT_MAP")]
+    if typed:
+        raise ConfigError(
+            f"--shard-size does not take {', '.join(typed)} yet (rerunning the command resumes; delete the folder "
+            "to start over)",
+            param="shard_size",
+        )
 
 
 def _source(ctx: typer.Context, name: str) -> str | None:

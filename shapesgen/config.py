@@ -18,6 +18,7 @@ from shapesgen.errors import ConfigError, shown
 from shapesgen.shapes import SHAPE_KINDS
 
 AnchorMode = Literal["corner", "center"]
+Engine = Literal["local", "dask"]  # how a sharded render runs its shards (shapesgen.shards)
 MAX_INSTANCES_PER_SCENE = 65535
 MAX_SEED = 2**63 - 1
 MAX_IMAGE_SIZE = 32768  # an RGB image chunk stays under HDF5's 4 GiB chunk limit

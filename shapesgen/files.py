@@ -95,6 +95,11 @@ def regular_input(path: str | Path, param: str | None) -> Path:
         raise DatasetError(f"{where}: no such file", param=param) from None
     except OSError as exc:
         raise DatasetError(f"{where}: cannot read ({exc.strerror})", param=param) from None
+    if stat.S_ISDIR(mode) and (path / "manifest.json").is_file():
+        raise DatasetError(
+            f"{where} is a sharded dataset (a folder with manifest.json): this reads single HDF5 files only so far",
+            param=param,
+        )
     if not stat.S_ISREG(mode):
         raise DatasetError(f"{where} is {file_kind(mode)}, not a file", param=param)
     return path

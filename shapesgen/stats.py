@@ -66,6 +66,47 @@ def summarize(ds: ShapesDataset) -> dict[str, Any]:
 
 
 def summarize_file(path: str | Path) -> dict[str, Any]:
-    """:func:`summarize` of the dataset at ``path`` (an unfinished render too)."""
+    """:func:`summarize` of the dataset at ``path`` (an unfinished render too), or of a
+    sharded dataset folder (its shards' summaries added up)."""
+    from shapesgen.shards import is_sharded, open_sharded
+
+    if is_sharded(path):
+        with open_sharded(path) as sharded:
+            parts = [summarize(sharded.shard(k)) for k in range(len(sharded.shards))]
+        return merge_summaries(str(path), parts)
     with open_dataset(path, allow_incomplete=True) as ds:
         return summarize(ds)
+
+
+def merge_summaries(path: str, parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One summary of a dataset from its shards' (:func:`summarize` of each, in order)."""
+    first = parts[0]
+    visible = sum(p["visible_instances"] for p in parts)
+    stack: dict[str, int] = {}
+    for part in parts:
+        for depth, count in part["stack_depth_pixels"].items():
+            stack[depth] = stack.get(depth, 0) + count
+    stack = {str(d): stack.get(str(d), 0) for d in range(max(map(int, stack), default=0) + 1)}
+    layers = first["config"]["layers"]
+    deeper = sum(count for depth, count in stack.items() if int(depth) > layers)
+
+    def added(key: str) -> dict[str, int]:
+        return {name: sum(p[key][name] for p in parts) for name in first[key]}
+
+    return first | {
+        "path": path,
+        "shards": len(parts),
+        "complete": all(p["complete"] for p in parts),
+        "scenes": sum(p["scenes"] for p in parts),
+        "instances": sum(p["instances"] for p in parts),
+        "visible_instances": visible,
+        "per_class": {
+            name: {k: sum(p["per_class"][name][k] for p in parts) for k in ("instances", "visible")}
+            for name in first["per_class"]
+        },
+        "occlusion_bands": added("occlusion_bands"),
+        "occlusion_histogram": added("occlusion_histogram"),
+        "mean_occlusion_rate": sum(p["mean_occlusion_rate"] * p["visible_instances"] for p in parts) / max(visible, 1),
+        "stack_depth_pixels": stack,
+        "pixels_deeper_than_layers": deeper / max(sum(stack.values()), 1),
+    }

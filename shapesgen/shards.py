@@ -1,0 +1,614 @@
+"""Sharded datasets: a folder of shard files and a manifest, rendered locally or on Dask.
+
+Shard k is a complete shapesgen HDF5 file holding scenes ``start .. stop - 1`` (its
+``first_scene`` attribute is ``start``), written by the single-file writer
+(:func:`shapesgen.render.render_dataset`), so every scene has the bytes a single-file
+render of the same config and seed gives it. ``manifest.json`` is written last and
+atomically: a folder without one is an unfinished render, which the same call resumes
+shard by shard (a shard that exists and verifies is kept, any other is rendered again).
+
+The manifest's whole-dataset checksums equal the single-file render's ``checksums``
+attribute: a per-scene dataset's checksum is the SHA-256 of its per-scene digests in
+scene order, so the client continues that chain across shards from the digests each
+shard reports; the offset checksums hash the dataset-wide offsets rebuilt from the
+shards' own.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import json
+import os
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, get_args
+
+import numpy as np
+
+from shapesgen.config import Engine, SceneConfig, StorageConfig
+from shapesgen.errors import ConfigError, DatasetError, ResourceError, ShapesgenError, ValidationError, one_line
+from shapesgen.files import check_output_path, exclusive_lock, make_parents, remove_empty, write_atomically
+from shapesgen.hdf5 import (
+    PER_SCENE_HASHED,
+    SHARD_MANIFEST,
+    CorruptDatasetError,
+    DigestChain,
+    ShapesDataset,
+    checksums,
+    open_dataset,
+    scene_digests,
+)
+from shapesgen.limits import check_scene_fits
+from shapesgen.scene import Scene
+from shapesgen.schema import OFFSETS
+
+MANIFEST_FORMAT = "shapesgen-shards"
+MANIFEST_VERSION = "1.0"
+MAX_SHARDS = 100_000  # shard-NNNNN.h5; the manifest stays a few tens of MB
+MAX_TOTAL_SCENES = 10**11
+ENGINES: tuple[str, ...] = get_args(Engine)
+DASK_HINT = "pip install 'shapesgen[dask]'"
+ProgressCallback = Callable[[int, int], None]
+
+
+class MissingExtra(ShapesgenError):
+    """An optional dependency is not installed (exit 1: the environment, not the input)."""
+
+    exit_code = 1
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Shard ``index``: scenes ``start .. stop - 1`` in file ``shard-<index>.h5``."""
+
+    index: int
+    start: int
+    stop: int
+
+    @property
+    def file(self) -> str:
+        return f"shard-{self.index:05d}.h5"
+
+    @property
+    def count(self) -> int:
+        return self.stop - self.start
+
+
+def plan_shards(num_scenes: int, shard_size: int) -> tuple[Shard, ...]:
+    """Contiguous shards of ``shard_size`` scenes (the last may be shorter)."""
+    return tuple(
+        Shard(k, start, min(start + shard_size, num_scenes)) for k, start in enumerate(range(0, num_scenes, shard_size))
+    )
+
+
+@dataclass(frozen=True)
+class ShardResult:
+    """What a finished shard reports to the client: its recorded checksums, its per-scene
+    digests (each hashed dataset's 32-byte digests concatenated in scene order) and its
+    offsets, from which the whole-dataset checksums are chained."""
+
+    shard: Shard
+    checksums: dict[str, str]
+    digests: dict[str, bytes]
+    instance_offsets: np.ndarray
+    vertex_offsets: np.ndarray
+    rendered: bool
+
+
+def read_shard(path: Path, config: SceneConfig, shard: Shard, *, rendered: bool = False) -> ShardResult:
+    """Read shard ``path`` back and check it: the config and scene range asked for, and
+    every stored byte against the checksums it records. Raises :class:`ConfigError` for
+    a shard of another render and :class:`ValidationError` for damaged data."""
+    try:
+        with open_dataset(path) as ds:
+            _check_shard_header(ds, config, shard)
+            chain, parts = DigestChain(), {name: bytearray() for name in PER_SCENE_HASHED}
+            vertex_offsets = ds.vertex_offsets[:]
+            for scene in scene_digests(ds.datasets, ds.instance_offsets, vertex_offsets):
+                chain.add(scene)
+                for name in PER_SCENE_HASHED:
+                    parts[name] += scene[name]
+            actual = checksums(ds.datasets, chain)
+            if actual != ds.checksums:
+                wrong = sorted(name for name in actual if actual[name] != ds.checksums.get(name))
+                raise ValidationError(f"{path}: dataset(s) {wrong} do not match the recorded checksums")
+            digests = {name: bytes(part) for name, part in parts.items()}
+            return ShardResult(shard, dict(ds.checksums), digests, ds.instance_offsets, vertex_offsets, rendered)
+    except CorruptDatasetError as exc:
+        raise ValidationError(f"{path}: {exc.problem}") from None
+
+
+def _check_shard_header(ds: ShapesDataset, config: SceneConfig, shard: Shard) -> None:
+    if ds.config != config:
+        raise ConfigError(f"{ds.path} was rendered with another config than the one asked for", param="out")
+    if ds.first_scene != shard.start or ds.num_scenes != shard.count:
+        held = f"scenes {ds.first_scene}..{ds.first_scene + ds.num_scenes - 1}"
+        raise ConfigError(
+            f"{ds.path} holds {held}, the plan asks {shard.start}..{shard.stop - 1} (another num_scenes or shard_size)",
+            param="out",
+        )
+
+
+def render_shard(
+    config: SceneConfig,
+    folder: str,
+    shard: Shard,
+    storage: StorageConfig,
+    created: str,
+    workers: int = 1,
+    progress: ProgressCallback | None = None,
+) -> ShardResult:
+    """Make shard ``shard`` of ``folder`` exist and verify; one engine task.
+
+    A shard file that exists and verifies is kept; one whose data is damaged is
+    rendered again; one of another render is refused. The file is written to
+    ``<shard>.partial`` (continued if an earlier attempt left one) and renamed when
+    complete, so a task that dies leaves no shard that looks finished.
+    """
+    from shapesgen.render import RenderNote, render_dataset
+
+    path = Path(folder) / shard.file
+    if path.exists():
+        try:
+            return read_shard(path, config, shard)
+        except ValidationError:
+            path.unlink()
+        except DatasetError as exc:
+            if isinstance(exc, ConfigError):
+                raise
+            path.unlink()  # not a complete shapesgen file: an unfinished or foreign shard file
+    partial = path.with_name(path.name + ".partial")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RenderNote)  # a lowered worker count: the data is the same
+        render_dataset(
+            config,
+            path,
+            num_scenes=shard.count,
+            workers=workers,
+            storage=storage,
+            resume=partial.exists(),
+            progress=progress,
+            first_scene=shard.start,
+            created=created,
+            flush_seconds=0.0,
+        )
+    return read_shard(path, config, shard, rendered=True)
+
+
+def dataset_checksums(results: list[ShardResult]) -> dict[str, str]:
+    """The whole dataset's checksums, equal to a single-file render's ``checksums``:
+    per-scene datasets chain the shards' per-scene digests in scene order; offsets hash the
+    dataset-wide offset arrays, rebuilt by shifting each shard's own."""
+    hashers = {name: hashlib.sha256() for name in (*PER_SCENE_HASHED, *OFFSETS)}
+    instance_base = vertex_base = 0
+    for k, result in enumerate(results):
+        for name in PER_SCENE_HASHED:
+            hashers[name].update(result.digests[name])
+        skip = 0 if k == 0 else 1  # each shard's offsets start at 0, which the previous shard's end already is
+        hashers["instance_offsets"].update((result.instance_offsets[skip:] + instance_base).astype(np.int64).tobytes())
+        hashers["vertex_offsets"].update((result.vertex_offsets[skip:] + vertex_base).astype(np.int64).tobytes())
+        instance_base += int(result.instance_offsets[-1])
+        vertex_base += int(result.vertex_offsets[-1])
+    return {name: hashers[name].hexdigest() for name in sorted(hashers)}
+
+
+def created_time() -> str:
+    """The render's start time, ISO 8601 UTC; ``SOURCE_DATE_EPOCH`` (reproducible builds) pins it."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
+    when = datetime.fromtimestamp(int(epoch), UTC) if epoch.isdigit() else datetime.now(UTC)
+    return when.isoformat(timespec="seconds")
+
+
+def _check_count(name: str, value: object, high: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= high:
+        raise ConfigError(f"{name}={value!r} is invalid: must be an integer from 1 to {high:,}", param=name)
+    return value
+
+
+def render_sharded(
+    config: SceneConfig,
+    out: str | Path,
+    *,
+    num_scenes: int,
+    shard_size: int,
+    engine: Engine = "local",
+    scheduler: str | None = None,
+    workers: int = 1,
+    storage: StorageConfig | None = None,
+    progress: ProgressCallback | None = None,
+) -> Path:
+    """Render ``num_scenes`` scenes of ``config`` into the folder ``out`` as shards of
+    ``shard_size`` scenes plus ``manifest.json``; return ``out``.
+
+    ``engine="local"`` renders the shards one after another, each with ``workers``
+    processes; ``engine="dask"`` runs one task per shard on the Dask scheduler at
+    ``scheduler`` (or, without one, on a ``LocalCluster`` of ``workers`` processes): every
+    worker must see ``out`` (shared storage). The bytes are the same for any engine and
+    worker count. Calling again with the same arguments resumes an unfinished folder; a
+    folder of another render is refused (:class:`ConfigError`).
+    """
+    from shapesgen.render import MAX_SCENES, effective_workers, resolve_seed
+
+    _check_count("num_scenes", num_scenes, MAX_TOTAL_SCENES)
+    _check_count("shard_size", shard_size, MAX_SCENES)
+    _check_count("workers", workers, 4096)
+    if engine not in ENGINES:
+        raise ConfigError(f"engine={engine!r} is invalid: must be one of {', '.join(ENGINES)}", param="engine")
+    if scheduler is not None and engine != "dask":
+        raise ConfigError(f"scheduler={scheduler!r} needs engine='dask'", param="scheduler")
+    shards = plan_shards(num_scenes, shard_size)
+    if len(shards) > MAX_SHARDS:
+        raise ConfigError(
+            f"shard_size={shard_size} is invalid: {num_scenes:,} scenes would make {len(shards):,} shards, "
+            f"at most {MAX_SHARDS:,} are allowed",
+            param="shard_size",
+        )
+    if engine == "dask":
+        _import_dask()
+    storage = storage or StorageConfig()
+    out = check_output_path(out, "out")
+    if out.exists() and not out.is_dir():
+        raise DatasetError(f"out={str(out)!r} exists and is not a folder: give a new or sharded folder", param="out")
+    config = _resolve_existing(out, config, num_scenes, shard_size, storage)
+    config = resolve_seed(config)
+    check_scene_fits(config, 1)
+    try:
+        created_dirs = make_parents(out)
+    except OSError as exc:
+        raise DatasetError(f"out={str(out)!r}: cannot create the folder ({exc.strerror})", param="out") from None
+    try:
+        with exclusive_lock(out, "out"):
+            created = created_time()
+            if engine == "local":
+                used, _ = effective_workers(workers, shard_size, shard_size)
+                results = _run_local(config, out, shards, storage, created, used, progress)
+            else:
+                results = _run_dask(config, out, shards, storage, created, scheduler, workers, progress)
+            manifest = build_manifest(config, storage, num_scenes, shard_size, results)
+            text = json.dumps(manifest, indent=1, sort_keys=True) + "\n"
+            write_atomically(out / SHARD_MANIFEST, text.encode(), force=True)
+    except BaseException:
+        remove_empty(created_dirs)
+        raise
+    return out
+
+
+def _resolve_existing(
+    out: Path, config: SceneConfig, num_scenes: int, shard_size: int, storage: StorageConfig
+) -> SceneConfig:
+    """The config asked for, checked against what an existing folder holds (its seed
+    taken when none was asked for); a different render is refused."""
+    if not out.is_dir():
+        return config
+    manifest_path = out / SHARD_MANIFEST
+    if manifest_path.is_file():
+        manifest = read_manifest(out)
+        theirs = SceneConfig.from_dict(manifest["config"])
+        if config.seed is None:
+            config = config.replace(seed=theirs.seed)
+        asked = {"config": config.to_dict(), "num_scenes": num_scenes, "shard_size": shard_size}
+        asked["storage"] = json.loads(storage.to_json())
+        differs = [key for key in ("config", "num_scenes", "shard_size", "storage") if manifest[key] != asked[key]]
+        if differs:
+            detail = _config_difference(config, theirs) if "config" in differs else ", ".join(differs)
+            raise ConfigError(f"out={str(out)!r} holds another sharded render ({detail}): choose another folder")
+        return config
+    others = sorted(p.name for p in out.iterdir() if not _is_ours(p.name))
+    if others:
+        raise DatasetError(
+            f"out={str(out)!r} is a folder that holds other files ({', '.join(others[:3])}): give a new folder",
+            param="out",
+        )
+    for path in sorted(out.glob("shard-*.h5*")):
+        if path.name.endswith(".lock"):
+            continue
+        stored = _stored_config(path)
+        if stored is None:
+            continue
+        if config.seed is None:
+            config = config.replace(seed=stored.seed)
+        if stored != config:
+            raise ConfigError(
+                f"out={str(out)!r} holds an unfinished render of another config "
+                f"({_config_difference(config, stored)}): choose another folder",
+                param="out",
+            )
+        break
+    return config
+
+
+def _is_ours(name: str) -> bool:
+    return name == SHARD_MANIFEST or name.startswith(("shard-", ".shapesgen-"))
+
+
+def _stored_config(path: Path) -> SceneConfig | None:
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as file:
+            return SceneConfig.from_json(str(file.attrs["config"]))
+    except (OSError, KeyError, ConfigError, ValueError, TypeError):
+        return None
+
+
+def _config_difference(ours: SceneConfig, theirs: SceneConfig) -> str:
+    a, b = ours.to_dict(), theirs.to_dict()
+    return ", ".join(f"{key}: {b[key]!r} there vs {a[key]!r} asked" for key in sorted(a) if a[key] != b[key])
+
+
+def _run_local(
+    config: SceneConfig,
+    out: Path,
+    shards: tuple[Shard, ...],
+    storage: StorageConfig,
+    created: str,
+    workers: int,
+    progress: ProgressCallback | None,
+) -> list[ShardResult]:
+    total = shards[-1].stop
+    results = []
+    for shard in shards:
+
+        def update(done: int, _total: int, base: int = shard.start) -> None:
+            if progress:
+                progress(base + done, total)
+
+        results.append(render_shard(config, str(out), shard, storage, created, workers, update))
+        if progress:
+            progress(shard.stop, total)
+    return results
+
+
+def _import_dask() -> Any:
+    try:
+        import dask.distributed as distributed
+    except ImportError:
+        raise MissingExtra(
+            f"engine='dask' needs Dask's distributed scheduler, which is not installed: {DASK_HINT}",
+            param="engine",
+        ) from None
+    return distributed
+
+
+def _run_dask(
+    config: SceneConfig,
+    out: Path,
+    shards: tuple[Shard, ...],
+    storage: StorageConfig,
+    created: str,
+    scheduler: str | None,
+    workers: int,
+    progress: ProgressCallback | None,
+) -> list[ShardResult]:
+    """One task per shard; results in shard order. The first failed task fails the run."""
+    import logging
+
+    distributed = _import_dask()
+    cluster = None
+    try:
+        if scheduler is None:
+            cluster = distributed.LocalCluster(
+                n_workers=workers,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=None,
+                silence_logs=logging.CRITICAL,  # a failed task is reported once, by the client
+            )
+            client = distributed.Client(cluster)
+        else:
+            client = distributed.Client(scheduler, timeout="30s")
+    except (OSError, TimeoutError) as exc:
+        if cluster is not None:
+            cluster.close()
+        where = f"scheduler={scheduler!r}" if scheduler else "a Dask LocalCluster"
+        raise ResourceError(f"cannot start {where} ({one_line(exc, 200)})", param="scheduler") from None
+    total = shards[-1].stop
+    results: dict[int, ShardResult] = {}
+    futures: dict[Any, Shard] = {}
+    try:
+        token = hashlib.sha256(f"{out.resolve()}/{created}/{os.getpid()}".encode()).hexdigest()[:12]
+        for shard in shards:
+            future = client.submit(
+                render_shard,
+                config,
+                str(out.resolve()),
+                shard,
+                storage,
+                created,
+                key=f"shapesgen-{token}-{shard.index}",
+            )
+            futures[future] = shard
+        done = 0
+        if progress:
+            progress(0, total)
+        for future in distributed.as_completed(list(futures)):
+            shard = futures[future]
+            try:
+                results[shard.index] = future.result()
+            except ShapesgenError:
+                raise
+            except distributed.KilledWorker:
+                raise ResourceError(
+                    f"shard {shard.file}: the Dask workers running it died repeatedly (killed, or out of memory)",
+                    param="out",
+                ) from None
+            done += shard.count
+            if progress:
+                progress(done, total)
+    except BaseException:
+        client.cancel(list(futures), force=True)
+        raise
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+    return [results[shard.index] for shard in shards]
+
+
+def build_manifest(
+    config: SceneConfig, storage: StorageConfig, num_scenes: int, shard_size: int, results: list[ShardResult]
+) -> dict[str, Any]:
+    """The manifest's content: no time stamps, so the same render gives the same bytes."""
+    from shapesgen import __version__
+
+    return {
+        "format": MANIFEST_FORMAT,
+        "format_version": MANIFEST_VERSION,
+        "package_version": __version__,
+        "config": config.to_dict(),
+        "seed": config.seed,
+        "storage": json.loads(storage.to_json()),
+        "num_scenes": num_scenes,
+        "shard_size": shard_size,
+        "checksums": dataset_checksums(results),
+        "shards": [
+            {"file": r.shard.file, "start": r.shard.start, "stop": r.shard.stop, "checksums": r.checksums}
+            for r in results
+        ],
+    }
+
+
+def is_sharded(path: str | Path) -> bool:
+    """Whether ``path`` is a folder holding a sharded dataset's manifest."""
+    return (Path(path) / SHARD_MANIFEST).is_file()
+
+
+def read_manifest(folder: str | Path) -> dict[str, Any]:
+    """The checked manifest of a sharded dataset folder (:class:`DatasetError` if it is
+    missing, not JSON, or breaks the layout)."""
+    path = Path(folder) / SHARD_MANIFEST
+    if not path.is_file():
+        raise DatasetError(f"{folder}: no {SHARD_MANIFEST}: not a sharded dataset, or its render is unfinished")
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError) as exc:
+        raise DatasetError(f"{path}: cannot be read as JSON ({one_line(exc, 120)})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        raise DatasetError(f"{path}: not a shapesgen shard manifest (format != '{MANIFEST_FORMAT}')")
+    if str(manifest.get("format_version", "")).split(".")[0] != MANIFEST_VERSION.split(".")[0]:
+        raise DatasetError(f"{path}: manifest format_version {manifest.get('format_version')!r} is not readable")
+    try:
+        config = SceneConfig.from_dict(manifest["config"])
+        num, size, shards = int(manifest["num_scenes"]), int(manifest["shard_size"]), manifest["shards"]
+        plan = plan_shards(num, size)
+        ok = (
+            isinstance(shards, list)
+            and len(shards) == len(plan)
+            and config.seed == manifest["seed"]
+            and isinstance(manifest["checksums"], dict)
+            and all(
+                entry["file"] == s.file and entry["start"] == s.start and entry["stop"] == s.stop
+                for entry, s in zip(shards, plan, strict=True)
+            )
+        )
+    except (KeyError, TypeError, ValueError, ConfigError) as exc:
+        raise DatasetError(f"{path}: damaged manifest ({one_line(exc, 120)})") from None
+    if not ok:
+        raise DatasetError(f"{path}: damaged manifest (its shard list does not match num_scenes and shard_size)")
+    return manifest
+
+
+class ShardedDataset:
+    """A read-only view of a sharded dataset folder; ``dataset[i]`` is scene ``i`` (a
+    :class:`Scene`, read from its shard). Shards are opened on first use."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.manifest = read_manifest(self.path)
+        self.config = SceneConfig.from_dict(self.manifest["config"])
+        self.shards = plan_shards(int(self.manifest["num_scenes"]), int(self.manifest["shard_size"]))
+        self.checksums: dict[str, str] = dict(self.manifest["checksums"])
+        self._starts = [s.start for s in self.shards]
+        self._open: dict[int, ShapesDataset] = {}
+
+    @property
+    def seed(self) -> int:
+        return int(self.manifest["seed"])
+
+    def shard(self, k: int) -> ShapesDataset:
+        """Shard ``k``, opened and checked against the manifest."""
+        if k not in self._open:
+            spec = self.shards[k]
+            ds = open_dataset(self.path / spec.file)
+            try:
+                _check_shard_header(ds, self.config, spec)
+            except BaseException:
+                ds.close()
+                raise
+            self._open[k] = ds
+        return self._open[k]
+
+    def __len__(self) -> int:
+        return self.shards[-1].stop
+
+    def __getitem__(self, index: int) -> Scene:
+        if not isinstance(index, (int, np.integer)):
+            raise TypeError(f"scene index must be an integer, got {type(index).__name__}")
+        n = len(self)
+        if not -n <= index < n:
+            raise IndexError(f"scene {index} out of range for a dataset of {n} scenes")
+        index = int(index) % n
+        k = bisect.bisect_right(self._starts, index) - 1
+        return self.shard(k)[index - self.shards[k].start]
+
+    def __iter__(self) -> Iterator[Scene]:
+        for index in range(len(self)):
+            yield self[index]
+
+    def close(self) -> None:
+        for ds in self._open.values():
+            ds.close()
+        self._open.clear()
+
+    def __enter__(self) -> ShardedDataset:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_sharded(path: str | Path) -> ShardedDataset:
+    """Open a sharded dataset folder for reading (lazy; use as a context manager)."""
+    return ShardedDataset(path)
+
+
+def validate_sharded(path: str | Path, *, regenerate: int = 2, progress: ProgressCallback | None = None) -> int:
+    """Validate every shard (as ``validate`` does a file, ``regenerate`` scenes each),
+    each shard's checksums against the manifest, and the whole-dataset checksums; return
+    scenes checked. Raises :class:`ValidationError` at the first violation."""
+    from shapesgen.validate import validate_dataset
+
+    manifest = read_manifest(path)
+    folder = Path(path)
+    config = SceneConfig.from_dict(manifest["config"])
+    shards = plan_shards(int(manifest["num_scenes"]), int(manifest["shard_size"]))
+    total = shards[-1].stop
+    results = []
+    for spec, entry in zip(shards, manifest["shards"], strict=True):
+        shard_path = folder / spec.file
+        if not shard_path.is_file():
+            raise ValidationError(f"shard {spec.file} is missing")
+
+        def update(done: int, _total: int, base: int = spec.start) -> None:
+            if progress:
+                progress(base + done, total)
+
+        try:
+            with open_dataset(shard_path) as ds:
+                _check_shard_header(ds, config, spec)
+                validate_dataset(ds, regenerate=regenerate, progress=update)
+        except CorruptDatasetError as exc:
+            raise ValidationError(f"shard {spec.file}: {exc.problem}") from None
+        except (ConfigError, DatasetError) as exc:
+            raise ValidationError(f"shard {spec.file}: {exc}") from None
+        result = read_shard(shard_path, config, spec)
+        if result.checksums != entry["checksums"]:
+            raise ValidationError(f"shard {spec.file}: its checksums differ from the manifest's")
+        results.append(result)
+    if dataset_checksums(results) != manifest["checksums"]:
+        raise ValidationError("the manifest's whole-dataset checksums do not match the shards")
+    return total

@@ -1,0 +1,222 @@
+"""Sharded datasets: same scenes and checksums as one file, resume by shard, engines, readers."""
+
+from __future__ import annotations
+
+import filecmp
+import json
+import logging
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from conftest import run_cli
+
+from shapesgen import SceneConfig
+from shapesgen.errors import ConfigError, DatasetError, ValidationError
+from shapesgen.hdf5 import open_dataset
+from shapesgen.render import render_dataset
+from shapesgen.shards import MissingExtra, open_sharded, plan_shards, render_sharded, validate_sharded
+from shapesgen.validate import validate_file
+
+NUM = 13
+SIZE = 5  # shards of 5, 5 and 3 scenes
+
+
+@pytest.fixture(autouse=True)
+def pinned_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pin the recorded start time (SOURCE_DATE_EPOCH), so two renders give the same file bytes."""
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory: pytest.TempPathFactory, tiny_config: SceneConfig) -> Path:
+    path = tmp_path_factory.mktemp("single") / "one.h5"
+    render_dataset(tiny_config, path, num_scenes=NUM)
+    return path
+
+
+def _checksums(path: Path) -> dict[str, str]:
+    with h5py.File(path, "r") as file:
+        sums: dict[str, str] = json.loads(file.attrs["checksums"])
+    return sums
+
+
+def _manifest(folder: Path) -> dict:
+    return json.loads((folder / "manifest.json").read_text())
+
+
+def test_plan_covers_every_scene_once() -> None:
+    shards = plan_shards(13, 5)
+    assert [(s.start, s.stop) for s in shards] == [(0, 5), (5, 10), (10, 13)]
+    assert [s.file for s in shards] == ["shard-00000.h5", "shard-00001.h5", "shard-00002.h5"]
+
+
+@pytest.mark.parametrize("shard_size", [1, SIZE, NUM + 4])
+def test_sharded_scenes_and_checksums_equal_the_single_file(
+    tmp_path: Path, tiny_config: SceneConfig, single: Path, shard_size: int
+) -> None:
+    folder = render_sharded(tiny_config, tmp_path / "ds", num_scenes=NUM, shard_size=shard_size)
+    manifest = _manifest(folder)
+    assert manifest["checksums"] == _checksums(single)
+    assert [s["file"] for s in manifest["shards"]] == [s.file for s in plan_shards(NUM, shard_size)]
+    for entry in manifest["shards"]:
+        assert entry["checksums"] == _checksums(folder / entry["file"])
+    with open_sharded(folder) as sharded, open_dataset(single) as one:
+        assert len(sharded) == NUM and sharded.config == one.config
+        for index in range(NUM):
+            ours, theirs = sharded[index], one[index]
+            assert ours.index == theirs.index == index
+            for name in ("image", "layers", "class_layers", "amodal_masks", "visible_masks", "vertices"):
+                assert np.array_equal(getattr(ours, name), getattr(theirs, name)), (index, name)
+            assert ours.instances.tobytes() == theirs.instances.tobytes()
+    assert validate_file(folder, regenerate=1) == NUM
+
+
+def test_a_shard_is_a_valid_file_of_its_scenes(tmp_path: Path, tiny_config: SceneConfig) -> None:
+    folder = render_sharded(tiny_config, tmp_path / "ds", num_scenes=NUM, shard_size=SIZE)
+    with open_dataset(folder / "shard-00001.h5") as ds:
+        assert ds.first_scene == SIZE and len(ds) == SIZE
+        assert ds[0].index == SIZE and set(ds.instances[:]["scene"]) == set(range(SIZE, 2 * SIZE))
+    assert validate_file(folder / "shard-00001.h5", regenerate=-1) == SIZE
+
+
+def test_rerun_keeps_verified_shards_and_redoes_damaged_or_missing_ones(
+    tmp_path: Path, tiny_config: SceneConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = render_sharded(tiny_config, tmp_path / "ds", num_scenes=NUM, shard_size=SIZE)
+    manifest = (folder / "manifest.json").read_bytes()
+    inodes = {p.name: p.stat().st_ino for p in folder.glob("shard-*.h5")}
+    (folder / "manifest.json").unlink()  # as if the render had stopped before its end
+    (folder / "shard-00002.h5").unlink()
+    with h5py.File(folder / "shard-00001.h5", "a") as file:
+        file["images"][0] = 0  # damaged after its checksums were recorded
+
+    import shapesgen.render
+
+    rendered: list[int] = []
+    original = shapesgen.render.render_dataset
+
+    def counting(*args: object, first_scene: int = 0, **kwargs: object) -> Path:
+        rendered.append(first_scene)
+        return original(*args, first_scene=first_scene, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(shapesgen.render, "render_dataset", counting)
+    render_sharded(tiny_config, folder, num_scenes=NUM, shard_size=SIZE)
+    assert sorted(rendered) == [SIZE, 2 * SIZE]
+    assert (folder / "shard-00000.h5").stat().st_ino == inodes["shard-00000.h5"]
+    assert (folder / "manifest.json").read_bytes() == manifest
+    rendered.clear()
+    render_sharded(tiny_config, folder, num_scenes=NUM, shard_size=SIZE)  # complete: nothing to render
+    assert rendered == [] and (folder / "manifest.json").read_bytes() == manifest
+
+
+def test_a_folder_of_another_render_is_refused(tmp_path: Path, tiny_config: SceneConfig) -> None:
+    folder = render_sharded(tiny_config, tmp_path / "ds", num_scenes=NUM, shard_size=SIZE)
+    other = tiny_config.replace(instances_per_class=2)
+    with pytest.raises(ConfigError, match="another sharded render .*instances_per_class"):
+        render_sharded(other, folder, num_scenes=NUM, shard_size=SIZE)
+    with pytest.raises(ConfigError, match="another sharded render .*shard_size"):
+        render_sharded(tiny_config, folder, num_scenes=NUM, shard_size=SIZE + 1)
+    (folder / "manifest.json").unlink()
+    with pytest.raises(ConfigError, match="unfinished render of another config"):
+        render_sharded(other, folder, num_scenes=NUM, shard_size=SIZE)
+    result = run_cli("render", "--image-size", 64, "--mask-size", 32, "--instances", 2, "--seed", 11,
+                     "--num", NUM, "--shard-size", SIZE, "--out", folder, "-q")  # fmt: skip
+    assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert "--out" in result.stderr and "another config" in result.stderr
+
+
+def test_a_folder_of_other_files_is_refused(tmp_path: Path, tiny_config: SceneConfig) -> None:
+    (tmp_path / "ds").mkdir()
+    (tmp_path / "ds" / "notes.txt").write_text("mine")
+    with pytest.raises(DatasetError, match="holds other files"):
+        render_sharded(tiny_config, tmp_path / "ds", num_scenes=NUM, shard_size=SIZE)
+    assert (tmp_path / "ds" / "notes.txt").read_text() == "mine"
+
+
+def test_validate_finds_a_manifest_that_does_not_match(tmp_path: Path, tiny_config: SceneConfig) -> None:
+    folder = render_sharded(tiny_config, tmp_path / "ds", num_scenes=NUM, shard_size=SIZE)
+    manifest = _manifest(folder)
+    manifest["checksums"]["images"] = "0" * 64
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValidationError, match="whole-dataset checksums"):
+        validate_sharded(folder, regenerate=0)
+    result = run_cli("validate", folder, "-q")
+    assert result.exit_code == 1 and "whole-dataset checksums" in result.stderr
+
+
+def test_single_file_readers_say_sharded_input_is_not_supported(tmp_path: Path, tiny_config: SceneConfig) -> None:
+    folder = render_sharded(tiny_config, tmp_path / "ds", num_scenes=NUM, shard_size=SIZE)
+    with pytest.raises(DatasetError, match="is a sharded dataset"):
+        open_dataset(folder)
+    result = run_cli("export", "coco", folder, "--out", tmp_path / "coco")
+    assert result.exit_code == 2 and "is a sharded dataset" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_cli_renders_shows_and_validates_a_sharded_folder(tmp_path: Path, single: Path) -> None:
+    out = tmp_path / "ds"
+    result = run_cli("render", "--image-size", 64, "--mask-size", 32, "--instances", 3, "--layers", 3,
+                     "--seed", 11, "--num", NUM, "--shard-size", SIZE, "--out", out, "-q")  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    assert _manifest(out)["checksums"] == _checksums(single)
+    info = run_cli("info", out, "--json")
+    assert info.exit_code == 0, info.stderr
+    summary, one = json.loads(info.stdout), json.loads(run_cli("info", single, "--json").stdout)
+    for key in ("scenes", "instances", "visible_instances", "per_class", "occlusion_bands", "stack_depth_pixels"):
+        assert summary[key] == one[key], key
+    assert summary["shards"] == 3 and summary["mean_occlusion_rate"] == pytest.approx(one["mean_occlusion_rate"])
+    checked = run_cli("validate", out, "-q")
+    assert checked.exit_code == 0 and f"({NUM} scenes" in " ".join(checked.stdout.split())
+
+
+def test_cli_refuses_engine_options_without_shards(tmp_path: Path) -> None:
+    result = run_cli("render", "--num", 3, "--engine", "dask", "--out", tmp_path / "x.h5")
+    assert result.exit_code == 2 and "--engine needs --shard-size" in result.stderr
+    result = run_cli("render", "--num", 3, "--shard-size", 2, "--split", "val", "--out", tmp_path / "x")
+    assert result.exit_code == 2 and "--split" in result.stderr
+    assert not (tmp_path / "x").exists() and not (tmp_path / "x.h5").exists()
+
+
+def test_missing_dask_says_how_to_install_it(
+    tmp_path: Path, tiny_config: SceneConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "dask.distributed", None)  # import fails as if it were not installed
+    with pytest.raises(MissingExtra, match=r"pip install 'shapesgen\[dask\]'"):
+        render_sharded(tiny_config, tmp_path / "ds", num_scenes=3, shard_size=2, engine="dask")
+    result = run_cli("render", "--num", 3, "--shard-size", 2, "--engine", "dask", "--out", tmp_path / "ds")
+    assert result.exit_code == 1 and "pip install 'shapesgen[dask]'" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "ds").exists()
+
+
+def test_dask_cluster_writes_the_same_bytes_and_fails_cleanly(tmp_path: Path, tiny_config: SceneConfig) -> None:
+    """A real dask.distributed LocalCluster with 2 worker processes: the shard files and the
+    manifest are byte for byte the local engine's; a shard that is bad input fails the run."""
+    distributed = pytest.importorskip("dask.distributed")
+    local = render_sharded(tiny_config, tmp_path / "local", num_scenes=NUM, shard_size=SIZE, workers=2)
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=logging.CRITICAL
+    ) as cluster:
+        address = cluster.scheduler_address
+        done: list[int] = []
+        on_dask = render_sharded(
+            tiny_config,
+            tmp_path / "dask",
+            num_scenes=NUM,
+            shard_size=SIZE,
+            engine="dask",
+            scheduler=address,
+            progress=lambda n, total: done.append(n),
+        )
+        names = sorted(p.name for p in local.iterdir())
+        assert names == sorted(p.name for p in on_dask.iterdir())
+        for name in names:
+            assert filecmp.cmp(local / name, on_dask / name, shallow=False), name
+        assert done[-1] == NUM
+        # a folder whose shard 0 holds another scene range: the task refuses it, the run ends with that line
+        bad = render_sharded(tiny_config, tmp_path / "bad", num_scenes=NUM, shard_size=2)
+        (bad / "manifest.json").unlink()
+        with pytest.raises(ConfigError, match=r"shard-0000\d.h5 holds scenes \d+\.\.\d+, the plan asks"):
+            render_sharded(tiny_config, bad, num_scenes=NUM, shard_size=SIZE, engine="dask", scheduler=address)
