@@ -97,7 +97,8 @@ def regular_input(path: str | Path, param: str | None) -> Path:
         raise DatasetError(f"{where}: cannot read ({exc.strerror})", param=param) from None
     if stat.S_ISDIR(mode) and (path / "manifest.json").is_file():
         raise DatasetError(
-            f"{where} is a sharded dataset (a folder with manifest.json): this reads single HDF5 files only so far",
+            f"{where} is a sharded dataset (a folder with manifest.json): pass its single-file view "
+            f"{path / 'dataset.h5'}",
             param=param,
         )
     if not stat.S_ISREG(mode):

@@ -352,6 +352,7 @@ def checksums(file: Mapping[str, Any], chain: DigestChain) -> dict[str, str]:
 OFFSET_READ_BLOCK = 1 << 20  # instance offsets read and checked at a time when opening a file
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 SHARD_MANIFEST = "manifest.json"  # names a sharded dataset's folder (shapesgen.shards)
+SHARD_VIRTUAL = "dataset.h5"  # its shards as one file of virtual datasets
 READ_ERRORS = (OSError, RuntimeError)  # h5py's errors for stored bytes it cannot read or decode
 METADATA_ERRORS = (OSError, RuntimeError, KeyError, ValueError, TypeError)  # and for a damaged header
 OPTIONAL_ATTRIBUTES = ("clean_stop", "split", "first_scene")  # since 1.1, 1.2, 1.3: older files lack them
@@ -495,12 +496,14 @@ class ShapesDataset:
         self.path = Path(path)
         if not self.path.exists():
             raise DatasetError(f"{self.path}: no such file", param="path")
-        if (self.path / SHARD_MANIFEST).is_file():
-            raise DatasetError(
-                f"{self.path} is a sharded dataset (a folder with {SHARD_MANIFEST}): this reads single HDF5 files "
-                "only so far; info and validate take the folder, shapesgen.shards.open_sharded reads it",
-                param="path",
-            )
+        if (self.path / SHARD_MANIFEST).is_file():  # a sharded dataset: read it through its virtual-dataset file
+            if not (self.path / SHARD_VIRTUAL).is_file():
+                raise DatasetError(
+                    f"{self.path} is a sharded dataset without its {SHARD_VIRTUAL}: rerun its render command to "
+                    "write it, or read the folder with shapesgen.shards.open_sharded",
+                    param="path",
+                )
+            self.path = self.path / SHARD_VIRTUAL
         if not self.path.is_file():
             raise DatasetError(f"{self.path}: not a regular file", param="path")
         try:
@@ -682,6 +685,7 @@ class ShapesDataset:
                 raise self._corrupt(f"dataset {name} cannot be opened ({one_line(exc)})", name) from None
         if missing:
             raise self._corrupt(f"dataset(s) {missing} missing")
+        self._check_virtual_sources()
         rows = {"scene": 1, "instance": self.config.num_instances}
         for field in DATASETS:
             view, record = views[field.name], field.record_shape(self.config)
@@ -708,6 +712,18 @@ class ShapesDataset:
                     name,
                 )
         return views
+
+    def _check_virtual_sources(self) -> None:
+        """Every file a virtual dataset maps must exist: HDF5 would read a missing one as zeros."""
+        for field in DATASETS:
+            data = self.file[field.name]
+            if not data.is_virtual:
+                continue
+            for source in data.virtual_sources():
+                where = Path(source.file_name)
+                where = where if where.is_absolute() or source.file_name == "." else self.path.parent / where
+                if not where.is_file():
+                    raise self._corrupt(f"dataset {field.name} maps {source.file_name}, which is missing", field.name)
 
     def _check_offsets(self, views: dict[str, DatasetView]) -> np.ndarray:
         """The instance offsets of the written scenes, checked against every dataset's length.

@@ -35,6 +35,7 @@ from shapesgen.files import check_output_path, exclusive_lock, make_parents, rem
 from shapesgen.hdf5 import (
     PER_SCENE_HASHED,
     SHARD_MANIFEST,
+    SHARD_VIRTUAL,
     CorruptDatasetError,
     DigestChain,
     ShapesDataset,
@@ -44,10 +45,11 @@ from shapesgen.hdf5 import (
 )
 from shapesgen.limits import check_scene_fits
 from shapesgen.scene import Scene
-from shapesgen.schema import OFFSETS
+from shapesgen.schema import DATASETS, OFFSETS
 
 MANIFEST_FORMAT = "shapesgen-shards"
 MANIFEST_VERSION = "1.0"
+VIRTUAL_FILE = SHARD_VIRTUAL  # the shards as one file of HDF5 virtual datasets
 MAX_SHARDS = 100_000  # shard-NNNNN.h5; the manifest stays a few tens of MB
 MAX_TOTAL_SCENES = 10**11
 ENGINES: tuple[str, ...] = get_args(Engine)
@@ -155,45 +157,67 @@ def render_shard(
     if path.exists():
         try:
             return read_shard(path, config, shard)
-        except ValidationError:
+        except (ValidationError, DatasetError):  # damaged, or not a complete shapesgen file (another render raises)
             path.unlink()
-        except DatasetError as exc:
-            if isinstance(exc, ConfigError):
-                raise
-            path.unlink()  # not a complete shapesgen file: an unfinished or foreign shard file
     partial = path.with_name(path.name + ".partial")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RenderNote)  # a lowered worker count: the data is the same
-        render_dataset(
-            config,
-            path,
-            num_scenes=shard.count,
-            workers=workers,
-            storage=storage,
-            resume=partial.exists(),
-            progress=progress,
-            first_scene=shard.start,
-            created=created,
-            flush_seconds=0.0,
-        )
+
+        def render(resume: bool) -> None:
+            render_dataset(
+                config,
+                path,
+                num_scenes=shard.count,
+                workers=workers,
+                storage=storage,
+                resume=resume,
+                progress=progress,
+                first_scene=shard.start,
+                created=created,
+                flush_seconds=0.0,
+            )
+
+        if not partial.exists():
+            render(False)
+        else:
+            try:
+                render(True)
+            except DatasetError:  # a partial file too torn to read (its task was killed while creating it)
+                if not partial.exists():
+                    raise
+                partial.unlink()
+                render(False)
     return read_shard(path, config, shard, rendered=True)
 
 
-def dataset_checksums(results: list[ShardResult]) -> dict[str, str]:
-    """The whole dataset's checksums, equal to a single-file render's ``checksums``:
-    per-scene datasets chain the shards' per-scene digests in scene order; offsets hash the
-    dataset-wide offset arrays, rebuilt by shifting each shard's own."""
-    hashers = {name: hashlib.sha256() for name in (*PER_SCENE_HASHED, *OFFSETS)}
-    instance_base = vertex_base = 0
-    for k, result in enumerate(results):
+class DatasetChain:
+    """The whole dataset's checksums, equal to a single-file render's ``checksums``, fed
+    shard results in shard order: per-scene datasets chain the shards' per-scene digests;
+    offsets hash the dataset-wide offset arrays, rebuilt by shifting each shard's own.
+    Only hash states and each shard's own checksums are kept, so the client's memory does
+    not grow with the scene count."""
+
+    def __init__(self) -> None:
+        self.hashers = {name: hashlib.sha256() for name in (*PER_SCENE_HASHED, *OFFSETS)}
+        self.instance_base = self.vertex_base = 0
+        self.shards: list[tuple[Shard, dict[str, str]]] = []
+
+    def add(self, result: ShardResult) -> None:
+        """The next shard's result (shard 0 first)."""
+        if result.shard.index != len(self.shards):
+            raise ValueError(f"shard {result.shard.index} given when shard {len(self.shards)} is next")
         for name in PER_SCENE_HASHED:
-            hashers[name].update(result.digests[name])
-        skip = 0 if k == 0 else 1  # each shard's offsets start at 0, which the previous shard's end already is
-        hashers["instance_offsets"].update((result.instance_offsets[skip:] + instance_base).astype(np.int64).tobytes())
-        hashers["vertex_offsets"].update((result.vertex_offsets[skip:] + vertex_base).astype(np.int64).tobytes())
-        instance_base += int(result.instance_offsets[-1])
-        vertex_base += int(result.vertex_offsets[-1])
-    return {name: hashers[name].hexdigest() for name in sorted(hashers)}
+            self.hashers[name].update(result.digests[name])
+        skip = 1 if self.shards else 0  # each shard's offsets start at 0: the previous shard's end
+        for name, base in (("instance_offsets", self.instance_base), ("vertex_offsets", self.vertex_base)):
+            offsets = getattr(result, name)
+            self.hashers[name].update((offsets[skip:] + base).astype(np.int64).tobytes())
+        self.instance_base += int(result.instance_offsets[-1])
+        self.vertex_base += int(result.vertex_offsets[-1])
+        self.shards.append((result.shard, result.checksums))
+
+    def hexdigests(self) -> dict[str, str]:
+        return {name: self.hashers[name].hexdigest() for name in sorted(self.hashers)}
 
 
 def created_time() -> str:
@@ -265,10 +289,11 @@ def render_sharded(
             created = created_time()
             if engine == "local":
                 used, _ = effective_workers(workers, shard_size, shard_size)
-                results = _run_local(config, out, shards, storage, created, used, progress)
+                chain = _run_local(config, out, shards, storage, created, used, progress)
             else:
-                results = _run_dask(config, out, shards, storage, created, scheduler, workers, progress)
-            manifest = build_manifest(config, storage, num_scenes, shard_size, results)
+                chain = _run_dask(config, out, shards, storage, created, scheduler, workers, progress)
+            write_virtual(out, config, shards, chain.hexdigests())
+            manifest = build_manifest(config, storage, num_scenes, shard_size, chain)
             text = json.dumps(manifest, indent=1, sort_keys=True) + "\n"
             write_atomically(out / SHARD_MANIFEST, text.encode(), force=True)
     except BaseException:
@@ -322,7 +347,9 @@ def _resolve_existing(
 
 
 def _is_ours(name: str) -> bool:
-    return name == SHARD_MANIFEST or name.startswith(("shard-", ".shapesgen-"))
+    return name in (SHARD_MANIFEST, VIRTUAL_FILE, VIRTUAL_FILE + ".partial") or name.startswith(
+        ("shard-", ".shapesgen-")
+    )
 
 
 def _stored_config(path: Path) -> SceneConfig | None:
@@ -348,19 +375,19 @@ def _run_local(
     created: str,
     workers: int,
     progress: ProgressCallback | None,
-) -> list[ShardResult]:
+) -> DatasetChain:
     total = shards[-1].stop
-    results = []
+    chain = DatasetChain()
     for shard in shards:
 
         def update(done: int, _total: int, base: int = shard.start) -> None:
             if progress:
                 progress(base + done, total)
 
-        results.append(render_shard(config, str(out), shard, storage, created, workers, update))
+        chain.add(render_shard(config, str(out), shard, storage, created, workers, update))
         if progress:
             progress(shard.stop, total)
-    return results
+    return chain
 
 
 def _import_dask() -> Any:
@@ -383,8 +410,8 @@ def _run_dask(
     scheduler: str | None,
     workers: int,
     progress: ProgressCallback | None,
-) -> list[ShardResult]:
-    """One task per shard; results in shard order. The first failed task fails the run."""
+) -> DatasetChain:
+    """One task per shard, chained in shard order as they finish. The first failed task fails the run."""
     import logging
 
     distributed = _import_dask()
@@ -407,7 +434,7 @@ def _run_dask(
         where = f"scheduler={scheduler!r}" if scheduler else "a Dask LocalCluster"
         raise ResourceError(f"cannot start {where} ({one_line(exc, 200)})", param="scheduler") from None
     total = shards[-1].stop
-    results: dict[int, ShardResult] = {}
+    chain, waiting = DatasetChain(), dict[int, ShardResult]()
     futures: dict[Any, Shard] = {}
     try:
         token = hashlib.sha256(f"{out.resolve()}/{created}/{os.getpid()}".encode()).hexdigest()[:12]
@@ -428,7 +455,7 @@ def _run_dask(
         for future in distributed.as_completed(list(futures)):
             shard = futures[future]
             try:
-                results[shard.index] = future.result()
+                waiting[shard.index] = future.result()
             except ShapesgenError:
                 raise
             except distributed.KilledWorker:
@@ -436,6 +463,9 @@ def _run_dask(
                     f"shard {shard.file}: the Dask workers running it died repeatedly (killed, or out of memory)",
                     param="out",
                 ) from None
+            while len(chain.shards) in waiting:  # results that arrived early wait for their turn
+                chain.add(waiting.pop(len(chain.shards)))
+            future.release()
             done += shard.count
             if progress:
                 progress(done, total)
@@ -446,11 +476,11 @@ def _run_dask(
         client.close()
         if cluster is not None:
             cluster.close()
-    return [results[shard.index] for shard in shards]
+    return chain
 
 
 def build_manifest(
-    config: SceneConfig, storage: StorageConfig, num_scenes: int, shard_size: int, results: list[ShardResult]
+    config: SceneConfig, storage: StorageConfig, num_scenes: int, shard_size: int, chain: DatasetChain
 ) -> dict[str, Any]:
     """The manifest's content: no time stamps, so the same render gives the same bytes."""
     from shapesgen import __version__
@@ -464,12 +494,73 @@ def build_manifest(
         "storage": json.loads(storage.to_json()),
         "num_scenes": num_scenes,
         "shard_size": shard_size,
-        "checksums": dataset_checksums(results),
+        "checksums": chain.hexdigests(),
+        "virtual": VIRTUAL_FILE,
         "shards": [
-            {"file": r.shard.file, "start": r.shard.start, "stop": r.shard.stop, "checksums": r.checksums}
-            for r in results
+            {"file": shard.file, "start": shard.start, "stop": shard.stop, "checksums": sums}
+            for shard, sums in chain.shards
         ],
     }
+
+
+def write_virtual(folder: Path, config: SceneConfig, shards: tuple[Shard, ...], sums: dict[str, str]) -> Path:
+    """Write ``folder/dataset.h5``: a shapesgen file whose per-scene and per-instance datasets
+    (and ``vertices``) are HDF5 virtual datasets mapping the shards' rows end to end, and
+    whose offset arrays are real, rebuilt dataset-wide; root attributes as a single-file
+    render's (no ``first_scene``; the whole-dataset checksums). Plain h5py reads it as one
+    file; the shard files must stay beside it. Written to a ``.partial`` name, then renamed."""
+    import h5py
+
+    n, per_scene = shards[-1].stop, config.num_instances
+    vertex_rows: list[int] = []
+    partial = folder / (VIRTUAL_FILE + ".partial")
+    with h5py.File(partial, "w") as out:
+        vertex_offsets = out.create_dataset("vertex_offsets", shape=(1,), maxshape=(None,), dtype=np.int64)
+        attrs: dict[str, Any] = {}
+        base = 0
+        for shard in shards:
+            with h5py.File(folder / shard.file, "r") as source:
+                if not attrs:
+                    attrs = {key: source.attrs[key] for key in source.attrs if key != "first_scene"}
+                offsets = source["vertex_offsets"][1:] + base
+            vertex_offsets.resize(len(vertex_offsets) + len(offsets), axis=0)  # every shard has instance rows
+            vertex_offsets[-len(offsets) :] = offsets
+            vertex_rows.append(int(offsets[-1]) - base)
+            base = int(offsets[-1])
+        out.create_dataset("instance_offsets", data=np.arange(n + 1, dtype=np.int64) * per_scene)
+        for field in DATASETS:
+            record = field.record_shape(config)
+            rows = [
+                {"scene": s.count, "instance": s.count * per_scene, "vertex": vertex_rows[s.index]}[field.axis]
+                for s in shards
+            ]
+            _virtual_dataset(out, field.name, field.dtype, record, [s.file for s in shards], rows)
+        for key, value in attrs.items():
+            out.attrs[key] = value
+        out.attrs["num_scenes"] = out.attrs["scenes_written"] = np.int64(n)
+        out.attrs["checksums"] = json.dumps(sums, sort_keys=True)
+    return partial.replace(folder / VIRTUAL_FILE)
+
+
+def _virtual_dataset(
+    out: Any, name: str, dtype: np.dtype, record: tuple[int, ...], files: list[str], rows: list[int]
+) -> None:
+    """Dataset ``name`` of ``out`` as the rows of the same dataset in ``files``, end to end
+    (h5py's VirtualLayout, but without time stamps, so the file's bytes are reproducible)."""
+    from h5py import h5d, h5p, h5s, h5t
+
+    space = h5s.create_simple((sum(rows), *record))
+    dcpl = h5p.create(h5p.DATASET_CREATE)
+    dcpl.set_obj_track_times(False)
+    row = 0
+    for file, count in zip(files, rows, strict=True):
+        if count:
+            selection = space.copy()
+            selection.select_hyperslab((row, *(0 for _ in record)), (count, *record))
+            source = h5s.create_simple((count, *record))
+            dcpl.set_virtual(selection, file.encode(), name.encode(), source)
+        row += count
+    h5d.create(out.id, name.encode(), h5t.py_create(dtype, logical=True), space, dcpl=dcpl).close()
 
 
 def is_sharded(path: str | Path) -> bool:
@@ -587,7 +678,7 @@ def validate_sharded(path: str | Path, *, regenerate: int = 2, progress: Progres
     config = SceneConfig.from_dict(manifest["config"])
     shards = plan_shards(int(manifest["num_scenes"]), int(manifest["shard_size"]))
     total = shards[-1].stop
-    results = []
+    chain = DatasetChain()
     for spec, entry in zip(shards, manifest["shards"], strict=True):
         shard_path = folder / spec.file
         if not shard_path.is_file():
@@ -608,7 +699,7 @@ def validate_sharded(path: str | Path, *, regenerate: int = 2, progress: Progres
         result = read_shard(shard_path, config, spec)
         if result.checksums != entry["checksums"]:
             raise ValidationError(f"shard {spec.file}: its checksums differ from the manifest's")
-        results.append(result)
-    if dataset_checksums(results) != manifest["checksums"]:
+        chain.add(result)
+    if chain.hexdigests() != manifest["checksums"]:
         raise ValidationError("the manifest's whole-dataset checksums do not match the shards")
     return total

@@ -112,6 +112,26 @@ def test_rerun_keeps_verified_shards_and_redoes_damaged_or_missing_ones(
     assert rendered == [] and (folder / "manifest.json").read_bytes() == manifest
 
 
+def test_rerun_continues_or_replaces_a_shard_left_partial(tmp_path: Path, tiny_config: SceneConfig) -> None:
+    """A task killed mid-shard leaves ``shard-N.h5.partial``: the next run continues it, or
+    starts it again when it is too torn to read."""
+    folder = render_sharded(tiny_config, tmp_path / "ds", num_scenes=NUM, shard_size=SIZE)
+    expected = (folder / "manifest.json").read_bytes()
+    (folder / "manifest.json").unlink()
+    (folder / "shard-00001.h5").rename(folder / "shard-00001.h5.partial")
+    with h5py.File(folder / "shard-00001.h5.partial", "a") as file:
+        file.attrs["complete"], file.attrs["clean_stop"] = False, False  # as a hard kill leaves it
+    (folder / "shard-00002.h5").unlink()
+    (folder / "shard-00002.h5.partial").write_bytes(b"\x89HDF\r\n\x1a\n torn")
+    render_sharded(tiny_config, folder, num_scenes=NUM, shard_size=SIZE)
+    assert (folder / "manifest.json").read_bytes() == expected
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "dataset.h5",
+        "manifest.json",
+        *(s.file for s in plan_shards(NUM, SIZE)),
+    ]
+
+
 def test_a_folder_of_another_render_is_refused(tmp_path: Path, tiny_config: SceneConfig) -> None:
     folder = render_sharded(tiny_config, tmp_path / "ds", num_scenes=NUM, shard_size=SIZE)
     other = tiny_config.replace(instances_per_class=2)
@@ -147,12 +167,29 @@ def test_validate_finds_a_manifest_that_does_not_match(tmp_path: Path, tiny_conf
     assert result.exit_code == 1 and "whole-dataset checksums" in result.stderr
 
 
-def test_single_file_readers_say_sharded_input_is_not_supported(tmp_path: Path, tiny_config: SceneConfig) -> None:
+def test_the_virtual_file_reads_as_the_single_file(tmp_path: Path, tiny_config: SceneConfig, single: Path) -> None:
+    """dataset.h5 maps the shards' rows end to end: plain h5py sees the single file's arrays."""
     folder = render_sharded(tiny_config, tmp_path / "ds", num_scenes=NUM, shard_size=SIZE)
-    with pytest.raises(DatasetError, match="is a sharded dataset"):
+    assert _manifest(folder)["virtual"] == "dataset.h5"
+    with h5py.File(folder / "dataset.h5", "r") as ours, h5py.File(single, "r") as theirs:
+        assert sorted(ours) == sorted(theirs)
+        for name in theirs:
+            assert ours[name][()].tobytes() == theirs[name][()].tobytes(), name
+        assert json.loads(ours.attrs["checksums"]) == _checksums(single) and "first_scene" not in ours.attrs
+    with open_dataset(folder) as ds:  # a sharded folder opens as its virtual file
+        assert ds.path == folder / "dataset.h5" and len(ds) == NUM and ds[NUM - 1].index == NUM - 1
+    assert validate_file(folder / "dataset.h5", regenerate=1) == NUM
+    exported = run_cli("export", "coco", folder, "--out", tmp_path / "coco", "-q")
+    assert exported.exit_code == 0, exported.stderr
+
+
+def test_the_virtual_file_refuses_a_missing_shard(tmp_path: Path, tiny_config: SceneConfig) -> None:
+    folder = render_sharded(tiny_config, tmp_path / "ds", num_scenes=NUM, shard_size=SIZE)
+    (folder / "shard-00001.h5").unlink()  # HDF5 alone would read its rows as zeros
+    with pytest.raises(DatasetError, match="maps shard-00001.h5, which is missing"):
         open_dataset(folder)
-    result = run_cli("export", "coco", folder, "--out", tmp_path / "coco")
-    assert result.exit_code == 2 and "is a sharded dataset" in result.stderr
+    result = run_cli("evaluate", "--gt", folder, "--oracle-layers", 1)
+    assert result.exit_code == 2 and "pass its single-file view" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
 
 
