@@ -5,6 +5,8 @@ from __future__ import annotations
 import filecmp
 import json
 import logging
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -252,6 +254,27 @@ def test_dask_cluster_writes_the_same_bytes_and_fails_cleanly(tmp_path: Path, ti
         for name in names:
             assert filecmp.cmp(local / name, on_dask / name, shallow=False), name
         assert done[-1] == NUM
+        # a worker killed mid-render: Dask runs its shard again elsewhere; nothing is lost or duplicated
+        client = distributed.Client(address)
+        pids = client.run(os.getpid)
+        killed: list[int] = []
+
+        def kill_one(n: int, total: int) -> None:
+            busy = [worker for worker, keys in client.processing().items() if keys]
+            if n and not killed and busy:
+                killed.append(pids[busy[0]])
+                os.kill(pids[busy[0]], signal.SIGKILL)
+
+        many = 8 * SIZE
+        survived = render_sharded(
+            tiny_config, tmp_path / "killed", num_scenes=many, shard_size=SIZE, engine="dask",
+            scheduler=address, progress=kill_one,
+        )  # fmt: skip
+        client.close()
+        assert killed
+        reference = render_sharded(tiny_config, tmp_path / "reference", num_scenes=many, shard_size=SIZE)
+        assert _manifest(survived) == _manifest(reference)
+        assert sorted(p.name for p in survived.iterdir()) == sorted(p.name for p in reference.iterdir())
         # a folder whose shard 0 holds another scene range: the task refuses it, the run ends with that line
         bad = render_sharded(tiny_config, tmp_path / "bad", num_scenes=NUM, shard_size=2)
         (bad / "manifest.json").unlink()
