@@ -114,11 +114,16 @@ def validate(
         ),
     ] = 2,
     deep: Annotated[bool, typer.Option("--deep", help="Re-render and compare every scene.")] = False,
+    workers: Annotated[
+        int, typer.Option("--workers", min=1, help="Shards of a sharded folder validated in parallel (processes).")
+    ] = 1,
     quiet: Quiet = False,
 ) -> None:
     """Check every invariant of the format; exit 1 at the first violation."""
     from shapesgen.validate import validate_file
 
     with progress_bar("validate", quiet) as update:
-        checked = run(ctx, lambda: validate_file(path, regenerate=-1 if deep else regenerate, progress=update))
+        checked = run(
+            ctx, lambda: validate_file(path, regenerate=-1 if deep else regenerate, progress=update, workers=workers)
+        )
     console.print(f"OK: {path} ({checked} scenes, all invariants hold)")

@@ -667,39 +667,73 @@ def open_sharded(path: str | Path) -> ShardedDataset:
     return ShardedDataset(path)
 
 
-def validate_sharded(path: str | Path, *, regenerate: int = 2, progress: ProgressCallback | None = None) -> int:
-    """Validate every shard (as ``validate`` does a file, ``regenerate`` scenes each),
-    each shard's checksums against the manifest, and the whole-dataset checksums; return
-    scenes checked. Raises :class:`ValidationError` at the first violation."""
+def _validate_shard(
+    folder: str, config: SceneConfig, spec: Shard, regenerate: int, progress: ProgressCallback | None = None
+) -> ShardResult:
+    """Validate one shard as ``validate`` does a file, and read its digests for the chain."""
     from shapesgen.validate import validate_dataset
 
+    shard_path = Path(folder) / spec.file
+    if not shard_path.is_file():
+        raise ValidationError(f"shard {spec.file} is missing")
+    try:
+        with open_dataset(shard_path) as ds:
+            _check_shard_header(ds, config, spec)
+            validate_dataset(ds, regenerate=regenerate, progress=progress)
+    except CorruptDatasetError as exc:
+        raise ValidationError(f"shard {spec.file}: {exc.problem}") from None
+    except (ConfigError, DatasetError, ValidationError) as exc:
+        raise ValidationError(f"shard {spec.file}: {exc}") from None
+    return read_shard(shard_path, config, spec)
+
+
+def validate_sharded(
+    path: str | Path, *, regenerate: int = 2, progress: ProgressCallback | None = None, workers: int = 1
+) -> int:
+    """Validate every shard (as ``validate`` does a file, ``regenerate`` scenes each;
+    ``workers`` shards at a time, in processes), each shard's checksums against the
+    manifest, and the whole-dataset checksums; return scenes checked. Raises
+    :class:`ValidationError` at the first violation (in shard order)."""
+    from concurrent.futures import Future, ProcessPoolExecutor
+
+    from shapesgen.render import _pool_context, _worker_init
+
+    _check_count("workers", workers, 4096)
     manifest = read_manifest(path)
-    folder = Path(path)
+    folder = str(path)
     config = SceneConfig.from_dict(manifest["config"])
     shards = plan_shards(int(manifest["num_scenes"]), int(manifest["shard_size"]))
     total = shards[-1].stop
     chain = DatasetChain()
-    for spec, entry in zip(shards, manifest["shards"], strict=True):
-        shard_path = folder / spec.file
-        if not shard_path.is_file():
-            raise ValidationError(f"shard {spec.file} is missing")
 
-        def update(done: int, _total: int, base: int = spec.start) -> None:
-            if progress:
-                progress(base + done, total)
-
-        try:
-            with open_dataset(shard_path) as ds:
-                _check_shard_header(ds, config, spec)
-                validate_dataset(ds, regenerate=regenerate, progress=update)
-        except CorruptDatasetError as exc:
-            raise ValidationError(f"shard {spec.file}: {exc.problem}") from None
-        except (ConfigError, DatasetError) as exc:
-            raise ValidationError(f"shard {spec.file}: {exc}") from None
-        result = read_shard(shard_path, config, spec)
+    def accept(result: ShardResult, entry: dict[str, Any]) -> None:
         if result.checksums != entry["checksums"]:
-            raise ValidationError(f"shard {spec.file}: its checksums differ from the manifest's")
+            raise ValidationError(f"shard {result.shard.file}: its checksums differ from the manifest's")
         chain.add(result)
+        if progress:
+            progress(result.shard.stop, total)
+
+    if workers == 1:
+        for spec, entry in zip(shards, manifest["shards"], strict=True):
+
+            def update(done: int, _total: int, base: int = spec.start) -> None:
+                if progress:
+                    progress(base + done, total)
+
+            accept(_validate_shard(folder, config, spec, regenerate, update), entry)
+    else:
+        with ProcessPoolExecutor(
+            min(workers, len(shards)), mp_context=_pool_context(), initializer=_worker_init
+        ) as pool:
+            futures: list[Future[ShardResult]] = [
+                pool.submit(_validate_shard, folder, config, spec, regenerate) for spec in shards
+            ]
+            try:
+                for future, entry in zip(futures, manifest["shards"], strict=True):
+                    accept(future.result(), entry)
+            finally:
+                for future in futures:
+                    future.cancel()
     if chain.hexdigests() != manifest["checksums"]:
         raise ValidationError("the manifest's whole-dataset checksums do not match the shards")
     return total

@@ -138,18 +138,21 @@ def validate_dataset(
         raise ValidationError(exc.problem) from None
 
 
-def validate_file(path: str | Path, *, regenerate: int = 2, progress: Callable[[int, int], None] | None = None) -> int:
+def validate_file(
+    path: str | Path, *, regenerate: int = 2, progress: Callable[[int, int], None] | None = None, workers: int = 1
+) -> int:
     """:func:`validate_dataset` of the file at ``path`` (an unfinished render too).
 
     A damaged file, one that cannot even be opened included, is a finding
     (:class:`ValidationError`); a missing path or a file that is not HDF5 or not a
     shapesgen dataset stays a :class:`DatasetError`. A sharded dataset folder is checked
-    shard by shard and against its manifest (:func:`shapesgen.shards.validate_sharded`).
+    shard by shard (``workers`` at a time) and against its manifest
+    (:func:`shapesgen.shards.validate_sharded`).
     """
     from shapesgen.shards import is_sharded, validate_sharded
 
     if is_sharded(path):
-        return validate_sharded(path, regenerate=regenerate, progress=progress)
+        return validate_sharded(path, regenerate=regenerate, progress=progress, workers=workers)
     try:
         with open_dataset(path, allow_incomplete=True) as ds:
             return validate_dataset(ds, regenerate=regenerate, progress=progress)

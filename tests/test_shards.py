@@ -163,10 +163,15 @@ def test_validate_finds_a_manifest_that_does_not_match(tmp_path: Path, tiny_conf
     manifest = _manifest(folder)
     manifest["checksums"]["images"] = "0" * 64
     (folder / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(ValidationError, match="whole-dataset checksums"):
-        validate_sharded(folder, regenerate=0)
-    result = run_cli("validate", folder, "-q")
+    for workers in (1, 2):
+        with pytest.raises(ValidationError, match="whole-dataset checksums"):
+            validate_sharded(folder, regenerate=0, workers=workers)
+    result = run_cli("validate", folder, "-q", "--workers", 2)
     assert result.exit_code == 1 and "whole-dataset checksums" in result.stderr
+    with h5py.File(folder / "shard-00001.h5", "a") as file:
+        file["layers"][1] = 0
+    with pytest.raises(ValidationError, match="shard shard-00001.h5: .*layers"):
+        validate_sharded(folder, regenerate=0, workers=2)
 
 
 def test_the_virtual_file_reads_as_the_single_file(tmp_path: Path, tiny_config: SceneConfig, single: Path) -> None:
