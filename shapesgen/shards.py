@@ -43,7 +43,7 @@ from shapesgen.hdf5 import (
     open_dataset,
     scene_digests,
 )
-from shapesgen.limits import check_scene_fits
+from shapesgen.limits import batch_scenes_for, check_scene_fits
 from shapesgen.scene import Scene
 from shapesgen.schema import DATASETS, OFFSETS
 
@@ -255,7 +255,7 @@ def render_sharded(
     worker count. Calling again with the same arguments resumes an unfinished folder; a
     folder of another render is refused (:class:`ConfigError`).
     """
-    from shapesgen.render import MAX_SCENES, effective_workers, resolve_seed
+    from shapesgen.render import MAX_SCENES, RenderNote, effective_workers, resolve_seed
 
     _check_count("num_scenes", num_scenes, MAX_TOTAL_SCENES)
     _check_count("shard_size", shard_size, MAX_SCENES)
@@ -288,7 +288,10 @@ def render_sharded(
         with exclusive_lock(out, "out"):
             created = created_time()
             if engine == "local":
-                used, _ = effective_workers(workers, shard_size, shard_size)
+                batch = batch_scenes_for(config, storage.batch_scenes)
+                used, note = effective_workers(workers, min(shard_size, num_scenes), batch)
+                if note:
+                    warnings.warn(note, RenderNote, stacklevel=2)
                 chain = _run_local(config, out, shards, storage, created, used, progress)
             else:
                 chain = _run_dask(config, out, shards, storage, created, scheduler, workers, progress)

@@ -16,6 +16,7 @@ import pytest
 from conftest import run_cli
 
 from shapesgen import SceneConfig
+from shapesgen.config import StorageConfig
 from shapesgen.errors import ConfigError, DatasetError, ValidationError
 from shapesgen.hdf5 import open_dataset
 from shapesgen.render import render_dataset
@@ -239,7 +240,8 @@ def test_dask_cluster_writes_the_same_bytes_and_fails_cleanly(tmp_path: Path, ti
     """A real dask.distributed LocalCluster with 2 worker processes: the shard files and the
     manifest are byte for byte the local engine's; a shard that is bad input fails the run."""
     distributed = pytest.importorskip("dask.distributed")
-    local = render_sharded(tiny_config, tmp_path / "local", num_scenes=NUM, shard_size=SIZE, workers=2)
+    storage = StorageConfig(batch_scenes=2)  # 3 batches a shard: the local engine runs 2 processes
+    local = render_sharded(tiny_config, tmp_path / "local", num_scenes=NUM, shard_size=SIZE, workers=2, storage=storage)
     with distributed.LocalCluster(
         n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=logging.CRITICAL
     ) as cluster:
@@ -252,6 +254,7 @@ def test_dask_cluster_writes_the_same_bytes_and_fails_cleanly(tmp_path: Path, ti
             shard_size=SIZE,
             engine="dask",
             scheduler=address,
+            storage=storage,
             progress=lambda n, total: done.append(n),
         )
         names = sorted(p.name for p in local.iterdir())
