@@ -815,8 +815,9 @@ class ShapesDataset:
 
     @property
     def first_scene(self) -> int:
-        """Index of the file's first scene: ``dataset[j]`` is scene ``first_scene + j``
-        (0 unless the file is a shard of a sharded dataset)."""
+        """Index of the file's first scene: record ``j`` (``dataset[j]``, whose ``index`` is
+        its position ``j``) is scene ``first_scene + j`` of the dataset, as its instance
+        rows' ``scene`` column says (0 unless the file is a shard of a sharded dataset)."""
         return self._first_scene
 
     @property
@@ -849,7 +850,7 @@ class ShapesDataset:
                 hint=f"; check the file with `shapesgen validate {self.path}`",
             )
         return Scene(
-            index=self._first_scene + index,
+            index=index,
             image=self.images[index],
             layers=self.layers[index],
             class_layers=self.class_layers[index],

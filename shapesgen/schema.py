@@ -150,8 +150,8 @@ ROOT_ATTRIBUTES: dict[str, str] = {
     "'shapesgen-split/<base_seed>/<name>'); dataset and version name a registered dataset, else null "
     "(since 1.2)",
     "first_scene": "present in a shard of a sharded dataset (see docs/scaling.md): record j holds scene "
-    "first_scene + j, so the instances' scene column and each scene's rng use the dataset-wide index; "
-    "absent means 0 (since 1.3)",
+    "first_scene + j of the dataset, whose index the instances' scene column holds and whose rng is "
+    "default_rng([seed, first_scene + j]); absent means 0 (since 1.3)",
 }
 
 

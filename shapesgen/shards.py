@@ -17,6 +17,7 @@ shards' own.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import hashlib
 import json
 import os
@@ -647,7 +648,7 @@ class ShardedDataset:
             raise IndexError(f"scene {index} out of range for a dataset of {n} scenes")
         index = int(index) % n
         k = bisect.bisect_right(self._starts, index) - 1
-        return self.shard(k)[index - self.shards[k].start]
+        return dataclasses.replace(self.shard(k)[index - self.shards[k].start], index=index)
 
     def __iter__(self) -> Iterator[Scene]:
         for index in range(len(self)):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
@@ -168,6 +169,8 @@ def _validate(ds: ShapesDataset, regenerate: int, progress: Callable[[int, int],
     again = set(np.linspace(0, n - 1, count).round().astype(int).tolist()) if count else set()
     for index in range(n):
         scene = ds[index]
+        if ds.first_scene:  # a shard: its scenes' dataset-wide index
+            scene = dataclasses.replace(scene, index=ds.first_scene + index)
         check_scene(scene, ds)
         if index in again:
             fresh, where = render_scene(ds.config, scene.index), f"scene {scene.index}"
