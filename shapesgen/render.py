@@ -205,6 +205,7 @@ def render_dataset(
     first_scene: int = 0,
     created: str | None = None,
     flush_seconds: float = FLUSH_EVERY_S,
+    on_batch: Callable[[EncodedBatch], None] | None = None,
 ) -> Path:
     """Render ``num_scenes`` scenes of ``config`` into the HDF5 file ``out``.
 
@@ -226,6 +227,8 @@ def render_dataset(
     byte. ``created`` (ISO 8601) is recorded as the start time instead of now.
     ``flush_seconds=0`` flushes after every batch, so that the file's bytes (not only its
     data) are the same however fast it was written (see :class:`DatasetWriter`).
+    ``on_batch(batch)`` sees each encoded batch once it is written (its per-scene digests,
+    e.g.); a resumed render does not show it the scenes an earlier run wrote.
     """
     if not isinstance(num_scenes, int) or isinstance(num_scenes, bool) or num_scenes < 1:
         raise ConfigError(f"num_scenes={num_scenes!r} is invalid: must be an integer >= 1", param="num_scenes")
@@ -258,6 +261,7 @@ def render_dataset(
                 first_scene,
                 created,
                 flush_seconds,
+                on_batch,
             )
     except BaseException:
         if not partial.exists():
@@ -279,6 +283,7 @@ def _render_locked(
     first_scene: int = 0,
     created: str | None = None,
     flush_seconds: float = FLUSH_EVERY_S,
+    on_batch: Callable[[EncodedBatch], None] | None = None,
 ) -> Path:
     """:func:`render_dataset` once ``<out>.lock`` is held."""
     partial = partial_path(out)
@@ -348,6 +353,8 @@ def _render_locked(
         for encoded in _batches(config, done, num_scenes, batch, level, workers, first_scene):
             with _stopped_by_system(writer, partial, num_scenes, "writing", resuming):
                 writer.append(encoded)
+            if on_batch is not None:
+                on_batch(encoded)
             done += encoded.count
             if progress:
                 progress(done, num_scenes)

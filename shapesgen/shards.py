@@ -39,6 +39,7 @@ from shapesgen.hdf5 import (
     SHARD_VIRTUAL,
     CorruptDatasetError,
     DigestChain,
+    EncodedBatch,
     ShapesDataset,
     checksums,
     open_dataset,
@@ -125,6 +126,24 @@ def read_shard(path: Path, config: SceneConfig, shard: Shard, *, rendered: bool 
         raise ValidationError(f"{path}: {exc.problem}") from None
 
 
+WrittenBatch = tuple[dict[str, list[bytes]], np.ndarray, np.ndarray]  # digests, instance and vertex counts
+
+
+def _result_of(path: Path, shard: Shard, written: list[WrittenBatch]) -> ShardResult:
+    """The result of a shard just rendered from its first scene: digests and offsets from the
+    batches it wrote (no read-back; ``validate`` reads every byte), checksums from its file."""
+    import h5py
+
+    with h5py.File(path, "r") as file:
+        sums: dict[str, str] = json.loads(str(file.attrs["checksums"]))
+    digests = {name: b"".join(d for batch in written for d in batch[0][name]) for name in PER_SCENE_HASHED}
+    instance_counts = np.concatenate([batch[1] for batch in written])
+    vertex_counts = np.concatenate([batch[2] for batch in written])
+    instance_offsets = np.concatenate([[0], np.cumsum(instance_counts)]).astype(np.int64)
+    vertex_offsets = np.concatenate([[0], np.cumsum(vertex_counts)]).astype(np.int64)
+    return ShardResult(shard, sums, digests, instance_offsets, vertex_offsets, rendered=True)
+
+
 def _check_shard_header(ds: ShapesDataset, config: SceneConfig, shard: Shard) -> None:
     if ds.config != config:
         raise ConfigError(f"{ds.path} was rendered with another config than the one asked for", param="out")
@@ -164,7 +183,13 @@ def render_shard(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RenderNote)  # a lowered worker count: the data is the same
 
+        written: list[WrittenBatch] = []  # what the chain needs of each batch, not its compressed chunks
+
+        def keep(batch: EncodedBatch) -> None:
+            written.append((batch.digests, batch.instance_counts, batch.vertex_counts))
+
         def render(resume: bool) -> None:
+            written.clear()
             render_dataset(
                 config,
                 path,
@@ -176,19 +201,21 @@ def render_shard(
                 first_scene=shard.start,
                 created=created,
                 flush_seconds=0.0,
+                on_batch=keep,
             )
 
         if not partial.exists():
             render(False)
-        else:
-            try:
-                render(True)
-            except DatasetError:  # a partial file too torn to read (its task was killed while creating it)
-                if not partial.exists():
-                    raise
-                partial.unlink()
-                render(False)
-    return read_shard(path, config, shard, rendered=True)
+            return _result_of(path, shard, written)
+        try:
+            render(True)
+        except DatasetError:  # a partial file too torn to read (its task was killed while creating it)
+            if not partial.exists():
+                raise
+            partial.unlink()
+            render(False)
+            return _result_of(path, shard, written)
+    return read_shard(path, config, shard, rendered=True)  # continued: read back the scenes an earlier task wrote
 
 
 class DatasetChain:
