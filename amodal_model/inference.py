@@ -20,10 +20,12 @@ from typing import Any
 import numpy as np
 
 from amodal_model.cluster import cluster_instances
-from amodal_model.config import MAX_COUNT, SCORES, Score, TrainConfig
+from amodal_model.config import MAX_COUNT, MAX_SEED, SCORES, Score, TrainConfig
 from shapesgen.errors import ConfigError, shown
 
 MAX_WORKERS = 256
+MAX_BANDWIDTH = 1e6
+"""Embeddings are float32: a larger L1 bandwidth overflows and would claim every pixel anyway."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -39,14 +41,20 @@ class InferenceConfig:
 
     def __post_init__(self) -> None:
         value = self.bandwidth
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value) or value <= 0:
-            raise ConfigError(f"bandwidth={shown(value)} is invalid: must be a finite number > 0", param="bandwidth")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= MAX_BANDWIDTH:
+            raise ConfigError(
+                f"bandwidth={shown(value)} is invalid: must be a number in (0, {MAX_BANDWIDTH:g}]", param="bandwidth"
+            )
         for name in ("min_pixels", "max_clusters", "max_iterations"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_COUNT:
                 raise ConfigError(
                     f"{name}={shown(value)} is invalid: must be an integer in [1, {MAX_COUNT}]", param=name
                 )
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
+            raise ConfigError(
+                f"seed={shown(self.seed)} is invalid: must be an integer in [0, {MAX_SEED}]", param="seed"
+            )
         if self.score not in SCORES:
             raise ConfigError(
                 f"score={shown(self.score)} is invalid: must be one of " + ", ".join(SCORES), param="score"
@@ -138,7 +146,7 @@ class Clusterer:
 @contextmanager
 def clusterer(settings: InferenceConfig, workers: int | None = None) -> Iterator[Clusterer]:
     """A :class:`Clusterer` with its worker pool (spawned: TensorFlow in the parent is not forked)."""
-    count = default_workers() if workers is None else workers
+    count = min(default_workers(), MAX_WORKERS) if workers is None else workers
     if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_WORKERS:
         raise ConfigError(
             f"workers={shown(workers)} is invalid: must be an integer in [1, {MAX_WORKERS}]", param="workers"

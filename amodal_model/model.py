@@ -228,6 +228,18 @@ class LayeredEmbeddingModel(keras.Model):
         ``shapesgen predict``: scene index + 1); ``settings`` overrides the model's own
         inference settings.
         """
+        for name, value, low in (("batch_size", batch_size, 1), ("first_index", first_index, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(f"{name}={value!r} is invalid: must be an integer >= {low}", param=name)
+        images = np.asarray(images)
+        spec = self.data_spec
+        want = (spec.image_size, spec.image_size, spec.channels)
+        if images.ndim != 4 or images.shape[1:] != want or not np.issubdtype(images.dtype, np.number):
+            raise ConfigError(
+                f"images of shape {images.shape} and dtype {images.dtype} are invalid: the model takes numbers "
+                f"of shape (B, {want[0]}, {want[1]}, {want[2]})",
+                param="images",
+            )
         settings = settings or InferenceConfig.of(self.train_config)
         records: list[dict[str, Any]] = []
         with clusterer(settings, 1) as pool:

@@ -6,18 +6,21 @@ import json
 import os
 import zipfile
 from collections.abc import Callable
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
 import keras
 import tensorflow as tf
 
+from amodal_model import pretrained
+from amodal_model.coco_source import is_coco_export
 from amodal_model.config import MAX_BATCH, MAX_COUNT, TrainConfig
 from amodal_model.data import describe_file, file_batches, source_text, to_model_input
 from amodal_model.inference import InferenceConfig, clusterer
 from amodal_model.pretrained import resolve_model
 from shapesgen.config import SceneConfig
-from shapesgen.errors import ConfigError, DatasetError, ShapesgenError, one_line, shown
+from shapesgen.errors import ConfigError, DatasetError, ResourceError, ShapesgenError, one_line, shown
 from shapesgen.files import check_output_path, contains, regular_input, write_atomically
 
 MODEL_FILE = "model.keras"
@@ -199,7 +202,12 @@ def predict_hdf5(
         def collect() -> None:
             nonlocal done
             wait, count = pending.pop(0)
-            records.extend(wait())
+            try:
+                records.extend(wait())
+            except BrokenProcessPool:
+                raise ResourceError(
+                    "a clustering worker died (out of memory?): rerun with fewer --workers or a smaller --batch-size"
+                ) from None
             done += count
             if progress:
                 progress(done, total)
@@ -284,11 +292,20 @@ def predict_run(
         raise DatasetError(f"out={str(out_path)!r} is a folder: give a file path", param="out")
     if _same_file(out_path, data_path):
         raise ConfigError(f"out={str(out_path)!r} is the input data file: give another path", param="out")
+    export_folder = data_path if data_path.is_dir() else data_path.parent if is_coco_export(data_path) else None
+    if export_folder is not None and contains(export_folder, out_path):
+        raise ConfigError(
+            f"out={str(out_path)!r} is inside the export {export_folder} it reads: give a path outside it", param="out"
+        )
     run_path = resolve_model(run_dir)
     if _same_file(out_path, run_path):
         raise ConfigError(f"out={str(out_path)!r} is the model file: give another path", param="out")
-    run_entries = (*RUN_FILES, "metrics.csv", "checkpoints", "tensorboard")
-    if any(_same_file(out_path, run_path / name) or contains(run_path / name, out_path) for name in run_entries):
+    if contains(pretrained.PRETRAINED, out_path):
+        raise ConfigError(f"out={str(out_path)!r} is inside the shipped models' folder: give another path", param="out")
+    # a model file of a run folder: protect the run's other files too
+    run_folder = run_path.parent if run_path.suffix == ".keras" and not run_path.is_dir() else run_path
+    run_entries = (*RUN_FILES, "best.keras", "metrics.csv", "checkpoints", "tensorboard", "MODEL_CARD.md")
+    if any(_same_file(out_path, run_folder / name) or contains(run_folder / name, out_path) for name in run_entries):
         raise ConfigError(
             f"out={str(out_path)!r} would overwrite a file of the run {run_path} (results may sit beside them)",
             param="out",

@@ -11,8 +11,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,8 @@ from shapesgen.errors import ConfigError, DatasetError
 PRETRAINED = Path(__file__).parent / "pretrained"
 MODEL_FILE = "model.keras"
 CARD_FILE = "MODEL_CARD.md"
+NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+INFERENCE_FIELDS = frozenset({"score", "bandwidth", "min_pixels"})
 MAX_SHIPPED_BYTES = 10 * 1024 * 1024
 """A shipped model must stay small: the repository carries it."""
 
@@ -51,9 +55,7 @@ def resolve_model(spec: str | os.PathLike[str]) -> Path:
     )
 
 
-def package_run(
-    run_dir: Path, name: str, card: str, metrics: dict[str, Any] | None = None, **inference: Any
-) -> Path:
+def package_run(run_dir: Path, name: str, card: str, metrics: dict[str, Any] | None = None, **inference: Any) -> Path:
     """Copy a run's model, as a self-contained :class:`LayeredEmbeddingModel`, to
     ``pretrained/<name>/`` with its model card; returns the folder.
 
@@ -65,6 +67,21 @@ def package_run(
     import keras
 
     from amodal_model.model import LayeredEmbeddingModel, build_model
+
+    if not isinstance(name, str) or not NAME.fullmatch(name) or name.endswith(".keras"):
+        raise ConfigError(
+            f"name={name!r} is invalid: use lower-case letters, digits, '.', '_' and '-', starting with a letter "
+            "or digit, not ending in .keras (predict --model NAME must read it as a name)",
+            param="name",
+        )
+    unknown = sorted(set(inference) - INFERENCE_FIELDS)
+    if unknown:
+        raise ConfigError(
+            f"{unknown[0]}= is invalid here: a shipped model's training settings are fixed; only "
+            + ", ".join(sorted(INFERENCE_FIELDS))
+            + " may change",
+            param=unknown[0],
+        )
     from amodal_model.predict import load_run
 
     model, config, scene = load_run(run_dir)
@@ -81,6 +98,7 @@ def package_run(
         staged = Path(tmp) / name
         staged.mkdir()
         keras.saving.save_model(model, staged / MODEL_FILE)
+        _make_reproducible(staged / MODEL_FILE)
         size = (staged / MODEL_FILE).stat().st_size
         if size > MAX_SHIPPED_BYTES:
             raise DatasetError(
@@ -95,3 +113,20 @@ def package_run(
         PRETRAINED.mkdir(exist_ok=True)
         staged.rename(target)
     return target
+
+
+def _make_reproducible(path: Path) -> None:
+    """Rewrite a ``.keras`` zip without what changes between two saves of the same model
+    (the save date in ``metadata.json``, the entries' times), so a shipped file and the
+    checksum on its card depend on the weights and configs only."""
+    with zipfile.ZipFile(path) as archive:
+        entries = [(info.filename, archive.read(info.filename)) for info in archive.infolist()]
+    rewritten = path.with_name(path.name + ".tmp")
+    with zipfile.ZipFile(rewritten, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name, data in entries:
+            if name == "metadata.json":
+                metadata = json.loads(data)
+                metadata.pop("date_saved", None)
+                data = json.dumps(metadata, sort_keys=True).encode()
+            archive.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), data, zipfile.ZIP_DEFLATED)
+    rewritten.replace(path)

@@ -1,0 +1,377 @@
+"""Hostile cases for today's model commands that fail (each is a bug found by review).
+
+Runs are made with a stub epoch (real checkpoint and ``model.keras``), so every case
+is fast except the Ctrl-C one, which runs the real command in a subprocess.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import TINY as TINY_SCENES
+
+from amodal_model import inference, pretrained
+from amodal_model.config import TINY
+from amodal_model.inference import InferenceConfig, clusterer
+from amodal_model.predict import predict_run
+from amodal_model.train import Trainer, train
+from shapesgen.coco import ExportConfig, export_coco
+from shapesgen.errors import ConfigError, ResourceError, ShapesgenError
+from shapesgen.hdf5 import open_dataset
+
+QUICK = TINY.replace(
+    feature_channels=8, head_filters=(8, 4), embedding_dim=4, epochs=1, batch_size=2, steps_per_epoch=1, eval_every=0
+)
+
+
+def fake_epoch(self: Trainer, epoch: int, callbacks: Any) -> dict[str, Any]:
+    return {"epoch": epoch + 1, "steps": self.steps, "seconds": 0.0, "images_per_s": 0.0, "loss": 1.0}
+
+
+@pytest.fixture(scope="module")
+def run_dir(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "run"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Trainer, "run_epoch", fake_epoch)
+        return train(tiny_dataset, out, QUICK)
+
+
+@pytest.fixture()
+def run_copy(run_dir: Path, tmp_path: Path) -> Path:
+    """A private run folder with a ``best.keras`` (as a run trained with ``val`` has)."""
+    copy = Path(shutil.copytree(run_dir, tmp_path / "run"))
+    shutil.copy(copy / "model.keras", copy / "best.keras")
+    return copy
+
+
+@pytest.fixture()
+def export(tiny_dataset: Path, tmp_path: Path) -> Path:
+    return export_coco(tiny_dataset, tmp_path / "export", ExportConfig())
+
+
+def snapshot(root: Path) -> dict[str, bytes | None]:
+    return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None) for p in sorted(root.rglob("*"))}
+
+
+# --- predict writes over its inputs ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("target", ["annotations.json", "config.json", "images/000000.png"])
+def test_predict_never_overwrites_a_file_of_the_export_it_reads(run_dir: Path, export: Path, target: str) -> None:
+    """``--data EXPORT --out EXPORT/annotations.json --force`` replaces the input annotations."""
+    before = snapshot(export)
+    with pytest.raises(ShapesgenError):
+        predict_run(run_dir, export, export / target, limit=2, workers=1, force=True)
+    assert snapshot(export) == before
+
+
+def test_predict_never_overwrites_the_annotations_given_as_data(run_dir: Path, export: Path) -> None:
+    before = snapshot(export)
+    with pytest.raises(ShapesgenError):
+        predict_run(run_dir, export / "annotations.json", export / "config.json", limit=2, workers=1, force=True)
+    assert snapshot(export) == before
+
+
+@pytest.mark.parametrize("target", ["model.keras", "train_config.json", "metrics.csv"])
+def test_predict_with_a_model_file_of_a_run_never_overwrites_the_run(
+    run_copy: Path, tiny_dataset: Path, target: str
+) -> None:
+    """``--model RUN/best.keras --out RUN/model.keras --force`` replaces the run's final model."""
+    before = snapshot(run_copy)
+    with pytest.raises(ShapesgenError):
+        predict_run(run_copy / "best.keras", tiny_dataset, run_copy / target, limit=2, workers=1, force=True)
+    assert snapshot(run_copy) == before
+
+
+def test_predict_never_overwrites_the_runs_best_model(run_copy: Path, tiny_dataset: Path) -> None:
+    """``best.keras`` is a run file (train writes it) but is missing from predict's protected list."""
+    before = snapshot(run_copy)
+    with pytest.raises(ShapesgenError):
+        predict_run(run_copy, tiny_dataset, run_copy / "best.keras", limit=2, workers=1, force=True)
+    assert snapshot(run_copy) == before
+
+
+@pytest.mark.parametrize("target", ["MODEL_CARD.md", "metrics.json"])
+def test_predict_never_overwrites_a_shipped_models_files(
+    run_dir: Path, tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, target: str
+) -> None:
+    monkeypatch.setattr(pretrained, "PRETRAINED", tmp_path / "pretrained")
+    (tmp_path / "pretrained").mkdir()
+    folder = pretrained.package_run(run_dir, "shipped", "# shipped\n\nA model.\n", {"AP": 0.5})
+    before = snapshot(folder)
+    with pytest.raises(ShapesgenError):
+        predict_run("shipped", tiny_dataset, folder / target, limit=2, workers=1, force=True)
+    assert snapshot(folder) == before
+
+
+# --- Ctrl-C with clustering workers --------------------------------------------------------------------
+
+
+def test_ctrl_c_during_predict_with_workers_is_one_line(run_dir: Path, tmp_path: Path) -> None:
+    """Ctrl-C reaches the whole process group: each spawned clustering worker prints
+    a KeyboardInterrupt traceback under the command's one error line."""
+    from shapesgen.render import render_dataset
+
+    data = tmp_path / "big.h5"
+    render_dataset(TINY_SCENES, data, num_scenes=2000)
+    out = tmp_path / "results.json"
+    command = [sys.executable, "-m", "shapesgen", "predict", "--model", str(run_dir), "--data", str(data)]
+    proc = subprocess.Popen(
+        [*command, "--out", str(out), "--workers", "2", "--batch-size", "4", "-q"],
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None and len(_children(proc.pid)) < 2:
+        time.sleep(0.2)
+    time.sleep(2)  # the workers are up and clustering
+    assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert proc.returncode == 130
+    assert "Traceback" not in err and len(lines) == 1, err
+    assert not out.exists()
+
+
+def _children(pid: int) -> list[str]:
+    found = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True, check=False)
+    return found.stdout.split()
+
+
+# --- library API ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def model(run_dir: Path) -> Any:
+    import keras
+
+    return keras.saving.load_model(run_dir / "model.keras")
+
+
+@pytest.fixture(scope="module")
+def images(tiny_dataset: Path) -> np.ndarray:
+    with open_dataset(tiny_dataset) as ds:
+        return ds.images[:3]
+
+
+@pytest.mark.parametrize("batch_size", [0, -1])
+def test_predict_instances_refuses_a_bad_batch_size(model: Any, images: np.ndarray, batch_size: int) -> None:
+    """``batch_size=-1`` silently returns no records; ``0`` is a raw ``range()`` ValueError."""
+    with pytest.raises(ConfigError, match="batch_size"):
+        model.predict_instances(images, batch_size=batch_size)
+
+
+def test_predict_instances_refuses_a_negative_first_index(model: Any, images: np.ndarray) -> None:
+    with pytest.raises(ConfigError, match="first_index"):
+        model.predict_instances(images, first_index=-1)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        np.zeros((64, 64, 1), np.uint8),  # one image without the batch axis
+        np.zeros((2, 32, 32, 1), np.uint8),  # another image size
+        np.zeros((2, 64, 64, 3), np.uint8),  # RGB for a grey model
+        np.full((2, 64, 64, 1), "a"),  # not numbers
+    ],
+    ids=["no-batch-axis", "32px", "rgb", "strings"],
+)
+def test_predict_instances_bad_images_are_one_config_error(model: Any, bad: np.ndarray) -> None:
+    with pytest.raises(ConfigError, match="images") as caught:
+        model.predict_instances(bad)
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("seed", [-1, "x", 2**40])
+def test_inference_config_validates_its_seed(seed: object) -> None:
+    """InferenceConfig checks every field but ``seed``; a bad one fails later inside NumPy."""
+    with pytest.raises(ConfigError, match="seed"):
+        InferenceConfig(seed=seed)  # type: ignore[arg-type]
+
+
+def test_default_workers_work_on_a_machine_with_many_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default (one per core) is refused by the clusterer's own cap on a 300-core machine."""
+    started: list[int] = []
+
+    class NoPool:
+        def __init__(self, workers: int, **kwargs: Any) -> None:
+            started.append(workers)
+
+        def shutdown(self, **kwargs: Any) -> None:
+            pass
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(300)), raising=False)
+    monkeypatch.setattr(inference, "ProcessPoolExecutor", NoPool)
+    with clusterer(InferenceConfig(), None) as pool:
+        assert 1 <= pool.workers <= 300 and started == [pool.workers]
+
+
+def test_a_killed_clustering_worker_is_a_resource_error(
+    run_dir: Path, tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker killed (out of memory) is an internal error, exit 70 ("a bug in shapesgen"),
+    where render says "a render worker died" with exit 1."""
+
+    def dying(self: inference.Clusterer, outputs: Any, indices: Any) -> Any:
+        future = self.pool.submit(os._exit, 9)  # the worker process dies, as under the OOM killer
+        return lambda: future.result()
+
+    monkeypatch.setattr(inference.Clusterer, "submit", dying)
+    with pytest.raises(ResourceError, match="worker"):
+        predict_run(run_dir, tiny_dataset, tmp_path / "results.json", limit=4, workers=2)
+    assert not (tmp_path / "results.json").exists()
+
+
+# --- package_run -----------------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def shipping(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setattr(pretrained, "PRETRAINED", tmp_path / "pretrained")
+    (tmp_path / "pretrained").mkdir()
+    return tmp_path / "pretrained"
+
+
+def test_package_run_is_deterministic(run_dir: Path, shipping: Path) -> None:
+    """Keras writes ``date_saved`` and the weights' zip time into the file, so the same
+    run packaged twice differs, and so does the SHA-256 its model card records."""
+    first = pretrained.package_run(run_dir, "a", "# a\n\nA model.\n")
+    first_bytes = (first / "model.keras").read_bytes()
+    first_card = (first / "MODEL_CARD.md").read_text()
+    time.sleep(2.1)  # the zip and metadata times have a resolution of seconds
+    again = pretrained.package_run(run_dir, "a", "# a\n\nA model.\n")
+    assert (again / "model.keras").read_bytes() == first_bytes
+    assert (again / "MODEL_CARD.md").read_text() == first_card
+
+
+@pytest.mark.parametrize("name", ["a/b", "", "..", "x.keras"])
+def test_package_run_refuses_a_name_predict_cannot_use(run_dir: Path, shipping: Path, name: str) -> None:
+    """'a/b', '' and '..' fail with raw FileNotFoundError/FileExistsError; 'x.keras' is
+    packaged but ``predict --model x.keras`` reads it as a (missing) file path."""
+    with pytest.raises(ConfigError, match="name"):
+        pretrained.package_run(run_dir, name, "# x\n")
+
+
+@pytest.mark.parametrize("setting", [{"embedding_dim": 8}, {"epochs": 7}])
+def test_package_run_takes_only_inference_settings(run_dir: Path, shipping: Path, setting: dict[str, Any]) -> None:
+    """``embedding_dim=8`` is a raw Keras ValueError (weights do not fit); ``epochs=7``
+    silently rewrites the shipped model's training config."""
+    with pytest.raises(ConfigError):
+        pretrained.package_run(run_dir, "m", "# m\n", **setting)
+
+
+# --- predict details ---------------------------------------------------------------------------------
+
+
+def test_predictions_do_not_depend_on_the_batch_size(run_dir: Path, tiny_dataset: Path, tmp_path: Path) -> None:
+    """``--batch-size`` is a speed setting, but the forward pass of 1 image and of 8
+    round differently, and the scores' last digit changes."""
+    one = predict_run(run_dir, tiny_dataset, tmp_path / "b1.json", batch_size=1, workers=1)
+    eight = predict_run(run_dir, tiny_dataset, tmp_path / "b8.json", batch_size=8, workers=1)
+    assert one.read_bytes() == eight.read_bytes()
+
+
+def test_a_huge_bandwidth_is_refused_or_used_without_overflow(
+    run_dir: Path, tiny_dataset: Path, tmp_path: Path
+) -> None:
+    """``--bandwidth 1e300`` is accepted (finite in float64) and overflows in float32:
+    two RuntimeWarnings, four raw lines on stderr, under a successful command."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        try:
+            predict_run(run_dir, tiny_dataset, tmp_path / "r.json", limit=2, workers=1, bandwidth=1e300)
+        except ConfigError:
+            pass  # refusing it is fine too
+
+
+def test_a_sharded_dataset_as_data_is_named_as_such(run_dir: Path, tmp_path: Path) -> None:
+    """Every folder is taken for a COCO export now, so a sharded dataset gets "a folder
+    without annotations.json: not a COCO export" instead of the sharded-dataset message."""
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    (shards / "manifest.json").write_text("{}")
+    with pytest.raises(ShapesgenError, match="shard"):
+        predict_run(run_dir, shards, tmp_path / "r.json", workers=1)
+
+
+# --- train -------------------------------------------------------------------------------------------
+
+NEW_FIELDS = (  # TrainConfig fields a run folder saved before today's commit does not have
+    "head",
+    "head_conv",
+    "l2",
+    "loss_normalisation",
+    "output_kernel",
+    "precision",
+    "schedule",
+    "score",
+    "separable_units",
+    "visible_targets",
+)
+
+
+def test_resuming_a_run_saved_before_the_loss_options_keeps_its_loss(
+    run_dir: Path, tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An older run was trained with means over pairs and layers and with hidden instances
+    as targets; its train_config.json has no ``loss_normalisation``/``visible_targets``,
+    which now default to the reference loss, so ``--resume`` silently switches the loss
+    mid-run (and rewrites train_config.json to say so)."""
+    old = Path(shutil.copytree(run_dir, tmp_path / "old"))
+    saved = json.loads((old / "train_config.json").read_text())
+    for name in NEW_FIELDS:
+        saved.pop(name, None)
+    (old / "train_config.json").write_text(json.dumps(saved, indent=2) + "\n")
+    monkeypatch.setattr(Trainer, "run_epoch", fake_epoch)
+    try:
+        train(tiny_dataset, old, QUICK.replace(epochs=2), resume=True)
+    except ShapesgenError:
+        return  # refusing to resume with another loss is right too
+    now = json.loads((old / "train_config.json").read_text())
+    assert (now["loss_normalisation"], now["visible_targets"]) == ("mean", False)
+
+
+def test_an_export_without_annotations_is_not_trained_on(
+    export: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An export whose annotations list is empty trains on all-background targets, with
+    a note that blames include_hidden=False."""
+    document = json.loads((export / "annotations.json").read_text())
+    document["annotations"] = []
+    (export / "annotations.json").write_text(json.dumps(document))
+    monkeypatch.setattr(Trainer, "run_epoch", fake_epoch)
+    with pytest.raises(ShapesgenError, match="annotation"):
+        train(export, tmp_path / "run", QUICK)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_refused_train_on_an_export_is_one_line(export: Path) -> None:
+    """The export's approximate-targets note is printed before the refusal: two lines."""
+    from conftest import run_cli
+
+    result = run_cli("train", "--train", export, "--out", export, "--force", "--preset", "tiny", "-q")
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1, result.stderr
+
+
+@pytest.mark.parametrize("field", ["d_dist", "d_var", "var_weight", "dist_weight", "ce_weight", "learning_rate"])
+def test_loss_settings_beyond_float32_are_refused(field: str) -> None:
+    """1e39 is finite in Python but inf in the float32 loss: ``--d-dist 1e39`` trains,
+    prints a NumPy RuntimeWarning and fails with "training diverged ... lower the
+    learning rate", naming --lr instead of the flag at fault."""
+    with pytest.raises(ConfigError, match=field):
+        TINY.replace(**{field: 1e39})
