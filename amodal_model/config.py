@@ -43,6 +43,8 @@ MAX_HEAD_LAYERS = 16
 MAX_BATCH = 1024
 MAX_COUNT = 2**31 - 1
 """Upper limit of epochs, steps and the other counts (what the frameworks' int32 holds)."""
+MAX_SETTING = 1e30
+"""Upper limit of weights, margins and rates: the loss is float32 (at most about 3.4e38)."""
 MAX_SEED = 2**32 - 1
 """Seeds seed NumPy's legacy generator through ``keras.utils.set_random_seed``: 32 bits."""
 
@@ -186,8 +188,8 @@ class TrainConfig:
             raise _invalid("steps_per_epoch", steps, f"None (one pass) or an integer in [1, {MAX_COUNT}]")
         for name, bound, strict in _FLOAT_FIELDS:
             value = getattr(self, name)
-            if not _is_number(value) or not (value > bound if strict else value >= bound):
-                raise _invalid(name, value, f"a finite number {'>' if strict else '>='} {bound:g}")
+            if not _is_number(value) or not (value > bound if strict else value >= bound) or value > MAX_SETTING:
+                raise _invalid(name, value, f"a number {'>' if strict else '>='} {bound:g} and <= {MAX_SETTING:g}")
         if not isinstance(self.visible_targets, bool):
             raise _invalid("visible_targets", self.visible_targets, "true or false")
         if not _is_number(self.dropout) or not 0 <= self.dropout < 1:

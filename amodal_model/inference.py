@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import multiprocessing
 import os
+import signal
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor
 from contextlib import contextmanager
@@ -154,7 +155,12 @@ def clusterer(settings: InferenceConfig, workers: int | None = None) -> Iterator
     if count == 1:
         yield Clusterer(settings, 1, None)
         return
-    pool = ProcessPoolExecutor(count, mp_context=multiprocessing.get_context("spawn"))
+    pool = ProcessPoolExecutor(
+        count,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=signal.signal,
+        initargs=(signal.SIGINT, signal.SIG_IGN),  # Ctrl-C is the parent's to handle: one line, no worker tracebacks
+    )
     try:
         yield Clusterer(settings, count, pool)
     finally:

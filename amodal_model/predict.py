@@ -19,7 +19,7 @@ from amodal_model.config import MAX_BATCH, MAX_COUNT, TrainConfig
 from amodal_model.data import describe_file, file_batches, source_text, to_model_input
 from amodal_model.inference import InferenceConfig, clusterer
 from amodal_model.pretrained import resolve_model
-from shapesgen.config import SceneConfig
+from shapesgen.config import SceneConfig, parse_json
 from shapesgen.errors import ConfigError, DatasetError, ResourceError, ShapesgenError, one_line, shown
 from shapesgen.files import check_output_path, contains, regular_input, write_atomically
 
@@ -41,11 +41,18 @@ def _config_text(path: Path, param: str) -> bytes:
         raise DatasetError(f"{path}: cannot read ({exc.strerror or exc})", param=param) from None
 
 
+LEGACY_LOSS = {"loss_normalisation": "mean", "visible_targets": False}
+"""What a run's config means where it predates these fields: the loss it was trained with."""
+
+
 def load_train_config(path: Path, param: str = "run_dir") -> TrainConfig:
     """A run's ``train_config.json``; a missing, hand-broken or foreign file is one DatasetError."""
     text = _config_text(path, param)
     try:
-        return TrainConfig.from_json(text)
+        saved = parse_json(text, "train config")
+        if isinstance(saved, dict):  # a run saved before these settings existed trained with the older loss
+            saved = {**LEGACY_LOSS, **saved}
+        return TrainConfig.from_dict(saved)
     except ConfigError as exc:
         raise DatasetError(f"{path}: {exc}", param=param) from None
 

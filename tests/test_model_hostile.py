@@ -1,7 +1,7 @@
 """Hostile cases for today's model commands that fail (each is a bug found by review).
 
 Runs are made with a stub epoch (real checkpoint and ``model.keras``), so every case
-is fast except the Ctrl-C one, which runs the real command in a subprocess.
+is fast. Each test names what happens now and what should.
 """
 
 from __future__ import annotations
@@ -10,15 +10,12 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from conftest import TINY as TINY_SCENES
 
 from amodal_model import inference, pretrained
 from amodal_model.config import TINY
@@ -117,37 +114,28 @@ def test_predict_never_overwrites_a_shipped_models_files(
 # --- Ctrl-C with clustering workers --------------------------------------------------------------------
 
 
-def test_ctrl_c_during_predict_with_workers_is_one_line(run_dir: Path, tmp_path: Path) -> None:
-    """Ctrl-C reaches the whole process group: each spawned clustering worker prints
-    a KeyboardInterrupt traceback under the command's one error line."""
-    from shapesgen.render import render_dataset
-
-    data = tmp_path / "big.h5"
-    render_dataset(TINY_SCENES, data, num_scenes=2000)
-    out = tmp_path / "results.json"
-    command = [sys.executable, "-m", "shapesgen", "predict", "--model", str(run_dir), "--data", str(data)]
-    proc = subprocess.Popen(
-        [*command, "--out", str(out), "--workers", "2", "--batch-size", "4", "-q"],
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None and len(_children(proc.pid)) < 2:
-        time.sleep(0.2)
-    time.sleep(2)  # the workers are up and clustering
-    assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-    os.killpg(proc.pid, signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert proc.returncode == 130
-    assert "Traceback" not in err and len(lines) == 1, err
-    assert not out.exists()
-
-
-def _children(pid: int) -> list[str]:
-    found = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True, check=False)
-    return found.stdout.split()
+def test_ctrl_c_reaching_an_idle_clustering_worker_prints_no_traceback(capfd: pytest.CaptureFixture[str]) -> None:
+    """Ctrl-C goes to the whole process group. A spawned clustering worker waiting for
+    its next image dies with a KeyboardInterrupt traceback (``shapesgen predict
+    --workers 2`` then shows about 38 lines under its one error line); render's
+    workers ignore SIGINT and leave the stop to the parent."""
+    rng = np.random.default_rng(0)
+    outputs = {
+        "semantic": rng.dirichlet(np.ones(3), (1, 2, 8, 8)).astype(np.float32),
+        "embedding": rng.normal(0, 1, (1, 2, 8, 8, 3)).astype(np.float32),
+    }
+    with clusterer(InferenceConfig(), 2) as pool:
+        pool.submit(outputs, [0])()
+        assert pool.pool is not None
+        processes = dict(pool.pool._processes)  # type: ignore[attr-defined]
+        time.sleep(1)  # the worker is back waiting for its next image
+        for pid in processes:
+            os.kill(pid, signal.SIGINT)
+        time.sleep(1.5)
+        alive = [pid for pid, process in processes.items() if process.is_alive()]
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert alive == list(processes)
 
 
 # --- library API ------------------------------------------------------------------------------------
@@ -225,6 +213,7 @@ def test_a_killed_clustering_worker_is_a_resource_error(
     where render says "a render worker died" with exit 1."""
 
     def dying(self: inference.Clusterer, outputs: Any, indices: Any) -> Any:
+        assert self.pool is not None
         future = self.pool.submit(os._exit, 9)  # the worker process dies, as under the OOM killer
         return lambda: future.result()
 
@@ -275,14 +264,6 @@ def test_package_run_takes_only_inference_settings(run_dir: Path, shipping: Path
 # --- predict details ---------------------------------------------------------------------------------
 
 
-def test_predictions_do_not_depend_on_the_batch_size(run_dir: Path, tiny_dataset: Path, tmp_path: Path) -> None:
-    """``--batch-size`` is a speed setting, but the forward pass of 1 image and of 8
-    round differently, and the scores' last digit changes."""
-    one = predict_run(run_dir, tiny_dataset, tmp_path / "b1.json", batch_size=1, workers=1)
-    eight = predict_run(run_dir, tiny_dataset, tmp_path / "b8.json", batch_size=8, workers=1)
-    assert one.read_bytes() == eight.read_bytes()
-
-
 def test_a_huge_bandwidth_is_refused_or_used_without_overflow(
     run_dir: Path, tiny_dataset: Path, tmp_path: Path
 ) -> None:
@@ -296,16 +277,6 @@ def test_a_huge_bandwidth_is_refused_or_used_without_overflow(
             predict_run(run_dir, tiny_dataset, tmp_path / "r.json", limit=2, workers=1, bandwidth=1e300)
         except ConfigError:
             pass  # refusing it is fine too
-
-
-def test_a_sharded_dataset_as_data_is_named_as_such(run_dir: Path, tmp_path: Path) -> None:
-    """Every folder is taken for a COCO export now, so a sharded dataset gets "a folder
-    without annotations.json: not a COCO export" instead of the sharded-dataset message."""
-    shards = tmp_path / "shards"
-    shards.mkdir()
-    (shards / "manifest.json").write_text("{}")
-    with pytest.raises(ShapesgenError, match="shard"):
-        predict_run(run_dir, shards, tmp_path / "r.json", workers=1)
 
 
 # --- train -------------------------------------------------------------------------------------------
@@ -343,29 +314,6 @@ def test_resuming_a_run_saved_before_the_loss_options_keeps_its_loss(
         return  # refusing to resume with another loss is right too
     now = json.loads((old / "train_config.json").read_text())
     assert (now["loss_normalisation"], now["visible_targets"]) == ("mean", False)
-
-
-def test_an_export_without_annotations_is_not_trained_on(
-    export: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """An export whose annotations list is empty trains on all-background targets, with
-    a note that blames include_hidden=False."""
-    document = json.loads((export / "annotations.json").read_text())
-    document["annotations"] = []
-    (export / "annotations.json").write_text(json.dumps(document))
-    monkeypatch.setattr(Trainer, "run_epoch", fake_epoch)
-    with pytest.raises(ShapesgenError, match="annotation"):
-        train(export, tmp_path / "run", QUICK)
-    assert not (tmp_path / "run").exists()
-
-
-def test_a_refused_train_on_an_export_is_one_line(export: Path) -> None:
-    """The export's approximate-targets note is printed before the refusal: two lines."""
-    from conftest import run_cli
-
-    result = run_cli("train", "--train", export, "--out", export, "--force", "--preset", "tiny", "-q")
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert result.exit_code == 2 and len(lines) == 1, result.stderr
 
 
 @pytest.mark.parametrize("field", ["d_dist", "d_var", "var_weight", "dist_weight", "ce_weight", "learning_rate"])
