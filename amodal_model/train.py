@@ -398,19 +398,15 @@ class Trainer:
             tmp.unlink(missing_ok=True)
 
     def save_model(self) -> None:
-        """``model.keras``, renamed into place once complete."""
-        tmp = self.out / "model.partial.keras"
+        """``model.keras``, renamed into place once complete (``_save`` removes a partial file
+        on any failure, Ctrl-C included: the checkpoints are what resume needs)."""
         try:
             with saving(self.target):
                 self._save(MODEL_FILE)
         except DatasetError as exc:
-            tmp.unlink(missing_ok=True)
             raise DatasetError(
                 f"{exc}; the checkpoints are kept: pass resume=True once it can be written", param="out"
             ) from None
-        except BaseException:  # Ctrl-C or SIGTERM while saving: the checkpoints are what resume needs
-            tmp.unlink(missing_ok=True)
-            raise
 
 
 class _Staging:
