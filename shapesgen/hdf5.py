@@ -25,14 +25,13 @@ from shapesgen.config import SceneConfig, StorageConfig
 from shapesgen.errors import ConfigError, DatasetError, one_line, shown
 from shapesgen.limits import MAX_CHUNK_BYTES  # no scene record this package writes is larger
 from shapesgen.scene import Scene, render_scenes
-from shapesgen.schema import DATASETS, FIELDS, FORMAT_NAME, FORMAT_VERSION, OFFSETS, ROOT_ATTRIBUTES
+from shapesgen.schema import AXIS_ROWS, DATASETS, FORMAT_NAME, FORMAT_VERSION, OFFSETS, PER_SCENE, ROOT_ATTRIBUTES
 from shapesgen.splits import Split, split_from_json
 
 VERTEX_CHUNK = 4096
 VERIFY_BATCH = 64  # scenes re-rendered at a time when checking a killed render
 FLUSH_EVERY_S = 2.0  # a hard kill loses at most this much work; Ctrl-C loses none
 OFFSET_CHUNK = 1024
-PER_SCENE_CHUNKED = tuple(f.name for f in DATASETS if f.axis != "vertex")
 PER_SCENE_HASHED = tuple(f.name for f in DATASETS)
 
 
@@ -78,7 +77,8 @@ class DigestChain:
 
 @dataclass(frozen=True)
 class EncodedBatch:
-    """Scenes ready to append: compressed chunks, per-scene digests, raw vertices.
+    """Scenes ready to append: compressed chunks of each per-scene dataset, per-scene
+    digests of every dataset, the raw rows of each vertex-axis dataset, and counts.
 
     Built in the worker that rendered the scenes so that compression and hashing
     scale with the worker count; the writer only moves bytes.
@@ -87,34 +87,34 @@ class EncodedBatch:
     count: int
     chunks: dict[str, list[bytes]]
     digests: dict[str, list[bytes]]
-    vertices: np.ndarray
+    vertex_rows: dict[str, np.ndarray]
     instance_counts: np.ndarray
     vertex_counts: np.ndarray
 
 
 def encode_scenes(scenes: Sequence[Scene], compression_level: int) -> EncodedBatch:
-    """Compress each scene's chunk of every per-scene dataset and hash each scene's slices."""
-    chunks: dict[str, list[bytes]] = {name: [] for name in PER_SCENE_CHUNKED}
-    digests: dict[str, list[bytes]] = {name: [] for name in PER_SCENE_HASHED}
+    """Compress each scene's chunk of every per-scene dataset and hash each scene's slice of
+    every dataset, the ``Scene`` attribute each ``schema.DATASETS`` field names."""
+    chunks: dict[str, list[bytes]] = {field.name: [] for field in PER_SCENE}
+    digests: dict[str, list[bytes]] = {field.name: [] for field in DATASETS}
     for scene in scenes:
-        records = {
-            "images": scene.image,
-            "layers": scene.layers,
-            "class_layers": scene.class_layers,
-            "amodal_masks": scene.amodal_masks,
-            "visible_masks": scene.visible_masks,
-            "instances": scene.instances,
-        }
-        for name, data in records.items():
+        for field in DATASETS:
+            data = getattr(scene, field.attribute)
+            if data.dtype != field.dtype:
+                raise TypeError(f"Scene.{field.attribute} is {data.dtype}, dataset {field.name} stores {field.dtype}")
             raw = np.ascontiguousarray(data).tobytes()
-            chunks[name].append(deflate(raw, compression_level) if compression_level else raw)
-            digests[name].append(hashlib.sha256(raw).digest())
-        digests["vertices"].append(digest(scene.vertices))
+            if field.per_scene:
+                chunks[field.name].append(deflate(raw, compression_level) if compression_level else raw)
+            digests[field.name].append(hashlib.sha256(raw).digest())
     return EncodedBatch(
         count=len(scenes),
         chunks=chunks,
         digests=digests,
-        vertices=np.concatenate([s.vertices for s in scenes]),
+        vertex_rows={
+            field.name: np.concatenate([getattr(s, field.attribute) for s in scenes])
+            for field in DATASETS
+            if not field.per_scene
+        },
         instance_counts=np.array([len(s.instances) for s in scenes], dtype=np.int64),
         vertex_counts=np.concatenate([np.diff(s.vertex_offsets) for s in scenes]),
     )
@@ -193,7 +193,6 @@ class DatasetWriter:
         gzip: dict[str, Any] = (
             {"compression": "gzip", "compression_opts": storage.compression_level} if storage.compression_level else {}
         )
-        per_axis = {"scene": 1, "instance": config.num_instances, "vertex": VERTEX_CHUNK}
         for field in DATASETS:
             record = field.record_shape(config)
             self.file.create_dataset(
@@ -201,7 +200,7 @@ class DatasetWriter:
                 shape=(0, *record),
                 maxshape=(None, *record),
                 dtype=field.dtype,
-                chunks=(per_axis[field.axis], *record),
+                chunks=(field.scene_rows(config) if field.per_scene else VERTEX_CHUNK, *record),
                 **gzip,
             )
         for name in OFFSETS:
@@ -246,11 +245,7 @@ class DatasetWriter:
                 len(offsets) == written + 1
                 and len(vertex_offsets) == int(offsets[-1]) + 1
                 and int(vertex_offsets[-1]) <= self.file["vertices"].shape[0]
-                and all(
-                    self.file[f.name].shape[0] >= {"scene": written, "instance": int(offsets[-1])}[f.axis]
-                    for f in DATASETS
-                    if f.axis != "vertex"
-                )
+                and all(self.file[f.name].shape[0] >= written * f.scene_rows(self.config) for f in PER_SCENE)
             )
             if not consistent:
                 return 0, nothing
@@ -280,18 +275,18 @@ class DatasetWriter:
     def append(self, batch: EncodedBatch) -> None:
         """Write one encoded batch after everything already written."""
         written = self.scenes_written
-        per_scene = {"scene": 1, "instance": self.config.num_instances}
-        for name in PER_SCENE_CHUNKED:
-            dataset = self.file[name]
-            rows = per_scene[FIELDS[name].axis]
+        for field in PER_SCENE:
+            dataset = self.file[field.name]
+            rows = field.scene_rows(self.config)
             dataset.resize((written + batch.count) * rows, axis=0)
             zeros = (0,) * (dataset.ndim - 1)
-            for j, chunk in enumerate(batch.chunks[name]):
+            for j, chunk in enumerate(batch.chunks[field.name]):
                 dataset.id.write_direct_chunk(((written + j) * rows, *zeros), chunk)
-        vertices = self.file["vertices"]
-        start = vertices.shape[0]
-        vertices.resize(start + len(batch.vertices), axis=0)
-        vertices[start:] = batch.vertices
+        for name, data in batch.vertex_rows.items():
+            dataset = self.file[name]
+            start = dataset.shape[0]
+            dataset.resize(start + len(data), axis=0)
+            dataset[start:] = data
         for name, counts in (("instance_offsets", batch.instance_counts), ("vertex_offsets", batch.vertex_counts)):
             dataset = self.file[name]
             base = dataset.shape[0]
@@ -324,13 +319,10 @@ def scene_digests(
     for i in scenes if scenes is not None else range(len(offsets) - 1):
         rows = slice(int(offsets[i]), int(offsets[i + 1]))
         scene: dict[str, bytes] = {}
-        for field in DATASETS:
-            if field.axis == "scene":
-                scene[field.name] = digest(file[field.name][i])
-            elif field.axis == "instance":
-                scene[field.name] = digest(file[field.name][rows])
         vertex_rows = slice(int(vertex_offsets[rows.start]), int(vertex_offsets[rows.stop]))
-        scene["vertices"] = digest(file["vertices"][vertex_rows])
+        for field in DATASETS:
+            where = {"scene": i, "instance": rows, "vertex": vertex_rows}[field.axis]
+            scene[field.name] = digest(file[field.name][where])
         yield scene
 
 
@@ -492,6 +484,17 @@ class ShapesDataset:
     meets it with a :class:`CorruptDatasetError`.
     """
 
+    # Every dataset of the schema is set as an attribute of its name when the file opens;
+    # these annotations only tell type checkers.
+    images: DatasetView
+    layers: DatasetView
+    class_layers: DatasetView
+    amodal_masks: DatasetView
+    visible_masks: DatasetView
+    instances: DatasetView
+    vertices: DatasetView
+    vertex_offsets: DatasetView
+
     def __init__(self, path: str | Path, *, allow_incomplete: bool = False) -> None:
         self.path = Path(path)
         if not self.path.exists():
@@ -552,15 +555,9 @@ class ShapesDataset:
             )
         views = self._open_datasets()
         self.datasets: dict[str, DatasetView] = views  # every dataset of the schema, by name
-        self.images = views["images"]
-        self.layers = views["layers"]
-        self.class_layers = views["class_layers"]
-        self.amodal_masks = views["amodal_masks"]
-        self.visible_masks = views["visible_masks"]
-        self.instances = views["instances"]
-        self.vertices = views["vertices"]
-        self.vertex_offsets = views["vertex_offsets"]
-        self.instance_offsets: np.ndarray = self._check_offsets(views)
+        for name, view in views.items():
+            setattr(self, name, view)
+        self.instance_offsets: np.ndarray = self._check_offsets(views)  # checked, in memory
 
     def _read_attributes(self) -> tuple[dict[str, Any], dict[str, str]]:
         """The format's root attributes, and a problem for each that is not safe to read.
@@ -686,18 +683,18 @@ class ShapesDataset:
         if missing:
             raise self._corrupt(f"dataset(s) {missing} missing")
         self._check_virtual_sources()
-        rows = {"scene": 1, "instance": self.config.num_instances}
         for field in DATASETS:
             view, record = views[field.name], field.record_shape(self.config)
             if view.dtype != field.dtype:
                 raise self._corrupt(f"dataset {field.name} has dtype {view.dtype}, expected {field.dtype}", field.name)
             if view.ndim != len(record) + 1 or view.shape[1:] != record:
-                expected = ", ".join([f"{field.axis}s", *map(str, record)])
+                expected = ", ".join([AXIS_ROWS[field.axis], *map(str, record)])
                 raise self._corrupt(
                     f"dataset {field.name} has shape {view.shape}, expected ({expected}) for the stored config",
                     field.name,
                 )
-            nbytes = int(np.prod(record)) * field.dtype.itemsize * rows.get(field.axis, 1)
+            rows = field.scene_rows(self.config) if field.per_scene else 1
+            nbytes = int(np.prod(record)) * field.dtype.itemsize * rows
             if nbytes > MAX_CHUNK_BYTES:
                 raise self._corrupt(
                     f"dataset {field.name}: one scene's record would be {nbytes / 2**30:.1f} GiB, "
@@ -743,11 +740,9 @@ class ShapesDataset:
         check_length("instance_offsets", n + 1, "one more than the scenes")
         offsets = self._read_instance_offsets(views["instance_offsets"], n + 1, per_scene)
         rows = int(offsets[-1])
-        for field in DATASETS:
-            if field.axis == "scene":
-                check_length(field.name, n, "one per scene")
-            elif field.axis == "instance":
-                check_length(field.name, rows, f"{per_scene} per scene")
+        for field in PER_SCENE:
+            what = "one per scene" if field.axis == "scene" else f"{per_scene} per scene"
+            check_length(field.name, n * field.scene_rows(self.config), what)
         check_length("vertex_offsets", rows + 1, "one more than the instance rows")
         first, last = int(views["vertex_offsets"][0]), int(views["vertex_offsets"][rows])
         self._vertex_rows = len(views["vertices"])
@@ -849,17 +844,10 @@ class ShapesDataset:
                 scene=index,
                 hint=f"; check the file with `shapesgen validate {self.path}`",
             )
-        return Scene(
-            index=index,
-            image=self.images[index],
-            layers=self.layers[index],
-            class_layers=self.class_layers[index],
-            amodal_masks=self.amodal_masks[rows],
-            visible_masks=self.visible_masks[rows],
-            instances=self.instances[rows],
-            vertices=self.vertices[int(vertex_offsets[0]) : int(vertex_offsets[-1])],
-            vertex_offsets=vertex_offsets - vertex_offsets[0],
-        )
+        vertex_rows = slice(int(vertex_offsets[0]), int(vertex_offsets[-1]))
+        where = {"scene": index, "instance": rows, "vertex": vertex_rows}
+        records = {field.attribute: self.datasets[field.name][where[field.axis]] for field in DATASETS}
+        return Scene(index=index, vertex_offsets=vertex_offsets - vertex_offsets[0], **records)
 
     def __iter__(self) -> Iterator[Scene]:
         for index in range(len(self)):

@@ -444,9 +444,8 @@ def _identity(path: Path) -> tuple[int, int]:
 def _encoded_bytes(batch: EncodedBatch) -> float:
     """Bytes one encoded scene takes in the file (a disk-space estimate)."""
     chunks = sum(len(chunk) for parts in batch.chunks.values() for chunk in parts)
-    return (chunks + batch.vertices.nbytes + 16 * (len(batch.instance_counts) + len(batch.vertex_counts))) / max(
-        batch.count, 1
-    )
+    rows = sum(data.nbytes for data in batch.vertex_rows.values())
+    return (chunks + rows + 16 * (len(batch.instance_counts) + len(batch.vertex_counts))) / max(batch.count, 1)
 
 
 def _is_complete_match(

@@ -11,7 +11,7 @@ import shapely
 from shapesgen import geometry, raster
 from shapesgen.config import SceneConfig
 from shapesgen.errors import ConfigError
-from shapesgen.schema import INSTANCE_DTYPE
+from shapesgen.schema import instance_table
 from shapesgen.shapes import SHAPE_KINDS
 from shapesgen.visibility import visibility
 
@@ -26,7 +26,7 @@ class Scene:
     class_layers: np.ndarray  # (L, M, M) uint8
     amodal_masks: np.ndarray  # (n, M, M) bool
     visible_masks: np.ndarray  # (n, M, M) bool
-    instances: np.ndarray  # (n,) INSTANCE_DTYPE
+    instances: np.ndarray  # (n,) schema.INSTANCE_DTYPE
     vertices: np.ndarray  # (V, 2) float64
     vertex_offsets: np.ndarray  # (n + 1,) int64, local to this scene
 
@@ -98,23 +98,29 @@ def render_scenes(config: SceneConfig, indices: Sequence[int]) -> list[Scene]:
     full_area = shapely.area(full).reshape(count, n)
     amodal_px = amodal_masks.sum(axis=(2, 3), dtype=np.int32)
     visible_px = visible_masks.sum(axis=(2, 3), dtype=np.int32)
-    table = np.zeros((count, n), dtype=INSTANCE_DTYPE)
-    table["scene"] = np.asarray(indices)[:, None]
-    table["id"] = ids
-    table["class_id"] = poses.class_index + 1
-    table["depth"] = poses.depth
-    table["anchor_x"], table["anchor_y"] = poses.anchors[..., 0], poses.anchors[..., 1]
-    table["angle"] = poses.angles
-    table["area"] = area
-    table["visible_area"] = visible_area
-    table["occlusion_rate"] = np.where(area > 0, 1.0 - visible_area / np.where(area > 0, area, 1.0), 0.0)
-    table["truncation"] = 1.0 - area / full_area
-    table["bbox"] = bbox
-    table["visible_bbox"] = np.where(seen.occluded[..., None], seen.box, bbox)
-    table["amodal_pixels"] = amodal_px
-    table["visible_pixels"] = visible_px
-    table["pixel_occlusion_rate"] = 1.0 - visible_px / np.maximum(amodal_px, 1)
-    table["is_visible"] = visible_px > 0
+    occlusion_rate = np.where(area > 0, 1.0 - visible_area / np.where(area > 0, area, 1.0), 0.0)
+    table = instance_table(
+        {
+            "scene": np.asarray(indices)[:, None],
+            "id": ids,
+            "class_id": poses.class_index + 1,
+            "depth": poses.depth,
+            "anchor_x": poses.anchors[..., 0],
+            "anchor_y": poses.anchors[..., 1],
+            "angle": poses.angles,
+            "area": area,
+            "visible_area": visible_area,
+            "occlusion_rate": occlusion_rate,
+            "truncation": 1.0 - area / full_area,
+            "bbox": bbox,
+            "visible_bbox": np.where(seen.occluded[..., None], seen.box, bbox),
+            "amodal_pixels": amodal_px,
+            "visible_pixels": visible_px,
+            "pixel_occlusion_rate": 1.0 - visible_px / np.maximum(amodal_px, 1),
+            "is_visible": visible_px > 0,
+        },
+        (count, n),
+    )
 
     scenes = []
     for b, index in enumerate(indices):

@@ -6,10 +6,12 @@ declarations. Bump ``FORMAT_VERSION`` whenever a layout or an ordering rule chan
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from shapesgen.config import SceneConfig
 
@@ -17,16 +19,19 @@ FORMAT_NAME = "shapesgen-hdf5"
 FORMAT_VERSION = "1.3"
 
 Axis = Literal["scene", "instance", "vertex"]
+AXIS_ROWS: dict[str, str] = {"scene": "scenes", "instance": "instances", "vertex": "vertices"}  # rows along each
 
 
 @dataclass(frozen=True)
 class Column:
-    """One column of the per-instance table."""
+    """One column of the per-instance table; ``rounded`` columns are exact geometry that
+    another shapesgen version may compute by another exact method, equal up to rounding."""
 
     name: str
     dtype: str
     shape: tuple[int, ...]
     meaning: str
+    rounded: bool = False
 
 
 INSTANCE_COLUMNS: tuple[Column, ...] = (
@@ -38,11 +43,11 @@ INSTANCE_COLUMNS: tuple[Column, ...] = (
     Column("anchor_y", "float64", (), "sampled anchor y, image pixels"),
     Column("angle", "float64", (), "sampled rotation, degrees clockwise on screen (unused for circles)"),
     Column("area", "float64", (), "amodal area inside the frame, image pixels², exact from geometry"),
-    Column("visible_area", "float64", (), "visible area (amodal minus everything in front), exact"),
-    Column("occlusion_rate", "float64", (), "(area - visible_area) / area, in [0, 1], from geometry"),
+    Column("visible_area", "float64", (), "visible area (amodal minus everything in front), exact", rounded=True),
+    Column("occlusion_rate", "float64", (), "(area - visible_area) / area, in [0, 1], from geometry", rounded=True),
     Column("truncation", "float64", (), "fraction of the whole shape outside the image frame"),
     Column("bbox", "float64", (4,), "amodal box (x, y, w, h), image pixels, exact"),
-    Column("visible_bbox", "float64", (4,), "visible box (x, y, w, h), image pixels; zeros if hidden"),
+    Column("visible_bbox", "float64", (4,), "visible box (x, y, w, h), image pixels; zeros if hidden", rounded=True),
     Column("amodal_pixels", "int32", (), "amodal mask pixels at mask resolution"),
     Column("visible_pixels", "int32", (), "visible mask pixels at mask resolution"),
     Column("pixel_occlusion_rate", "float64", (), "occlusion rate from mask pixels (1 if no amodal pixel)"),
@@ -50,74 +55,115 @@ INSTANCE_COLUMNS: tuple[Column, ...] = (
 )
 
 INSTANCE_DTYPE = np.dtype([(c.name, c.dtype, c.shape) for c in INSTANCE_COLUMNS])
+ROUNDED_COLUMNS: tuple[str, ...] = tuple(c.name for c in INSTANCE_COLUMNS if c.rounded)
+
+
+def instance_table(columns: Mapping[str, ArrayLike], shape: tuple[int, ...]) -> np.ndarray:
+    """The per-instance table of ``shape`` from one array per declared column.
+
+    Every column of ``INSTANCE_COLUMNS`` must be given, and no other: a column
+    declared but never filled fails here instead of being stored as zeros.
+    """
+    declared = [c.name for c in INSTANCE_COLUMNS]
+    missing = [name for name in declared if name not in columns]
+    unknown = [name for name in columns if name not in declared]
+    if missing or unknown:
+        raise ValueError(f"instance columns missing {missing}, undeclared {unknown}: fill exactly INSTANCE_COLUMNS")
+    table = np.zeros(shape, dtype=INSTANCE_DTYPE)
+    for name, values in columns.items():
+        table[name] = values
+    return table
+
+
+DIMENSIONS: dict[str, str] = {"S": "image_size", "C": "channels", "M": "mask_size", "L": "layers"}
 
 
 @dataclass(frozen=True)
 class DatasetField:
-    """One HDF5 dataset: its axis, per-record shape, dtype and meaning."""
+    """One HDF5 dataset: the :class:`~shapesgen.scene.Scene` attribute it stores, its axis,
+    the shape of one record (``DIMENSIONS`` symbols or integers), its dtype and meaning.
+
+    Records along the ``scene`` axis are one per scene; along ``instance``, ``num_instances``
+    per scene (the scene's attribute stacks them); along ``vertex``, as many as the scene's
+    ``vertex_offsets`` say. Writers, readers and the validator loop over ``DATASETS``.
+    """
 
     name: str
+    attribute: str
     axis: Axis
     dtype: np.dtype
-    shape_doc: str
+    record: tuple[str | int, ...]
     meaning: str
 
     def record_shape(self, config: SceneConfig) -> tuple[int, ...]:
         """Shape of one record along the dataset's first axis."""
-        s, m, n_layers = config.image_size, config.mask_size, config.layers
-        return {
-            "images": (s, s, config.channels),
-            "layers": (n_layers, m, m),
-            "class_layers": (n_layers, m, m),
-            "amodal_masks": (m, m),
-            "visible_masks": (m, m),
-            "instances": (),
-            "vertices": (2,),
-        }[self.name]
+        return tuple(d if isinstance(d, int) else int(getattr(config, DIMENSIONS[d])) for d in self.record)
+
+    @property
+    def per_scene(self) -> bool:
+        """Whether a scene owns a fixed number of rows (stored as one chunk per scene)."""
+        return self.axis != "vertex"
+
+    def scene_rows(self, config: SceneConfig) -> int:
+        """Rows one scene owns: 1 along ``scene``, ``num_instances`` along ``instance``."""
+        if self.axis == "vertex":
+            raise ValueError(f"dataset {self.name}: a scene's vertex rows vary, see vertex_offsets")
+        return 1 if self.axis == "scene" else config.num_instances
+
+    @property
+    def shape_doc(self) -> str:
+        """The dataset's shape as ``docs/format.md`` writes it, e.g. ``(scenes, S, S, C)``."""
+        return f"({', '.join([AXIS_ROWS[self.axis], *map(str, self.record)])}{',' if not self.record else ''})"
 
 
 DATASETS: tuple[DatasetField, ...] = (
     DatasetField(
         "images",
+        "image",
         "scene",
         np.dtype("uint8"),
-        "(scenes, S, S, C)",
+        ("S", "S", "C"),
         "rendered image: 255 background and fills, 0 outlines",
     ),
     DatasetField(
         "layers",
+        "layers",
         "scene",
         np.dtype("uint16"),
-        "(scenes, L, M, M)",
+        ("L", "M", "M"),
         "layer k = id of the k-th instance from the top at each mask pixel, 0 = none",
     ),
     DatasetField(
         "class_layers",
+        "class_layers",
         "scene",
         np.dtype("uint8"),
-        "(scenes, L, M, M)",
+        ("L", "M", "M"),
         "class_id of the instance in `layers`, 0 = background",
     ),
     DatasetField(
         "amodal_masks",
+        "amodal_masks",
         "instance",
         np.dtype("bool"),
-        "(instances, M, M)",
+        ("M", "M"),
         "full extent of each instance at mask resolution",
     ),
     DatasetField(
         "visible_masks",
+        "visible_masks",
         "instance",
         np.dtype("bool"),
-        "(instances, M, M)",
+        ("M", "M"),
         "visible part of each instance (equals layer 1 == id)",
     ),
-    DatasetField("instances", "instance", INSTANCE_DTYPE, "(instances,)", "per-instance table, columns below"),
+    DatasetField("instances", "instances", "instance", INSTANCE_DTYPE, (), "per-instance table, columns below"),
     DatasetField(
+        "vertices",
         "vertices",
         "vertex",
         np.dtype("float64"),
-        "(vertices, 2)",
+        (2,),
         "exterior ring (x, y) of each amodal polygon clipped to the frame, image pixels",
     ),
 )
@@ -126,6 +172,7 @@ OFFSETS: dict[str, tuple[Axis, Axis, str]] = {
     "vertex_offsets": ("instance", "vertex", "instance row j owns vertex rows vertex_offsets[j]:vertex_offsets[j+1]"),
 }
 FIELDS: dict[str, DatasetField] = {f.name: f for f in DATASETS}
+PER_SCENE: tuple[DatasetField, ...] = tuple(f for f in DATASETS if f.per_scene)  # one chunk per scene each
 
 ROOT_ATTRIBUTES: dict[str, str] = {
     "format": f"always '{FORMAT_NAME}'",
@@ -162,7 +209,7 @@ def format_markdown() -> str:
         "",
         "Generated from `shapesgen/schema.py` by `python -m shapesgen.schema`; do not edit by hand.",
         "",
-        "Shapes use S = `image_size`, C = `channels`, M = `mask_size`, L = `layers`.",
+        "Shapes use " + ", ".join(f"{symbol} = `{name}`" for symbol, name in DIMENSIONS.items()) + ".",
         "Conventions: instance id = index within its scene + 1, 0 = background; depth 0 = front;",
         "class_id = index into `class_names` + 1; masks are `[instances, M, M]` and layers",
         "`[L, M, M]`; image coordinates are pixels, origin top-left, y down.",

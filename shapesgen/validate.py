@@ -12,10 +12,9 @@ from shapesgen.errors import ValidationError
 from shapesgen.hdf5 import CorruptDatasetError, DigestChain, ShapesDataset, checksums, open_dataset, scene_digests
 from shapesgen.raster import layer_maps
 from shapesgen.scene import Scene, render_scene
-from shapesgen.schema import DATASETS, INSTANCE_DTYPE, OFFSETS
+from shapesgen.schema import DATASETS, INSTANCE_COLUMNS, OFFSETS
 
 GEOMETRY_RTOL = 1e-9
-ROUNDED_COLUMNS = frozenset({"visible_area", "occlusion_rate", "visible_bbox"})  # exact, up to rounding
 
 
 def _check(condition: bool | np.bool_, message: str) -> None:
@@ -123,6 +122,30 @@ def check_scene(scene: Scene, ds: ShapesDataset) -> None:
     )
 
 
+def compare_with_fresh(scene: Scene, fresh: Scene) -> None:
+    """Every stored dataset of ``scene`` equals a fresh render's: arrays exactly (checked first),
+    then the per-instance table column by column, ``rounded`` columns to ``GEOMETRY_RTOL``."""
+    where = f"scene {scene.index}"
+    for field in DATASETS:
+        same = field.dtype.names or np.array_equal(getattr(fresh, field.attribute), getattr(scene, field.attribute))
+        if not same:
+            raise ValidationError(f"{where}: {field.attribute} differs from a fresh render of the stored config")
+    for field in DATASETS:
+        if not field.dtype.names:
+            continue
+        for column in INSTANCE_COLUMNS:
+            ours, theirs = getattr(fresh, field.attribute)[column.name], getattr(scene, field.attribute)[column.name]
+            same = (
+                np.allclose(ours, theirs, rtol=GEOMETRY_RTOL, atol=GEOMETRY_RTOL)
+                if column.rounded
+                else np.array_equal(ours, theirs)
+            )
+            if not same:
+                raise ValidationError(
+                    f"{where}: {field.name} column {column.name} differs from a fresh render of the stored config"
+                )
+
+
 def validate_dataset(
     ds: ShapesDataset, *, regenerate: int = 2, progress: Callable[[int, int], None] | None = None
 ) -> int:
@@ -173,21 +196,7 @@ def _validate(ds: ShapesDataset, regenerate: int, progress: Callable[[int, int],
             scene = dataclasses.replace(scene, index=ds.first_scene + index)
         check_scene(scene, ds)
         if index in again:
-            fresh, where = render_scene(ds.config, scene.index), f"scene {scene.index}"
-            for name in ("image", "layers", "class_layers", "amodal_masks", "visible_masks", "vertices"):
-                if not np.array_equal(getattr(fresh, name), getattr(scene, name)):
-                    raise ValidationError(f"{where}: {name} differs from a fresh render of the stored config")
-            for column in INSTANCE_DTYPE.names or ():
-                ours, theirs = fresh.instances[column], scene.instances[column]
-                same = (
-                    np.allclose(ours, theirs, rtol=GEOMETRY_RTOL, atol=GEOMETRY_RTOL)
-                    if column in ROUNDED_COLUMNS
-                    else np.array_equal(ours, theirs)
-                )
-                if not same:
-                    raise ValidationError(
-                        f"{where}: instances column {column} differs from a fresh render of the stored config"
-                    )
+            compare_with_fresh(scene, render_scene(ds.config, scene.index))
         if progress:
             progress(index + 1, n)
     return n

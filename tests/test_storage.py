@@ -1,0 +1,109 @@
+"""The schema drives storage: every declared dataset and column is filled by the renderer,
+and the encoder writes exactly the records the schema declares."""
+
+from __future__ import annotations
+
+import dataclasses
+import zlib
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from shapesgen import SceneConfig, preset, render_scenes
+from shapesgen.hdf5 import encode_scenes
+from shapesgen.scene import Scene
+from shapesgen.schema import DATASETS, INSTANCE_COLUMNS, INSTANCE_DTYPE, instance_table
+
+TINY = SceneConfig(image_size=64, mask_size=32, instances_per_class=3, layers=3, seed=11)
+CONFIGS = {"tiny": TINY, "extended": preset("extended").replace(instances_per_class=2, seed=3)}
+INDEX_FIELDS = {"index", "vertex_offsets"}  # a scene's position and its vertex index: no dataset of their own
+
+
+def test_scene_attributes_and_the_schema_agree() -> None:
+    """Each dataset names a Scene attribute, and each Scene array is stored by one dataset."""
+    attributes = [field.name for field in dataclasses.fields(Scene)]
+    declared = [field.attribute for field in DATASETS]
+    assert sorted(declared) == sorted(set(attributes) - INDEX_FIELDS)
+    assert len(set(declared)) == len(declared) and len({f.name for f in DATASETS}) == len(DATASETS)
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_every_declared_dataset_and_column_is_filled_by_the_renderer(name: str) -> None:
+    """A dataset or instance column the renderer leaves at its default (zeros) fails here."""
+    config = CONFIGS[name]
+    scenes = render_scenes(config, range(1, 9))
+    for field in DATASETS:
+        values = [getattr(scene, field.attribute) for scene in scenes]
+        assert all(v.dtype == field.dtype for v in values), field.name
+        if field.per_scene:
+            rows = () if field.axis == "scene" else (field.scene_rows(config),)
+            assert all(v.shape == (*rows, *field.record_shape(config)) for v in values), field.name
+        else:
+            assert all(v.shape[1:] == field.record_shape(config) for v in values), field.name
+        if not field.dtype.names:
+            assert any(np.any(v != 0) for v in values), f"dataset {field.name} is all zeros"
+    table = np.concatenate([scene.instances for scene in scenes])
+    for column in INSTANCE_COLUMNS:
+        assert np.any(table[column.name] != 0), f"instances column {column.name} is all zeros"
+
+
+def test_instance_table_refuses_a_missing_or_undeclared_column() -> None:
+    columns = {c.name: 1 for c in INSTANCE_COLUMNS}
+    assert instance_table(columns, (2, 3)).dtype == INSTANCE_DTYPE
+    with pytest.raises(ValueError, match=r"missing \['truncation'\], undeclared \[\]"):
+        instance_table({k: v for k, v in columns.items() if k != "truncation"}, (2, 3))
+    with pytest.raises(ValueError, match=r"missing \[\], undeclared \['extra'\]"):
+        instance_table(columns | {"extra": 0}, (2, 3))
+
+
+CONFIG_SPACE = st.builds(
+    lambda size, scale, channels, layers, per_class, seed: SceneConfig(
+        image_size=size,
+        mask_size=size // scale,
+        channels=channels,
+        layers=layers,
+        instances_per_class=per_class,
+        seed=seed,
+    ),
+    st.sampled_from([32, 64]),
+    st.sampled_from([1, 2, 4]),
+    st.sampled_from([1, 3]),
+    st.integers(1, 4),
+    st.integers(1, 3),
+    st.integers(0, 2**32),
+)
+
+
+@settings(max_examples=20, deadline=None)
+@given(config=CONFIG_SPACE, level=st.sampled_from([0, 1, 6]))
+def test_the_encoder_writes_the_records_the_schema_declares(config: SceneConfig, level: int) -> None:
+    """Each per-scene chunk holds exactly one scene's record of the declared dtype and shape,
+    and decodes to the Scene attribute the field names; every dataset is hashed."""
+    scenes = render_scenes(config, [0, 5])
+    batch = encode_scenes(scenes, level)
+    assert list(batch.digests) == [field.name for field in DATASETS]
+    assert list(batch.chunks) == [field.name for field in DATASETS if field.per_scene]
+    assert list(batch.vertex_rows) == [field.name for field in DATASETS if not field.per_scene]
+    for field in DATASETS:
+        shape = field.record_shape(config)
+        for j, scene in enumerate(scenes):
+            stored = getattr(scene, field.attribute)
+            if field.per_scene:
+                chunk = batch.chunks[field.name][j]
+                raw = zlib.decompress(chunk) if level else chunk
+                assert len(raw) == field.scene_rows(config) * int(np.prod(shape)) * field.dtype.itemsize
+                decoded = np.frombuffer(raw, field.dtype).reshape(-1, *shape)
+                assert np.array_equal(decoded.reshape(stored.shape), stored), field.name
+        if not field.per_scene:
+            rows = batch.vertex_rows[field.name]
+            assert rows.dtype == field.dtype and rows.shape[1:] == shape
+            assert len(rows) == int(batch.vertex_counts.sum())
+
+
+def test_the_encoder_refuses_a_record_of_another_dtype() -> None:
+    scene = render_scenes(TINY, [0])[0]
+    wrong = dataclasses.replace(scene, layers=scene.layers.astype(np.int64))
+    with pytest.raises(TypeError, match="Scene.layers is int64, dataset layers stores uint16"):
+        encode_scenes([wrong], 1)
