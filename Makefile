@@ -36,7 +36,7 @@ bench: $(VENV)/.full
 	$(BIN)/python benchmarks/bench_render.py
 
 docs: $(VENV)/.base
-	$(BIN)/python -c "from shapesgen.schema import format_markdown as f; print(f(), end='')" > docs/format.md
+	$(BIN)/python -c "from shapesgen.storage.layout import format_markdown as f; print(f(), end='')" > docs/format.md
 	$(BIN)/python -m shapesgen_cli.reference > docs/cli.md
 
 clean:

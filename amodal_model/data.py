@@ -19,10 +19,10 @@ import tensorflow as tf
 
 from amodal_model.batching import Batch, blocked_batches
 from amodal_model.coco_source import coco_batches, is_coco_export, open_coco_export
+from shapesgen import open_dataset
 from shapesgen.config import SceneConfig, build_config
 from shapesgen.errors import ConfigError, DatasetError, ShapesgenError, one_line, shown
 from shapesgen.files import regular_input
-from shapesgen.hdf5 import open_dataset
 from shapesgen.limits import check_scene_fits
 from shapesgen.scene import render_scenes
 

@@ -40,6 +40,7 @@ from amodal_model.predict import (
     load_train_config,
     predict_hdf5,
 )
+from shapesgen import open_dataset
 from shapesgen.errors import ConfigError, DatasetError, ShapesgenError, one_line, shown
 from shapesgen.evaluate import GroundTruth, evaluate, load_ground_truth
 from shapesgen.files import (
@@ -52,7 +53,6 @@ from shapesgen.files import (
     remove_empty,
     write_atomically,
 )
-from shapesgen.hdf5 import open_dataset
 
 LOSS_TERMS = ("loss", "variance", "distance", "regularisation", "cross_entropy")
 EVAL_COLUMNS = ("AP", "AP50", "AP75", "AR100", "AR_none", "AR_partial", "AR_heavy")

@@ -25,7 +25,7 @@ app = typer.Typer(
 def _version(value: bool) -> None:
     if value:
         from shapesgen import __version__
-        from shapesgen.schema import FORMAT_VERSION
+        from shapesgen.storage.layout import FORMAT_VERSION
 
         console.print(f"shapesgen {__version__} (HDF5 format {FORMAT_VERSION})")
         raise typer.Exit()

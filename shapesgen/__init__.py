@@ -2,8 +2,8 @@
 
 from shapesgen.config import PRESETS, SceneConfig, ShapeSpec, StorageConfig, preset
 from shapesgen.errors import ConfigError, DatasetError, ShapesgenError, ValidationError
-from shapesgen.hdf5 import ShapesDataset, open_dataset
 from shapesgen.scene import Scene, render_scene, render_scenes
+from shapesgen.storage.reader import ShapesDataset, open_dataset
 
 __version__ = "0.1.0"
 

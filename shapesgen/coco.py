@@ -35,12 +35,12 @@ from shapesgen.files import (
     remove_empty,
 )
 from shapesgen.geometry import front_overlaps
-from shapesgen.hdf5 import CorruptDatasetError, ShapesDataset, open_dataset
 from shapesgen.metadata import DEFAULT_LICENSE, LICENSES, croissant, hf_front_matter, license_of
 from shapesgen.raster import layer_maps, rasterize_convex
 from shapesgen.scene import Scene
 from shapesgen.splits import Split
 from shapesgen.stats import OCCLUSION_BANDS, occlusion_band
+from shapesgen.storage.reader import CorruptDatasetError, ShapesDataset, open_dataset
 
 Style = Literal["coco", "cocoa", "kins", "aistron"]
 Segmentation = Literal["rle", "polygon"]

@@ -19,9 +19,9 @@ from pathlib import Path
 
 from shapesgen.config import SceneConfig, StorageConfig, preset
 from shapesgen.errors import ConfigError, ShapesgenError, shown
-from shapesgen.hdf5 import open_dataset
 from shapesgen.render import ProgressCallback, Verifier, render_dataset
 from shapesgen.splits import SEMVER, Split, check_split_name
+from shapesgen.storage.reader import open_dataset
 
 
 class ChecksumMismatchError(ShapesgenError):

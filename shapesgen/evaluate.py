@@ -46,8 +46,8 @@ from pycocotools.cocoeval import COCOeval, Params
 from shapesgen.coco import MAX_MASK_PIXELS, decode_segmentation, encode_rle, rle_runs
 from shapesgen.errors import ConfigError, DatasetError
 from shapesgen.files import check_file_output, file_kind, regular_input, resolved, write_atomically
-from shapesgen.hdf5 import ShapesDataset, open_dataset
 from shapesgen.stats import HEAVY_MIN, NONE_MAX, OCCLUSION_BANDS
+from shapesgen.storage.reader import ShapesDataset, open_dataset
 
 MAX_DETS = (1, 10, 100, 1000)
 KEEP_PER_IMAGE = MAX_DETS[-1]  # detections kept per (image, category): COCOeval drops the rest itself

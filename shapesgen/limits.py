@@ -16,8 +16,8 @@ import numpy as np
 
 from shapesgen.config import SceneConfig
 from shapesgen.errors import ConfigError
-from shapesgen.schema import DATASETS
 from shapesgen.shapes import SHAPE_KINDS
+from shapesgen.storage.layout import DATASETS
 
 MAX_CHUNK_BYTES = 2**32 - 1  # HDF5's limit on one chunk
 BATCH_BYTES = 256 * 2**20  # a rendering batch's records stay below this (batches shrink for big scenes)

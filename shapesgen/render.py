@@ -8,6 +8,7 @@ which ``resume=True`` continues to the same bytes an uninterrupted render writes
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import secrets
@@ -34,10 +35,11 @@ from shapesgen.files import (
     refuse_overwriting_inputs,
     remove_empty,
 )
-from shapesgen.hdf5 import FLUSH_EVERY_S, DatasetWriter, EncodedBatch, encode_scenes
 from shapesgen.limits import batch_scenes_for, check_disk, check_scene_fits
 from shapesgen.scene import render_scenes
 from shapesgen.splits import Split, split_from_json
+from shapesgen.storage.encode import EncodedBatch, encode_scenes
+from shapesgen.storage.writer import FLUSH_EVERY_S, DatasetWriter
 
 ProgressCallback = Callable[[int, int], None]
 Verifier = Callable[[dict[str, str]], None]
@@ -67,6 +69,12 @@ def resolve_seed(config: SceneConfig) -> SceneConfig:
 def render_batch(config: SceneConfig, start: int, stop: int, compression_level: int) -> EncodedBatch:
     """Scenes ``start..stop-1``, compressed and hashed, ready for one write."""
     return encode_scenes(render_scenes(config, range(start, stop)), compression_level)
+
+
+def fresh_digests(config: SceneConfig, start: int, stop: int) -> dict[str, list[bytes]]:
+    """The per-scene digests a fresh render gives scenes ``start..stop-1``: the writer's
+    ``verify``, which checks a killed render's file against them when resuming it."""
+    return render_batch(config, start, stop, 0).digests
 
 
 def _pool_context() -> BaseContext:
@@ -336,7 +344,16 @@ def _render_locked(
 
     try:
         writer = DatasetWriter(
-            partial, config, storage, num_scenes, progress, split, first_scene, created, flush_seconds
+            partial,
+            config,
+            storage,
+            num_scenes,
+            progress,
+            split,
+            first_scene,
+            created,
+            flush_seconds,
+            verify=functools.partial(fresh_digests, config),
         )
     except KeyboardInterrupt:  # while checking a killed render's scenes: nothing was changed
         raise RenderInterrupted(f"interrupted while checking {partial}; it is kept: rerun with resume=True") from None

@@ -11,8 +11,8 @@ import shapely
 from shapesgen import geometry, raster
 from shapesgen.config import SceneConfig
 from shapesgen.errors import ConfigError
-from shapesgen.schema import instance_table
 from shapesgen.shapes import SHAPE_KINDS
+from shapesgen.storage.layout import instance_table
 from shapesgen.visibility import visibility
 
 

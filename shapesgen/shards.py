@@ -1,4 +1,4 @@
-"""Sharded datasets: a folder of shard files and a manifest, rendered locally or on Dask.
+"""Sharded datasets: render a folder of shard files and a manifest, locally or on Dask, and validate it.
 
 Shard k is a complete shapesgen HDF5 file holding scenes ``start .. stop - 1`` (its
 ``first_scene`` attribute is ``start``), written by the single-file writer
@@ -16,13 +16,11 @@ shards' own.
 
 from __future__ import annotations
 
-import bisect
-import dataclasses
 import hashlib
 import json
 import os
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,25 +31,21 @@ import numpy as np
 from shapesgen.config import Engine, SceneConfig, StorageConfig
 from shapesgen.errors import ConfigError, DatasetError, ResourceError, ShapesgenError, ValidationError, one_line
 from shapesgen.files import check_output_path, exclusive_lock, make_parents, remove_empty, write_atomically
-from shapesgen.hdf5 import (
-    PER_SCENE_HASHED,
-    SHARD_MANIFEST,
-    SHARD_VIRTUAL,
-    CorruptDatasetError,
-    DigestChain,
-    EncodedBatch,
-    ShapesDataset,
-    checksums,
-    open_dataset,
-    scene_digests,
-)
 from shapesgen.limits import batch_scenes_for, check_scene_fits
-from shapesgen.scene import Scene
-from shapesgen.schema import DATASETS, OFFSETS
+from shapesgen.storage.digests import PER_SCENE_HASHED, DigestChain, checksums, scene_digests
+from shapesgen.storage.encode import EncodedBatch
+from shapesgen.storage.layout import OFFSETS, SHARD_MANIFEST
+from shapesgen.storage.manifest import (
+    VIRTUAL_FILE,
+    Shard,
+    build_manifest,
+    check_shard_header,
+    plan_shards,
+    read_manifest,
+    write_virtual,
+)
+from shapesgen.storage.reader import CorruptDatasetError, open_dataset
 
-MANIFEST_FORMAT = "shapesgen-shards"
-MANIFEST_VERSION = "1.0"
-VIRTUAL_FILE = SHARD_VIRTUAL  # the shards as one file of HDF5 virtual datasets
 MAX_SHARDS = 100_000  # shard-NNNNN.h5; the manifest stays a few tens of MB
 MAX_TOTAL_SCENES = 10**11
 ENGINES: tuple[str, ...] = get_args(Engine)
@@ -63,30 +57,6 @@ class MissingExtra(ShapesgenError):
     """An optional dependency is not installed (exit 1: the environment, not the input)."""
 
     exit_code = 1
-
-
-@dataclass(frozen=True)
-class Shard:
-    """Shard ``index``: scenes ``start .. stop - 1`` in file ``shard-<index>.h5``."""
-
-    index: int
-    start: int
-    stop: int
-
-    @property
-    def file(self) -> str:
-        return f"shard-{self.index:05d}.h5"
-
-    @property
-    def count(self) -> int:
-        return self.stop - self.start
-
-
-def plan_shards(num_scenes: int, shard_size: int) -> tuple[Shard, ...]:
-    """Contiguous shards of ``shard_size`` scenes (the last may be shorter)."""
-    return tuple(
-        Shard(k, start, min(start + shard_size, num_scenes)) for k, start in enumerate(range(0, num_scenes, shard_size))
-    )
 
 
 @dataclass(frozen=True)
@@ -109,7 +79,7 @@ def read_shard(path: Path, config: SceneConfig, shard: Shard, *, rendered: bool 
     a shard of another render and :class:`ValidationError` for damaged data."""
     try:
         with open_dataset(path) as ds:
-            _check_shard_header(ds, config, shard)
+            check_shard_header(ds, config, shard)
             chain, parts = DigestChain(), {name: bytearray() for name in PER_SCENE_HASHED}
             vertex_offsets = ds.vertex_offsets[:]
             for scene in scene_digests(ds.datasets, ds.instance_offsets, vertex_offsets):
@@ -142,17 +112,6 @@ def _result_of(path: Path, shard: Shard, written: list[WrittenBatch]) -> ShardRe
     instance_offsets = np.concatenate([[0], np.cumsum(instance_counts)]).astype(np.int64)
     vertex_offsets = np.concatenate([[0], np.cumsum(vertex_counts)]).astype(np.int64)
     return ShardResult(shard, sums, digests, instance_offsets, vertex_offsets, rendered=True)
-
-
-def _check_shard_header(ds: ShapesDataset, config: SceneConfig, shard: Shard) -> None:
-    if ds.config != config:
-        raise ConfigError(f"{ds.path} was rendered with another config than the one asked for", param="out")
-    if ds.first_scene != shard.start or ds.num_scenes != shard.count:
-        held = f"scenes {ds.first_scene}..{ds.first_scene + ds.num_scenes - 1}"
-        raise ConfigError(
-            f"{ds.path} holds {held}, the plan asks {shard.start}..{shard.stop - 1} (another num_scenes or shard_size)",
-            param="out",
-        )
 
 
 def render_shard(
@@ -324,7 +283,7 @@ def render_sharded(
             else:
                 chain = _run_dask(config, out, shards, storage, created, scheduler, workers, progress)
             write_virtual(out, config, shards, chain.hexdigests())
-            manifest = build_manifest(config, storage, num_scenes, shard_size, chain)
+            manifest = build_manifest(config, storage, num_scenes, shard_size, chain.hexdigests(), chain.shards)
             text = json.dumps(manifest, indent=1, sort_keys=True) + "\n"
             write_atomically(out / SHARD_MANIFEST, text.encode(), force=True)
     except BaseException:
@@ -510,194 +469,6 @@ def _run_dask(
     return chain
 
 
-def build_manifest(
-    config: SceneConfig, storage: StorageConfig, num_scenes: int, shard_size: int, chain: DatasetChain
-) -> dict[str, Any]:
-    """The manifest's content: no time stamps, so the same render gives the same bytes."""
-    from shapesgen import __version__
-
-    return {
-        "format": MANIFEST_FORMAT,
-        "format_version": MANIFEST_VERSION,
-        "package_version": __version__,
-        "config": config.to_dict(),
-        "seed": config.seed,
-        "storage": json.loads(storage.to_json()),
-        "num_scenes": num_scenes,
-        "shard_size": shard_size,
-        "checksums": chain.hexdigests(),
-        "virtual": VIRTUAL_FILE,
-        "shards": [
-            {"file": shard.file, "start": shard.start, "stop": shard.stop, "checksums": sums}
-            for shard, sums in chain.shards
-        ],
-    }
-
-
-def write_virtual(folder: Path, config: SceneConfig, shards: tuple[Shard, ...], sums: dict[str, str]) -> Path:
-    """Write ``folder/dataset.h5``: a shapesgen file whose per-scene and per-instance datasets
-    (and ``vertices``) are HDF5 virtual datasets mapping the shards' rows end to end, and
-    whose offset arrays are real, rebuilt dataset-wide; root attributes as a single-file
-    render's (no ``first_scene``; the whole-dataset checksums). Plain h5py reads it as one
-    file; the shard files must stay beside it. Written to a ``.partial`` name, then renamed."""
-    import h5py
-
-    n, per_scene = shards[-1].stop, config.num_instances
-    vertex_rows: list[int] = []
-    partial = folder / (VIRTUAL_FILE + ".partial")
-    with h5py.File(partial, "w") as out:
-        vertex_offsets = out.create_dataset("vertex_offsets", shape=(1,), maxshape=(None,), dtype=np.int64)
-        attrs: dict[str, Any] = {}
-        base = 0
-        for shard in shards:
-            with h5py.File(folder / shard.file, "r") as source:
-                if not attrs:
-                    attrs = {key: source.attrs[key] for key in source.attrs if key != "first_scene"}
-                offsets = source["vertex_offsets"][1:] + base
-            vertex_offsets.resize(len(vertex_offsets) + len(offsets), axis=0)  # every shard has instance rows
-            vertex_offsets[-len(offsets) :] = offsets
-            vertex_rows.append(int(offsets[-1]) - base)
-            base = int(offsets[-1])
-        out.create_dataset("instance_offsets", data=np.arange(n + 1, dtype=np.int64) * per_scene)
-        for field in DATASETS:
-            record = field.record_shape(config)
-            rows = [
-                {"scene": s.count, "instance": s.count * per_scene, "vertex": vertex_rows[s.index]}[field.axis]
-                for s in shards
-            ]
-            _virtual_dataset(out, field.name, field.dtype, record, [s.file for s in shards], rows)
-        for key, value in attrs.items():
-            out.attrs[key] = value
-        out.attrs["num_scenes"] = out.attrs["scenes_written"] = np.int64(n)
-        out.attrs["checksums"] = json.dumps(sums, sort_keys=True)
-    return partial.replace(folder / VIRTUAL_FILE)
-
-
-def _virtual_dataset(
-    out: Any, name: str, dtype: np.dtype, record: tuple[int, ...], files: list[str], rows: list[int]
-) -> None:
-    """Dataset ``name`` of ``out`` as the rows of the same dataset in ``files``, end to end
-    (h5py's VirtualLayout, but without time stamps, so the file's bytes are reproducible)."""
-    from h5py import h5d, h5p, h5s, h5t
-
-    space = h5s.create_simple((sum(rows), *record))
-    dcpl = h5p.create(h5p.DATASET_CREATE)
-    dcpl.set_obj_track_times(False)
-    row = 0
-    for file, count in zip(files, rows, strict=True):
-        if count:
-            selection = space.copy()
-            selection.select_hyperslab((row, *(0 for _ in record)), (count, *record))
-            source = h5s.create_simple((count, *record))
-            dcpl.set_virtual(selection, file.encode(), name.encode(), source)
-        row += count
-    h5d.create(out.id, name.encode(), h5t.py_create(dtype, logical=True), space, dcpl=dcpl).close()
-
-
-def is_sharded(path: str | Path) -> bool:
-    """Whether ``path`` is a folder holding a sharded dataset's manifest."""
-    return (Path(path) / SHARD_MANIFEST).is_file()
-
-
-def read_manifest(folder: str | Path) -> dict[str, Any]:
-    """The checked manifest of a sharded dataset folder (:class:`DatasetError` if it is
-    missing, not JSON, or breaks the layout)."""
-    path = Path(folder) / SHARD_MANIFEST
-    if not path.is_file():
-        raise DatasetError(f"{folder}: no {SHARD_MANIFEST}: not a sharded dataset, or its render is unfinished")
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, ValueError, RecursionError) as exc:
-        raise DatasetError(f"{path}: cannot be read as JSON ({one_line(exc, 120)})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
-        raise DatasetError(f"{path}: not a shapesgen shard manifest (format != '{MANIFEST_FORMAT}')")
-    if str(manifest.get("format_version", "")).split(".")[0] != MANIFEST_VERSION.split(".")[0]:
-        raise DatasetError(f"{path}: manifest format_version {manifest.get('format_version')!r} is not readable")
-    try:
-        config = SceneConfig.from_dict(manifest["config"])
-        num, size, shards = int(manifest["num_scenes"]), int(manifest["shard_size"]), manifest["shards"]
-        plan = plan_shards(num, size)
-        ok = (
-            isinstance(shards, list)
-            and len(shards) == len(plan)
-            and config.seed == manifest["seed"]
-            and isinstance(manifest["checksums"], dict)
-            and all(
-                entry["file"] == s.file and entry["start"] == s.start and entry["stop"] == s.stop
-                for entry, s in zip(shards, plan, strict=True)
-            )
-        )
-    except (KeyError, TypeError, ValueError, ConfigError) as exc:
-        raise DatasetError(f"{path}: damaged manifest ({one_line(exc, 120)})") from None
-    if not ok:
-        raise DatasetError(f"{path}: damaged manifest (its shard list does not match num_scenes and shard_size)")
-    return manifest
-
-
-class ShardedDataset:
-    """A read-only view of a sharded dataset folder; ``dataset[i]`` is scene ``i`` (a
-    :class:`Scene`, read from its shard). Shards are opened on first use."""
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.manifest = read_manifest(self.path)
-        self.config = SceneConfig.from_dict(self.manifest["config"])
-        self.shards = plan_shards(int(self.manifest["num_scenes"]), int(self.manifest["shard_size"]))
-        self.checksums: dict[str, str] = dict(self.manifest["checksums"])
-        self._starts = [s.start for s in self.shards]
-        self._open: dict[int, ShapesDataset] = {}
-
-    @property
-    def seed(self) -> int:
-        return int(self.manifest["seed"])
-
-    def shard(self, k: int) -> ShapesDataset:
-        """Shard ``k``, opened and checked against the manifest."""
-        if k not in self._open:
-            spec = self.shards[k]
-            ds = open_dataset(self.path / spec.file)
-            try:
-                _check_shard_header(ds, self.config, spec)
-            except BaseException:
-                ds.close()
-                raise
-            self._open[k] = ds
-        return self._open[k]
-
-    def __len__(self) -> int:
-        return self.shards[-1].stop
-
-    def __getitem__(self, index: int) -> Scene:
-        if not isinstance(index, (int, np.integer)):
-            raise TypeError(f"scene index must be an integer, got {type(index).__name__}")
-        n = len(self)
-        if not -n <= index < n:
-            raise IndexError(f"scene {index} out of range for a dataset of {n} scenes")
-        index = int(index) % n
-        k = bisect.bisect_right(self._starts, index) - 1
-        return dataclasses.replace(self.shard(k)[index - self.shards[k].start], index=index)
-
-    def __iter__(self) -> Iterator[Scene]:
-        for index in range(len(self)):
-            yield self[index]
-
-    def close(self) -> None:
-        for ds in self._open.values():
-            ds.close()
-        self._open.clear()
-
-    def __enter__(self) -> ShardedDataset:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def open_sharded(path: str | Path) -> ShardedDataset:
-    """Open a sharded dataset folder for reading (lazy; use as a context manager)."""
-    return ShardedDataset(path)
-
-
 def _validate_shard(
     folder: str, config: SceneConfig, spec: Shard, regenerate: int, progress: ProgressCallback | None = None
 ) -> ShardResult:
@@ -709,7 +480,7 @@ def _validate_shard(
         raise ValidationError(f"shard {spec.file} is missing")
     try:
         with open_dataset(shard_path) as ds:
-            _check_shard_header(ds, config, spec)
+            check_shard_header(ds, config, spec)
             validate_dataset(ds, regenerate=regenerate, progress=progress)
     except CorruptDatasetError as exc:
         raise ValidationError(f"shard {spec.file}: {exc.problem}") from None

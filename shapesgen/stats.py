@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from shapesgen.hdf5 import ShapesDataset, open_dataset
+from shapesgen.storage.reader import ShapesDataset, open_dataset
 
 OCCLUSION_BANDS = ("none", "partial", "heavy")
 NONE_MAX = 1e-5  # rate <= NONE_MAX: not occluded
@@ -68,7 +68,8 @@ def summarize(ds: ShapesDataset) -> dict[str, Any]:
 def summarize_file(path: str | Path) -> dict[str, Any]:
     """:func:`summarize` of the dataset at ``path`` (an unfinished render too), or of a
     sharded dataset folder (its shards' summaries added up)."""
-    from shapesgen.shards import is_sharded, open_sharded
+    from shapesgen.storage.manifest import is_sharded
+    from shapesgen.storage.reader import open_sharded
 
     if is_sharded(path):
         with open_sharded(path) as sharded:

@@ -9,10 +9,11 @@ from pathlib import Path
 import numpy as np
 
 from shapesgen.errors import ValidationError
-from shapesgen.hdf5 import CorruptDatasetError, DigestChain, ShapesDataset, checksums, open_dataset, scene_digests
 from shapesgen.raster import layer_maps
 from shapesgen.scene import Scene, render_scene
-from shapesgen.schema import DATASETS, INSTANCE_COLUMNS, OFFSETS
+from shapesgen.storage.digests import DigestChain, checksums, scene_digests
+from shapesgen.storage.layout import DATASETS, INSTANCE_COLUMNS, OFFSETS
+from shapesgen.storage.reader import CorruptDatasetError, ShapesDataset, open_dataset
 
 GEOMETRY_RTOL = 1e-9
 
@@ -173,7 +174,8 @@ def validate_file(
     shard by shard (``workers`` at a time) and against its manifest
     (:func:`shapesgen.shards.validate_sharded`).
     """
-    from shapesgen.shards import is_sharded, validate_sharded
+    from shapesgen.shards import validate_sharded
+    from shapesgen.storage.manifest import is_sharded
 
     if is_sharded(path):
         return validate_sharded(path, regenerate=regenerate, progress=progress, workers=workers)

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 import shapesgen.render
 from shapesgen import SceneConfig, __version__
-from shapesgen.schema import FORMAT_VERSION
+from shapesgen.storage.layout import FORMAT_VERSION
 from shapesgen_cli.app import app
 
 runner = CliRunner()

@@ -226,13 +226,13 @@ def test_a_full_disk_during_render_or_export_leaves_nothing(
     import errno
 
     import shapesgen.coco
-    import shapesgen.hdf5
+    import shapesgen.storage.writer
 
     def full(*args: object, **kwargs: object) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
     before = tree(tmp_path)
-    monkeypatch.setattr(shapesgen.hdf5.DatasetWriter, "append", full)
+    monkeypatch.setattr(shapesgen.storage.writer.DatasetWriter, "append", full)
     line = one_error_line(run_cli("render", "--out", tmp_path / "new" / "d.h5", "--num", 3, "-q", *SMALL), code=1)
     assert "No space left" in line and "nothing was kept" in line
     monkeypatch.setattr(shapesgen.coco, "_write_export", full)

@@ -14,8 +14,8 @@ from pycocotools.coco import COCO
 
 from shapesgen import ConfigError, DatasetError
 from shapesgen.coco import ExportConfig, decode_segmentation, export_coco, masks_at
-from shapesgen.hdf5 import open_dataset
 from shapesgen.raster import layer_maps
+from shapesgen.storage.reader import open_dataset
 
 
 @pytest.fixture(scope="module")

@@ -19,9 +19,9 @@ from amodal_model.coco_source import coco_batches, decode_rles, is_coco_export, 
 from shapesgen import SceneConfig
 from shapesgen.coco import ExportConfig, decode_segmentation, encode_rle, export_coco, layer_file_name
 from shapesgen.errors import DatasetError, ShapesgenNote
-from shapesgen.hdf5 import open_dataset
 from shapesgen.raster import layer_maps, rasterize_convex
 from shapesgen.render import render_dataset
+from shapesgen.storage.reader import open_dataset
 
 data = pytest.importorskip("amodal_model.data", reason="the HDF5 batches to compare with need TensorFlow")
 

@@ -25,8 +25,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from shapesgen import DatasetError, ShapesgenError, ValidationError
-from shapesgen.hdf5 import CorruptDatasetError, open_dataset
 from shapesgen.stats import summarize
+from shapesgen.storage.reader import CorruptDatasetError, open_dataset
 from shapesgen.validate import validate_file
 
 Edit = Callable[[h5py.File], None]

@@ -36,10 +36,10 @@ from shapesgen.datasets import (
     parse_reference,
 )
 from shapesgen.errors import ConfigError, DatasetError
-from shapesgen.hdf5 import open_dataset
 from shapesgen.metadata import LICENSES, size_category
 from shapesgen.render import RenderInterrupted, render_dataset
 from shapesgen.splits import Split, split_seed
+from shapesgen.storage.reader import open_dataset
 
 SMALL = SceneConfig(image_size=64, mask_size=32, instances_per_class=2, layers=2, seed=5)
 

@@ -32,7 +32,7 @@ from shapesgen.evaluate import (
     load_ground_truth,
     pycocotools_eval,
 )
-from shapesgen.hdf5 import open_dataset
+from shapesgen.storage.reader import open_dataset
 
 
 def rle(mask: np.ndarray) -> dict[str, Any]:

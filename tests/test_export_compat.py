@@ -24,8 +24,8 @@ from pycocotools.coco import COCO
 from shapesgen import SceneConfig, __version__
 from shapesgen.coco import ExportConfig, encode_rle, export_coco, masks_at, scene_rings
 from shapesgen.evaluate import evaluate_files, load_ground_truth, oracle_predictions
-from shapesgen.hdf5 import open_dataset
 from shapesgen.render import render_dataset
+from shapesgen.storage.reader import open_dataset
 
 # Crowded enough to have instances hidden at mask resolution, some of them visible at image resolution.
 CROWDED = SceneConfig(image_size=64, mask_size=16, instances_per_class=5, layers=2, seed=4)
@@ -280,7 +280,7 @@ def test_image_resolution_keeps_instances_visible_only_at_image_resolution(
 
 
 def test_rebuild_from_the_card_is_byte_identical_and_verifies(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import shapesgen.hdf5
+    import shapesgen.storage.writer
 
     class Clock:
         now_is = datetime(2020, 1, 1, tzinfo=UTC)
@@ -289,7 +289,7 @@ def test_rebuild_from_the_card_is_byte_identical_and_verifies(tmp_path: Path, mo
         def now(cls, tz: Any = None) -> datetime:
             return cls.now_is
 
-    monkeypatch.setattr(shapesgen.hdf5, "datetime", Clock)
+    monkeypatch.setattr(shapesgen.storage.writer, "datetime", Clock)
     config = SceneConfig(image_size=64, mask_size=32, instances_per_class=2, layers=2, seed=5)
     render_dataset(config, tmp_path / "original.h5", num_scenes=3, workers=1)
     options = ExportConfig(style="cocoa", segmentation="polygon", include_hidden=True)

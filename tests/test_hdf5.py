@@ -12,9 +12,9 @@ import pytest
 
 from shapesgen import ConfigError, DatasetError, SceneConfig, render_scene
 from shapesgen.config import StorageConfig
-from shapesgen.hdf5 import open_dataset
 from shapesgen.render import RenderInterrupted, partial_path, render_dataset
-from shapesgen.schema import DATASETS, FORMAT_NAME, FORMAT_VERSION, OFFSETS, format_markdown
+from shapesgen.storage.layout import DATASETS, FORMAT_NAME, FORMAT_VERSION, OFFSETS, format_markdown
+from shapesgen.storage.reader import open_dataset
 from shapesgen.validate import validate_dataset
 
 GOLDEN = Path(__file__).parent / "golden"

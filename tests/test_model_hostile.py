@@ -24,7 +24,7 @@ from amodal_model.predict import predict_run
 from amodal_model.train import Trainer, train
 from shapesgen.coco import ExportConfig, export_coco
 from shapesgen.errors import ConfigError, ResourceError, ShapesgenError
-from shapesgen.hdf5 import open_dataset
+from shapesgen.storage.reader import open_dataset
 
 QUICK = TINY.replace(
     feature_channels=8, head_filters=(8, 4), embedding_dim=4, epochs=1, batch_size=2, steps_per_epoch=1, eval_every=0

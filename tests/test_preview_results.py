@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from shapesgen.coco import encode_rle
-from shapesgen.hdf5 import open_dataset
 from shapesgen.preview import GAP, HEADER, Prediction, _palette, comparison_tiles, match_predictions, write_comparison
+from shapesgen.storage.reader import open_dataset
 
 SIZE = 64  # the tiny dataset's image size: one tile a side
 

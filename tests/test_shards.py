@@ -18,9 +18,10 @@ from conftest import run_cli
 from shapesgen import SceneConfig
 from shapesgen.config import StorageConfig
 from shapesgen.errors import ConfigError, DatasetError, ValidationError
-from shapesgen.hdf5 import open_dataset
 from shapesgen.render import render_dataset
-from shapesgen.shards import MissingExtra, open_sharded, plan_shards, render_sharded, validate_sharded
+from shapesgen.shards import MissingExtra, render_sharded, validate_sharded
+from shapesgen.storage.manifest import plan_shards
+from shapesgen.storage.reader import open_dataset, open_sharded
 from shapesgen.validate import validate_file
 
 NUM = 13

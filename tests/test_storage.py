@@ -12,9 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shapesgen import SceneConfig, preset, render_scenes
-from shapesgen.hdf5 import encode_scenes
 from shapesgen.scene import Scene
-from shapesgen.schema import DATASETS, INSTANCE_COLUMNS, INSTANCE_DTYPE, instance_table
+from shapesgen.storage.encode import encode_scenes
+from shapesgen.storage.layout import DATASETS, INSTANCE_COLUMNS, INSTANCE_DTYPE, instance_table
 
 TINY = SceneConfig(image_size=64, mask_size=32, instances_per_class=3, layers=3, seed=11)
 CONFIGS = {"tiny": TINY, "extended": preset("extended").replace(instances_per_class=2, seed=3)}

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from shapesgen import ValidationError
-from shapesgen.hdf5 import open_dataset
+from shapesgen.storage.reader import open_dataset
 from shapesgen.validate import check_scene, validate_dataset
 
 

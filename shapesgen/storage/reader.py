@@ -1,350 +1,40 @@
-"""HDF5 storage: an appending writer and a lazy, indexable reader.
-
-Layout and meaning come from :mod:`shapesgen.schema`; this module only moves bytes.
-"""
+"""Read shapesgen HDF5 files: a lazy, indexable view whose header is checked once at open,
+and a view of a sharded dataset folder. Layout comes from :mod:`shapesgen.storage.layout`."""
 
 from __future__ import annotations
 
-import hashlib
+import bisect
+import dataclasses
 import json
 import re
-import time
-import zlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
 from h5py import h5a, h5s, h5t
-from isal import isal_zlib
 
-from shapesgen.config import SceneConfig, StorageConfig
+from shapesgen.config import SceneConfig
 from shapesgen.errors import ConfigError, DatasetError, one_line, shown
 from shapesgen.limits import MAX_CHUNK_BYTES  # no scene record this package writes is larger
-from shapesgen.scene import Scene, render_scenes
-from shapesgen.schema import AXIS_ROWS, DATASETS, FORMAT_NAME, FORMAT_VERSION, OFFSETS, PER_SCENE, ROOT_ATTRIBUTES
+from shapesgen.scene import Scene
 from shapesgen.splits import Split, split_from_json
-
-VERTEX_CHUNK = 4096
-VERIFY_BATCH = 64  # scenes re-rendered at a time when checking a killed render
-FLUSH_EVERY_S = 2.0  # a hard kill loses at most this much work; Ctrl-C loses none
-OFFSET_CHUNK = 1024
-PER_SCENE_HASHED = tuple(f.name for f in DATASETS)
-
-
-def deflate(raw: bytes, level: int) -> bytes:
-    """A zlib stream of ``raw``, as HDF5's gzip filter reads it.
-
-    Level 1 (the default) uses ISA-L's deflate: 3x faster than zlib's level 1 and,
-    on these scenes, 8% smaller. Other levels use zlib's, to honour the ratio asked.
-    """
-    return isal_zlib.compress(raw, 1) if level == 1 else zlib.compress(raw, level)
-
-
-def digest(data: np.ndarray) -> bytes:
-    """SHA-256 of an array's C-order bytes."""
-    return hashlib.sha256(np.ascontiguousarray(data).tobytes()).digest()
-
-
-class DigestChain:
-    """The running dataset checksums: per-scene digests are fed in scene order and
-    only the SHA-256 states are kept, so memory does not grow with the scene count
-    (a dataset's checksum is the SHA-256 of its per-scene digests in scene order,
-    computed incrementally)."""
-
-    def __init__(self) -> None:
-        self.hashers = {name: hashlib.sha256() for name in PER_SCENE_HASHED}
-        self.scenes = 0
-
-    def add(self, scene: dict[str, bytes]) -> None:
-        """One scene's digests, after all earlier scenes'."""
-        for name, hasher in self.hashers.items():
-            hasher.update(scene[name])
-        self.scenes += 1
-
-    def extend(self, digests: dict[str, list[bytes]]) -> None:
-        """A batch's digests (lists in scene order, as :class:`EncodedBatch` holds them)."""
-        for name, hasher in self.hashers.items():
-            hasher.update(b"".join(digests[name]))
-        self.scenes += len(digests[PER_SCENE_HASHED[0]])
-
-    def hexdigests(self) -> dict[str, str]:
-        return {name: hasher.hexdigest() for name, hasher in self.hashers.items()}
-
-
-@dataclass(frozen=True)
-class EncodedBatch:
-    """Scenes ready to append: compressed chunks of each per-scene dataset, per-scene
-    digests of every dataset, the raw rows of each vertex-axis dataset, and counts.
-
-    Built in the worker that rendered the scenes so that compression and hashing
-    scale with the worker count; the writer only moves bytes.
-    """
-
-    count: int
-    chunks: dict[str, list[bytes]]
-    digests: dict[str, list[bytes]]
-    vertex_rows: dict[str, np.ndarray]
-    instance_counts: np.ndarray
-    vertex_counts: np.ndarray
-
-
-def encode_scenes(scenes: Sequence[Scene], compression_level: int) -> EncodedBatch:
-    """Compress each scene's chunk of every per-scene dataset and hash each scene's slice of
-    every dataset, the ``Scene`` attribute each ``schema.DATASETS`` field names."""
-    chunks: dict[str, list[bytes]] = {field.name: [] for field in PER_SCENE}
-    digests: dict[str, list[bytes]] = {field.name: [] for field in DATASETS}
-    for scene in scenes:
-        for field in DATASETS:
-            data = getattr(scene, field.attribute)
-            if data.dtype != field.dtype:
-                raise TypeError(f"Scene.{field.attribute} is {data.dtype}, dataset {field.name} stores {field.dtype}")
-            raw = np.ascontiguousarray(data).tobytes()
-            if field.per_scene:
-                chunks[field.name].append(deflate(raw, compression_level) if compression_level else raw)
-            digests[field.name].append(hashlib.sha256(raw).digest())
-    return EncodedBatch(
-        count=len(scenes),
-        chunks=chunks,
-        digests=digests,
-        vertex_rows={
-            field.name: np.concatenate([getattr(s, field.attribute) for s in scenes])
-            for field in DATASETS
-            if not field.per_scene
-        },
-        instance_counts=np.array([len(s.instances) for s in scenes], dtype=np.int64),
-        vertex_counts=np.concatenate([np.diff(s.vertex_offsets) for s in scenes]),
-    )
-
-
-def _package_version() -> str:
-    from shapesgen import __version__
-
-    return __version__
-
-
-class DatasetWriter:
-    """Appends scenes, in index order, to a new or resumed file."""
-
-    def __init__(
-        self,
-        path: Path,
-        config: SceneConfig,
-        storage: StorageConfig,
-        num_scenes: int,
-        progress: Callable[[int, int], None] | None = None,
-        split: Split | None = None,
-        first_scene: int = 0,
-        created: str | None = None,
-        flush_seconds: float = FLUSH_EVERY_S,
-    ) -> None:
-        """``progress(done, total)`` also reports scenes verified when resuming a killed render;
-        ``split`` (resolved, its seed the config's) is recorded in a new file. A new file's
-        record j holds scene ``first_scene + j`` (a shard of a sharded dataset) and records
-        ``created`` (default: now) as its start time. The file is flushed after a batch once
-        ``flush_seconds`` have passed since the last flush; 0 flushes after every batch, so
-        the file's bytes do not depend on timing (HDF5 lays metadata out as it is flushed)."""
-        self.path = path
-        self.first_scene = first_scene
-        self.created = created
-        self.flush_seconds = flush_seconds
-        self.progress = progress
-        if split is not None and split.seed != config.seed:
-            raise ConfigError(f"seed={config.seed} is not the seed {split.seed} of split {split.name!r}")
-        self.split = split
-        if config.seed is None:
-            raise ConfigError("seed=None is invalid here: a file records the seed it was rendered with")
-        self.seed: int = config.seed
-        self.config = config
-        try:
-            self.file = h5py.File(path, "a")
-        except OSError as exc:
-            raise DatasetError(f"{path}: cannot open for writing ({exc})") from None
-        self.chain = DigestChain()
-        self.last_flush = time.monotonic()
-        if "format" in self.file.attrs:
-            self._reopen()
-        else:
-            self._create(storage, num_scenes)
-        self.file.attrs["clean_stop"] = False
-        self.file.flush()
-
-    def _create(self, storage: StorageConfig, num_scenes: int) -> None:
-        config = self.config
-        attrs = self.file.attrs
-        attrs["format"] = FORMAT_NAME
-        attrs["format_version"] = FORMAT_VERSION
-        attrs["package_version"] = _package_version()
-        attrs["config"] = config.to_json()
-        attrs["storage"] = storage.to_json()
-        attrs["seed"] = np.int64(self.seed)
-        attrs["class_names"] = json.dumps(list(config.class_names))
-        attrs["num_scenes"] = np.int64(num_scenes)
-        attrs["scenes_written"] = np.int64(0)
-        attrs["complete"] = False
-        attrs["created"] = self.created or datetime.now(UTC).isoformat(timespec="seconds")
-        attrs["checksums"] = "{}"
-        attrs["split"] = self.split.to_json() if self.split is not None else "null"
-        if self.first_scene:
-            attrs["first_scene"] = np.int64(self.first_scene)
-        gzip: dict[str, Any] = (
-            {"compression": "gzip", "compression_opts": storage.compression_level} if storage.compression_level else {}
-        )
-        for field in DATASETS:
-            record = field.record_shape(config)
-            self.file.create_dataset(
-                field.name,
-                shape=(0, *record),
-                maxshape=(None, *record),
-                dtype=field.dtype,
-                chunks=(field.scene_rows(config) if field.per_scene else VERTEX_CHUNK, *record),
-                **gzip,
-            )
-        for name in OFFSETS:
-            self.file.create_dataset(name, data=np.zeros(1, np.int64), maxshape=(None,), chunks=(OFFSET_CHUNK,))
-
-    def _reopen(self) -> None:
-        """Drop anything past the last complete batch and re-hash what is kept.
-
-        A file that was not closed cleanly (killed hard between flushes) may hold a
-        torn tail: its scenes are re-rendered and compared, and only the intact
-        prefix is kept.
-        """
-        written = self.scenes_written
-        self.first_scene = int(self.file.attrs.get("first_scene", 0))
-        if bool(self.file.attrs.get("clean_stop", True)):
-            offsets, vertex_offsets = self._offsets(written)
-            chain = DigestChain()
-            for scene in scene_digests(self.file, offsets, vertex_offsets):
-                chain.add(scene)
-        else:
-            written, chain = self._intact_prefix(written)
-            offsets, vertex_offsets = self._offsets(written)
-        lengths = {"scene": written, "instance": int(offsets[-1]), "vertex": int(vertex_offsets[-1])}
-        for field in DATASETS:
-            self.file[field.name].resize(lengths[field.axis], axis=0)
-        self.file["instance_offsets"].resize(written + 1, axis=0)
-        self.file["vertex_offsets"].resize(len(vertex_offsets), axis=0)
-        self.file.attrs["scenes_written"] = np.int64(written)
-        self.chain = chain
-
-    def _offsets(self, scenes: int) -> tuple[np.ndarray, np.ndarray]:
-        """The instance and vertex offsets of the first ``scenes`` scenes."""
-        offsets = self.file["instance_offsets"][: scenes + 1]
-        return offsets, self.file["vertex_offsets"][: int(offsets[-1]) + 1]
-
-    def _intact_prefix(self, written: int) -> tuple[int, DigestChain]:
-        """How many leading scenes equal a fresh render of the stored config, and their digests."""
-        nothing = DigestChain()
-        try:
-            offsets, vertex_offsets = self._offsets(written)
-            consistent = (
-                len(offsets) == written + 1
-                and len(vertex_offsets) == int(offsets[-1]) + 1
-                and int(vertex_offsets[-1]) <= self.file["vertices"].shape[0]
-                and all(self.file[f.name].shape[0] >= written * f.scene_rows(self.config) for f in PER_SCENE)
-            )
-            if not consistent:
-                return 0, nothing
-        except (OSError, RuntimeError, ValueError, KeyError, IndexError):  # torn beyond reading
-            return 0, nothing
-        chain = DigestChain()
-        for start in range(0, written, VERIFY_BATCH):
-            stop = min(start + VERIFY_BATCH, written)
-            try:
-                stored = list(scene_digests(self.file, offsets, vertex_offsets, range(start, stop)))
-            except (OSError, RuntimeError, ValueError, KeyError, IndexError):  # this block is torn beyond reading
-                return chain.scenes, chain
-            first = self.first_scene
-            fresh = encode_scenes(render_scenes(self.config, range(first + start, first + stop)), 0).digests
-            for j, scene in enumerate(stored):
-                if any(scene[name] != fresh[name][j] for name in PER_SCENE_HASHED):
-                    return chain.scenes, chain
-                chain.add(scene)
-            if self.progress:
-                self.progress(stop, int(self.file.attrs["num_scenes"]))
-        return chain.scenes, chain
-
-    @property
-    def scenes_written(self) -> int:
-        return int(self.file.attrs["scenes_written"])
-
-    def append(self, batch: EncodedBatch) -> None:
-        """Write one encoded batch after everything already written."""
-        written = self.scenes_written
-        for field in PER_SCENE:
-            dataset = self.file[field.name]
-            rows = field.scene_rows(self.config)
-            dataset.resize((written + batch.count) * rows, axis=0)
-            zeros = (0,) * (dataset.ndim - 1)
-            for j, chunk in enumerate(batch.chunks[field.name]):
-                dataset.id.write_direct_chunk(((written + j) * rows, *zeros), chunk)
-        for name, data in batch.vertex_rows.items():
-            dataset = self.file[name]
-            start = dataset.shape[0]
-            dataset.resize(start + len(data), axis=0)
-            dataset[start:] = data
-        for name, counts in (("instance_offsets", batch.instance_counts), ("vertex_offsets", batch.vertex_counts)):
-            dataset = self.file[name]
-            base = dataset.shape[0]
-            dataset.resize(base + len(counts), axis=0)
-            dataset[base:] = int(dataset[base - 1]) + np.cumsum(counts)
-        self.chain.extend(batch.digests)
-        self.file.attrs["scenes_written"] = np.int64(written + batch.count)
-        if time.monotonic() - self.last_flush >= self.flush_seconds:
-            self.file.flush()
-            self.last_flush = time.monotonic()
-
-    def finish(self) -> None:
-        """Record checksums and mark the file complete."""
-        self.file.attrs["checksums"] = json.dumps(checksums(self.file, self.chain), sort_keys=True)
-        self.file.attrs["complete"] = True
-        self.file.flush()
-
-    def close(self) -> None:
-        """Mark the file as cleanly stopped and close it."""
-        if self.file.id.valid:
-            self.file.attrs["clean_stop"] = True
-            self.file.close()
-
-
-def scene_digests(
-    file: Mapping[str, Any], offsets: np.ndarray, vertex_offsets: np.ndarray, scenes: range | None = None
-) -> Iterator[dict[str, bytes]]:
-    """Each scene's digest of every hashed dataset, read back from a file (or
-    ``ShapesDataset.datasets``), one scene at a time; ``scenes`` defaults to all."""
-    for i in scenes if scenes is not None else range(len(offsets) - 1):
-        rows = slice(int(offsets[i]), int(offsets[i + 1]))
-        scene: dict[str, bytes] = {}
-        vertex_rows = slice(int(vertex_offsets[rows.start]), int(vertex_offsets[rows.stop]))
-        for field in DATASETS:
-            where = {"scene": i, "instance": rows, "vertex": vertex_rows}[field.axis]
-            scene[field.name] = digest(file[field.name][where])
-        yield scene
-
-
-OFFSET_HASH_BLOCK = 1 << 20  # offsets hashed this many at a time
-
-
-def checksums(file: Mapping[str, Any], chain: DigestChain) -> dict[str, str]:
-    """The ``checksums`` attribute: the chained per-scene digests, and whole-array offsets
-    (hashed in blocks, so memory stays bounded)."""
-    sums = chain.hexdigests()
-    for name in OFFSETS:
-        hasher, dataset = hashlib.sha256(), file[name]
-        for start in range(0, dataset.shape[0], OFFSET_HASH_BLOCK):
-            hasher.update(np.ascontiguousarray(dataset[start : start + OFFSET_HASH_BLOCK]).tobytes())
-        sums[name] = hasher.hexdigest()
-    return dict(sorted(sums.items()))
-
+from shapesgen.storage.layout import (
+    AXIS_ROWS,
+    DATASETS,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    OFFSETS,
+    PER_SCENE,
+    ROOT_ATTRIBUTES,
+    SHARD_MANIFEST,
+    SHARD_VIRTUAL,
+)
+from shapesgen.storage.manifest import check_shard_header, plan_shards, read_manifest
 
 OFFSET_READ_BLOCK = 1 << 20  # instance offsets read and checked at a time when opening a file
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
-SHARD_MANIFEST = "manifest.json"  # names a sharded dataset's folder (shapesgen.shards)
-SHARD_VIRTUAL = "dataset.h5"  # its shards as one file of virtual datasets
 READ_ERRORS = (OSError, RuntimeError)  # h5py's errors for stored bytes it cannot read or decode
 METADATA_ERRORS = (OSError, RuntimeError, KeyError, ValueError, TypeError)  # and for a damaged header
 OPTIONAL_ATTRIBUTES = ("clean_stop", "split", "first_scene")  # since 1.1, 1.2, 1.3: older files lack them
@@ -503,7 +193,7 @@ class ShapesDataset:
             if not (self.path / SHARD_VIRTUAL).is_file():
                 raise DatasetError(
                     f"{self.path} is a sharded dataset without its {SHARD_VIRTUAL}: rerun its render command to "
-                    "write it, or read the folder with shapesgen.shards.open_sharded",
+                    "write it, or read the folder with shapesgen.storage.reader.open_sharded",
                     param="path",
                 )
             self.path = self.path / SHARD_VIRTUAL
@@ -879,3 +569,67 @@ def open_dataset(path: str | Path, *, allow_incomplete: bool = False) -> ShapesD
     unfinished file and :class:`CorruptDatasetError` for a damaged one.
     """
     return ShapesDataset(path, allow_incomplete=allow_incomplete)
+
+
+class ShardedDataset:
+    """A read-only view of a sharded dataset folder; ``dataset[i]`` is scene ``i`` (a
+    :class:`Scene`, read from its shard). Shards are opened on first use."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.manifest = read_manifest(self.path)
+        self.config = SceneConfig.from_dict(self.manifest["config"])
+        self.shards = plan_shards(int(self.manifest["num_scenes"]), int(self.manifest["shard_size"]))
+        self.checksums: dict[str, str] = dict(self.manifest["checksums"])
+        self._starts = [s.start for s in self.shards]
+        self._open: dict[int, ShapesDataset] = {}
+
+    @property
+    def seed(self) -> int:
+        return int(self.manifest["seed"])
+
+    def shard(self, k: int) -> ShapesDataset:
+        """Shard ``k``, opened and checked against the manifest."""
+        if k not in self._open:
+            spec = self.shards[k]
+            ds = open_dataset(self.path / spec.file)
+            try:
+                check_shard_header(ds, self.config, spec)
+            except BaseException:
+                ds.close()
+                raise
+            self._open[k] = ds
+        return self._open[k]
+
+    def __len__(self) -> int:
+        return self.shards[-1].stop
+
+    def __getitem__(self, index: int) -> Scene:
+        if not isinstance(index, (int, np.integer)):
+            raise TypeError(f"scene index must be an integer, got {type(index).__name__}")
+        n = len(self)
+        if not -n <= index < n:
+            raise IndexError(f"scene {index} out of range for a dataset of {n} scenes")
+        index = int(index) % n
+        k = bisect.bisect_right(self._starts, index) - 1
+        return dataclasses.replace(self.shard(k)[index - self.shards[k].start], index=index)
+
+    def __iter__(self) -> Iterator[Scene]:
+        for index in range(len(self)):
+            yield self[index]
+
+    def close(self) -> None:
+        for ds in self._open.values():
+            ds.close()
+        self._open.clear()
+
+    def __enter__(self) -> ShardedDataset:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_sharded(path: str | Path) -> ShardedDataset:
+    """Open a sharded dataset folder for reading (lazy; use as a context manager)."""
+    return ShardedDataset(path)

@@ -1,6 +1,7 @@
-"""The HDF5 record schema, declared once.
+"""The HDF5 layout, declared once: datasets, instance columns, root attributes, chunking
+and the names of a sharded dataset's files.
 
-Writers, readers, the validator and ``docs/format.md`` all derive from these
+The encoder, writer, reader, the validator and ``docs/format.md`` all derive from these
 declarations. Bump ``FORMAT_VERSION`` whenever a layout or an ordering rule changes.
 """
 
@@ -17,6 +18,10 @@ from shapesgen.config import SceneConfig
 
 FORMAT_NAME = "shapesgen-hdf5"
 FORMAT_VERSION = "1.3"
+VERTEX_CHUNK = 4096  # rows of a vertex-axis dataset's chunk
+OFFSET_CHUNK = 1024  # rows of an offset array's chunk
+SHARD_MANIFEST = "manifest.json"  # names a sharded dataset's folder (shapesgen.storage.manifest)
+SHARD_VIRTUAL = "dataset.h5"  # its shards as one file of virtual datasets
 
 Axis = Literal["scene", "instance", "vertex"]
 AXIS_ROWS: dict[str, str] = {"scene": "scenes", "instance": "instances", "vertex": "vertices"}  # rows along each
@@ -207,7 +212,7 @@ def format_markdown() -> str:
     lines = [
         "# HDF5 format (`shapesgen-hdf5` " + FORMAT_VERSION + ")",
         "",
-        "Generated from `shapesgen/schema.py` by `python -m shapesgen.schema`; do not edit by hand.",
+        "Generated from `shapesgen/storage/layout.py` by `python -m shapesgen.storage.layout`; do not edit by hand.",
         "",
         "Shapes use " + ", ".join(f"{symbol} = `{name}`" for symbol, name in DIMENSIONS.items()) + ".",
         "Conventions: instance id = index within its scene + 1, 0 = background; depth 0 = front;",

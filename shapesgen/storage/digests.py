@@ -1,0 +1,77 @@
+"""Per-scene digests and the ``checksums`` attribute chained from them.
+
+A per-scene dataset's checksum is the SHA-256 of its scenes' 32-byte digests in scene
+order (so workers hash in parallel and shards chain on); an offset array's is the
+SHA-256 of its bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import numpy as np
+
+from shapesgen.storage.layout import DATASETS, OFFSETS
+
+PER_SCENE_HASHED = tuple(f.name for f in DATASETS)
+OFFSET_HASH_BLOCK = 1 << 20  # offsets hashed this many at a time
+
+
+def digest(data: np.ndarray) -> bytes:
+    """SHA-256 of an array's C-order bytes."""
+    return hashlib.sha256(np.ascontiguousarray(data).tobytes()).digest()
+
+
+class DigestChain:
+    """The running dataset checksums: per-scene digests are fed in scene order and
+    only the SHA-256 states are kept, so memory does not grow with the scene count
+    (a dataset's checksum is the SHA-256 of its per-scene digests in scene order,
+    computed incrementally)."""
+
+    def __init__(self) -> None:
+        self.hashers = {name: hashlib.sha256() for name in PER_SCENE_HASHED}
+        self.scenes = 0
+
+    def add(self, scene: dict[str, bytes]) -> None:
+        """One scene's digests, after all earlier scenes'."""
+        for name, hasher in self.hashers.items():
+            hasher.update(scene[name])
+        self.scenes += 1
+
+    def extend(self, digests: dict[str, list[bytes]]) -> None:
+        """A batch's digests (lists in scene order, as an encoded batch holds them)."""
+        for name, hasher in self.hashers.items():
+            hasher.update(b"".join(digests[name]))
+        self.scenes += len(digests[PER_SCENE_HASHED[0]])
+
+    def hexdigests(self) -> dict[str, str]:
+        return {name: hasher.hexdigest() for name, hasher in self.hashers.items()}
+
+
+def scene_digests(
+    file: Mapping[str, Any], offsets: np.ndarray, vertex_offsets: np.ndarray, scenes: range | None = None
+) -> Iterator[dict[str, bytes]]:
+    """Each scene's digest of every hashed dataset, read back from a file (or
+    ``ShapesDataset.datasets``), one scene at a time; ``scenes`` defaults to all."""
+    for i in scenes if scenes is not None else range(len(offsets) - 1):
+        rows = slice(int(offsets[i]), int(offsets[i + 1]))
+        scene: dict[str, bytes] = {}
+        vertex_rows = slice(int(vertex_offsets[rows.start]), int(vertex_offsets[rows.stop]))
+        for field in DATASETS:
+            where = {"scene": i, "instance": rows, "vertex": vertex_rows}[field.axis]
+            scene[field.name] = digest(file[field.name][where])
+        yield scene
+
+
+def checksums(file: Mapping[str, Any], chain: DigestChain) -> dict[str, str]:
+    """The ``checksums`` attribute: the chained per-scene digests, and whole-array offsets
+    (hashed in blocks, so memory stays bounded)."""
+    sums = chain.hexdigests()
+    for name in OFFSETS:
+        hasher, dataset = hashlib.sha256(), file[name]
+        for start in range(0, dataset.shape[0], OFFSET_HASH_BLOCK):
+            hasher.update(np.ascontiguousarray(dataset[start : start + OFFSET_HASH_BLOCK]).tobytes())
+        sums[name] = hasher.hexdigest()
+    return dict(sorted(sums.items()))
