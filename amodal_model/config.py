@@ -47,6 +47,10 @@ MAX_SETTING = 1e30
 """Upper limit of weights, margins and rates: the loss is float32 (at most about 3.4e38)."""
 MAX_SEED = 2**32 - 1
 """Seeds seed NumPy's legacy generator through ``keras.utils.set_random_seed``: 32 bits."""
+MAX_BANDWIDTH = 1e6
+"""Embeddings are float32: a larger L1 bandwidth overflows and would claim every pixel anyway."""
+INFERENCE_FIELDS: tuple[str, ...] = ("bandwidth", "min_pixels", "max_clusters", "max_iterations", "score", "seed")
+"""The fields of the inference concern (:class:`amodal_model.inference.InferenceConfig`)."""
 
 # (field, lowest, highest): integers; the text of "allowed" is built from the bounds.
 _INT_FIELDS: tuple[tuple[str, int, int], ...] = (
@@ -64,17 +68,17 @@ _INT_FIELDS: tuple[tuple[str, int, int], ...] = (
     ("max_iterations", 1, MAX_COUNT),
     ("seed", 0, MAX_SEED),
 )
-# (field, bound, strict): finite numbers > bound (strict) or >= bound.
-_FLOAT_FIELDS: tuple[tuple[str, float, bool], ...] = (
-    ("l2", 0.0, False),
-    ("d_var", 0.0, False),
-    ("d_dist", 0.0, True),
-    ("var_weight", 0.0, False),
-    ("dist_weight", 0.0, False),
-    ("reg_weight", 0.0, False),
-    ("ce_weight", 0.0, False),
-    ("learning_rate", 0.0, True),
-    ("bandwidth", 0.0, True),
+# (field, bound, strict, highest): finite numbers > bound (strict) or >= bound, and <= highest.
+_FLOAT_FIELDS: tuple[tuple[str, float, bool, float], ...] = (
+    ("l2", 0.0, False, MAX_SETTING),
+    ("d_var", 0.0, False, MAX_SETTING),
+    ("d_dist", 0.0, True, MAX_SETTING),
+    ("var_weight", 0.0, False, MAX_SETTING),
+    ("dist_weight", 0.0, False, MAX_SETTING),
+    ("reg_weight", 0.0, False, MAX_SETTING),
+    ("ce_weight", 0.0, False, MAX_SETTING),
+    ("learning_rate", 0.0, True, MAX_SETTING),
+    ("bandwidth", 0.0, True, MAX_BANDWIDTH),
 )
 _CHOICES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("backbone", BACKBONE_NAMES),
@@ -94,11 +98,39 @@ def _is_int(value: object) -> bool:
 
 
 def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer beyond any float
+        return False
 
 
 def _invalid(name: str, value: object, allowed: str) -> ConfigError:
     return ConfigError(f"{name}={shown(value)} is invalid: must be {allowed}", param=name)
+
+
+_INT_BOUNDS = {name: (low, high) for name, low, high in _INT_FIELDS}
+_FLOAT_BOUNDS = {name: (bound, strict, high) for name, bound, strict, high in _FLOAT_FIELDS}
+_CHOICE_OF = dict(_CHOICES)
+
+
+def check_setting(name: str, value: object) -> None:
+    """Raise a :class:`ConfigError` unless ``value`` is allowed for the integer, number or
+    choice field ``name`` (the one table of bounds both configs check against)."""
+    if name in _CHOICE_OF:
+        choices = _CHOICE_OF[name]
+        if not isinstance(value, str) or value not in choices:
+            raise _invalid(name, value, "one of " + ", ".join(repr(c) for c in choices))
+    elif name in _INT_BOUNDS:
+        low, high = _INT_BOUNDS[name]
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+            raise _invalid(name, value, f"an integer in [{low}, {high}]")
+    else:
+        bound, strict, top = _FLOAT_BOUNDS[name]
+        number = float(value) if isinstance(value, (int, float)) and _is_number(value) else math.nan
+        if not (number > bound if strict else number >= bound) or number > top:
+            raise _invalid(name, value, f"a number {'>' if strict else '>='} {bound:g} and <= {top:g}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -159,10 +191,8 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name, choices in _CHOICES:
-            value = getattr(self, name)
-            if not isinstance(value, str) or value not in choices:
-                raise _invalid(name, value, "one of " + ", ".join(repr(c) for c in choices))
+        for name, _ in _CHOICES:
+            check_setting(name, getattr(self, name))
         weights = self.backbone_weights
         if isinstance(weights, os.PathLike):
             weights = os.fspath(weights)
@@ -179,17 +209,13 @@ class TrainConfig:
                 "head_filters", filters, f"a list of 1 to {MAX_HEAD_LAYERS} integers, each in [1, {MAX_WIDTH}]"
             )
         object.__setattr__(self, "head_filters", tuple(filters))
-        for name, low, high in _INT_FIELDS:
-            value = getattr(self, name)
-            if not _is_int(value) or not low <= value <= high:
-                raise _invalid(name, value, f"an integer in [{low}, {high}]")
+        for name, _, _ in _INT_FIELDS:
+            check_setting(name, getattr(self, name))
         steps = self.steps_per_epoch
         if steps is not None and (not _is_int(steps) or not 1 <= steps <= MAX_COUNT):
             raise _invalid("steps_per_epoch", steps, f"None (one pass) or an integer in [1, {MAX_COUNT}]")
-        for name, bound, strict in _FLOAT_FIELDS:
-            value = getattr(self, name)
-            if not _is_number(value) or not (value > bound if strict else value >= bound) or value > MAX_SETTING:
-                raise _invalid(name, value, f"a number {'>' if strict else '>='} {bound:g} and <= {MAX_SETTING:g}")
+        for name, *_ in _FLOAT_FIELDS:
+            check_setting(name, getattr(self, name))
         if not isinstance(self.visible_targets, bool):
             raise _invalid("visible_targets", self.visible_targets, "true or false")
         if not _is_number(self.dropout) or not 0 <= self.dropout < 1:

@@ -21,51 +21,38 @@ from typing import Any
 import numpy as np
 
 from amodal_model.cluster import cluster_instances
-from amodal_model.config import MAX_COUNT, MAX_SEED, SCORES, Score, TrainConfig
+from amodal_model.config import INFERENCE_FIELDS, Score, TrainConfig, check_setting
 from shapesgen.errors import ConfigError, shown
 
 MAX_WORKERS = 256
-MAX_BANDWIDTH = 1e6
-"""Embeddings are float32: a larger L1 bandwidth overflows and would claim every pixel anyway."""
+_TRAINED = TrainConfig()
+"""The defaults of the inference settings are those of training: one source of truth."""
 
 
 @dataclass(frozen=True, kw_only=True)
 class InferenceConfig:
-    """Clustering and scoring settings (the paper's: bandwidth 1.5, 5 pixels, class score)."""
+    """Clustering and scoring settings (the paper's: bandwidth 1.5, 5 pixels, class score).
 
-    bandwidth: float = 1.5
-    min_pixels: int = 5
-    max_clusters: int = 64
-    max_iterations: int = 50
-    score: Score = "class"
-    seed: int = 0
+    Defaults and allowed ranges are :class:`~amodal_model.config.TrainConfig`'s, so a
+    model's own settings always make a valid ``InferenceConfig`` and an override is
+    checked against the same bounds.
+    """
+
+    bandwidth: float = _TRAINED.bandwidth
+    min_pixels: int = _TRAINED.min_pixels
+    max_clusters: int = _TRAINED.max_clusters
+    max_iterations: int = _TRAINED.max_iterations
+    score: Score = _TRAINED.score
+    seed: int = _TRAINED.seed
 
     def __post_init__(self) -> None:
-        value = self.bandwidth
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= MAX_BANDWIDTH:
-            raise ConfigError(
-                f"bandwidth={shown(value)} is invalid: must be a number in (0, {MAX_BANDWIDTH:g}]", param="bandwidth"
-            )
-        for name in ("min_pixels", "max_clusters", "max_iterations"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_COUNT:
-                raise ConfigError(
-                    f"{name}={shown(value)} is invalid: must be an integer in [1, {MAX_COUNT}]", param=name
-                )
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
-            raise ConfigError(
-                f"seed={shown(self.seed)} is invalid: must be an integer in [0, {MAX_SEED}]", param="seed"
-            )
-        if self.score not in SCORES:
-            raise ConfigError(
-                f"score={shown(self.score)} is invalid: must be one of " + ", ".join(SCORES), param="score"
-            )
+        for name in INFERENCE_FIELDS:
+            check_setting(name, getattr(self, name))
 
     @classmethod
     def of(cls, config: TrainConfig) -> InferenceConfig:
         """The inference settings a model was trained with."""
-        names = [f.name for f in dataclasses.fields(cls)]
-        return cls(**{name: getattr(config, name) for name in names})
+        return cls(**{name: getattr(config, name) for name in INFERENCE_FIELDS})
 
     def replace(self, **changes: Any) -> InferenceConfig:
         """A validated copy with the fields given (``None`` keeps the current value)."""

@@ -16,15 +16,17 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from amodal_model import inference, pretrained
-from amodal_model.config import TINY
+from amodal_model.config import INFERENCE_FIELDS, MAX_BANDWIDTH, TINY, TrainConfig
 from amodal_model.inference import InferenceConfig, clusterer
 from amodal_model.predict import predict_run
 from amodal_model.train import Trainer, train
 from shapesgen.coco import ExportConfig, export_coco
 from shapesgen.errors import ConfigError, ResourceError, ShapesgenError
-from shapesgen.storage.reader import open_dataset
+from shapesgen.hdf5 import open_dataset
 
 QUICK = TINY.replace(
     feature_channels=8, head_filters=(8, 4), embedding_dim=4, epochs=1, batch_size=2, steps_per_epoch=1, eval_every=0
@@ -323,3 +325,40 @@ def test_loss_settings_beyond_float32_are_refused(field: str) -> None:
     learning rate", naming --lr instead of the flag at fault."""
     with pytest.raises(ConfigError, match=field):
         TINY.replace(**{field: 1e39})
+
+
+# --- third pass (issue 11 leftovers) ------------------------------------------------------------------
+
+
+# one source of truth -----------------------------------------------------------------------------------
+
+
+def test_inference_defaults_are_the_training_defaults() -> None:
+    import dataclasses
+
+    assert [f.name for f in dataclasses.fields(InferenceConfig)] == list(INFERENCE_FIELDS)
+    assert InferenceConfig() == InferenceConfig.of(TrainConfig())
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.one_of(
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.floats(min_value=1e5, max_value=1e7),
+        st.integers(-3, 3),
+        st.integers(10**5, 10**7),
+        st.just(MAX_BANDWIDTH),
+    )
+)
+def test_bandwidth_bounds_are_the_same_for_training_and_inference(value: float) -> None:
+    """TrainConfig took any bandwidth up to 1e30, InferenceConfig only up to 1e6: a model
+    trained with --bandwidth 1e7 could not predict with its own settings."""
+
+    def accepted(make: Any) -> bool:
+        try:
+            make(bandwidth=value)
+        except ConfigError:
+            return False
+        return True
+
+    assert accepted(TrainConfig) == accepted(InferenceConfig)
