@@ -25,10 +25,12 @@ given seed and epoch, the same order. Images are the exported PNGs. The layer ta
 
    Layer PNGs at an even scale are not used: they cannot be sampled exactly either.
 
-:func:`open_coco_export` issues one :class:`~shapesgen.errors.ShapesgenNote` when the
-targets are not exact, saying why. An export at ``resolution="mask"`` holds box-averaged
-images at mask size, which the model (trained on the source's images) cannot use: it is
-refused, unless image and mask size are equal.
+:func:`describe_coco_export` gives one note when the targets are not exact, saying why
+(:func:`open_coco_export` issues it as a :class:`~shapesgen.errors.ShapesgenNote`), and
+counts the images without any annotation: training refuses an export without any. An
+export at ``resolution="mask"`` holds box-averaged images at mask size, which the model
+(trained on the source's images) cannot use: it is refused, unless image and mask size
+are equal.
 """
 
 from __future__ import annotations
@@ -80,6 +82,18 @@ class _Export:
     notes: tuple[str, ...]  # why the targets are not exact (empty: exact)
 
 
+@dataclass(frozen=True)
+class ExportSummary:
+    """What :func:`describe_coco_export` finds in an export, before any pixel is read."""
+
+    config: SceneConfig
+    num_scenes: int
+    unannotated: int
+    """Images with no instance annotated: all background as targets."""
+    note: str | None
+    """Why the layer targets are approximate (``None``: exact), as one line naming the export."""
+
+
 def is_coco_export(path: Path) -> bool:
     """Whether ``path`` is to be read as a COCO export: a folder (an HDF5 source is a
     file; :func:`open_coco_export` says what a folder lacks) or a ``.json`` file, the
@@ -88,23 +102,34 @@ def is_coco_export(path: Path) -> bool:
     return path.is_dir() or path.suffix.lower() == ".json"
 
 
-def open_coco_export(path: Path, param: str) -> tuple[SceneConfig, int]:
-    """The scene config an export records (``info.config``, or ``config.json`` beside it)
-    and its number of scenes, after checking everything but the pixels.
+def describe_coco_export(path: Path, param: str) -> ExportSummary:
+    """The scene config an export records (``info.config``, or ``config.json`` beside it),
+    its number of scenes and of images without annotations, and the note to give when the
+    layer targets are approximate, after checking everything but the pixels.
 
     Raises :class:`DatasetError` (one line, starting ``param=path``) for anything that
-    cannot give the source's batches; warns with a :class:`ShapesgenNote` when the layer
-    targets are rebuilt approximately (see the module docstring).
+    cannot give the source's batches. Issues no warning: the caller gives the note once
+    its own checks have passed, so a refused command prints its error alone.
     """
     export = _load(path, param)
+    note = None
     if export.notes:
-        warnings.warn(
+        note = (
             f"{param}={str(path)!r}: layer targets are approximate ({'; '.join(export.notes)}); an export with "
-            "segmentation='polygon' and include_hidden=True gives exact ones",
-            ShapesgenNote,
-            stacklevel=2,
+            "segmentation='polygon' and include_hidden=True gives exact ones"
         )
-    return export.config, len(export.scenes)
+    unannotated = sum(1 for scene in export.scenes if not scene.instances)
+    return ExportSummary(export.config, len(export.scenes), unannotated, note)
+
+
+def open_coco_export(path: Path, param: str) -> tuple[SceneConfig, int]:
+    """:func:`describe_coco_export`'s scene config and number of scenes; warns with a
+    :class:`ShapesgenNote` when the layer targets are rebuilt approximately (see the
+    module docstring)."""
+    summary = describe_coco_export(path, param)
+    if summary.note is not None:
+        warnings.warn(summary.note, ShapesgenNote, stacklevel=2)
+    return summary.config, summary.num_scenes
 
 
 def coco_batches(
@@ -195,7 +220,7 @@ def _parse(file: Path, mtime_ns: int, size: int) -> _Export:
     missing = False
     for index in sorted(images):
         instances = tuple(sorted(records.get(index, []), key=lambda i: i.instance_id))
-        missing = missing or len(instances) < config.num_instances
+        missing = missing or 0 < len(instances) < config.num_instances  # an image without any: not annotated
         scenes.append(_Scene(index, images[index], instances))
     if not layer_pngs:
         for scene in scenes:

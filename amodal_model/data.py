@@ -1,4 +1,5 @@
-"""Training data: batches from a shapesgen HDF5 file or scenes rendered on the fly.
+"""Training data: batches from a shapesgen HDF5 file (or sharded dataset folder), a
+COCO-amodal export, or scenes rendered on the fly.
 
 HDF5 reads go in contiguous blocks of scenes (one decompression per chunk), shuffled
 by block and within a block with a generator seeded by (seed, epoch), so an epoch's
@@ -10,32 +11,35 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
 from amodal_model.batching import Batch, blocked_batches
-from amodal_model.coco_source import coco_batches, is_coco_export, open_coco_export
-from shapesgen import open_dataset
+from amodal_model.coco_source import ANNOTATIONS, coco_batches, describe_coco_export, is_coco_export
+from shapesgen import ShapesDataset, open_dataset
 from shapesgen.config import SceneConfig, build_config
 from shapesgen.errors import ConfigError, DatasetError, ShapesgenError, one_line, shown
 from shapesgen.files import regular_input
 from shapesgen.limits import check_scene_fits
 from shapesgen.scene import render_scenes
+from shapesgen.storage.manifest import VIRTUAL_FILE, is_sharded
 
 LIVE_PREFIX = "render:"
 
 
 @dataclass(frozen=True)
 class Source:
-    """Where training scenes come from: an HDF5 file, or live renders of a config."""
+    """Where training scenes come from: a data file (see :class:`DataFile`), or live
+    renders of a config. ``notes`` are what training tells the user once it starts."""
 
     scene_config: SceneConfig
     path: Path | None = None
     num_scenes: int | None = None
+    notes: tuple[str, ...] = ()
 
     @property
     def live(self) -> bool:
@@ -94,27 +98,115 @@ def reading(path: Path, param: str) -> Iterator[None]:
 
 
 def open_source(spec: str | Path) -> Source:
-    """A training source from an HDF5 path, a COCO-amodal export or a ``render:`` spec."""
+    """A training source from an HDF5 file, a sharded dataset folder, a COCO-amodal
+    export or a ``render:`` spec. An export with no annotated image is refused (it would
+    train background only); one with some gets a note saying how many."""
     text = source_text(spec, "train_source")
     if text.startswith(LIVE_PREFIX):
         return Source(parse_live_spec(text))
-    path, config, count = describe_file(text, "train_source")
-    return Source(config, path, count)
+    data = describe_file(text, "train_source")
+    where = f"train_source={text!r}"
+    if data.unannotated and data.unannotated == data.num_scenes:
+        annotations = data.path / ANNOTATIONS if data.path.is_dir() else data.path
+        raise DatasetError(
+            f"{where}: {annotations} annotates no instance in any of its {data.num_scenes} images: "
+            "training on it would learn background only; export the dataset again with its annotations",
+            param="train_source",
+        )
+    notes = [data.note] if data.note is not None else []
+    if data.unannotated:
+        notes.append(
+            f"{where}: {data.unannotated} of {data.num_scenes} images have no annotated instance: "
+            "they train as background only"
+        )
+    return Source(data.scene_config, data.path, data.num_scenes, tuple(notes))
 
 
-def describe_file(spec: str | Path, param: str) -> tuple[Path, SceneConfig, int]:
-    """The checked path, scene config and scene count of an HDF5 file or a COCO-amodal
-    export (its folder or its ``annotations.json``)."""
+@dataclass(frozen=True)
+class DataFile:
+    """A checked data input (every check but the pixels done).
+
+    ``path`` is what is read: an HDF5 file (for a sharded dataset folder, its
+    ``dataset.h5``) or a COCO-amodal export (its folder or ``annotations.json``).
+    ``folder`` is the folder the input is made of, if any (an export's or a sharded
+    dataset's): outputs must stay out of it. ``dataset`` is the open HDF5 file when
+    :func:`open_file` opened it, so it is read through one handle.
+    """
+
+    path: Path
+    scene_config: SceneConfig
+    num_scenes: int
+    folder: Path | None = None
+    unannotated: int = 0
+    note: str | None = None
+    dataset: ShapesDataset | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def is_export(self) -> bool:
+        return self.dataset is None and is_coco_export(self.path)
+
+    def batches(
+        self, batch_size: int, seed: int, epoch: int, shuffle: bool, limit: int | None = None, *, param: str
+    ) -> Iterator[Batch]:
+        """:func:`file_batches` of this input, through its open handle if it has one."""
+        if self.is_export:
+            return coco_batches(self.path, batch_size, seed, epoch, shuffle, limit, param=param)
+        return hdf5_batches(self.path, batch_size, seed, epoch, shuffle, limit, param=param, dataset=self.dataset)
+
+
+def dataset_file(path: Path, param: str) -> Path:
+    """A sharded dataset folder's single-file view (its ``dataset.h5``); any other path as given."""
+    if not is_sharded(path):
+        return path
+    virtual = path / VIRTUAL_FILE
+    if not virtual.is_file():
+        raise DatasetError(
+            f"{param}={str(path)!r} is a sharded dataset without its {VIRTUAL_FILE}: rerun its render command "
+            "to write it",
+            param=param,
+        )
+    return virtual
+
+
+def describe_file(spec: str | Path, param: str) -> DataFile:
+    """The checked input of an HDF5 file, a sharded dataset folder or a COCO-amodal export
+    (its folder or its ``annotations.json``); nothing is left open."""
+    return _describe(spec, param, keep_open=False)
+
+
+@contextmanager
+def open_file(spec: str | Path, param: str) -> Iterator[DataFile]:
+    """:func:`describe_file` with an HDF5 input kept open (``DataFile.dataset``) until the block ends."""
+    data = _describe(spec, param, keep_open=True)
+    try:
+        yield data
+    finally:
+        if data.dataset is not None:
+            data.dataset.close()
+
+
+def _describe(spec: str | Path, param: str, keep_open: bool) -> DataFile:
     text = source_text(spec, param)
-    if is_coco_export(Path(text)):
-        path = Path(text)
-        if not path.is_dir():
-            path = regular_input(text, param)
-        config, count = open_coco_export(path, param)
-        return path, config, count
+    given = Path(text)
+    if is_sharded(given):
+        return _hdf5(regular_input(dataset_file(given, param), param), param, given, keep_open)
+    if is_coco_export(given):
+        path = given if given.is_dir() else regular_input(text, param)
+        summary = describe_coco_export(path, param)
+        folder = path if path.is_dir() else path.parent
+        return DataFile(path, summary.config, summary.num_scenes, folder, summary.unannotated, summary.note)
     path = regular_input(text, param)
-    with reading(path, param), open_dataset(path) as ds:
-        return path, ds.config, len(ds)
+    return _hdf5(path, param, path.parent if is_sharded(path.parent) else None, keep_open)
+
+
+def _hdf5(path: Path, param: str, folder: Path | None, keep_open: bool) -> DataFile:
+    with reading(path, param):
+        ds = open_dataset(path)
+    try:
+        return DataFile(path, ds.config, len(ds), folder=folder, dataset=ds if keep_open else None)
+    finally:
+        if not keep_open:
+            ds.close()
 
 
 def file_batches(
@@ -159,13 +251,16 @@ def hdf5_batches(
     limit: int | None = None,
     *,
     param: str = "train_source",
+    dataset: ShapesDataset | None = None,
 ) -> Iterator[Batch]:
-    """Numpy batches (images uint8, layers, class_layers, instance_classes, index).
+    """Numpy batches (images uint8, layers, class_layers, instance_classes, index), read
+    through ``dataset`` (the open ``path``, left open) if given.
 
     A file that cannot be read (a corrupt chunk, tampered offsets) raises one
     :class:`DatasetError` naming it, whenever the damage is met.
     """
-    with reading(path, param), open_dataset(path) as ds:
+    opened = nullcontext(dataset) if dataset is not None else open_dataset(path)
+    with reading(path, param), opened as ds:
         total = len(ds) if limit is None else min(limit, len(ds))
         n = ds.config.num_instances
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import weakref
 import zipfile
 from collections.abc import Callable
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +16,8 @@ import keras
 import tensorflow as tf
 
 from amodal_model import pretrained
-from amodal_model.coco_source import is_coco_export
 from amodal_model.config import MAX_BATCH, MAX_COUNT, TrainConfig
-from amodal_model.data import describe_file, file_batches, source_text, to_model_input
+from amodal_model.data import DataFile, open_file, source_text, to_model_input
 from amodal_model.inference import InferenceConfig, clusterer
 from amodal_model.pretrained import resolve_model
 from shapesgen.config import SceneConfig, parse_json
@@ -155,21 +156,40 @@ def _self_contained(model_path: Path) -> tuple[keras.Model, TrainConfig, SceneCo
     return model, config, scene
 
 
+_FORWARD: weakref.WeakKeyDictionary[keras.Model, Callable[[tf.Tensor], dict[str, tf.Tensor]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 def infer_fn(model: keras.Model) -> Callable[[tf.Tensor], dict[str, tf.Tensor]]:
-    """A compiled forward pass in inference mode."""
+    """The model's compiled forward pass in inference mode (uint8 images in), built once per model.
 
-    @tf.function(reduce_retracing=True)
+    A concrete function traced once for any batch size (the signature leaves it open),
+    without AutoGraph (the pass has no Python control flow to convert) and called
+    directly, so repeated predictions (an evaluation every epoch, several files or
+    models) neither retrace nor make TensorFlow log retracing or AutoGraph warnings.
+    """
+    cached = _FORWARD.get(model)
+    if cached is not None:
+        return cached
+    held = weakref.ref(model)  # the cache must not keep the model alive
+
     def forward(images: tf.Tensor) -> dict[str, tf.Tensor]:
-        return model(to_model_input(images), training=False)
+        network = held()
+        assert network is not None
+        return network(to_model_input(images), training=False)
 
-    return forward
+    signature = tf.TensorSpec((None, *model.input.shape[1:]), tf.uint8)  # images as stored
+    concrete = tf.function(forward, autograph=False).get_concrete_function(signature)
+    _FORWARD[model] = concrete
+    return concrete
 
 
 def predict_hdf5(
     model: keras.Model,
     config: TrainConfig,
     scene_config: SceneConfig,
-    data: str | Path,
+    data: str | Path | DataFile,
     *,
     limit: int | None = None,
     batch_size: int = 8,
@@ -178,13 +198,32 @@ def predict_hdf5(
     settings: InferenceConfig | None = None,
     workers: int | None = 1,
 ) -> list[dict[str, Any]]:
-    """Predictions for the scenes of an HDF5 file or COCO-amodal export (all, or the first ``limit``).
+    """Predictions for the scenes of an HDF5 file, sharded dataset folder or COCO-amodal
+    export (all, or the first ``limit``); ``data`` may be one already opened
+    (:func:`amodal_model.data.open_file`), which is then read through its handle.
 
     ``settings`` defaults to the ones ``config`` was trained with. Clustering runs in
     ``workers`` processes (``None``: one per core) while the next batch's forward
     pass runs; the records are the same for any number of workers.
     """
-    path, other, count = describe_file(data, param)
+    with ExitStack() as stack:
+        source = data if isinstance(data, DataFile) else stack.enter_context(open_file(data, param))
+        return _predict(model, config, scene_config, source, limit, batch_size, progress, param, settings, workers)
+
+
+def _predict(
+    model: keras.Model,
+    config: TrainConfig,
+    scene_config: SceneConfig,
+    source: DataFile,
+    limit: int | None,
+    batch_size: int,
+    progress: Callable[[int, int], None] | None,
+    param: str,
+    settings: InferenceConfig | None,
+    workers: int | None,
+) -> list[dict[str, Any]]:
+    path, other, count = source.path, source.scene_config, source.num_scenes
     total = count if limit is None else min(limit, count)
     expected = (scene_config.image_size, scene_config.channels)
     if (other.image_size, other.channels) != expected:
@@ -219,7 +258,7 @@ def predict_hdf5(
             if progress:
                 progress(done, total)
 
-        for batch in file_batches(path, batch_size, seed=0, epoch=0, shuffle=False, limit=total, param=param):
+        for batch in source.batches(batch_size, seed=0, epoch=0, shuffle=False, limit=total, param=param):
             try:
                 outputs = {k: v.numpy() for k, v in forward(tf.constant(batch["image"])).items()}
             except tf.errors.ResourceExhaustedError:
@@ -282,29 +321,51 @@ def predict_run(
     score: str | None = None,
     workers: int | None = None,
 ) -> Path:
-    """Load a run, predict an HDF5 file, write COCO results.
+    """Load a run, predict an HDF5 file, sharded dataset folder or COCO-amodal export,
+    write COCO results.
 
     ``bandwidth``, ``min_pixels`` and ``score`` override the run's inference settings
     (``None`` keeps them); clustering uses ``workers`` processes (``None``: one per core).
 
     Every argument is checked before the model is loaded: ``out`` may be neither the
-    input file nor inside the run folder, must be writable, and replaces an existing
-    file only with ``force=True``. The results appear at ``out`` only when complete.
+    input file nor inside the input's folder or the run folder, must be writable, and
+    replaces an existing file only with ``force=True``. The data is opened once, and
+    the results appear at ``out`` only when complete.
     """
     _positive("limit", limit, MAX_COUNT, optional=True)
     _positive("batch_size", batch_size, MAX_BATCH)
-    data_path = describe_file(data, "data")[0]
+    with open_file(data, "data") as source:
+        run_path = resolve_model(run_dir)
+        out_path = _check_output(out, source, run_path, force)
+        model, config, scene_config = load_run(run_path)
+        settings = InferenceConfig.of(config).replace(bandwidth=bandwidth, min_pixels=min_pixels, score=score)
+        records = predict_hdf5(
+            model,
+            config,
+            scene_config,
+            source,
+            limit=limit,
+            batch_size=batch_size,
+            progress=progress,
+            settings=settings,
+            workers=workers,
+        )
+    return write_results(records, out_path, force=force)
+
+
+def _check_output(out: str | Path, source: DataFile, run_path: Path, force: bool) -> Path:
+    """``out`` checked: a writable file path that is neither an input nor inside one."""
+    data_path = source.path
     out_path = check_output_path(source_text(out, "out"), "out")
     if out_path.is_dir():
         raise DatasetError(f"out={str(out_path)!r} is a folder: give a file path", param="out")
     if _same_file(out_path, data_path):
         raise ConfigError(f"out={str(out_path)!r} is the input data file: give another path", param="out")
-    export_folder = data_path if data_path.is_dir() else data_path.parent if is_coco_export(data_path) else None
-    if export_folder is not None and contains(export_folder, out_path):
+    if source.folder is not None and contains(source.folder, out_path):
+        what = "export" if source.is_export else "sharded dataset"
         raise ConfigError(
-            f"out={str(out_path)!r} is inside the export {export_folder} it reads: give a path outside it", param="out"
+            f"out={str(out_path)!r} is inside the {what} {source.folder} it reads: give a path outside it", param="out"
         )
-    run_path = resolve_model(run_dir)
     if _same_file(out_path, run_path):
         raise ConfigError(f"out={str(out_path)!r} is the model file: give another path", param="out")
     if contains(pretrained.PRETRAINED, out_path):
@@ -320,17 +381,4 @@ def predict_run(
     if out_path.exists() and not force:
         raise DatasetError(f"out={str(out_path)!r} exists: pass force=True to replace it", param="out")
     check_writable(out_path, "out")
-    model, config, scene_config = load_run(run_path)
-    settings = InferenceConfig.of(config).replace(bandwidth=bandwidth, min_pixels=min_pixels, score=score)
-    records = predict_hdf5(
-        model,
-        config,
-        scene_config,
-        data_path,
-        limit=limit,
-        batch_size=batch_size,
-        progress=progress,
-        settings=settings,
-        workers=workers,
-    )
-    return write_results(records, out_path, force=force)
+    return out_path

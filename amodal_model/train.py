@@ -9,6 +9,7 @@ import json
 import math
 import shutil
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -18,9 +19,11 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from amodal_model.coco_source import is_coco_export
 from amodal_model.config import TrainConfig
 from amodal_model.data import (
     Source,
+    dataset_file,
     file_batches,
     live_batches,
     open_source,
@@ -40,8 +43,7 @@ from amodal_model.predict import (
     load_train_config,
     predict_hdf5,
 )
-from shapesgen import open_dataset
-from shapesgen.errors import ConfigError, DatasetError, ShapesgenError, one_line, shown
+from shapesgen.errors import ConfigError, DatasetError, ShapesgenError, ShapesgenNote, one_line, shown
 from shapesgen.evaluate import GroundTruth, evaluate, load_ground_truth
 from shapesgen.files import (
     check_output_path,
@@ -53,6 +55,7 @@ from shapesgen.files import (
     remove_empty,
     write_atomically,
 )
+from shapesgen.hdf5 import open_dataset
 
 LOSS_TERMS = ("loss", "variance", "distance", "regularisation", "cross_entropy")
 EVAL_COLUMNS = ("AP", "AP50", "AP75", "AR100", "AR_none", "AR_partial", "AR_heavy")
@@ -206,6 +209,19 @@ def _check_resume(out: Path, config: TrainConfig, source: Source) -> None:
             f"from the run's {trained_on}",
             param="train_source",
         )
+
+
+def validation_file(val: str | Path) -> Path:
+    """The validation HDF5 file: a file, or a sharded dataset folder's ``dataset.h5``."""
+    text = source_text(val, "val")
+    path = regular_input(dataset_file(Path(text), "val"), "val")
+    if is_coco_export(path):
+        raise ConfigError(
+            f"val={text!r} is a COCO export: validation scores against the HDF5 ground truth at mask size; "
+            "give the HDF5 file or sharded dataset folder it was exported from",
+            param="val",
+        )
+    return path
 
 
 def _validation(val: Path | None, source: Source, config: TrainConfig) -> GroundTruth | None:
@@ -365,6 +381,8 @@ class Trainer:
     ) -> None:
         """Train the remaining epochs, checkpointing each; ``after_checkpoint`` runs after every save."""
         config = self.config
+        for note in self.source.notes:  # said once training starts: a refused run prints its error alone
+            warnings.warn(note, ShapesgenNote, stacklevel=2)
         for epoch in range(self.completed_epochs, config.epochs):
             row = self.run_epoch(epoch, callbacks)
             if not math.isfinite(float(row["loss"])):  # never checkpoint or save a diverged model as a success
@@ -509,7 +527,7 @@ def train(
             f"{source.num_scenes} scene(s)",
             param="batch_size",
         )
-    val_path = regular_input(source_text(val, "val"), "val") if val is not None else None
+    val_path = validation_file(val) if val is not None else None
     val_gt = _validation(val_path, source, config)
     if config.backbone_weights is not None:
         regular_input(config.backbone_weights, "backbone_weights")

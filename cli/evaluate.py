@@ -18,7 +18,9 @@ def evaluate(
     gt: Annotated[
         Path,
         typer.Option(
-            "--gt", help="Ground truth: a shapesgen HDF5 file or a COCO/COCOA export JSON.", show_default=False
+            "--gt",
+            help="Ground truth: a shapesgen HDF5 file, a sharded dataset folder or a COCO/COCOA export JSON.",
+            show_default=False,
         ),
     ],
     dt: Annotated[Path | None, typer.Option("--dt", help="Predictions in COCO results format (RLE masks).")] = None,

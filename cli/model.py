@@ -47,7 +47,8 @@ def train(
         str,
         typer.Option(
             "--train",
-            help="HDF5 file, or render:PRESET[,instances=N][,layers=L][,seed=S] for live scenes.",
+            help="An HDF5 file, a sharded dataset folder, a COCO-amodal export (folder or annotations.json), "
+            "or render:PRESET[,instances=N][,layers=L][,seed=S] for live scenes.",
             show_default=False,
         ),
     ],
@@ -55,7 +56,11 @@ def train(
         Path, typer.Option("--out", help="Run folder (model, configs, checkpoints, logs).", show_default=False)
     ],
     val: Annotated[
-        Path | None, typer.Option("--val", help="Validation HDF5, evaluated every --eval-every epochs.")
+        Path | None,
+        typer.Option(
+            "--val",
+            help="Validation data, an HDF5 file or a sharded dataset folder, evaluated every --eval-every epochs.",
+        ),
     ] = None,
     preset: Annotated[
         TrainPresetName,
@@ -203,7 +208,15 @@ def predict(
             show_default=False,
         ),
     ],
-    data: Annotated[Path, typer.Option("--data", help="HDF5 file to predict.", show_default=False)],
+    data: Annotated[
+        Path,
+        typer.Option(
+            "--data",
+            help="Data to predict: an HDF5 file, a sharded dataset folder or a COCO-amodal export "
+            "(folder or annotations.json).",
+            show_default=False,
+        ),
+    ],
     out: Annotated[Path, typer.Option("--out", help="COCO results JSON to write.", show_default=False)],
     limit: Annotated[int | None, typer.Option("--limit", help="Only the first N scenes.")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images per forward pass.")] = 8,
@@ -226,7 +239,7 @@ def predict(
     force: Force = False,
     quiet: Quiet = False,
 ) -> None:
-    """Predict amodal instances (COCO results, masks at mask resolution) for an HDF5 file."""
+    """Predict amodal instances (COCO results, masks at mask resolution) for a dataset or COCO-amodal export."""
     predict_run = run(ctx, lambda: _model_module("predict")).predict_run
 
     with progress_bar("predict", quiet) as update:

@@ -45,8 +45,9 @@ from pycocotools.cocoeval import COCOeval, Params
 
 from shapesgen.coco import MAX_MASK_PIXELS, decode_segmentation, encode_rle, rle_runs
 from shapesgen.errors import ConfigError, DatasetError
-from shapesgen.files import check_file_output, file_kind, regular_input, resolved, write_atomically
+from shapesgen.files import check_file_output, contains, file_kind, regular_input, resolved, write_atomically
 from shapesgen.stats import HEAVY_MIN, NONE_MAX, OCCLUSION_BANDS
+from shapesgen.storage.manifest import is_sharded
 from shapesgen.storage.reader import ShapesDataset, open_dataset
 
 MAX_DETS = (1, 10, 100, 1000)
@@ -411,9 +412,12 @@ def check_band_rate(band_rate: Any) -> BandRate:
 
 
 def load_ground_truth(path: str | Path, keep_layers: bool = False, band_rate: BandRate = "pixel") -> GroundTruth:
-    """Ground truth from an HDF5 dataset or a COCO JSON export, banded by ``band_rate``."""
+    """Ground truth from an HDF5 dataset (a file, or a sharded dataset folder: its
+    ``dataset.h5``) or a COCO JSON export, banded by ``band_rate``."""
     band_rate = check_band_rate(band_rate)
     path = Path(path)
+    if is_sharded(path):  # opened through its dataset.h5 (which says so if it is missing)
+        return ground_truth_from_hdf5(path, keep_layers=keep_layers, band_rate=band_rate)
     regular_input(path, None)
     if path.suffix.lower() == ".json":
         return ground_truth_from_json(path, band_rate)
@@ -1319,6 +1323,11 @@ def evaluate_files(
         check_file_output(json_out, "json_out", force)
         if resolved(Path(json_out)) in {resolved(Path(gt)), resolved(Path(dt)) if dt is not None else None}:
             raise ConfigError(f"json_out={str(json_out)!r} would overwrite an input", param="json_out")
+        if is_sharded(gt) and contains(Path(gt), Path(json_out)):
+            raise ConfigError(
+                f"json_out={str(json_out)!r} is inside the sharded dataset gt={str(gt)!r}: give a path outside it",
+                param="json_out",
+            )
     if oracle_layers is not None and Path(gt).suffix.lower() == ".json":
         raise ConfigError(
             f"oracle_layers={oracle_layers!r} needs an HDF5 ground truth (it reads the layer maps); "

@@ -7,25 +7,31 @@ is fast. Each test names what happens now and what should.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from conftest import run_cli
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import amodal_model.data as data_module
 from amodal_model import inference, pretrained
 from amodal_model.config import INFERENCE_FIELDS, MAX_BANDWIDTH, TINY, TrainConfig
+from amodal_model.data import open_source
 from amodal_model.inference import InferenceConfig, clusterer
 from amodal_model.predict import predict_run
 from amodal_model.train import Trainer, train
 from shapesgen.coco import ExportConfig, export_coco
-from shapesgen.errors import ConfigError, ResourceError, ShapesgenError
+from shapesgen.errors import ConfigError, DatasetError, ResourceError, ShapesgenError, ShapesgenNote
+from shapesgen.evaluate import evaluate_files
 from shapesgen.hdf5 import open_dataset
 
 QUICK = TINY.replace(
@@ -330,6 +336,178 @@ def test_loss_settings_beyond_float32_are_refused(field: str) -> None:
 # --- third pass (issue 11 leftovers) ------------------------------------------------------------------
 
 
+def edit_annotations(export: Path, change: Any) -> Path:
+    path = export / "annotations.json"
+    document = json.loads(path.read_text())
+    change(document)
+    path.write_text(json.dumps(document))
+    return export
+
+
+def without_annotations(document: dict[str, Any]) -> None:
+    document["annotations"] = []
+
+
+def with_empty_regions(document: dict[str, Any]) -> None:  # COCOA: one record per image, no region
+    for annotation in document["annotations"]:
+        annotation["regions"] = []
+
+
+@pytest.mark.parametrize(("style", "change"), [("coco", without_annotations), ("cocoa", with_empty_regions)])
+def test_an_export_without_any_annotation_is_refused(
+    tiny_dataset: Path, tmp_path: Path, style: str, change: Any
+) -> None:
+    """An export with no annotated instance trained as all background, silently."""
+    export = edit_annotations(export_coco(tiny_dataset, tmp_path / "export", ExportConfig(style=style)), change)
+    with pytest.raises(DatasetError, match="annotates no instance in any of its 12 images") as caught:
+        train(export, tmp_path / "run", QUICK)
+    assert "\n" not in str(caught.value) and "annotations.json" in str(caught.value)
+    assert not (tmp_path / "run").exists()
+    result = run_cli("train", "--train", export, "--out", tmp_path / "run", "--preset", "tiny", "-q")
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("error: --train ")
+
+
+def test_an_export_with_some_images_unannotated_trains_with_one_note(
+    tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def drop_two_images(document: dict[str, Any]) -> None:
+        document["annotations"] = [a for a in document["annotations"] if a["image_id"] not in (3, 5)]
+
+    export = edit_annotations(
+        export_coco(tiny_dataset, tmp_path / "export", ExportConfig(segmentation="polygon", include_hidden=True)),
+        drop_two_images,
+    )
+    monkeypatch.setattr(Trainer, "run_epoch", fake_epoch)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train(export, tmp_path / "run", QUICK)
+    notes = [str(w.message) for w in caught if issubclass(w.category, ShapesgenNote)]
+    assert len(notes) == 1 and "2 of 12 images have no annotated instance" in notes[0], notes
+
+
+def test_a_refused_train_on_an_rle_export_prints_its_error_alone(export: Path, tmp_path: Path) -> None:
+    """The approximate-targets note came before the refusal: two lines for one error."""
+    result = run_cli("train", "--train", export, "--out", tmp_path / "run", "--preset", "tiny", "--batch-size", 100)
+    assert result.exit_code == 2 and result.stderr.startswith("error: --batch-size 100 is invalid")
+    assert result.stderr.count("\n") == 1, result.stderr
+
+
+def test_a_training_on_an_rle_export_gives_its_note_once(
+    export: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(Trainer, "run_epoch", fake_epoch)
+    result = run_cli(
+        "train", "--train", export, "--out", tmp_path / "run", "--preset", "tiny", "--epochs", 1,
+        "--steps-per-epoch", 1, "--batch-size", 2, "--eval-every", 0, "-q",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    assert result.stderr.count("note:") == 1 and "layer targets are approximate" in result.stderr
+
+
+# sharded dataset folders -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sharded(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A sharded render of 6 tiny scenes (shards of 4 and 2) and the single-file render of the same scenes."""
+    from conftest import TINY as SCENES
+
+    from shapesgen.render import render_dataset
+    from shapesgen.shards import render_sharded
+
+    root = tmp_path_factory.mktemp("sharded")
+    return render_sharded(SCENES, root / "ds", num_scenes=6, shard_size=4), render_dataset(
+        SCENES, root / "single.h5", num_scenes=6
+    )
+
+
+def test_train_and_validation_take_a_sharded_folder(
+    sharded: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--train dir/`` and ``--val dir/`` were refused ("not a COCO export" / "pass its single-file view")."""
+    folder, _ = sharded
+    monkeypatch.setattr(Trainer, "run_epoch", fake_epoch)
+    run = train(folder, tmp_path / "run", QUICK.replace(eval_every=1, eval_scenes=3), val=folder)
+    assert (run / "model.keras").is_file() and (run / "best.keras").is_file()
+    assert open_source(folder).path == folder / "dataset.h5"
+
+
+def test_predict_and_evaluate_take_a_sharded_folder(run_dir: Path, sharded: tuple[Path, Path], tmp_path: Path) -> None:
+    folder, single = sharded
+    ours = predict_run(run_dir, folder, tmp_path / "sharded.json", workers=1)
+    theirs = predict_run(run_dir, single, tmp_path / "single.json", workers=1)
+    assert ours.read_bytes() == theirs.read_bytes()
+    metrics, _ = evaluate_files(folder, dt=ours)
+    assert metrics["all"] == evaluate_files(single, dt=theirs)[0]["all"]
+    result = run_cli("predict", "--model", run_dir, "--data", folder, "--out", tmp_path / "cli.json", "--workers", 1)
+    assert result.exit_code == 0, result.stderr
+    result = run_cli("evaluate", "--gt", folder, "--dt", ours)
+    assert result.exit_code == 0, result.stderr
+
+
+def test_outputs_never_go_inside_a_sharded_folder_read(
+    run_dir: Path, sharded: tuple[Path, Path], tmp_path: Path
+) -> None:
+    folder, _ = sharded
+    copy = Path(shutil.copytree(folder, tmp_path / "ds"))
+    before = snapshot(copy)
+    for target in ("manifest.json", "dataset.h5", "results.json"):
+        with pytest.raises(ConfigError, match="inside the sharded dataset|is the input data file"):
+            predict_run(run_dir, copy, copy / target, workers=1, force=True)
+        with pytest.raises(ConfigError, match="inside the sharded dataset|would overwrite an input"):
+            evaluate_files(copy, oracle_layers=1, json_out=copy / target, force=True)
+    assert snapshot(copy) == before
+
+
+def test_a_sharded_folder_without_its_virtual_file_is_one_line(sharded: tuple[Path, Path], tmp_path: Path) -> None:
+    copy = Path(shutil.copytree(sharded[0], tmp_path / "ds"))
+    (copy / "dataset.h5").unlink()
+    with pytest.raises(DatasetError, match="sharded dataset without its dataset.h5") as caught:
+        train(copy, tmp_path / "run", QUICK)
+    assert caught.value.param == "train_source"
+
+
+# help texts --------------------------------------------------------------------------------------------
+
+
+def test_data_options_say_what_they_take() -> None:
+    import typer
+
+    from shapesgen_cli.app import app
+
+    command = typer.main.get_command(app)
+    helps = {
+        (name, param.name): " ".join((param.help or "").split())  # type: ignore[attr-defined]
+        for name, sub in command.commands.items()  # type: ignore[attr-defined]
+        for param in sub.params
+    }
+    for key in (("train", "train_source"), ("predict", "data")):
+        assert "HDF5 file" in helps[key] and "sharded dataset folder" in helps[key] and "COCO-amodal" in helps[key]
+    assert "sharded dataset folder" in helps[("train", "val")] and "sharded dataset folder" in helps[("evaluate", "gt")]
+    assert "render:" in helps[("train", "train_source")]
+
+
+# TensorFlow warnings -----------------------------------------------------------------------------------
+
+
+def test_predicting_again_logs_no_tensorflow_warning(
+    run_dir: Path, model: Any, tiny_dataset: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    """Each call made a new tf.function: evaluating every epoch (or predicting a few files) retraced
+    and TensorFlow logged retracing / AutoGraph warnings under the progress bar."""
+    from amodal_model.predict import infer_fn, predict_hdf5
+
+    caplog.set_level(logging.WARNING)
+    first = [predict_hdf5(model, QUICK, model.scene_config, tiny_dataset, batch_size=5) for _ in range(3)]
+    for name in ("a.json", "b.json"):
+        predict_run(run_dir, tiny_dataset, tmp_path / name, limit=3, batch_size=2, workers=1)
+    logged = caplog.text + capfd.readouterr().err
+    assert "AutoGraph" not in logged and "retracing" not in logged, logged
+    assert infer_fn(model) is infer_fn(model) and first[0] == first[2]
+
+
 # one source of truth -----------------------------------------------------------------------------------
 
 
@@ -362,3 +540,18 @@ def test_bandwidth_bounds_are_the_same_for_training_and_inference(value: float) 
         return True
 
     assert accepted(TrainConfig) == accepted(InferenceConfig)
+
+
+def test_predict_opens_the_data_file_once(
+    run_dir: Path, tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    opened: list[Path] = []
+    original = data_module.open_dataset
+
+    def counting(path: Any, **kwargs: Any) -> Any:
+        opened.append(Path(path))
+        return original(path, **kwargs)
+
+    monkeypatch.setattr(data_module, "open_dataset", counting)
+    predict_run(run_dir, tiny_dataset, tmp_path / "r.json", limit=4, batch_size=2, workers=1)
+    assert opened == [tiny_dataset]
