@@ -51,6 +51,11 @@ MAX_BANDWIDTH = 1e6
 """Embeddings are float32: a larger L1 bandwidth overflows and would claim every pixel anyway."""
 INFERENCE_FIELDS: tuple[str, ...] = ("bandwidth", "min_pixels", "max_clusters", "max_iterations", "score", "seed")
 """The fields of the inference concern (:class:`amodal_model.inference.InferenceConfig`)."""
+RESUME_MAY_CHANGE: frozenset[str] = frozenset(
+    {"epochs", "eval_every", "eval_scenes", "bandwidth", "min_pixels", "max_clusters", "max_iterations", "score"}
+)
+"""Settings that leave training itself unchanged (inference, evaluation, the number of
+epochs): ``resume=True`` may change them. Every other field changes what is trained."""
 
 # (field, lowest, highest): integers; the text of "allowed" is built from the bounds.
 _INT_FIELDS: tuple[tuple[str, int, int], ...] = (

@@ -20,7 +20,7 @@ import keras
 import tensorflow as tf
 
 from amodal_model.coco_source import is_coco_export
-from amodal_model.config import TrainConfig
+from amodal_model.config import RESUME_MAY_CHANGE, TrainConfig
 from amodal_model.data import (
     Source,
     dataset_file,
@@ -43,6 +43,7 @@ from amodal_model.predict import (
     load_train_config,
     predict_hdf5,
 )
+from shapesgen import open_dataset
 from shapesgen.errors import ConfigError, DatasetError, ShapesgenError, ShapesgenNote, one_line, shown
 from shapesgen.evaluate import GroundTruth, evaluate, load_ground_truth
 from shapesgen.files import (
@@ -55,7 +56,6 @@ from shapesgen.files import (
     remove_empty,
     write_atomically,
 )
-from shapesgen.hdf5 import open_dataset
 
 LOSS_TERMS = ("loss", "variance", "distance", "regularisation", "cross_entropy")
 EVAL_COLUMNS = ("AP", "AP50", "AP75", "AR100", "AR_none", "AR_partial", "AR_heavy")
@@ -69,6 +69,12 @@ class TrainingInterrupted(ShapesgenError):
     """Ctrl-C during training; the last completed epoch is checkpointed."""
 
     exit_code = 130
+
+
+class TrainingDiverged(ShapesgenError):
+    """The loss stopped being finite: the diverged epoch is neither checkpointed nor saved."""
+
+    exit_code = 1
 
 
 @dataclass
@@ -196,12 +202,20 @@ def _plan(out: Path, resume: bool, force: bool, inputs: list[Path]) -> str:
 
 
 def _check_resume(out: Path, config: TrainConfig, source: Source) -> None:
-    """The run in ``out`` must have been trained with ``config`` (epochs aside) on data of the same shapes."""
+    """The run in ``out`` must have been trained with ``config``'s training settings (those
+    in :data:`~amodal_model.config.RESUME_MAY_CHANGE` may differ) on data of the same shapes."""
     saved = json.loads(load_train_config(out / TRAIN_CONFIG_FILE, "out").to_json())
     asked = json.loads(config.to_json())
-    diff = {k: v for k, v in asked.items() if saved[k] != v and k != "epochs"}
-    if diff:
-        raise ConfigError(f"resume=True: {out} was trained with other settings (now asked: {shown(diff, 200)})")
+    changed = [k for k in sorted(asked) if saved[k] != asked[k] and k not in RESUME_MAY_CHANGE]
+    if changed:
+        name, more = changed[0], f" (and {len(changed) - 1} more setting(s))" if len(changed) > 1 else ""
+        raise ConfigError(
+            f"resume=True: {out} was trained with {name}={shown(saved[name])}, now {name}={shown(asked[name])}{more}: "
+            "a resumed run keeps the settings that change training (only inference and evaluation settings and "
+            "epochs may change)",
+            param="resume",
+            related=tuple(changed),
+        )
     trained_on = DataSpec.from_scene(load_scene_config(out / SCENE_CONFIG_FILE, "out"))
     if trained_on != DataSpec.from_scene(source.scene_config):
         raise ConfigError(
@@ -331,28 +345,39 @@ class Trainer:
         return _repeat(source.path, config, epoch, self.steps)
 
     def run_epoch(self, epoch: int, callbacks: Callbacks) -> dict[str, Any]:
-        """Train one epoch; returns its log row (losses averaged over steps)."""
+        """Train one epoch; returns its log row (losses averaged over steps).
+
+        Stops with :class:`TrainingDiverged` at the first step whose loss is not finite,
+        and at the end if the weights the epoch ends with are not finite or give a loss
+        that is not (the last step's loss is computed before its update).
+        """
         started = time.perf_counter()
         sums = dict.fromkeys(LOSS_TERMS, 0.0)
+        targets: dict[str, tf.Tensor] = {}
         for step, batch in enumerate(self.batches(epoch), start=1):
             try:
                 if self.config.visible_targets:
                     batch = visible_targets(batch)
-                terms = self.step({k: tf.constant(v) for k, v in batch.items() if k != "index"})
+                targets = {k: tf.constant(v) for k, v in batch.items() if k != "index"}
+                terms = self.step(targets)
             except tf.errors.ResourceExhaustedError:
                 raise ConfigError(
                     f"batch_size={self.config.batch_size} is invalid: out of memory in a training step, "
                     "use a smaller one",
                     param="batch_size",
                 ) from None
+            values = {key: float(terms[key]) for key in LOSS_TERMS}
+            if not math.isfinite(values["loss"]):
+                raise self._diverged(epoch + 1, step, f"the loss is {values['loss']}")
             for key in LOSS_TERMS:
-                sums[key] += float(terms[key])
+                sums[key] += values[key]
             if step % STEP_LOG_EVERY == 0:
                 with self.writer.as_default():
                     for key in LOSS_TERMS:
-                        tf.summary.scalar(f"step/{key}", float(terms[key]), step=int(self.optimizer.iterations))
+                        tf.summary.scalar(f"step/{key}", values[key], step=int(self.optimizer.iterations))
             if callbacks.on_step:
-                callbacks.on_step(epoch + 1, step, self.steps, float(terms["loss"]))
+                callbacks.on_step(epoch + 1, step, self.steps, values["loss"])
+        self._check_finite(epoch + 1, targets)
         seconds = time.perf_counter() - started
         return {
             "epoch": epoch + 1,
@@ -361,6 +386,29 @@ class Trainer:
             "images_per_s": round(self.steps * self.config.batch_size / seconds, 2),
             **{key: round(value / self.steps, 6) for key, value in sums.items()},
         }
+
+    def _check_finite(self, epoch: int, targets: dict[str, tf.Tensor]) -> None:
+        """Refuse weights that are not finite, or whose loss on the epoch's last batch is not."""
+        if not all(bool(tf.reduce_all(tf.math.is_finite(w))) for w in self.model.trainable_variables):
+            raise self._diverged(epoch, self.steps, "its weights are no longer finite")
+        if targets:
+            outputs = self.model(to_model_input(targets["image"]), training=False)
+            loss = float(total_loss(outputs, targets, self.config)["loss"])
+            if not math.isfinite(loss):
+                raise self._diverged(epoch, self.steps, f"the loss with the weights it gave is {loss}")
+
+    def _diverged(self, epoch: int, step: int, what: str) -> TrainingDiverged:
+        rate = self.config.learning_rate
+        kept = (
+            f"the checkpoint of epoch {self.completed_epochs} is kept, nothing of the diverged one is saved"
+            if self.completed_epochs
+            else "nothing of it is saved"
+        )
+        return TrainingDiverged(
+            f"learning_rate={rate:g}: training diverged in epoch {epoch}, step {step} ({what}); {kept}; "
+            f"try learning_rate={rate / 10:g} or lower",
+            param="learning_rate",
+        )
 
     def evaluate(self, val: Path, gt: GroundTruth) -> dict[str, float]:
         """The same metrics as ``shapesgen evaluate``, on the first ``eval_scenes`` scenes."""
@@ -384,13 +432,9 @@ class Trainer:
         for note in self.source.notes:  # said once training starts: a refused run prints its error alone
             warnings.warn(note, ShapesgenNote, stacklevel=2)
         for epoch in range(self.completed_epochs, config.epochs):
-            row = self.run_epoch(epoch, callbacks)
-            if not math.isfinite(float(row["loss"])):  # never checkpoint or save a diverged model as a success
-                raise ConfigError(
-                    f"learning_rate={config.learning_rate:g}: training diverged (loss {row['loss']} in epoch "
-                    f"{epoch + 1}); lower the learning rate",
-                    param="learning_rate",
-                )
+            row = self.run_epoch(epoch, callbacks)  # raises TrainingDiverged before anything is saved
+            if not math.isfinite(float(row["loss"])):
+                raise self._diverged(epoch + 1, self.steps, f"the epoch's mean loss is {row['loss']}")
             due = config.eval_every and ((epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs)
             if val is not None and val_gt is not None and due:
                 row.update(self.evaluate(val, val_gt))

@@ -133,7 +133,14 @@ def train(
         int | None, typer.Option("--eval-scenes", help="Validation scenes used per evaluation.")
     ] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Seed for weights, shuffling and clustering.")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from the run's last checkpoint.")] = False,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="Continue from the run's last checkpoint, with the same training settings (--epochs, --eval-every, "
+            "--eval-scenes and the inference settings may change).",
+        ),
+    ] = False,
     force: Force = False,
     quiet: Quiet = False,
 ) -> None:

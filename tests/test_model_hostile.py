@@ -23,16 +23,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import amodal_model.data as data_module
+import amodal_model.train as train_module
 from amodal_model import inference, pretrained
-from amodal_model.config import INFERENCE_FIELDS, MAX_BANDWIDTH, TINY, TrainConfig
+from amodal_model.config import INFERENCE_FIELDS, MAX_BANDWIDTH, RESUME_MAY_CHANGE, TINY, TrainConfig
 from amodal_model.data import open_source
 from amodal_model.inference import InferenceConfig, clusterer
 from amodal_model.predict import predict_run
-from amodal_model.train import Trainer, train
+from amodal_model.train import Trainer, TrainingDiverged, train
 from shapesgen.coco import ExportConfig, export_coco
 from shapesgen.errors import ConfigError, DatasetError, ResourceError, ShapesgenError, ShapesgenNote
 from shapesgen.evaluate import evaluate_files
-from shapesgen.hdf5 import open_dataset
+from shapesgen.storage.reader import open_dataset
 
 QUICK = TINY.replace(
     feature_channels=8, head_filters=(8, 4), embedding_dim=4, epochs=1, batch_size=2, steps_per_epoch=1, eval_every=0
@@ -466,6 +467,105 @@ def test_a_sharded_folder_without_its_virtual_file_is_one_line(sharded: tuple[Pa
     with pytest.raises(DatasetError, match="sharded dataset without its dataset.h5") as caught:
         train(copy, tmp_path / "run", QUICK)
     assert caught.value.param == "train_source"
+
+
+# divergence --------------------------------------------------------------------------------------------
+
+
+def test_a_diverging_learning_rate_saves_nothing_and_says_where(tiny_dataset: Path, tmp_path: Path) -> None:
+    """``--lr 1e30`` for one step saved a model of weights near 1e30 (its loss is nan) as a success."""
+    with pytest.raises(TrainingDiverged, match=r"in epoch 1, step 1 .*try learning_rate=1e\+29 or lower") as caught:
+        train(tiny_dataset, tmp_path / "run", QUICK.replace(learning_rate=1e30))
+    assert caught.value.exit_code == 1 and caught.value.param == "learning_rate" and "\n" not in str(caught.value)
+    assert not (tmp_path / "run").exists() and not list(tmp_path.iterdir())
+
+
+def test_a_run_diverging_on_resume_keeps_its_last_good_checkpoint(
+    run_dir: Path, tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = Path(shutil.copytree(run_dir, tmp_path / "run"))
+    before = snapshot(run)
+
+    def diverging(self: Trainer, batch: dict[str, Any]) -> dict[str, Any]:
+        return dict.fromkeys(train_module.LOSS_TERMS, float("nan"))
+
+    monkeypatch.setattr(Trainer, "_step", diverging)
+    with pytest.raises(TrainingDiverged, match="in epoch 2, step 1 .*the checkpoint of epoch 1 is kept"):
+        train(tiny_dataset, run, QUICK.replace(epochs=2), resume=True)
+    kept = ("checkpoints", "model.keras", "metrics.csv", "scene_config.json")  # train_config.json records epochs=2
+    after = snapshot(run)
+    assert {k: v for k, v in after.items() if k.startswith(kept)} == {
+        k: v for k, v in before.items() if k.startswith(kept)
+    }
+    assert not (run / "best.keras").exists()
+
+
+def test_diverging_on_the_cli_is_one_line_exit_1(tiny_dataset: Path, tmp_path: Path) -> None:
+    result = run_cli(
+        "train", "--train", tiny_dataset, "--out", tmp_path / "run", "--preset", "tiny", "--epochs", 1,
+        "--steps-per-epoch", 1, "--batch-size", 2, "--eval-every", 0, "--lr", "1e30", "-q",
+    )  # fmt: skip
+    assert result.exit_code == 1 and result.stderr.count("\n") == 1, result.stderr
+    assert "epoch 1, step 1" in result.stderr and "try --lr 1e+29 or lower" in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+# resume ------------------------------------------------------------------------------------------------
+
+
+def test_resume_may_change_inference_and_evaluation_settings_and_records_them(
+    run_dir: Path, tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--resume --score product`` (or --eval-every, --bandwidth...) was refused as "other settings"."""
+    import keras
+
+    run = Path(shutil.copytree(run_dir, tmp_path / "run"))
+    monkeypatch.setattr(Trainer, "run_epoch", fake_epoch)
+    changes = {
+        "epochs": 2,
+        "score": "product",
+        "eval_every": 3,
+        "eval_scenes": 5,
+        "bandwidth": 2.0,
+        "min_pixels": 3,
+        "max_clusters": 9,
+        "max_iterations": 7,
+    }
+    assert set(changes) == RESUME_MAY_CHANGE
+    train(tiny_dataset, run, QUICK.replace(**changes), resume=True)
+    saved = json.loads((run / "train_config.json").read_text())
+    assert {k: saved[k] for k in changes} == changes
+    assert keras.saving.load_model(run / "model.keras").train_config.score == "product"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"learning_rate": 1e-3}, "trained with learning_rate=0.002, now learning_rate=0.001: "),
+        ({"seed": 5, "batch_size": 4}, r"trained with batch_size=2, now batch_size=4 \(and 1 more setting\(s\)\)"),
+        ({"visible_targets": False}, "trained with visible_targets=True, now visible_targets=False"),
+    ],
+)
+def test_resume_refuses_a_training_setting_naming_it(
+    run_dir: Path, tiny_dataset: Path, tmp_path: Path, change: dict[str, Any], message: str
+) -> None:
+    run = Path(shutil.copytree(run_dir, tmp_path / "run"))
+    with pytest.raises(ConfigError, match=message) as caught:
+        train(tiny_dataset, run, QUICK.replace(epochs=2, **change), resume=True)
+    assert "\n" not in str(caught.value)
+
+
+def test_resume_refusal_names_the_flag_on_the_cli(
+    tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(Trainer, "run_epoch", fake_epoch)
+    common = ["--train", tiny_dataset, "--out", tmp_path / "run", "--preset", "tiny", "--steps-per-epoch", 1]
+    common += ["--batch-size", 2, "--eval-every", 0, "-q"]
+    assert run_cli("train", *common, "--epochs", 1).exit_code == 0
+    result = run_cli("train", *common, "--epochs", 2, "--lr", "0.001", "--resume")
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "--resume: " in result.stderr and "trained with --lr 0.002, now --lr 0.001" in result.stderr
+    assert run_cli("train", *common, "--epochs", 2, "--score", "completeness", "--resume").exit_code == 0
 
 
 # help texts --------------------------------------------------------------------------------------------

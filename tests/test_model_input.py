@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 import amodal_model.train as train_module
 from amodal_model.config import MAX_SEED, TINY, TrainConfig, build_train_config
 from amodal_model.predict import predict_run
-from amodal_model.train import Trainer, TrainingInterrupted, train
+from amodal_model.train import Trainer, TrainingDiverged, TrainingInterrupted, train
 from shapesgen.errors import ConfigError, DatasetError, ResourceError, ShapesgenError
 
 SMALL = TINY.replace(feature_channels=8, head_filters=(8, 4), embedding_dim=4)
@@ -525,9 +525,9 @@ def test_a_diverged_training_fails_and_keeps_nothing(
 
     monkeypatch.setattr(Trainer, "run_epoch", diverged)
     before = snapshot(tmp_path)
-    with pytest.raises(ConfigError, match="training diverged") as caught:
+    with pytest.raises(TrainingDiverged, match="training diverged in epoch 1") as caught:
         train(data, tmp_path / "run", QUICK)
-    assert caught.value.param == "learning_rate"
+    assert caught.value.param == "learning_rate" and caught.value.exit_code == 1
     assert snapshot(tmp_path) == before
 
 
