@@ -20,12 +20,11 @@ import tensorflow as tf
 
 from amodal_model.batching import Batch, blocked_batches
 from amodal_model.coco_source import ANNOTATIONS, coco_batches, describe_coco_export, is_coco_export
-from shapesgen import ShapesDataset, open_dataset
+from shapesgen import ShapesDataset, open_dataset, render_scenes
 from shapesgen.config import SceneConfig, build_config
 from shapesgen.errors import ConfigError, DatasetError, ShapesgenError, one_line, shown
 from shapesgen.files import regular_input
 from shapesgen.limits import check_scene_fits
-from shapesgen.scene import render_scenes
 from shapesgen.storage.manifest import VIRTUAL_FILE, is_sharded
 
 LIVE_PREFIX = "render:"

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from shapesgen import preset
+from shapesgen.build import render_dataset
 from shapesgen.evaluate import _summary, evaluate, load_ground_truth, oracle_predictions, pycocotools_eval
-from shapesgen.render import render_dataset
 from shapesgen.stats import OCCLUSION_BANDS
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from amodal_model.predict import load_run, predict_hdf5
 from amodal_model.pretrained import shipped_models
-from shapesgen.render import render_dataset
+from shapesgen.build import render_dataset
 
 
 def main() -> None:

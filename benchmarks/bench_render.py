@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from shapesgen import geometry, preset, raster
-from shapesgen.render import render_dataset
-from shapesgen.scene import render_scenes, scene_rng
+from shapesgen.build import render_dataset
+from shapesgen.renderer import render_scenes, scene_rng
 from shapesgen.storage.encode import encode_scenes
 from shapesgen.visibility import overlay_visibility, visibility
 

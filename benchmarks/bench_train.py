@@ -22,7 +22,7 @@ from amodal_model.loss import total_loss
 from amodal_model.model import DataSpec, build_model, compute_policy
 from amodal_model.train import learning_rate_schedule
 from shapesgen import preset
-from shapesgen.render import render_dataset
+from shapesgen.build import render_dataset
 
 
 def input_rate(path: Path, layers: int, batch_size: int, seconds: float = 5.0) -> float:

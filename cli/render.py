@@ -147,8 +147,8 @@ def render(
 ) -> None:
     """Render a dataset of occlusion scenes into a self-describing HDF5 file (or, with
     --shard-size, a folder of HDF5 shards and a manifest)."""
+    from shapesgen.build import render_dataset
     from shapesgen.coco import check_export_target, export_coco
-    from shapesgen.render import render_dataset
 
     if dataset is not None:
         run(ctx, lambda: _refuse_config_options(ctx))

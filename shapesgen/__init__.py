@@ -2,7 +2,8 @@
 
 from shapesgen.config import PRESETS, SceneConfig, ShapeSpec, StorageConfig, preset
 from shapesgen.errors import ConfigError, DatasetError, ShapesgenError, ValidationError
-from shapesgen.scene import Scene, render_scene, render_scenes
+from shapesgen.renderer import render_scene, render_scenes
+from shapesgen.storage.layout import Scene
 from shapesgen.storage.reader import ShapesDataset, open_dataset
 
 __version__ = "0.1.0"

@@ -37,9 +37,9 @@ from shapesgen.files import (
 from shapesgen.geometry import front_overlaps
 from shapesgen.metadata import DEFAULT_LICENSE, LICENSES, croissant, hf_front_matter, license_of
 from shapesgen.raster import layer_maps, rasterize_convex
-from shapesgen.scene import Scene
 from shapesgen.splits import Split
 from shapesgen.stats import OCCLUSION_BANDS, occlusion_band
+from shapesgen.storage.layout import Scene
 from shapesgen.storage.reader import CorruptDatasetError, ShapesDataset, open_dataset
 
 Style = Literal["coco", "cocoa", "kins", "aistron"]

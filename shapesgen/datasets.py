@@ -17,9 +17,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from shapesgen.build import ProgressCallback, Verifier, render_dataset
 from shapesgen.config import SceneConfig, StorageConfig, preset
 from shapesgen.errors import ConfigError, ShapesgenError, shown
-from shapesgen.render import ProgressCallback, Verifier, render_dataset
 from shapesgen.splits import SEMVER, Split, check_split_name
 from shapesgen.storage.reader import open_dataset
 

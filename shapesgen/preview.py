@@ -19,7 +19,7 @@ from shapesgen.coco import decode_segmentation
 from shapesgen.errors import ConfigError
 from shapesgen.evaluate import GroundTruth, load_predictions
 from shapesgen.files import check_file_output, refuse_overwriting_inputs, write_atomically
-from shapesgen.scene import Scene
+from shapesgen.storage.layout import Scene
 from shapesgen.storage.reader import ShapesDataset, open_dataset
 
 HEADER = 18

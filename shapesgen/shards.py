@@ -2,7 +2,7 @@
 
 Shard k is a complete shapesgen HDF5 file holding scenes ``start .. stop - 1`` (its
 ``first_scene`` attribute is ``start``), written by the single-file writer
-(:func:`shapesgen.render.render_dataset`), so every scene has the bytes a single-file
+(:func:`shapesgen.build.render_dataset`), so every scene has the bytes a single-file
 render of the same config and seed gives it. ``manifest.json`` is written last and
 atomically: a folder without one is an unfinished render, which the same call resumes
 shard by shard (a shard that exists and verifies is kept, any other is rendered again).
@@ -130,7 +130,7 @@ def render_shard(
     ``<shard>.partial`` (continued if an earlier attempt left one) and renamed when
     complete, so a task that dies leaves no shard that looks finished.
     """
-    from shapesgen.render import RenderNote, render_dataset
+    from shapesgen.build import RenderNote, render_dataset
 
     path = Path(folder) / shard.file
     if path.exists():
@@ -242,7 +242,7 @@ def render_sharded(
     worker count. Calling again with the same arguments resumes an unfinished folder; a
     folder of another render is refused (:class:`ConfigError`).
     """
-    from shapesgen.render import MAX_SCENES, RenderNote, effective_workers, resolve_seed
+    from shapesgen.build import MAX_SCENES, RenderNote, effective_workers, resolve_seed
 
     _check_count("num_scenes", num_scenes, MAX_TOTAL_SCENES)
     _check_count("shard_size", shard_size, MAX_SCENES)
@@ -498,7 +498,7 @@ def validate_sharded(
     :class:`ValidationError` at the first violation (in shard order)."""
     from concurrent.futures import Future, ProcessPoolExecutor
 
-    from shapesgen.render import _pool_context, _worker_init
+    from shapesgen.build import _pool_context, _worker_init
 
     _check_count("workers", workers, 4096)
     manifest = read_manifest(path)

@@ -10,9 +10,9 @@ import numpy as np
 
 from shapesgen.errors import ValidationError
 from shapesgen.raster import layer_maps
-from shapesgen.scene import Scene, render_scene
+from shapesgen.renderer import render_scene
 from shapesgen.storage.digests import DigestChain, checksums, scene_digests
-from shapesgen.storage.layout import DATASETS, INSTANCE_COLUMNS, OFFSETS
+from shapesgen.storage.layout import DATASETS, INSTANCE_COLUMNS, OFFSETS, Scene
 from shapesgen.storage.reader import CorruptDatasetError, ShapesDataset, open_dataset
 
 GEOMETRY_RTOL = 1e-9

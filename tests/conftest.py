@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from shapesgen import SceneConfig
-from shapesgen.render import render_dataset
+from shapesgen.build import render_dataset
 
 TINY = SceneConfig(image_size=64, mask_size=32, instances_per_class=3, layers=3, seed=11)
 

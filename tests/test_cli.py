@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-import shapesgen.render
+import shapesgen.build
 from shapesgen import SceneConfig, __version__
 from shapesgen.storage.layout import FORMAT_VERSION
 from shapesgen_cli.app import app
@@ -51,7 +51,7 @@ def test_render_passes_exactly_the_built_config(monkeypatch: pytest.MonkeyPatch,
         received.update(config=config, out=out, **kwargs)
         return Path(out)
 
-    monkeypatch.setattr(shapesgen.render, "render_dataset", fake)
+    monkeypatch.setattr(shapesgen.build, "render_dataset", fake)
     result = invoke(
         "render",
         "--instances",
@@ -231,7 +231,7 @@ def test_train_builds_the_config_from_preset_and_options(monkeypatch: pytest.Mon
 def test_render_starts_from_a_config_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     received: dict[str, Any] = {}
     monkeypatch.setattr(
-        shapesgen.render, "render_dataset", lambda config, out, **kw: received.update(config=config) or out
+        shapesgen.build, "render_dataset", lambda config, out, **kw: received.update(config=config) or out
     )
     config = SceneConfig(image_size=128, mask_size=32, instances_per_class=4, layers=3, seed=9)
     (tmp_path / "c.json").write_text(config.to_json())

@@ -17,10 +17,10 @@ from hypothesis import strategies as st
 from amodal_model import batching
 from amodal_model.coco_source import coco_batches, decode_rles, is_coco_export, open_coco_export, sample_masks
 from shapesgen import SceneConfig
+from shapesgen.build import render_dataset
 from shapesgen.coco import ExportConfig, decode_segmentation, encode_rle, export_coco, layer_file_name
 from shapesgen.errors import DatasetError, ShapesgenNote
 from shapesgen.raster import layer_maps, rasterize_convex
-from shapesgen.render import render_dataset
 from shapesgen.storage.reader import open_dataset
 
 data = pytest.importorskip("amodal_model.data", reason="the HDF5 batches to compare with need TensorFlow")

@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 
 import shapesgen.datasets
 from shapesgen import SceneConfig, StorageConfig, render_scene
+from shapesgen.build import RenderInterrupted, render_dataset
 from shapesgen.coco import ExportConfig, _card_title, export_coco
 from shapesgen.config import MAX_SEED
 from shapesgen.datasets import (
@@ -37,7 +38,6 @@ from shapesgen.datasets import (
 )
 from shapesgen.errors import ConfigError, DatasetError
 from shapesgen.metadata import LICENSES, size_category
-from shapesgen.render import RenderInterrupted, render_dataset
 from shapesgen.splits import Split, split_seed
 from shapesgen.storage.reader import open_dataset
 

@@ -22,9 +22,9 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from shapesgen import SceneConfig, __version__
+from shapesgen.build import render_dataset
 from shapesgen.coco import ExportConfig, encode_rle, export_coco, masks_at, scene_rings
 from shapesgen.evaluate import evaluate_files, load_ground_truth, oracle_predictions
-from shapesgen.render import render_dataset
 from shapesgen.storage.reader import open_dataset
 
 # Crowded enough to have instances hidden at mask resolution, some of them visible at image resolution.

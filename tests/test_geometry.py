@@ -8,12 +8,11 @@ import shapely
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shapesgen import SceneConfig, render_scene
-from shapesgen import scene as scene_module
+from shapesgen import SceneConfig, render_scene, renderer
 from shapesgen.config import shape_specs
 from shapesgen.geometry import box_xywh, clip_to_frame, visible_geometry
 from shapesgen.raster import layer_maps, rasterize_convex
-from shapesgen.scene import render_scenes
+from shapesgen.renderer import render_scenes
 from shapesgen.shapes import SHAPE_KINDS
 from shapesgen.visibility import boundary_visibility, solid_box, visibility
 
@@ -224,8 +223,8 @@ def test_large_batches_are_split_without_changing_a_bit(
     tiny_config: SceneConfig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     whole = render_scenes(tiny_config, range(7))
-    monkeypatch.setattr("shapesgen.scene.VECTOR_BUDGET", 1)  # one scene per vectorised call
-    assert scene_module.scenes_per_call(tiny_config) == 1
+    monkeypatch.setattr("shapesgen.renderer.VECTOR_BUDGET", 1)  # one scene per vectorised call
+    assert renderer.scenes_per_call(tiny_config) == 1
     for split, kept in zip(render_scenes(tiny_config, range(7)), whole, strict=True):
         assert all(getattr(split, f).tobytes() == getattr(kept, f).tobytes() for f in SCENE_FIELDS)
 

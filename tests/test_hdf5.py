@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from shapesgen import ConfigError, DatasetError, SceneConfig, render_scene
+from shapesgen.build import RenderInterrupted, partial_path, render_dataset
 from shapesgen.config import StorageConfig
-from shapesgen.render import RenderInterrupted, partial_path, render_dataset
 from shapesgen.storage.layout import DATASETS, FORMAT_NAME, FORMAT_VERSION, OFFSETS, format_markdown
 from shapesgen.storage.reader import open_dataset
 from shapesgen.validate import validate_dataset
@@ -205,7 +205,7 @@ def test_a_worker_death_or_full_disk_keeps_the_written_scenes_for_resume(
     to the same bytes); it never deletes a partial file that is being resumed."""
     from concurrent.futures.process import BrokenProcessPool
 
-    import shapesgen.render
+    import shapesgen.build
     from shapesgen.errors import ResourceError
 
     storage = StorageConfig(batch_scenes=2)
@@ -213,17 +213,17 @@ def test_a_worker_death_or_full_disk_keeps_the_written_scenes_for_resume(
     out = tmp_path / "cut.h5"
     with pytest.raises(RenderInterrupted):
         render_dataset(tiny_config, out, num_scenes=9, storage=storage, progress=interrupt_after(4))
-    real_batches = shapesgen.render._batches
+    real_batches = shapesgen.build._batches
 
     def dies_after_one(*args: object, **kwargs: object) -> Any:
         batches = real_batches(*args, **kwargs)  # type: ignore[arg-type]
         yield next(batches)
         raise BrokenProcessPool("A child process terminated abruptly")
 
-    monkeypatch.setattr(shapesgen.render, "_batches", dies_after_one)
+    monkeypatch.setattr(shapesgen.build, "_batches", dies_after_one)
     with pytest.raises(ResourceError, match="worker died.*kept with 6 of 9 scenes"):
         render_dataset(tiny_config, out, num_scenes=9, storage=storage, resume=True)
-    monkeypatch.setattr(shapesgen.render, "_batches", real_batches)
+    monkeypatch.setattr(shapesgen.build, "_batches", real_batches)
     render_dataset(tiny_config, out, num_scenes=9, storage=storage, resume=True)
     assert data_bytes(out) == data_bytes(whole)
 

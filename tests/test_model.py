@@ -17,7 +17,7 @@ from amodal_model.loss import discriminative_loss, total_loss
 from amodal_model.model import DataSpec, build_model
 from amodal_model.train import train
 from shapesgen import ConfigError, DatasetError, SceneConfig
-from shapesgen.render import render_dataset
+from shapesgen.build import render_dataset
 from shapesgen_cli.app import app
 
 SMALL = TINY.replace(feature_channels=8, head_filters=(8, 4), embedding_dim=4)

@@ -414,7 +414,7 @@ def sharded(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A sharded render of 6 tiny scenes (shards of 4 and 2) and the single-file render of the same scenes."""
     from conftest import TINY as SCENES
 
-    from shapesgen.render import render_dataset
+    from shapesgen.build import render_dataset
     from shapesgen.shards import render_sharded
 
     root = tmp_path_factory.mktemp("sharded")

@@ -500,8 +500,8 @@ def test_predict_refuses_data_of_other_classes_or_mask_size(
     change: dict[str, Any], run_dir: Path, tiny_dataset: Path, tmp_path: Path
 ) -> None:
     from shapesgen import open_dataset
+    from shapesgen.build import render_dataset
     from shapesgen.config import build_config, parse_classes
-    from shapesgen.render import render_dataset
 
     with open_dataset(tiny_dataset) as ds:
         base = ds.config

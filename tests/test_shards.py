@@ -16,9 +16,9 @@ import pytest
 from conftest import run_cli
 
 from shapesgen import SceneConfig
+from shapesgen.build import render_dataset
 from shapesgen.config import StorageConfig
 from shapesgen.errors import ConfigError, DatasetError, ValidationError
-from shapesgen.render import render_dataset
 from shapesgen.shards import MissingExtra, render_sharded, validate_sharded
 from shapesgen.storage.manifest import plan_shards
 from shapesgen.storage.reader import open_dataset, open_sharded
@@ -99,16 +99,16 @@ def test_rerun_keeps_verified_shards_and_redoes_damaged_or_missing_ones(
     with h5py.File(folder / "shard-00001.h5", "a") as file:
         file["images"][0] = 0  # damaged after its checksums were recorded
 
-    import shapesgen.render
+    import shapesgen.build
 
     rendered: list[int] = []
-    original = shapesgen.render.render_dataset
+    original = shapesgen.build.render_dataset
 
     def counting(*args: object, first_scene: int = 0, **kwargs: object) -> Path:
         rendered.append(first_scene)
         return original(*args, first_scene=first_scene, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(shapesgen.render, "render_dataset", counting)
+    monkeypatch.setattr(shapesgen.build, "render_dataset", counting)
     render_sharded(tiny_config, folder, num_scenes=NUM, shard_size=SIZE)
     assert sorted(rendered) == [SIZE, 2 * SIZE]
     assert (folder / "shard-00000.h5").stat().st_ino == inodes["shard-00000.h5"]

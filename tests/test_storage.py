@@ -1,20 +1,23 @@
 """The schema drives storage: every declared dataset and column is filled by the renderer,
-and the encoder writes exactly the records the schema declares."""
+the encoder writes exactly the records the schema declares, and storage renders nothing."""
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import zlib
+from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shapesgen import SceneConfig, preset, render_scenes
-from shapesgen.scene import Scene
+from shapesgen import SceneConfig, StorageConfig, open_dataset, preset, render_scenes
 from shapesgen.storage.encode import encode_scenes
-from shapesgen.storage.layout import DATASETS, INSTANCE_COLUMNS, INSTANCE_DTYPE, instance_table
+from shapesgen.storage.layout import DATASETS, INSTANCE_COLUMNS, INSTANCE_DTYPE, Scene, instance_table
+from shapesgen.storage.writer import DatasetWriter
 
 TINY = SceneConfig(image_size=64, mask_size=32, instances_per_class=3, layers=3, seed=11)
 CONFIGS = {"tiny": TINY, "extended": preset("extended").replace(instances_per_class=2, seed=3)}
@@ -107,3 +110,42 @@ def test_the_encoder_refuses_a_record_of_another_dtype() -> None:
     wrong = dataclasses.replace(scene, layers=scene.layers.astype(np.int64))
     with pytest.raises(TypeError, match="Scene.layers is int64, dataset layers stores uint16"):
         encode_scenes([wrong], 1)
+
+
+RENDERING = ("shapesgen.renderer", "shapesgen.build", "shapesgen.visibility", "shapesgen.raster", "shapesgen.geometry")
+
+
+def test_storage_imports_no_rendering() -> None:
+    """Storage moves bytes: checking a killed render's scenes goes through ``verify``."""
+    package = Path(__file__).parent.parent / "shapesgen" / "storage"
+    for module in sorted(package.glob("*.py")):
+        tree = ast.parse(module.read_text())
+        imported = [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]
+        imported += [node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
+        assert not [name for name in imported if name.startswith(RENDERING)], module.name
+
+
+def test_resume_keeps_the_prefix_that_verify_confirms(tmp_path: Path) -> None:
+    """A file killed hard is cut where its scenes stop matching ``verify(start, stop)``, which
+    is asked for dataset-wide scene indices (a shard's ``first_scene`` onwards)."""
+    path, first = tmp_path / "shard.h5", 10
+    scenes = render_scenes(TINY, range(first, first + 5))
+    writer = DatasetWriter(path, TINY, StorageConfig(), 5, first_scene=first, verify=lambda a, b: {})
+    writer.append(encode_scenes(scenes, 1))
+    writer.file.close()  # killed hard: clean_stop stays false
+    with h5py.File(path, "r+") as f:
+        assert not f.attrs["clean_stop"]
+        f["images"][3] = 255 - f["images"][3]  # scene first + 3 torn
+    asked: list[tuple[int, int]] = []
+
+    def verify(start: int, stop: int) -> dict[str, list[bytes]]:
+        asked.append((start, stop))
+        return encode_scenes(render_scenes(TINY, range(start, stop)), 0).digests
+
+    resumed = DatasetWriter(path, TINY, StorageConfig(), 5, verify=verify)
+    assert asked == [(first, first + 5)] and resumed.scenes_written == 3 and resumed.first_scene == first
+    resumed.append(encode_scenes(scenes[3:], 1))
+    resumed.finish()
+    resumed.close()
+    with open_dataset(path) as ds:
+        assert len(ds) == 5 and np.array_equal(ds[3].image, scenes[3].image)

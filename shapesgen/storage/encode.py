@@ -7,15 +7,11 @@ import hashlib
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 from isal import isal_zlib
 
-from shapesgen.storage.layout import DATASETS, PER_SCENE
-
-if TYPE_CHECKING:
-    from shapesgen.scene import Scene
+from shapesgen.storage.layout import DATASETS, PER_SCENE, Scene
 
 
 def deflate(raw: bytes, level: int) -> bytes:

@@ -80,12 +80,29 @@ def instance_table(columns: Mapping[str, ArrayLike], shape: tuple[int, ...]) -> 
     return table
 
 
+@dataclass(frozen=True)
+class Scene:
+    """One scene's record: what the renderer makes and a reader returns. Each array is the
+    attribute a ``DATASETS`` field stores (see ``docs/format.md``); ``index`` is the scene's
+    position and ``vertex_offsets`` indexes its ``vertices`` by instance."""
+
+    index: int
+    image: np.ndarray  # (S, S, C) uint8
+    layers: np.ndarray  # (L, M, M) uint16
+    class_layers: np.ndarray  # (L, M, M) uint8
+    amodal_masks: np.ndarray  # (n, M, M) bool
+    visible_masks: np.ndarray  # (n, M, M) bool
+    instances: np.ndarray  # (n,) INSTANCE_DTYPE
+    vertices: np.ndarray  # (V, 2) float64
+    vertex_offsets: np.ndarray  # (n + 1,) int64, local to this scene
+
+
 DIMENSIONS: dict[str, str] = {"S": "image_size", "C": "channels", "M": "mask_size", "L": "layers"}
 
 
 @dataclass(frozen=True)
 class DatasetField:
-    """One HDF5 dataset: the :class:`~shapesgen.scene.Scene` attribute it stores, its axis,
+    """One HDF5 dataset: the :class:`Scene` attribute it stores, its axis,
     the shape of one record (``DIMENSIONS`` symbols or integers), its dtype and meaning.
 
     Records along the ``scene`` axis are one per scene; along ``instance``, ``num_instances``

@@ -18,7 +18,6 @@ from h5py import h5a, h5s, h5t
 from shapesgen.config import SceneConfig
 from shapesgen.errors import ConfigError, DatasetError, one_line, shown
 from shapesgen.limits import MAX_CHUNK_BYTES  # no scene record this package writes is larger
-from shapesgen.scene import Scene
 from shapesgen.splits import Split, split_from_json
 from shapesgen.storage.layout import (
     AXIS_ROWS,
@@ -30,6 +29,7 @@ from shapesgen.storage.layout import (
     ROOT_ATTRIBUTES,
     SHARD_MANIFEST,
     SHARD_VIRTUAL,
+    Scene,
 )
 from shapesgen.storage.manifest import check_shard_header, plan_shards, read_manifest
 

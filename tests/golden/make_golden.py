@@ -11,7 +11,7 @@ from pathlib import Path
 import h5py
 
 from shapesgen import SceneConfig, preset
-from shapesgen.render import render_dataset
+from shapesgen.build import render_dataset
 
 HERE = Path(__file__).parent
 

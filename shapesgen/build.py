@@ -36,7 +36,7 @@ from shapesgen.files import (
     remove_empty,
 )
 from shapesgen.limits import batch_scenes_for, check_disk, check_scene_fits
-from shapesgen.scene import render_scenes
+from shapesgen.renderer import render_scenes
 from shapesgen.splits import Split, split_from_json
 from shapesgen.storage.encode import EncodedBatch, encode_scenes
 from shapesgen.storage.writer import FLUSH_EVERY_S, DatasetWriter

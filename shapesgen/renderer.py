@@ -1,9 +1,8 @@
-"""One scene as a pure function of (config, index), rendered alone or in a batch."""
+"""The scene renderer: one scene as a pure function of (config, index), rendered alone or in a batch."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import shapely
@@ -12,23 +11,8 @@ from shapesgen import geometry, raster
 from shapesgen.config import SceneConfig
 from shapesgen.errors import ConfigError
 from shapesgen.shapes import SHAPE_KINDS
-from shapesgen.storage.layout import instance_table
+from shapesgen.storage.layout import Scene, instance_table
 from shapesgen.visibility import visibility
-
-
-@dataclass(frozen=True)
-class Scene:
-    """Everything rendered for one scene (see ``docs/format.md`` for each field)."""
-
-    index: int
-    image: np.ndarray  # (S, S, C) uint8
-    layers: np.ndarray  # (L, M, M) uint16
-    class_layers: np.ndarray  # (L, M, M) uint8
-    amodal_masks: np.ndarray  # (n, M, M) bool
-    visible_masks: np.ndarray  # (n, M, M) bool
-    instances: np.ndarray  # (n,) schema.INSTANCE_DTYPE
-    vertices: np.ndarray  # (V, 2) float64
-    vertex_offsets: np.ndarray  # (n + 1,) int64, local to this scene
 
 
 def scene_rng(seed: int, index: int) -> np.random.Generator:
