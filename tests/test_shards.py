@@ -200,7 +200,7 @@ def test_the_virtual_file_refuses_a_missing_shard(tmp_path: Path, tiny_config: S
     with pytest.raises(DatasetError, match="maps shard-00001.h5, which is missing"):
         open_dataset(folder)
     result = run_cli("evaluate", "--gt", folder, "--oracle-layers", 1)
-    assert result.exit_code == 2 and "pass its single-file view" in result.stderr
+    assert result.exit_code == 2 and "maps shard-00001.h5, which is missing" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
 
 

@@ -47,6 +47,16 @@ VLEN_STRING_TYPES = frozenset(
 FIXED_TYPE_CLASSES = frozenset({h5t.INTEGER, h5t.FLOAT, h5t.ENUM, h5t.STRING, h5t.BITFIELD})
 
 
+def scene_index(index: object, count: int) -> int:
+    """``index`` as a position in ``count`` scenes (negative counts from the end), as a
+    sequence would take it: a TypeError for a non-integer, an IndexError out of range."""
+    if not isinstance(index, (int, np.integer)):
+        raise TypeError(f"scene index must be an integer, got {type(index).__name__}")
+    if not -count <= index < count:
+        raise IndexError(f"scene {index} out of range for a dataset of {count} scenes")
+    return int(index) % count
+
+
 class CorruptDatasetError(DatasetError):
     """A file whose header or stored bytes break the format (damaged, truncated or tampered with).
 
@@ -518,12 +528,7 @@ class ShapesDataset:
         return slice(int(self.instance_offsets[index]), int(self.instance_offsets[index + 1]))
 
     def __getitem__(self, index: int) -> Scene:
-        if not isinstance(index, (int, np.integer)):
-            raise TypeError(f"scene index must be an integer, got {type(index).__name__}")
-        n = len(self)
-        if not -n <= index < n:
-            raise IndexError(f"scene {index} out of range for a dataset of {n} scenes")
-        index = int(index) % n
+        index = scene_index(index, len(self))
         rows = self.instance_rows(index)
         vertex_offsets = self.vertex_offsets[rows.start : rows.stop + 1]
         if vertex_offsets[0] < 0 or vertex_offsets[-1] > self._vertex_rows or np.any(np.diff(vertex_offsets) < 0):
@@ -605,12 +610,7 @@ class ShardedDataset:
         return self.shards[-1].stop
 
     def __getitem__(self, index: int) -> Scene:
-        if not isinstance(index, (int, np.integer)):
-            raise TypeError(f"scene index must be an integer, got {type(index).__name__}")
-        n = len(self)
-        if not -n <= index < n:
-            raise IndexError(f"scene {index} out of range for a dataset of {n} scenes")
-        index = int(index) % n
+        index = scene_index(index, len(self))
         k = bisect.bisect_right(self._starts, index) - 1
         return dataclasses.replace(self.shard(k)[index - self.shards[k].start], index=index)
 
