@@ -60,7 +60,6 @@ INSTANCE_COLUMNS: tuple[Column, ...] = (
 )
 
 INSTANCE_DTYPE = np.dtype([(c.name, c.dtype, c.shape) for c in INSTANCE_COLUMNS])
-ROUNDED_COLUMNS: tuple[str, ...] = tuple(c.name for c in INSTANCE_COLUMNS if c.rounded)
 
 
 def instance_table(columns: Mapping[str, ArrayLike], shape: tuple[int, ...]) -> np.ndarray:
