@@ -8,58 +8,118 @@ point-in-polygon test away from edges, with no anti-aliasing or resampling.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 from PIL import Image, ImageDraw
+
+
+class _BitStack(NamedTuple):
+    """A pixel's covering instances as a bit set in one word, for up to ``bits`` instances."""
+
+    bits: int
+    word: type[np.unsignedinteger]
+    real: type[np.floating]  # holds every power of two of a word exactly
+    mantissa: int  # bits of ``real``'s mantissa: 2^b has biased exponent ``bias + b`` above them
+    bias: int
+
+
+_BIT_STACKS = (_BitStack(32, np.uint32, np.float32, 23, 127), _BitStack(64, np.uint64, np.float64, 52, 1023))
 
 
 def rasterize_convex(rings: np.ndarray, size: int, scale: float) -> np.ndarray:
     """Masks ``(k, size, size)`` of convex polygons ``rings`` ``(k, V, 2)`` in image px.
 
     Scanline form: on each row the polygon covers one interval between its two edge
-    crossings. Only a window of rows as tall as the tallest polygon is scanned, so
-    the work is ``k * V * rows`` plus one comparison per pixel of the window.
+    crossings. Each edge is met only on the rows its y-range spans, and each row's
+    interval is filled, so the work is about ``k * (height + area)`` in mask pixels.
     """
-    q = np.concatenate([rings, rings[:, :1]], axis=1) / scale
-    x0, y0 = q[:, :-1, 0], q[:, :-1, 1]
-    x1, y1 = q[:, 1:, 0], q[:, 1:, 1]
-    out = np.zeros((len(rings), size, size), dtype=bool)
-    first = np.clip(np.ceil(y0.min(axis=1) - 0.5), 0, size).astype(np.int64)
-    stop = np.clip(np.floor(y0.max(axis=1) - 0.5) + 1, 0, size).astype(np.int64)
-    span = int((stop - first).max(initial=0))
-    if span <= 0:
-        return out
-    rows = np.minimum(first, size - span)[:, None] + np.arange(span)  # (k, span), inside the mask
-    centres = (rows + 0.5)[:, None, :]
-    y0c, y1c = y0[:, :, None], y1[:, :, None]
-    crosses = (y0c <= centres) != (y1c <= centres)
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        inverse_dy = (1.0 / (y1 - y0))[:, :, None]
-        t = (centres - y0c) * inverse_dy  # in [0, 1] on every crossing edge; others are masked below
-        x_at = x0[:, :, None] + t * (x1 - x0)[:, :, None]
-    left = np.where(crosses, x_at, np.inf).min(axis=1)
-    right = np.where(crosses, x_at, -np.inf).max(axis=1)
+    k = len(rings)
+    left, right = _row_intervals(rings, size, scale)
     columns = np.arange(size) + 0.5
-    out[np.arange(len(rings))[:, None], rows] = (left[:, :, None] <= columns) & (columns < right[:, :, None])
-    return out
+    first = np.searchsorted(columns, left.ravel(), "left")  # first column with centre >= left
+    width = np.maximum(np.searchsorted(columns, right.ravel(), "left") - first, 0)  # centres < right
+    start = np.arange(k * size) * size + first
+    out = np.zeros(k * size * size, dtype=bool)
+    out[np.arange(int(width.sum())) + np.repeat(start - (np.cumsum(width) - width), width)] = True
+    return out.reshape(k, size, size)
+
+
+def _row_intervals(rings: np.ndarray, size: int, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """Least and greatest x (mask px) where each polygon's edges cross each row's centre line,
+    ``(k, size)`` float64 each; +inf and -inf on rows no edge crosses.
+
+    An edge from y0 to y1 crosses row r when ``(y0 <= r + 0.5) != (y1 <= r + 0.5)``, at
+    ``x0 + ((r + 0.5 - y0) * (1 / (y1 - y0))) * (x1 - x0)``.
+    """
+    k, v = rings.shape[:2]
+    q = rings / scale
+    x0, y0 = q[..., 0].ravel(), q[..., 1].ravel()
+    ahead = np.roll(q, -1, axis=1)
+    x1, y1 = ahead[..., 0].ravel(), ahead[..., 1].ravel()
+    centres = np.arange(size) + 0.5
+    top = np.searchsorted(centres, np.minimum(y0, y1), "left")  # rows with centre >= the lower y ...
+    count = np.searchsorted(centres, np.maximum(y0, y1), "left") - top  # ... and < the greater y
+    edge = np.repeat(np.arange(k * v), count)
+    row = np.arange(edge.size) - np.repeat(np.cumsum(count) - count - top, count)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        inverse_dy = 1.0 / (y1 - y0)
+        x_at = x0[edge] + (((row + 0.5) - y0[edge]) * inverse_dy[edge]) * (x1 - x0)[edge]
+    key = (edge // v) * size + row
+    left = np.full(k * size, np.inf)
+    right = np.full(k * size, -np.inf)
+    np.minimum.at(left, key, x_at)
+    np.maximum.at(right, key, x_at)
+    return left.reshape(k, size), right.reshape(k, size)
 
 
 def layer_maps(amodal: np.ndarray, depth: np.ndarray, layers: int) -> np.ndarray:
-    """Instance ids ``(layers, h, w)``: layer k holds the k-th instance from the top.
+    """Instance ids ``(..., layers, h, w)``: layer k holds the k-th instance from the top.
 
-    ``amodal`` is ``(n, h, w)`` in instance order, ids are ``index + 1``, 0 is
-    background (fewer than k+1 instances cover the pixel). A running coverage count,
-    front to back, gives each instance its rank at each pixel it covers.
+    ``amodal`` is ``(..., n, h, w)`` in instance order and ``depth`` ``(..., n)``; leading
+    axes are scenes, mapped independently. Ids are ``index + 1``, 0 is background (fewer
+    than k+1 instances cover the pixel); ties in ``depth`` go to the lower index. Each
+    pixel's covering instances form a bit set, bit j for the j-th nearest; layer k is the
+    k-th lowest set bit.
     """
-    _, h, w = amodal.shape
-    out = np.zeros((layers, h * w), dtype=np.uint16)
-    count = np.zeros(h * w, dtype=np.uint16)
-    for index in np.argsort(depth, kind="stable"):
-        covered = np.flatnonzero(amodal[index])
+    *leading, n, h, w = amodal.shape
+    scenes = int(np.prod(leading, dtype=np.int64))
+    cover = amodal.reshape(scenes, n, h * w)
+    order = np.argsort(np.reshape(depth, (scenes, n)), axis=1, kind="stable")
+    stack_type = next((s for s in _BIT_STACKS if n <= s.bits), None)
+    if stack_type is None:
+        out = np.stack([_layer_maps_by_count(cover[s], order[s], layers) for s in range(scenes)])
+        return out.reshape(*leading, layers, h, w)
+    bits, word, real, mantissa, bias = stack_type
+    weight = np.zeros((scenes, n), dtype=word)
+    np.put_along_axis(weight, order, word(1) << np.arange(n, dtype=word), axis=1)
+    stack = np.einsum("si,sip->sp", weight, (cover if cover.dtype == bool else cover != 0).view(np.uint8))
+    # the lowest set bit b of a word is exactly 2^b as a float: its biased exponent is bias + b
+    table = np.zeros((scenes, bias + bits + 1), dtype=np.uint16)
+    table[:, bias : bias + n] = order + 1
+    out = np.zeros((scenes, layers, h * w), dtype=np.uint16)
+    for k in range(min(layers, n)):
+        lowest = stack & (~stack + word(1))
+        exponent = lowest.astype(real).view(word) >> word(mantissa)
+        for s in range(scenes):
+            np.take(table[s], exponent[s], out=out[s, k])
+        stack ^= lowest
+    return out.reshape(*leading, layers, h, w)
+
+
+def _layer_maps_by_count(cover: np.ndarray, order: np.ndarray, layers: int) -> np.ndarray:
+    """``layer_maps`` of one scene for any number of instances, ``(layers, P)``: a running
+    coverage count, front to back (``order``), gives each instance its rank at each pixel
+    of ``cover`` ``(n, P)`` that it covers."""
+    out = np.zeros((layers, cover.shape[1]), dtype=np.uint16)
+    count = np.zeros(cover.shape[1], dtype=np.uint16)
+    for index in order:
+        covered = np.flatnonzero(cover[index])
         rank = count[covered]
         count[covered] = rank + 1
         in_stack = rank < layers
         out[rank[in_stack], covered[in_stack]] = index + 1
-    return out.reshape(layers, h, w)
+    return out
 
 
 def draw_outlines(
@@ -69,12 +129,20 @@ def draw_outlines(
 
     Outlines are centred on the polygon boundary (as in the reference code) and a
     later (nearer) shape's fill hides what lies beneath it, so only outlines show.
+    The drawing calls go straight to Pillow's core, as ``ImageDraw.polygon(fill=255)``
+    and ``ImageDraw.line(fill=0, joint="curve")`` make them (curved joints only exist
+    for outlines wider than 4 px: those still go through ``ImageDraw.line``).
     """
     image = Image.new("L", (image_size, image_size), 255)
     draw = ImageDraw.Draw(image)
+    core = draw.draw
+    white, black = core.draw_ink(255), core.draw_ink(0)
     for index in np.argsort(depth, kind="stable")[::-1]:
         points = rings[index].ravel().tolist()
-        draw.polygon(points, fill=255)
-        draw.line(points + points[:2], fill=0, width=outline_px, joint="curve")
+        core.draw_polygon(points, white, 1)
+        if outline_px > 4:
+            draw.line(points + points[:2], fill=0, width=outline_px, joint="curve")
+        else:
+            core.draw_lines(points + points[:2], black, outline_px)
     pixels = np.asarray(image)[:, :, None]
     return np.repeat(pixels, channels, axis=2) if channels > 1 else pixels.copy()

@@ -12,16 +12,20 @@ made of two kinds of straight pieces:
 So it suffices to know, for every edge, the parameter interval that each other
 polygon covers (Cyrus-Beck clipping against a convex polygon) and, along the
 edge, the nearest coverer of each stretch. All of it is vectorised NumPy over
-every edge of a batch of scenes at once, with no polygon overlay: 0.56 ms per paper
-scene in batches of 64 against 1.8 ms for GEOS differences
-(``benchmarks/bench_render.py``), and equal to them to floating-point rounding
-(``tests/test_geometry.py`` checks it against shapely). Scenes where a crossing is
-ill-conditioned (a grazing angle) are measured with GEOS instead.
+every edge of a run of scenes at once, with no polygon overlay: 0.7 ms of CPU per
+paper scene (N = 6) against 3.5 ms for GEOS differences, measured together by
+``benchmarks/bench_render.py`` on the busy 2-core development machine; equal to them
+to floating-point rounding (``tests/test_geometry.py`` checks it against shapely).
+Scenes where a crossing is ill-conditioned (a grazing angle) are measured with GEOS
+instead.
 
 ``boundary_visibility`` takes these steps, one function each: the polygons and
 their edges clipped to the frame; the covers of every edge; the pieces between
 cover ends, with the nearest covers spanning each; then the boundary pieces of both
-kinds, from which follow area and box.
+kinds, from which follow area and box. Scenes go in runs, and Cyrus-Beck in blocks,
+small enough for their arrays to stay in the CPU caches (a quarter less time than whole
+batches of 64 at N = 6 and 12); every scene's measures depend on that scene alone, so
+the bits do not depend on the run or block size (``tests/test_render_speed_equivalence.py``).
 
 Every polygon must be convex with a positive shoelace orientation (all shape
 templates are); coordinates are image pixels.
@@ -45,6 +49,8 @@ TOUCHING = 1e-9  # image px: an edge end this close to a side's line lies on it,
 DEBRIS = 1e-9  # image px: shorter boundary pieces are rounding debris
 SLIVER_AREA = 1e-9  # image px^2: overlay parts this thin are rounding debris
 FAR_AWAY = 1e12  # where sides wholly outside the frame are parked (image px)
+RUN_PAIRS = 2**18  # (edge, polygon) pairs per run of scenes measured together
+BLOCK_TESTS = 2**16  # edge-side tests per Cyrus-Beck block: its arrays stay in the CPU caches
 
 
 @dataclass(frozen=True)
@@ -118,6 +124,7 @@ class _Layout:
     edge_of_vertex: np.ndarray  # (B*Vs,) the edge that starts at each vertex
     owner: np.ndarray  # (B*E,) polygon of each edge; -1 for the frame's sides
     own_pairs: np.ndarray  # flat indices of (edge, its own polygon) in a (B, E, n) matrix
+    side_counts: tuple[int, ...]  # the distinct numbers of sides of the polygons, ascending
 
 
 @lru_cache(maxsize=64)
@@ -144,6 +151,7 @@ def _layout(groups: tuple[tuple[int, int], ...], scenes: int) -> _Layout:
         edge_of_vertex=(base_edge + np.arange(per_scene)).ravel(),
         owner=np.where(edge_owner >= 0, np.arange(scenes)[:, None] * n + edge_owner, -1).ravel(),
         own_pairs=((base_edge + np.arange(per_scene)) * n + owner).ravel(),
+        side_counts=tuple(sorted({v for _, v in groups})),
     )
 
 
@@ -187,14 +195,13 @@ class _Pairs:
 
 @dataclass(frozen=True)
 class _SideTests:
-    """Each pair's edge tested against every side of its polygon: R rows, pair by pair."""
+    """M pairs whose polygons all have S sides, each pair's edge tested against each side
+    (side-major, so that NumPy's inner loops run over the pairs)."""
 
-    sides_per_pair: np.ndarray  # (P,) int64
-    first_row: np.ndarray  # (P,) int64, each pair's first row
-    sides: np.ndarray  # (R,) int64, the side (its start vertex) of each row
-    level: np.ndarray  # (R,) float64, normal . start - offset: > 0 where the edge starts inside the side's line
-    rate: np.ndarray  # (R,) float64, normal . step: the level's change from t=0 to t=1
-    crossing: np.ndarray  # (R,) float64, -level / rate: t where the edge meets the side's line (inf/nan if parallel)
+    sides: np.ndarray  # (S, M) int64, the side (its start vertex) of each test
+    level: np.ndarray  # (S, M) float64, normal . start - offset: > 0 where the edge starts inside the side's line
+    rate: np.ndarray  # (S, M) float64, normal . step: the level's change from t=0 to t=1
+    crossing: np.ndarray  # (S, M) float64, -level / rate: t where the edge meets the side's line (inf/nan if parallel)
 
 
 @dataclass(frozen=True)
@@ -241,14 +248,38 @@ def boundary_visibility(rings: list[np.ndarray], depth: np.ndarray, image_size: 
     and which scenes it declined (a crossing grazes); theirs are not meaningful.
 
     ``rings``, ``depth`` and ``image_size`` are as for ``visibility``; returns measures of
-    shape ``(..., n)`` and a ``(...)`` bool array of declined scenes.
+    shape ``(..., n)`` and a ``(...)`` bool array of declined scenes. Scenes are measured
+    in runs whose (edge, polygon) matrices hold about ``RUN_PAIRS`` entries: each scene's
+    measures depend on that scene alone, and smaller arrays stay in the CPU caches.
     """
     depth = np.asarray(depth)
     leading, n = depth.shape[:-1], depth.shape[-1]
     scenes = int(np.prod(leading, dtype=np.int64))
     groups = [group.reshape(scenes, group.shape[-3], group.shape[-2], 2) for group in rings]
+    instance_depth = depth.reshape(scenes, n).astype(np.int64)
+    edges_per_scene = sum(group.shape[1] * group.shape[2] for group in groups) + 4
+    run = max(1, RUN_PAIRS // max(1, edges_per_scene * n))
+    parts = [
+        _measure([group[lo : lo + run] for group in groups], instance_depth[lo : lo + run], image_size)
+        for lo in range(0, scenes, run)
+    ] or [_measure(groups, instance_depth, image_size)]
+    area, box, occluded, declined = (np.concatenate(part) for part in zip(*parts, strict=True))
+    return (
+        Visibility(
+            area=area.reshape(*leading, n), box=box.reshape(*leading, n, 4), occluded=occluded.reshape(*leading, n)
+        ),
+        declined.reshape(leading),
+    )
+
+
+def _measure(
+    groups: list[np.ndarray], depth: np.ndarray, image_size: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``boundary_visibility`` of B scenes: ``groups`` ``(B, k, V, 2)`` and ``depth`` ``(B, n)``
+    int64; returns area ``(B*n,)``, box ``(B*n, 4)``, occluded ``(B*n,)`` and declined ``(B,)``."""
+    scenes, n = depth.shape
     layout = _layout(tuple((group.shape[1], group.shape[2]) for group in groups), scenes)
-    instance_depth = depth.reshape(-1).astype(np.int64)
+    instance_depth = depth.reshape(-1)
     half = image_size / 2.0
     count = scenes * n
 
@@ -260,12 +291,7 @@ def boundary_visibility(rings: list[np.ndarray], depth: np.ndarray, image_size: 
     area = _area(boundary, edges, count)
     box = _box(boundary, edges, count, half)
     occluded = _occluded(covers, edges, count)
-    return (
-        Visibility(
-            area=area.reshape(*leading, n), box=box.reshape(*leading, n, 4), occluded=occluded.reshape(*leading, n)
-        ),
-        declined.reshape(leading),
-    )
+    return area, box, occluded, declined
 
 
 def _polygons(groups: list[np.ndarray], layout: _Layout, half: float) -> _Polygons:
@@ -449,61 +475,85 @@ def _settle_by_circles(
 def _cyrus_beck(
     pairs: _Pairs, edges: _Edges, polygons: _Polygons, layout: _Layout
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Cyrus-Beck over every pair, all sides of all polygons in one flat array: the interval
-    ``[lo, hi]`` of each pair's edge inside its polygon (``(P,)`` float64 each, empty where
-    ``lo >= hi``), how it meets the edge ``(P,)`` int64 (INTERIOR, SAME, OPPOSITE), and which
-    scenes are declined ``(B,)`` bool.
+    """Cyrus-Beck over every pair: the interval ``[lo, hi]`` of each pair's edge inside its
+    polygon (``(P,)`` float64 each, empty where ``lo >= hi``), how it meets the edge ``(P,)``
+    int64 (INTERIOR, SAME, OPPOSITE), and which scenes are declined ``(B,)`` bool.
 
-    Nearly parallel sides are checked apart (a superset first, as if every edge were the
-    longest). An edge crossing, or running within rounding of, a side's line at a grazing
-    angle has ill-conditioned crossings: such scenes go to GEOS rather than risk rounding.
-    Exactly on the line, the edge only touches the polygon, running with (SAME) or against
-    (OPPOSITE) it; strictly outside a parallel side, it misses.
+    Pairs go in blocks of at most ``BLOCK_TESTS`` edge-side tests whose polygons have the
+    same number of sides (``_clip_block``): every pair's result depends on that pair alone.
     """
     declined = np.zeros(layout.scenes, dtype=bool)
-    if not pairs.edge.size:
-        return np.zeros(0), np.zeros(0), np.zeros(0, dtype=np.int64), declined
-    tests = _side_tests(pairs, edges, polygons, layout)
-    lo = np.maximum(np.maximum.reduceat(np.where(tests.rate > 0, tests.crossing, -np.inf), tests.first_row), 0.0)
-    hi = np.minimum(np.minimum.reduceat(np.where(tests.rate < 0, tests.crossing, np.inf), tests.first_row), 1.0)
+    lo, hi = np.zeros(pairs.edge.size), np.zeros(pairs.edge.size)
     kind = np.zeros(pairs.edge.size, dtype=np.int64)
-    near_parallel = np.flatnonzero(np.abs(tests.rate) < GRAZING * edges.lengths.max())
-    if near_parallel.size:
-        row_edge = np.repeat(pairs.edge, tests.sides_per_pair)[near_parallel]
-        declined[row_edge[_grazing(tests, near_parallel, row_edge, edges)] // layout.edges] = True
-        contacts = _parallel_contacts(tests, near_parallel, row_edge, edges, polygons)
-        if contacts is not None:
-            blocked, same, opposite = contacts
-            hi = np.where(blocked, -1.0, hi)
-            kind = np.where(same, SAME, np.where(opposite, OPPOSITE, INTERIOR))
+    if not pairs.edge.size:
+        return lo, hi, kind, declined
+    sides_per_pair = layout.counts[pairs.polygon]
+    near_parallel_limit = GRAZING * edges.lengths.max()
+    for sides in layout.side_counts:
+        members = np.flatnonzero(sides_per_pair == sides)
+        step = max(1, BLOCK_TESTS // sides)
+        for start in range(0, members.size, step):
+            block = members[start : start + step]
+            _clip_block(block, pairs, sides, near_parallel_limit, edges, polygons, layout, (lo, hi, kind, declined))
     return lo, hi, kind, declined
 
 
-def _side_tests(pairs: _Pairs, edges: _Edges, polygons: _Polygons, layout: _Layout) -> _SideTests:
-    """Each pair's edge against each side of its polygon (``_SideTests``), pair by pair."""
-    sides_per_pair = layout.counts[pairs.polygon]
-    first_row = np.concatenate([[0], np.cumsum(sides_per_pair)[:-1]])
-    sides = np.repeat(layout.first[pairs.polygon] - first_row, sides_per_pair) + np.arange(int(sides_per_pair.sum()))
-    normal_x, normal_y = polygons.normal_x[sides], polygons.normal_y[sides]  # (R,) each
-    start_x, start_y = edges.starts[:, 0][pairs.edge], edges.starts[:, 1][pairs.edge]  # (P,) each
-    step_x, step_y = edges.steps[:, 0][pairs.edge], edges.steps[:, 1][pairs.edge]
-    level = (
-        np.repeat(start_x, sides_per_pair) * normal_x
-        + np.repeat(start_y, sides_per_pair) * normal_y
-        - polygons.offsets[sides]
-    )
-    rate = np.repeat(step_x, sides_per_pair) * normal_x + np.repeat(step_y, sides_per_pair) * normal_y
+def _clip_block(
+    block: np.ndarray,
+    pairs: _Pairs,
+    sides: int,
+    near_parallel_limit: float,
+    edges: _Edges,
+    polygons: _Polygons,
+    layout: _Layout,
+    out: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+) -> None:
+    """Cyrus-Beck for the pairs ``block`` ``(M,)`` int64, whose polygons have ``sides`` sides,
+    written into ``out`` (``_cyrus_beck``'s ``lo``, ``hi``, ``kind`` and ``declined``).
+
+    Sides whose ``|rate|`` is below ``near_parallel_limit`` (a superset: the limit of the
+    longest edge) are checked apart. An edge crossing, or running within rounding of, a
+    side's line at a grazing angle has ill-conditioned crossings: such scenes go to GEOS
+    rather than risk rounding. Exactly on the line, the edge only touches the polygon,
+    running with (SAME) or against (OPPOSITE) it; strictly outside a parallel side, it misses.
+    """
+    lo, hi, kind, declined = out
+    edge = pairs.edge[block]
+    tests = _side_tests(edge, pairs.polygon[block], sides, edges, polygons, layout)
+    lo[block] = np.maximum(np.where(tests.rate > 0, tests.crossing, -np.inf).max(axis=0), 0.0)
+    hi[block] = np.minimum(np.where(tests.rate < 0, tests.crossing, np.inf).min(axis=0), 1.0)
+    side, pair = np.nonzero(np.abs(tests.rate) < near_parallel_limit)
+    if pair.size:
+        row_edge = edge[pair]
+        declined[row_edge[_grazing(tests, pair, side, row_edge, edges)] // layout.edges] = True
+        contacts = _parallel_contacts(tests, pair, side, row_edge, edges, polygons)
+        if contacts is not None:
+            blocked, same, opposite = contacts
+            hi[block[blocked]] = -1.0
+            kind[block] = np.where(same, SAME, np.where(opposite, OPPOSITE, INTERIOR))
+
+
+def _side_tests(
+    edge: np.ndarray, polygon: np.ndarray, sides: int, edges: _Edges, polygons: _Polygons, layout: _Layout
+) -> _SideTests:
+    """The edges ``edge`` ``(M,)`` against every side of their polygons ``polygon`` ``(M,)``,
+    each of which has ``sides`` sides (``_SideTests``)."""
+    side = np.arange(sides)[:, None] + layout.first[polygon]  # (S, M)
+    normal_x, normal_y = polygons.normal_x[side], polygons.normal_y[side]
+    start_x, start_y = edges.starts[edge, 0], edges.starts[edge, 1]  # (M,) each
+    step_x, step_y = edges.steps[edge, 0], edges.steps[edge, 1]
+    level = start_x * normal_x + start_y * normal_y - polygons.offsets[side]
+    rate = step_x * normal_x + step_y * normal_y
     with np.errstate(divide="ignore", invalid="ignore"):
         crossing = -level / rate
-    return _SideTests(
-        sides_per_pair=sides_per_pair, first_row=first_row, sides=sides, level=level, rate=rate, crossing=crossing
-    )
+    return _SideTests(sides=side, level=level, rate=rate, crossing=crossing)
 
 
-def _grazing(tests: _SideTests, rows: np.ndarray, row_edge: np.ndarray, edges: _Edges) -> np.ndarray:
-    """Which of the ``rows`` ``(N,)`` int64 (their edges ``row_edge`` ``(N,)`` int64) cross or
-    run within rounding of their side's line at a grazing angle: ``(N,)`` bool."""
-    level, rate, crossing = tests.level[rows], tests.rate[rows], tests.crossing[rows]
+def _grazing(tests: _SideTests, pair: np.ndarray, side: np.ndarray, row_edge: np.ndarray, edges: _Edges) -> np.ndarray:
+    """Which of the tests ``(pair, side)`` (``(N,)`` int64 each; their edges ``row_edge``
+    ``(N,)`` int64) cross or run within rounding of their side's line at a grazing angle:
+    ``(N,)`` bool."""
+    level, rate, crossing = tests.level[side, pair], tests.rate[side, pair], tests.crossing[side, pair]
     grazing = np.abs(rate) < GRAZING * edges.lengths[row_edge]
     grazing &= ((crossing >= 0) & (crossing <= 1)) | (np.abs(level) <= TOUCHING)
     grazing &= (level != 0) | (rate != 0)
@@ -511,22 +561,22 @@ def _grazing(tests: _SideTests, rows: np.ndarray, row_edge: np.ndarray, edges: _
 
 
 def _parallel_contacts(
-    tests: _SideTests, rows: np.ndarray, row_edge: np.ndarray, edges: _Edges, polygons: _Polygons
+    tests: _SideTests, pair: np.ndarray, side: np.ndarray, row_edge: np.ndarray, edges: _Edges, polygons: _Polygons
 ) -> np.ndarray | None:
-    """Per pair ``(3, P)`` bool: its edge lies strictly outside a parallel side (blocked), or on
+    """Per pair ``(3, M)`` bool: its edge lies strictly outside a parallel side (blocked), or on
     one running the same way (SAME) or the opposite way (OPPOSITE); None when no pair's edge
-    is on or outside a parallel side. ``rows`` and ``row_edge`` are as for ``_grazing``."""
-    level, parallel = tests.level[rows], tests.rate[rows] == 0
+    is on or outside a parallel side. ``pair``, ``side`` and ``row_edge`` are as for ``_grazing``."""
+    level, parallel = tests.level[side, pair], tests.rate[side, pair] == 0
     if not (parallel & (level <= 0)).any():
         return None
-    sides = tests.sides[rows]
+    sides = tests.sides[side, pair]
     step_x, step_y = edges.steps[:, 0][row_edge], edges.steps[:, 1][row_edge]
     along = step_x * polygons.normal_y[sides] - step_y * polygons.normal_x[sides] > 0
-    flags = np.zeros((3, tests.level.size), dtype=bool)  # per row: blocked, SAME, OPPOSITE
-    flags[0, rows[parallel & (level < 0)]] = True
-    flags[SAME, rows[parallel & (level == 0) & along]] = True
-    flags[OPPOSITE, rows[parallel & (level == 0) & ~along]] = True
-    return np.logical_or.reduceat(flags, tests.first_row, axis=1)
+    flags = np.zeros((3, tests.level.shape[1]), dtype=bool)  # per pair: blocked, SAME, OPPOSITE
+    flags[0, pair[parallel & (level < 0)]] = True
+    flags[SAME, pair[parallel & (level == 0) & along]] = True
+    flags[OPPOSITE, pair[parallel & (level == 0) & ~along]] = True
+    return flags
 
 
 def _pieces(covers: _Covers, edges: _Edges) -> _Pieces:
