@@ -69,7 +69,7 @@ def render_scenes(config: SceneConfig, indices: Sequence[int]) -> list[Scene]:
         [raster.rasterize_convex(g.reshape(-1, *g.shape[-2:]), m, scale).reshape(count, -1, m, m) for g in rings],
         axis=1,
     )
-    layers = np.stack([raster.layer_maps(amodal_masks[b], poses.depth[b], config.layers) for b in range(count)])
+    layers = raster.layer_maps(amodal_masks, poses.depth, config.layers)  # all scenes in one call
     class_of_id = np.concatenate([[0], poses.class_index[0] + 1]).astype(np.uint8)  # the same in every scene
     class_layers = class_of_id[layers]
     ids = np.arange(1, n + 1)
