@@ -11,6 +11,9 @@
   CPUs: the 3x3 convolutions at 64 x 64 (what dominates the tiny encoder's cost)
   become separable, and the width saved goes into a wider, deeper stride-8 stage
   with dilations 1, 2, 4, 8 (a receptive field spanning the whole image).
+  ``stem_norm=False`` drops GroupNorm from its stride-2 and stride-4 layers, where
+  normalising (a memory-bound pass over the largest maps) costs about a third of a
+  training step; the stride-8 stage, where the residual units sum, keeps it.
 """
 
 from __future__ import annotations
@@ -33,7 +36,14 @@ def _norm(config: TrainConfig, channels: int, name: str) -> layers.Layer:
 
 
 def conv_norm_relu(
-    x: keras.KerasTensor, filters: int, config: TrainConfig, name: str, kernel: int = 3, stride: int = 1, rate: int = 1
+    x: keras.KerasTensor,
+    filters: int,
+    config: TrainConfig,
+    name: str,
+    kernel: int = 3,
+    stride: int = 1,
+    rate: int = 1,
+    norm: bool = True,
 ) -> keras.KerasTensor:
     x = layers.Conv2D(
         filters,
@@ -45,14 +55,22 @@ def conv_norm_relu(
         kernel_regularizer=_reg(config),
         name=f"{name}_conv",
     )(x)
-    x = _norm(config, filters, f"{name}_gn")(x)
+    if norm:
+        x = _norm(config, filters, f"{name}_gn")(x)
     return layers.ReLU(name=f"{name}_relu")(x)
 
 
 def sep_norm_relu(
-    x: keras.KerasTensor, filters: int, config: TrainConfig, name: str, stride: int = 1, rate: int = 1
+    x: keras.KerasTensor,
+    filters: int,
+    config: TrainConfig,
+    name: str,
+    stride: int = 1,
+    rate: int = 1,
+    norm: bool = True,
 ) -> keras.KerasTensor:
-    """Depthwise 3x3 + GN + ReLU, pointwise 1x1 + GN + ReLU ("aligned" Xception unit)."""
+    """Depthwise 3x3 + GN + ReLU, pointwise 1x1 + GN + ReLU ("aligned" Xception unit);
+    ``norm=False`` leaves out both GroupNorms."""
     x = layers.DepthwiseConv2D(
         3,
         strides=stride,
@@ -62,9 +80,10 @@ def sep_norm_relu(
         depthwise_regularizer=_reg(config),
         name=f"{name}_dw",
     )(x)
-    x = _norm(config, x.shape[-1], f"{name}_dw_gn")(x)
+    if norm:
+        x = _norm(config, x.shape[-1], f"{name}_dw_gn")(x)
     x = layers.ReLU(name=f"{name}_dw_relu")(x)
-    return conv_norm_relu(x, filters, config, f"{name}_pw", kernel=1)
+    return conv_norm_relu(x, filters, config, f"{name}_pw", kernel=1, norm=norm)
 
 
 def xception_block(
@@ -155,15 +174,16 @@ def tiny_features(x: keras.KerasTensor, config: TrainConfig) -> keras.KerasTenso
 
 def separable_features(x: keras.KerasTensor, config: TrainConfig) -> keras.KerasTensor:
     width = config.feature_channels
-    x = conv_norm_relu(x, 32, config, "sep_entry", stride=2)
-    low = sep_norm_relu(x, width, config, "sep_low", stride=2)
+    fine = config.stem_norm
+    x = conv_norm_relu(x, 32, config, "sep_entry", stride=2, norm=fine)
+    low = sep_norm_relu(x, width, config, "sep_low", stride=2, norm=fine)
     x = sep_norm_relu(low, 2 * width, config, "sep_down", stride=2)
     for i, rate in enumerate((1, 2, 4, 8, 1, 2, 4, 8)[: config.separable_units]):
         y = sep_norm_relu(x, 2 * width, config, f"sep_unit{i + 1}", rate=rate)
         x = layers.Add(name=f"sep_unit{i + 1}_add")([x, y])
     x = layers.UpSampling2D(2, interpolation="bilinear", name="sep_up")(x)
     x = layers.Concatenate(name="sep_concat")([x, low])
-    return sep_norm_relu(x, width, config, "sep_fuse")
+    return sep_norm_relu(x, width, config, "sep_fuse", norm=fine)
 
 
 BACKBONES = {
