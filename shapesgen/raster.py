@@ -130,19 +130,26 @@ def draw_outlines(
     Outlines are centred on the polygon boundary (as in the reference code) and a
     later (nearer) shape's fill hides what lies beneath it, so only outlines show.
     The drawing calls go straight to Pillow's core, as ``ImageDraw.polygon(fill=255)``
-    and ``ImageDraw.line(fill=0, joint="curve")`` make them (curved joints only exist
-    for outlines wider than 4 px: those still go through ``ImageDraw.line``).
+    and ``ImageDraw.line(fill=0, joint="curve")`` make them, into the returned array's
+    own memory (curved joints only exist for outlines wider than 4 px: those still go
+    through ``ImageDraw.line`` on an image, copied out).
     """
-    image = Image.new("L", (image_size, image_size), 255)
-    draw = ImageDraw.Draw(image)
-    core = draw.draw
-    white, black = core.draw_ink(255), core.draw_ink(0)
-    for index in np.argsort(depth, kind="stable")[::-1]:
-        points = rings[index].ravel().tolist()
-        core.draw_polygon(points, white, 1)
-        if outline_px > 4:
+    order = np.argsort(depth, kind="stable")[::-1]
+    if outline_px > 4:
+        image = Image.new("L", (image_size, image_size), 255)
+        draw = ImageDraw.Draw(image)
+        for index in order:
+            points = rings[index].ravel().tolist()
+            draw.draw.draw_polygon(points, draw.draw.draw_ink(255), 1)
             draw.line(points + points[:2], fill=0, width=outline_px, joint="curve")
-        else:
-            core.draw_lines(points + points[:2], black, outline_px)
-    pixels = np.asarray(image)[:, :, None]
-    return np.repeat(pixels, channels, axis=2) if channels > 1 else pixels.copy()
+        pixels = np.array(image)
+    else:
+        pixels = np.full((image_size, image_size), 255, dtype=np.uint8)
+        core = Image.core.draw(Image.core.map_buffer(pixels, (image_size, image_size), "raw", 0, ("L", 0, 1)), 0)
+        white, black = core.draw_ink(255), core.draw_ink(0)
+        for index in order:
+            points = rings[index].ravel().tolist()
+            core.draw_polygon(points, white, 1)
+            points += points[:2]
+            core.draw_lines(points, black, outline_px)
+    return np.repeat(pixels[:, :, None], channels, axis=2) if channels > 1 else pixels[:, :, None]
