@@ -71,9 +71,9 @@ def render_scenes(config: SceneConfig, indices: Sequence[int]) -> list[Scene]:
     )
     layers = raster.layer_maps(amodal_masks, poses.depth, config.layers)  # all scenes in one call
     class_of_id = np.concatenate([[0], poses.class_index[0] + 1]).astype(np.uint8)  # the same in every scene
-    class_layers = class_of_id[layers]
+    class_layers = np.take(class_of_id, layers)
     ids = np.arange(1, n + 1)
-    visible_masks = layers[:, :1] == ids[None, :, None, None]
+    visible_masks, visible_px = _front_masks(layers[:, 0], n)
     vertices, vertex_offsets = geometry.exterior_rings(amodal)
 
     area = shapely.area(amodal).reshape(count, n)
@@ -81,7 +81,6 @@ def render_scenes(config: SceneConfig, indices: Sequence[int]) -> list[Scene]:
     visible_area = np.where(seen.occluded, np.clip(seen.area, 0.0, area), area)
     full_area = shapely.area(full).reshape(count, n)
     amodal_px = amodal_masks.sum(axis=(2, 3), dtype=np.int32)
-    visible_px = visible_masks.sum(axis=(2, 3), dtype=np.int32)
     occlusion_rate = np.where(area > 0, 1.0 - visible_area / np.where(area > 0, area, 1.0), 0.0)
     table = instance_table(
         {
@@ -127,3 +126,15 @@ def render_scenes(config: SceneConfig, indices: Sequence[int]) -> list[Scene]:
             )
         )
     return scenes
+
+
+def _front_masks(front: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Visible masks ``(scenes, n, h, w)`` bool and their pixel counts ``(scenes, n)`` int32
+    from the front layers ``(scenes, h, w)`` (instance ids, 0 = background): each pixel is
+    scattered into its front instance's mask, background into a slot dropped after."""
+    scenes, h, w = front.shape
+    slot = (front.reshape(scenes, h * w) + (np.arange(scenes) * (n + 1))[:, None]).ravel()
+    masks = np.zeros((scenes * (n + 1), h * w), dtype=bool)
+    masks[slot, np.tile(np.arange(h * w), scenes)] = True
+    counts = np.bincount(slot, minlength=scenes * (n + 1)).astype(np.int32)
+    return masks.reshape(scenes, n + 1, h, w)[:, 1:], counts.reshape(scenes, n + 1)[:, 1:]

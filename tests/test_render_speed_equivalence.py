@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw
 from shapesgen import preset, render_scenes
 from shapesgen import visibility as visibility_module
 from shapesgen.raster import draw_outlines, layer_maps, rasterize_convex
-from shapesgen.renderer import scene_rng
+from shapesgen.renderer import _front_masks, scene_rng
 from shapesgen.visibility import boundary_visibility
 
 
@@ -131,6 +131,22 @@ def test_outlines_equal_image_draw(rings: list[np.ndarray], outline: int, channe
     depth = np.array(data.draw(st.permutations(range(len(flat)))), dtype=np.int64)
     drawn = draw_outlines(flat, depth, 32, outline, channels)
     assert drawn.tobytes() == oracle_draw_outlines(flat, depth, 32, outline, channels).tobytes()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    scenes=st.integers(1, 3),
+    n=st.sampled_from([1, 2, 6, 18, 65]),
+    shape=st.tuples(st.integers(1, 6), st.integers(1, 6)),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_front_masks_equal_the_id_comparison(scenes: int, n: int, shape: tuple[int, int], seed: int) -> None:
+    """Visible masks scattered from the front layer: those the renderer compared id by id."""
+    front = np.random.default_rng(seed).integers(0, n + 1, size=(scenes, *shape)).astype(np.uint16)
+    masks, counts = _front_masks(front, n)
+    expected = front[:, None] == np.arange(1, n + 1)[None, :, None, None]
+    assert masks.dtype == bool and masks.shape == expected.shape and np.array_equal(masks, expected)
+    assert counts.dtype == np.int32 and np.array_equal(counts, expected.sum(axis=(2, 3), dtype=np.int32))
 
 
 @pytest.mark.parametrize(("name", "instances"), [("paper", 4), ("extended", 2), ("rectangles", 6)])
