@@ -15,6 +15,9 @@ from shapesgen import preset, render_scenes
 from shapesgen import visibility as visibility_module
 from shapesgen.raster import draw_outlines, layer_maps, rasterize_convex
 from shapesgen.renderer import _front_masks, scene_rng
+from shapesgen.storage.digests import digest
+from shapesgen.storage.encode import deflate
+from shapesgen.storage.layout import INSTANCE_DTYPE
 from shapesgen.visibility import boundary_visibility
 
 
@@ -147,6 +150,26 @@ def test_front_masks_equal_the_id_comparison(scenes: int, n: int, shape: tuple[i
     expected = front[:, None] == np.arange(1, n + 1)[None, :, None, None]
     assert masks.dtype == bool and masks.shape == expected.shape and np.array_equal(masks, expected)
     assert counts.dtype == np.int32 and np.array_equal(counts, expected.sum(axis=(2, 3), dtype=np.int32))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    dtype=st.sampled_from([np.bool_, np.uint8, np.uint16, np.int64, np.float64, INSTANCE_DTYPE]),
+    shape=st.tuples(st.integers(0, 5), st.integers(0, 9)),
+    transposed=st.booleans(),
+    level=st.sampled_from([1, 4]),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_arrays_hash_and_compress_as_their_bytes(
+    dtype: type, shape: tuple[int, int], transposed: bool, level: int, seed: int
+) -> None:
+    """Digests and chunks of arrays read in place equal those of their ``tobytes()`` copies."""
+    raw = np.random.default_rng(seed).integers(0, 256, size=(*shape, np.dtype(dtype).itemsize), dtype=np.uint8)
+    data = raw.view(dtype).reshape(shape)
+    data = data.T if transposed else data
+    assert digest(data) == hashlib.sha256(data.tobytes()).digest()
+    contiguous = np.ascontiguousarray(data)
+    assert deflate(contiguous, level) == deflate(contiguous.tobytes(), level)
 
 
 @pytest.mark.parametrize(("name", "instances"), [("paper", 4), ("extended", 2), ("rectangles", 6)])
