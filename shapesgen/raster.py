@@ -34,6 +34,11 @@ def rasterize_convex(rings: np.ndarray, size: int, scale: float) -> np.ndarray:
     crossings. Each edge is met only on the rows its y-range spans, and each row's
     interval is filled, so the work is about ``k * (height + area)`` in mask pixels.
     """
+    return rasterize_convex_counted(rings, size, scale)[0]
+
+
+def rasterize_convex_counted(rings: np.ndarray, size: int, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """``rasterize_convex``'s masks, and each mask's pixel count ``(k,)`` int64 summed from its rows' widths."""
     k = len(rings)
     left, right = _row_intervals(rings, size, scale)
     columns = np.arange(size) + 0.5
@@ -42,7 +47,7 @@ def rasterize_convex(rings: np.ndarray, size: int, scale: float) -> np.ndarray:
     start = np.arange(k * size) * size + first
     out = np.zeros(k * size * size, dtype=bool)
     out[np.arange(int(width.sum())) + np.repeat(start - (np.cumsum(width) - width), width)] = True
-    return out.reshape(k, size, size)
+    return out.reshape(k, size, size), width.reshape(k, size).sum(axis=1)
 
 
 def _row_intervals(rings: np.ndarray, size: int, scale: float) -> tuple[np.ndarray, np.ndarray]:

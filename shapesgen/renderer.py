@@ -65,10 +65,9 @@ def render_scenes(config: SceneConfig, indices: Sequence[int]) -> list[Scene]:
     seen = visibility(rings, poses.depth, config.image_size)
 
     m, scale = config.mask_size, config.mask_scale
-    amodal_masks = np.concatenate(
-        [raster.rasterize_convex(g.reshape(-1, *g.shape[-2:]), m, scale).reshape(count, -1, m, m) for g in rings],
-        axis=1,
-    )
+    rasters = [raster.rasterize_convex_counted(g.reshape(-1, *g.shape[-2:]), m, scale) for g in rings]
+    amodal_masks = np.concatenate([masks.reshape(count, -1, m, m) for masks, _ in rasters], axis=1)
+    amodal_px = np.concatenate([px.reshape(count, -1) for _, px in rasters], axis=1).astype(np.int32)
     layers = raster.layer_maps(amodal_masks, poses.depth, config.layers)  # all scenes in one call
     class_of_id = np.concatenate([[0], poses.class_index[0] + 1]).astype(np.uint8)  # the same in every scene
     class_layers = np.take(class_of_id, layers)
@@ -80,7 +79,6 @@ def render_scenes(config: SceneConfig, indices: Sequence[int]) -> list[Scene]:
     bbox = geometry.box_xywh(amodal).reshape(count, n, 4)
     visible_area = np.where(seen.occluded, np.clip(seen.area, 0.0, area), area)
     full_area = shapely.area(full).reshape(count, n)
-    amodal_px = amodal_masks.sum(axis=(2, 3), dtype=np.int32)
     occlusion_rate = np.where(area > 0, 1.0 - visible_area / np.where(area > 0, area, 1.0), 0.0)
     table = instance_table(
         {

@@ -13,7 +13,7 @@ from PIL import Image, ImageDraw
 
 from shapesgen import preset, render_scenes
 from shapesgen import visibility as visibility_module
-from shapesgen.raster import draw_outlines, layer_maps, rasterize_convex
+from shapesgen.raster import draw_outlines, layer_maps, rasterize_convex, rasterize_convex_counted
 from shapesgen.renderer import _front_masks, scene_rng
 from shapesgen.storage.digests import digest
 from shapesgen.storage.encode import deflate
@@ -97,7 +97,11 @@ def ring_sets(draw: st.DrawFn, least_vertices: int = 1) -> np.ndarray:
 @settings(max_examples=150, deadline=None)
 @given(rings=ring_sets(), size=st.integers(1, 33), scale=st.sampled_from([0.5, 1.0, 2.0, 3.0, 4.0]))
 def test_rasterize_convex_equals_the_windowed_scan(rings: np.ndarray, size: int, scale: float) -> None:
-    assert np.array_equal(rasterize_convex(rings, size, scale), oracle_rasterize_convex(rings, size, scale))
+    expected = oracle_rasterize_convex(rings, size, scale)
+    assert np.array_equal(rasterize_convex(rings, size, scale), expected)
+    masks, counts = rasterize_convex_counted(rings, size, scale)
+    assert np.array_equal(masks, expected)
+    assert np.array_equal(counts, expected.sum(axis=(1, 2)))
 
 
 @settings(max_examples=120, deadline=None)
