@@ -173,7 +173,7 @@ def test_arrays_hash_and_compress_as_their_bytes(
     data = data.T if transposed else data
     assert digest(data) == hashlib.sha256(data.tobytes()).digest()
     contiguous = np.ascontiguousarray(data)
-    assert deflate(contiguous, level) == deflate(contiguous.tobytes(), level)
+    assert deflate(contiguous.data, level) == deflate(contiguous.tobytes(), level)
 
 
 @pytest.mark.parametrize(("name", "instances"), [("paper", 4), ("extended", 2), ("rectangles", 6)])

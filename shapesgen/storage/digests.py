@@ -21,7 +21,7 @@ OFFSET_HASH_BLOCK = 1 << 20  # offsets hashed this many at a time
 
 def digest(data: np.ndarray) -> bytes:
     """SHA-256 of an array's C-order bytes."""
-    return hashlib.sha256(np.ascontiguousarray(data)).digest()
+    return hashlib.sha256(np.ascontiguousarray(data).data).digest()
 
 
 class DigestChain:
@@ -72,6 +72,6 @@ def checksums(file: Mapping[str, Any], chain: DigestChain) -> dict[str, str]:
     for name in OFFSETS:
         hasher, dataset = hashlib.sha256(), file[name]
         for start in range(0, dataset.shape[0], OFFSET_HASH_BLOCK):
-            hasher.update(np.ascontiguousarray(dataset[start : start + OFFSET_HASH_BLOCK]))
+            hasher.update(np.ascontiguousarray(dataset[start : start + OFFSET_HASH_BLOCK]).data)
         sums[name] = hasher.hexdigest()
     return dict(sorted(sums.items()))
