@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from shapesgen.coco import Resolution, Segmentation, Style
+from shapesgen.config import Engine
 from shapesgen.metadata import DEFAULT_LICENSE, LICENSES
 
 from .common import DatasetPath, Force, Quiet, err, progress_bar, run
@@ -56,6 +57,30 @@ def export_coco(
             "so the default waives all rights; pick cc-by-4.0 to require attribution.",
         ),
     ] = DEFAULT_LICENSE,
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers",
+            help="Processes exporting in parallel (with --engine dask: the LocalCluster's); the files are "
+            "byte-identical for any count.",
+        ),
+    ] = 1,
+    engine: Annotated[
+        Engine,
+        typer.Option(
+            "--engine",
+            help="local (--workers processes on this machine) or dask (one task per shard of a sharded "
+            "folder; a LocalCluster of --workers processes, or --scheduler). Same bytes either way.",
+        ),
+    ] = "local",
+    scheduler: Annotated[
+        str | None,
+        typer.Option(
+            "--scheduler",
+            help="With --engine dask: address of a running Dask scheduler (e.g. tcp://host:8786); every worker "
+            "must see PATH and --out (shared storage).",
+        ),
+    ] = None,
     force: Force = False,
     quiet: Quiet = False,
 ) -> None:
@@ -75,6 +100,19 @@ def export_coco(
         ),
     )
     with progress_bar("export", quiet) as update:
-        written = run(ctx, lambda: run_export(path, out, export, force=force, progress=update), {"source": "path"})
+        written = run(
+            ctx,
+            lambda: run_export(
+                path,
+                out,
+                export,
+                force=force,
+                progress=update,
+                workers=workers,
+                engine=engine,
+                scheduler=scheduler,
+            ),
+            {"source": "path"},
+        )
     if not quiet:
         err.print(f"wrote {written}")

@@ -7,6 +7,7 @@ Ids: ``image_id = scene index + 1``; annotation ``id = instance row in the HDF5 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -16,14 +17,16 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from itertools import accumulate
 from pathlib import Path
-from typing import Any, Literal
+from typing import IO, Any, Literal
 
 import numpy as np
 import shapely
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from shapesgen.config import Engine, SceneConfig
 from shapesgen.datasets import content_digest, content_version, registered_spec
+from shapesgen.engines import ENGINES, Report, Task, import_dask, run_here, run_in_pool, run_on_dask
 from shapesgen.errors import ConfigError, DatasetError, ResourceError
 from shapesgen.files import (
     check_output_path,
@@ -39,7 +42,8 @@ from shapesgen.metadata import DEFAULT_LICENSE, LICENSES, croissant, hf_front_ma
 from shapesgen.raster import layer_maps, rasterize_convex
 from shapesgen.splits import Split
 from shapesgen.stats import OCCLUSION_BANDS, occlusion_band
-from shapesgen.storage.layout import Scene
+from shapesgen.storage.layout import SHARD_MANIFEST, SHARD_VIRTUAL, Scene
+from shapesgen.storage.manifest import Shard, check_shard_header, plan_shards, read_manifest
 from shapesgen.storage.reader import CorruptDatasetError, ShapesDataset, open_dataset
 
 Style = Literal["coco", "cocoa", "kins", "aistron"]
@@ -374,7 +378,8 @@ def scene_annotations(
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The COCO image entry and the annotations of one scene: flat (``coco`` and ``cocoa``
     styles, see :func:`cocoa_annotation`), KINS 2020 or aistron records."""
-    image, annotations, _ = _scene_export(ds, scene, export)
+    _check_stored_values(ds, scene)
+    image, annotations, _ = _scene_export(ds.config, scene, export)
     return image, annotations
 
 
@@ -397,7 +402,7 @@ def _check_stored_values(ds: ShapesDataset, scene: Scene) -> None:
 
 
 def _scene_export(
-    ds: ShapesDataset, scene: Scene, export: ExportConfig
+    config: SceneConfig, scene: Scene, export: ExportConfig
 ) -> tuple[dict[str, Any], list[dict[str, Any]], np.ndarray | None]:
     """The image entry, the annotations (in the style's record layout) and, with
     ``layers_png``, the layer maps of one scene.
@@ -408,14 +413,14 @@ def _scene_export(
     ground truth. The written masks split one amodal pixel set: the pixel-centre mask
     (RLE mode) or pycocotools' rasterisation of the written polygon (polygon mode);
     visible = its pixels where the instance is front-most, invisible = amodal - visible.
+    Annotation ids: every scene owns ``num_instances`` instance rows (the reader checks
+    the offsets), so scene ``i``'s first row is ``i * num_instances``.
     """
-    _check_stored_values(ds, scene)
-    config = ds.config
     scale = 1.0 if export.resolution == "image" else float(config.mask_scale)
     size = config.image_size if export.resolution == "image" else config.mask_size
     table = scene.instances
     depth = table["depth"].astype(np.int64)
-    first_row = int(ds.instance_offsets[scene.index])
+    first_row = scene.index * config.num_instances
     amodal, visible = masks_at(scene, export.resolution, config.image_size)
     maps = export_layer_maps(scene, export.resolution, amodal, config.layers) if export.layers_png else None
     amodal_px = np.count_nonzero(amodal, axis=(1, 2))
@@ -705,22 +710,33 @@ def export_coco(
     force: bool = False,
     progress: Callable[[int, int], None] | None = None,
     inputs: dict[str, str | Path | None] | None = None,
+    workers: int = 1,
+    engine: Engine = "local",
+    scheduler: str | None = None,
 ) -> Path:
-    """Export an HDF5 dataset to ``out/`` (annotations.json, images/, config.json,
-    README.md card, SHA256SUMS).
+    """Export an HDF5 dataset (a file, or a sharded folder) to ``out/`` (annotations.json,
+    images/, config.json, README.md card, SHA256SUMS).
 
+    Scenes are exported in parallel tasks (see :func:`plan_export`): ``workers`` local
+    processes, or with ``engine="dask"`` one task per shard on the Dask scheduler at
+    ``scheduler`` (or a ``LocalCluster`` of ``workers`` processes; every worker must see
+    the source and ``out``). The files are byte-identical for any engine and worker count.
     Atomic and exclusive: built in ``out.partial/`` under ``out.lock`` and renamed into
     place; an existing export is replaced only with ``force=True`` (see
     :func:`check_export_target`), and only once the new one is complete.
     """
     export = export or ExportConfig()
+    check_engine(engine, scheduler, workers)
+    if engine == "dask":
+        import_dask()
     out = check_export_target(source, out, force, inputs)
     staging = partial_path(out)
     created = make_parents(out.parent) if not out.parent.exists() else []
     try:
         with exclusive_lock(out, "out"), open_dataset(source) as ds:
             check_export_target(source, out, force, inputs)  # again, now that no other export can change it
-            _build_export(ds, staging, export, progress)
+            run = Runner(engine, scheduler, workers, progress)
+            _build_export(ds, staging, export, run)
             _publish(staging, out)
     except BaseException:
         remove_empty(created)
@@ -728,15 +744,48 @@ def export_coco(
     return out
 
 
-def _build_export(
-    ds: ShapesDataset, staging: Path, export: ExportConfig, progress: Callable[[int, int], None] | None
-) -> None:
+def check_engine(engine: str, scheduler: str | None, workers: int) -> None:
+    """The engine settings an export takes, or :class:`ConfigError` naming the bad one."""
+    if engine not in ENGINES:
+        raise ConfigError(f"engine={engine!r} is invalid: must be one of {', '.join(ENGINES)}", param="engine")
+    if scheduler is not None and engine != "dask":
+        raise ConfigError(f"scheduler={scheduler!r} needs engine='dask'", param="scheduler", related=("engine",))
+    if not isinstance(workers, int) or isinstance(workers, bool) or not 1 <= workers <= MAX_WORKERS:
+        raise ConfigError(
+            f"workers={workers!r} is invalid: must be an integer from 1 to {MAX_WORKERS}", param="workers"
+        )
+
+
+@dataclass(frozen=True)
+class Runner:
+    """Where an export's tasks run (:mod:`shapesgen.engines`) and who hears of progress."""
+
+    engine: Engine
+    scheduler: str | None
+    workers: int
+    progress: Callable[[int, int], None] | None
+
+    @property
+    def local_processes(self) -> int:
+        """Processes of the local pool, 1 when the tasks run in this process."""
+        return self.workers if self.engine == "local" else 1
+
+    def __call__(self, tasks: list[Task], accept: Callable[[Task, Any], None], name: str) -> None:
+        if self.engine == "dask":
+            run_on_dask(tasks, accept, self.progress, scheduler=self.scheduler, workers=self.workers, name=name)
+        elif self.workers > 1 and len(tasks) > 1:
+            run_in_pool(tasks, accept, self.progress, self.workers, "export")
+        else:
+            run_here(tasks, accept, self.progress)
+
+
+def _build_export(ds: ShapesDataset, staging: Path, export: ExportConfig, run: Runner) -> None:
     try:
         if staging.exists():
             shutil.rmtree(staging)  # an unfinished export of ours (its marker was checked)
         (staging / "images").mkdir(parents=True)
         (staging / STAGING_MARKER).write_text("an unfinished shapesgen export\n")
-        _write_export(ds, staging, export, progress)
+        _write_export(ds, staging, export, run)
     except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
         if isinstance(exc, OSError):
@@ -765,36 +814,183 @@ def _publish(staging: Path, out: Path) -> None:
     shutil.rmtree(aside, ignore_errors=True)  # the new export is in place whatever happens here
 
 
-def _write_export(
-    ds: ShapesDataset, folder: Path, export: ExportConfig, progress: Callable[[int, int], None] | None
-) -> None:
+PARTS_FOLDER = ".parts"  # in the staging folder: each task's share of annotations.json, removed before publishing
+PART_SCENES = 256  # the most scenes of one local task (a Dask task is a whole shard)
+MAX_WORKERS = 4096
+JSON_SEPARATORS = (",", ":")
+
+
+@dataclass(frozen=True)
+class ExportPart:
+    """One export task: records ``start .. stop - 1`` of ``file``, whose record 0 is scene
+    ``first_scene`` of the dataset; ``shard``, for a sharded source, is the manifest's
+    entry the file must match."""
+
+    index: int
+    file: str
+    start: int
+    stop: int
+    first_scene: int = 0
+    shard: Shard | None = None
+
+    @property
+    def count(self) -> int:
+        return self.stop - self.start
+
+
+@dataclass(frozen=True)
+class PartResult:
+    """What a task tells the client: per exported instance, in order, its category,
+    whether it has a visible pixel and its pixel occlusion rate (for the card), and how
+    many records it wrote. Its JSON is in the staging folder's parts."""
+
+    category: np.ndarray
+    visible: np.ndarray
+    rate: np.ndarray
+    records: int
+
+
+def _ranges(start: int, stop: int, size: int) -> list[tuple[int, int]]:
+    return [(lo, min(lo + size, stop)) for lo in range(start, stop, size)]
+
+
+def plan_export(ds: ShapesDataset, engine: Engine, workers: int) -> list[ExportPart]:
+    """The tasks of an export, in scene order. A sharded source (its ``dataset.h5``) is
+    read shard by shard from the shard files: under Dask one task per shard, locally
+    ranges of at most :data:`PART_SCENES` scenes inside shards; a single file is cut
+    into ranges (one, when it is exported in this process)."""
+    count = len(ds)
+    size = max(1, min(PART_SCENES, -(-count // (4 * workers))))
+    manifest_path = ds.path.parent / SHARD_MANIFEST
+    if ds.path.name == SHARD_VIRTUAL and manifest_path.is_file() and ds.file["images"].is_virtual:
+        manifest = read_manifest(ds.path.parent)
+        shards = plan_shards(int(manifest["num_scenes"]), int(manifest["shard_size"]))
+        if shards[-1].stop != count:
+            raise DatasetError(f"{ds.path}: holds {count} scenes, its manifest {shards[-1].stop}", param="path")
+        pieces = [
+            (shard, lo, hi)
+            for shard in shards
+            for lo, hi in ([(0, shard.count)] if engine == "dask" or workers == 1 else _ranges(0, shard.count, size))
+        ]
+        folder = ds.path.parent.resolve()
+        return [
+            ExportPart(index=k, file=str(folder / shard.file), start=lo, stop=hi, first_scene=shard.start, shard=shard)
+            for k, (shard, lo, hi) in enumerate(pieces)
+        ]
+    bounds = [(0, count)] if engine == "local" and workers == 1 else _ranges(0, count, size)
+    return [ExportPart(index=k, file=str(ds.path.resolve()), start=lo, stop=hi) for k, (lo, hi) in enumerate(bounds)]
+
+
+def part_file(folder: Path, index: int, kind: str) -> Path:
+    """Task ``index``'s share of ``images`` or ``annotations`` in annotations.json."""
+    return folder / PARTS_FOLDER / f"{index:06d}-{kind}.json"
+
+
+def export_part(
+    part: ExportPart, config: SceneConfig, folder: str, export: ExportConfig, *, report: Report
+) -> PartResult:
+    """Export the scenes of ``part`` into ``folder``: their images (and layer PNGs) and
+    their share of annotations.json's ``images`` and ``annotations`` lists (the JSON of
+    each entry, comma-separated, in :data:`PARTS_FOLDER`). One engine task."""
+    staging = Path(folder)
+    try:
+        images, annotations, result = _export_scenes(part, config, staging, export, report)
+    except CorruptDatasetError as exc:  # its own arguments do not survive pickling back to the client
+        raise DatasetError(str(exc)) from None
+    part_file(staging, part.index, "images").write_text(",".join(images))
+    part_file(staging, part.index, "annotations").write_text(",".join(annotations))
+    return result
+
+
+def _export_scenes(
+    part: ExportPart, config: SceneConfig, staging: Path, export: ExportConfig, report: Report
+) -> tuple[list[str], list[str], PartResult]:
+    """:func:`export_part`'s scenes: their files written, their JSON entries returned."""
+    size = config.image_size if export.resolution == "image" else config.mask_size
+    images: list[str] = []
+    annotations: list[str] = []
+    category: list[int] = []
+    visible: list[bool] = []
+    rate: list[float] = []
+    with open_dataset(part.file) as ds:
+        if part.shard is not None:
+            check_shard_header(ds, config, part.shard)
+        names = ds.class_names
+        for j in range(part.start, part.stop):
+            scene = ds[j]
+            _check_stored_values(ds, scene)
+            if part.first_scene:
+                scene = dataclasses.replace(scene, index=part.first_scene + j)
+            image, anns, maps = _scene_export(config, scene, export)
+            for k, layer in enumerate(maps if maps is not None else []):
+                png = Image.fromarray(np.ascontiguousarray(layer, dtype=np.uint16))  # mode I;16: 16-bit grey PNG
+                png.save(staging / layer_file_name(scene.index, k + 1), format="PNG")
+            pixels = Image.fromarray(scene.image[:, :, 0] if scene.image.shape[2] == 1 else scene.image)
+            if size != config.image_size:
+                pixels = pixels.resize((size, size), Image.Resampling.BOX)
+            pixels.save(staging / image["file_name"], format="PNG")
+            images.append(json.dumps(image, separators=JSON_SEPARATORS))
+            for a in anns:
+                category.append(a["category_id"])
+                visible.append(a["is_visible"])
+                rate.append(a["pixel_occlude_rate"])
+            records = [cocoa_annotation(image, anns, names)] if export.style == "cocoa" else anns
+            annotations.extend(json.dumps(record, separators=JSON_SEPARATORS) for record in records)
+            report(j + 1 - part.start)
+    result = PartResult(
+        category=np.array(category, dtype=np.int64),
+        visible=np.array(visible, dtype=bool),
+        rate=np.array(rate, dtype=np.float64),
+        records=len(annotations),
+    )
+    return images, annotations, result
+
+
+def _join_parts(out: IO[bytes], folder: Path, parts: list[ExportPart], kind: str) -> None:
+    """The tasks' shares of one JSON list, in task order, comma-separated."""
+    first = True
+    for part in parts:
+        with part_file(folder, part.index, kind).open("rb") as share:
+            head = share.read(1)
+            if not head:
+                continue
+            if not first:
+                out.write(b",")
+            out.write(head)
+            shutil.copyfileobj(share, out)
+            first = False
+
+
+def _write_export(ds: ShapesDataset, folder: Path, export: ExportConfig, run: Runner) -> None:
     """Every file of an export. Bytes depend only on the data (config, seed, number of
-    scenes), the shapesgen version and the export options: no time, no file name."""
+    scenes), the shapesgen version and the export options: no time, no file name, and
+    not how the scenes were split into tasks or where those ran. annotations.json is
+    ``json.dumps(document, separators=(",", ":"))`` of the whole document, written from
+    the tasks' shares in scene order."""
     config = ds.config
     names = ds.class_names
-    images: list[dict[str, Any]] = []
-    annotations: list[dict[str, Any]] = []
-    exported: list[tuple[int, bool, float]] = []  # (category_id, is_visible, pixel_occlude_rate) for the card
-    size = config.image_size if export.resolution == "image" else config.mask_size
     if export.layers_png:
         (folder / "layers").mkdir(exist_ok=True)
-    for scene in ds:
-        image, anns, maps = _scene_export(ds, scene, export)
-        for k, layer in enumerate(maps if maps is not None else []):
-            png = Image.fromarray(np.ascontiguousarray(layer, dtype=np.uint16))  # mode I;16: 16-bit grey PNG
-            png.save(folder / layer_file_name(scene.index, k + 1), format="PNG")
-        pixels = Image.fromarray(scene.image[:, :, 0] if scene.image.shape[2] == 1 else scene.image)
-        if size != config.image_size:
-            pixels = pixels.resize((size, size), Image.Resampling.BOX)
-        pixels.save(folder / image["file_name"], format="PNG")
-        images.append(image)
-        exported.extend((a["category_id"], a["is_visible"], a["pixel_occlude_rate"]) for a in anns)
-        if export.style == "cocoa":
-            annotations.append(cocoa_annotation(image, anns, names))
-        else:
-            annotations.extend(anns)
-        if progress:
-            progress(scene.index + 1, len(ds))
+    (folder / PARTS_FOLDER).mkdir()
+    parts = plan_export(ds, run.engine, run.local_processes if run.engine == "local" else run.workers)
+    results: dict[int, PartResult] = {}
+    tasks = [
+        Task(part.index, f"scenes {part.first_scene + part.start}..{part.first_scene + part.stop - 1}", part.count,
+             export_part, (part, config, str(folder.resolve()), export))
+        for part in parts
+    ]  # fmt: skip
+
+    def accept(task: Task, result: PartResult) -> None:
+        results[task.index] = result
+
+    run(tasks, accept, name=f"export/{folder.resolve()}")
+    ordered = [results[part.index] for part in parts]
+    exported = (
+        np.concatenate([r.category for r in ordered]),
+        np.concatenate([r.visible for r in ordered]),
+        np.concatenate([r.rate for r in ordered]),
+    )
+    records = sum(r.records for r in ordered)
     identity = data_identity(ds)
     licence = LICENSES[export.license]
     info = {
@@ -814,14 +1010,18 @@ def _write_export(
         "source_checksums": ds.checksums,
         "ids": "image_id = scene index + 1; annotation id = instance row in the HDF5 file + 1",
     }
-    document: dict[str, Any] = {
+    head = {
         "info": info,
         "licenses": [{"id": LICENSE_ID, "name": licence.name, "url": licence.url, "spdx": licence.spdx}],
-        "images": images,
-        "annotations": annotations,
-        "categories": [{"id": c + 1, "name": name, "supercategory": "shape"} for c, name in enumerate(names)],
     }
-    (folder / "annotations.json").write_text(json.dumps(document, separators=(",", ":")) + "\n")
+    categories = [{"id": c + 1, "name": name, "supercategory": "shape"} for c, name in enumerate(names)]
+    with (folder / "annotations.json").open("wb") as out:  # the document's keys in order, as json.dumps writes them
+        out.write(json.dumps(head, separators=JSON_SEPARATORS)[:-1].encode() + b',"images":[')
+        _join_parts(out, folder, parts, "images")
+        out.write(b'],"annotations":[')
+        _join_parts(out, folder, parts, "annotations")
+        out.write(b'],"categories":' + json.dumps(categories, separators=JSON_SEPARATORS).encode() + b"}\n")
+    shutil.rmtree(folder / PARTS_FOLDER)
     (folder / "config.json").write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
     digests = {name: _sha256(folder / name) for name in ("annotations.json", "config.json")}
     description = (
@@ -843,7 +1043,7 @@ def _write_export(
     (folder / "croissant.json").write_text(json.dumps(metadata, indent=1, sort_keys=True) + "\n")
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != STAGING_MARKER)
     manifest = [(p.relative_to(folder).as_posix(), _sha256(p)) for p in files]
-    (folder / "README.md").write_text(dataset_card(ds, export, exported, len(annotations), manifest, identity))
+    (folder / "README.md").write_text(dataset_card(ds, export, exported, records, manifest, identity))
     manifest.append(("README.md", _sha256(folder / "README.md")))
     (folder / "SHA256SUMS").write_text("".join(f"{digest}  {name}\n" for name, digest in sorted(manifest)))
 
@@ -1004,7 +1204,7 @@ def _card_fields(style: Style, side: int) -> list[str]:
 def dataset_card(
     ds: ShapesDataset,
     export: ExportConfig,
-    exported: list[tuple[int, bool, float]],
+    exported: tuple[np.ndarray, np.ndarray, np.ndarray],
     records: int,
     manifest: list[tuple[str, str]],
     identity: DataIdentity | None = None,
@@ -1017,9 +1217,8 @@ def dataset_card(
     config = ds.config
     version = str(ds.attrs["package_version"])
     side = config.image_size if export.resolution == "image" else config.mask_size
-    category = np.array([e[0] for e in exported], dtype=np.int64)
-    visible = np.array([e[1] for e in exported], dtype=bool)
-    rates = np.array([e[2] for e in exported], dtype=np.float64)[visible]
+    category, visible = exported[0].astype(np.int64), exported[1].astype(bool)
+    rates = exported[2].astype(np.float64)[visible]
     bands = occlusion_band(rates)
     band_counts = {band: int((bands == band).sum()) for band in OCCLUSION_BANDS}
     shown = max(int(visible.sum()), 1)
@@ -1056,7 +1255,7 @@ def dataset_card(
         f"- `annotations.json`: {LAYOUT_NAMES[export.style]} layout, {records} records, segmentation as "
         f"{export.segmentation} at {export.resolution} resolution ({side} px)",
         f"- classes: {', '.join(ds.class_names)}; {config.instances_per_class} instances per class per image",
-        f"- instances: {len(exported)} exported of {total}, {int(visible.sum())} with a visible pixel at "
+        f"- instances: {len(category)} exported of {total}, {int(visible.sum())} with a visible pixel at "
         f"{side} px{hidden}",
         *(
             [

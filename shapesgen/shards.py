@@ -24,12 +24,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
 import numpy as np
 
 from shapesgen.config import Engine, SceneConfig, StorageConfig
-from shapesgen.errors import ConfigError, DatasetError, ResourceError, ShapesgenError, ValidationError, one_line
+from shapesgen.engines import DASK_HINT as DASK_HINT  # re-exported: callers import them from here
+from shapesgen.engines import ENGINES, Report, Task, import_dask, run_on_dask
+from shapesgen.engines import MissingExtra as MissingExtra
+from shapesgen.errors import ConfigError, DatasetError, ValidationError
 from shapesgen.files import check_output_path, exclusive_lock, make_parents, remove_empty, write_atomically
 from shapesgen.limits import batch_scenes_for, check_scene_fits
 from shapesgen.storage.digests import PER_SCENE_HASHED, DigestChain, checksums, scene_digests
@@ -48,15 +51,7 @@ from shapesgen.storage.reader import CorruptDatasetError, open_dataset
 
 MAX_SHARDS = 100_000  # shard-NNNNN.h5; the manifest stays a few tens of MB
 MAX_TOTAL_SCENES = 10**11
-ENGINES: tuple[str, ...] = get_args(Engine)
-DASK_HINT = "pip install 'shapesgen[dask]'"
 ProgressCallback = Callable[[int, int], None]
-
-
-class MissingExtra(ShapesgenError):
-    """An optional dependency is not installed (exit 1: the environment, not the input)."""
-
-    exit_code = 1
 
 
 @dataclass(frozen=True)
@@ -259,7 +254,7 @@ def render_sharded(
             param="shard_size",
         )
     if engine == "dask":
-        _import_dask()
+        import_dask()
     storage = storage or StorageConfig()
     out = check_output_path(out, "out")
     if out.exists() and not out.is_dir():
@@ -380,15 +375,11 @@ def _run_local(
     return chain
 
 
-def _import_dask() -> Any:
-    try:
-        import dask.distributed as distributed
-    except ImportError:
-        raise MissingExtra(
-            f"engine='dask' needs Dask's distributed scheduler, which is not installed: {DASK_HINT}",
-            param="engine",
-        ) from None
-    return distributed
+def _render_task(
+    config: SceneConfig, folder: str, shard: Shard, storage: StorageConfig, created: str, *, report: Report
+) -> ShardResult:
+    """One engine task: :func:`render_shard`, its written scenes reported as they grow."""
+    return render_shard(config, folder, shard, storage, created, progress=lambda done, _total: report(done))
 
 
 def _run_dask(
@@ -401,71 +392,21 @@ def _run_dask(
     workers: int,
     progress: ProgressCallback | None,
 ) -> DatasetChain:
-    """One task per shard, chained in shard order as they finish. The first failed task fails the run."""
-    import logging
-
-    distributed = _import_dask()
-    cluster = None
-    try:
-        if scheduler is None:
-            cluster = distributed.LocalCluster(
-                n_workers=workers,
-                threads_per_worker=1,
-                processes=True,
-                dashboard_address=None,
-                silence_logs=logging.CRITICAL,  # a failed task is reported once, by the client
-            )
-            client = distributed.Client(cluster)
-        else:
-            client = distributed.Client(scheduler, timeout="30s")
-    except (OSError, TimeoutError) as exc:
-        if cluster is not None:
-            cluster.close()
-        where = f"scheduler={scheduler!r}" if scheduler else "a Dask LocalCluster"
-        raise ResourceError(f"cannot start {where} ({one_line(exc, 200)})", param="scheduler") from None
-    total = shards[-1].stop
+    """One Dask task per shard, chained in shard order as they finish; the bar moves scene
+    by scene (see :mod:`shapesgen.engines`). The first failed task fails the run."""
     chain, waiting = DatasetChain(), dict[int, ShardResult]()
-    futures: dict[Any, Shard] = {}
-    try:
-        token = hashlib.sha256(f"{out.resolve()}/{created}/{os.getpid()}".encode()).hexdigest()[:12]
-        for shard in shards:
-            future = client.submit(
-                render_shard,
-                config,
-                str(out.resolve()),
-                shard,
-                storage,
-                created,
-                key=f"shapesgen-{token}-{shard.index}",
-            )
-            futures[future] = shard
-        done = 0
-        if progress:
-            progress(0, total)
-        for future in distributed.as_completed(list(futures)):
-            shard = futures[future]
-            try:
-                waiting[shard.index] = future.result()
-            except ShapesgenError:
-                raise
-            except distributed.KilledWorker:
-                raise ResourceError(
-                    f"shard {shard.file}: the Dask workers running it died repeatedly (killed, or out of memory)",
-                    param="out",
-                ) from None
-            while len(chain.shards) in waiting:  # results that arrived early wait for their turn
-                chain.add(waiting.pop(len(chain.shards)))
-            future.release()
-            done += shard.count
-            if progress:
-                progress(done, total)
-    except BaseException:
-        client.cancel(list(futures), force=True)
-        raise
-    finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
+    folder = str(out.resolve())
+    tasks = [
+        Task(shard.index, f"shard {shard.file}", shard.count, _render_task, (config, folder, shard, storage, created))
+        for shard in shards
+    ]
+
+    def accept(task: Task, result: ShardResult) -> None:
+        waiting[task.index] = result
+        while len(chain.shards) in waiting:  # results that arrived early wait for their turn
+            chain.add(waiting.pop(len(chain.shards)))
+
+    run_on_dask(tasks, accept, progress, scheduler=scheduler, workers=workers, name=f"{folder}/{created}")
     return chain
 
 

@@ -12,7 +12,7 @@ from conftest import run_cli
 from PIL import Image
 from pycocotools.coco import COCO
 
-from shapesgen import ConfigError, DatasetError
+from shapesgen import ConfigError, DatasetError, SceneConfig
 from shapesgen.coco import ExportConfig, decode_segmentation, export_coco, masks_at
 from shapesgen.raster import layer_maps
 from shapesgen.storage.reader import open_dataset
@@ -192,3 +192,47 @@ def test_an_export_with_layers_is_replaced_and_its_options_are_checked(tiny_data
     assert (tmp_path / "cli" / "layers" / "000011_L3.png").is_file()
     result = run_cli("export", "coco", tiny_dataset, "--out", tmp_path / "bad", "--style", "kitti")
     assert result.exit_code == 2 and "Traceback" not in result.stderr and not (tmp_path / "bad").exists()
+
+
+def files_of(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_parallel_and_sharded_exports_are_byte_identical(
+    tiny_dataset: Path, tiny_config: SceneConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every file (annotations.json, images, layer PNGs, card, sums) is the same for 1 or 2
+    worker processes, tasks of any size, and a single-file or sharded source of the same scenes."""
+    import shapesgen.coco
+    from shapesgen.shards import render_sharded
+
+    export = ExportConfig(style="kins", resolution="mask", layers_png=True)
+    serial = files_of(export_coco(tiny_dataset, tmp_path / "serial", export))
+    document = json.loads(serial["annotations.json"])
+    assert serial["annotations.json"] == (json.dumps(document, separators=(",", ":")) + "\n").encode()
+    assert [a["id"] for a in document["annotations"]] == sorted(a["id"] for a in document["annotations"])
+    monkeypatch.setattr(shapesgen.coco, "PART_SCENES", 5)  # uneven tasks: 5, 5 and 2 scenes
+    seen: list[int] = []
+    parallel = export_coco(tiny_dataset, tmp_path / "parallel", export, workers=2, progress=lambda n, t: seen.append(n))
+    assert files_of(parallel) == serial and seen[-1] == 12 and seen == sorted(seen)
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    sharded = render_sharded(tiny_config, tmp_path / "ds", num_scenes=12, shard_size=5)
+    for workers in (1, 2):
+        out = export_coco(sharded, tmp_path / f"sharded-{workers}", export, workers=workers)
+        assert files_of(out) == serial, workers
+    assert not any(p.name.endswith(".partial") or p.name == ".parts" for p in tmp_path.rglob("*"))
+
+
+def test_export_engine_options_are_checked(tiny_dataset: Path, tmp_path: Path) -> None:
+    for kwargs, match in (
+        ({"workers": 0}, "workers=0 is invalid"),
+        ({"engine": "spark"}, "engine='spark' is invalid"),
+        ({"scheduler": "tcp://x:1"}, "needs engine='dask'"),
+    ):
+        with pytest.raises(ConfigError, match=match):
+            export_coco(tiny_dataset, tmp_path / "x", **kwargs)  # type: ignore[arg-type]
+    result = run_cli("export", "coco", tiny_dataset, "--out", tmp_path / "x", "--scheduler", "tcp://x:1")
+    assert result.exit_code == 2 and "--scheduler" in result.stderr and "--engine" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "x").exists()
+    result = run_cli("export", "coco", tiny_dataset, "--out", tmp_path / "y", "--workers", 2, "-q")
+    assert result.exit_code == 0, result.stderr

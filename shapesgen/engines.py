@@ -1,0 +1,254 @@
+"""Run independent tasks in this process, in a local process pool, or on Dask, with one
+progress count over scenes.
+
+A :class:`Task` is ``function(*args, report=report)``; the function calls ``report(n)``
+as its scenes get done (``n`` of the task's ``scenes``, rising). Results reach the
+client through ``accept(task, result)`` in the order tasks finish, which may differ
+from the task order: callers that need order buffer them.
+
+Under Dask, workers publish their counts as Dask events (``Worker.log_event`` on a topic
+of the run, at most every :data:`REPORT_EVERY_S` seconds per task) and the client
+subscribes to the topic, so the progress bar moves scene by scene, not shard by shard.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import queue
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from typing import Any, get_args
+
+from shapesgen.config import Engine
+from shapesgen.errors import ResourceError, ShapesgenError, one_line
+
+Report = Callable[[int], None]
+ProgressCallback = Callable[[int, int], None]
+Accept = Callable[["Task", Any], None]
+ENGINES: tuple[str, ...] = get_args(Engine)
+DASK_HINT = "pip install 'shapesgen[dask]'"
+REPORT_EVERY_S = 0.25  # the most often one task publishes its count under Dask
+# A LocalCluster's workers as shapesgen starts them: glibc's own malloc tuning (Dask's default
+# MALLOC_TRIM_THRESHOLD_=65536 also turns off glibc's adaptive mmap threshold, so every array
+# over 128 KiB is mmapped and page-faulted afresh: +15% CPU per scene at N = 6, +40% at N = 12)
+# and no statistical profiler (a thread that samples the rendering thread's stack every 10 ms).
+LOCAL_CLUSTER_CONFIG: dict[str, Any] = {
+    "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
+    "distributed.worker.profile.enabled": False,
+}
+
+
+class MissingExtra(ShapesgenError):
+    """An optional dependency is not installed (exit 1: the environment, not the input)."""
+
+    exit_code = 1
+
+
+@dataclass(frozen=True)
+class Task:
+    """One unit of work: ``function(*args, report=report)`` over ``scenes`` scenes;
+    ``label`` names it in errors (``shard shard-00003.h5``)."""
+
+    index: int
+    label: str
+    scenes: int
+    function: Callable[..., Any]
+    args: tuple[Any, ...]
+
+
+class Throttled:
+    """``report`` called at most every ``seconds`` (the first call always goes through)."""
+
+    def __init__(self, report: Report, seconds: float = REPORT_EVERY_S) -> None:
+        self.report = report
+        self.seconds = seconds
+        self.last = -float("inf")
+
+    def __call__(self, done: int) -> None:
+        now = time.monotonic()
+        if now - self.last >= self.seconds:
+            self.last = now
+            self.report(done)
+
+
+class Tally:
+    """Scenes done per task, summed for the progress callback; a count never goes back
+    (a task run again after its worker died counts from where the first run got)."""
+
+    def __init__(self, tasks: Sequence[Task], progress: ProgressCallback | None) -> None:
+        self.scenes = {task.index: task.scenes for task in tasks}
+        self.done = dict.fromkeys(self.scenes, 0)
+        self.total = sum(self.scenes.values())
+        self.sum = 0
+        self.progress = progress
+
+    def set(self, index: int, done: int) -> None:
+        done = min(done, self.scenes[index])
+        if done > self.done[index]:
+            self.sum += done - self.done[index]
+            self.done[index] = done
+
+    def show(self) -> None:
+        if self.progress:
+            self.progress(self.sum, self.total)
+
+
+def run_here(tasks: Sequence[Task], accept: Accept, progress: ProgressCallback | None) -> None:
+    """Every task in this process, in order."""
+    tally = Tally(tasks, progress)
+    tally.show()
+    for task in tasks:
+
+        def report(done: int, index: int = task.index) -> None:
+            tally.set(index, done)
+            tally.show()
+
+        result = task.function(*task.args, report=report)
+        tally.set(task.index, task.scenes)
+        accept(task, result)
+        tally.show()
+
+
+def _in_pool(function: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+    return function(*args, report=lambda done: None)
+
+
+def run_in_pool(
+    tasks: Sequence[Task], accept: Accept, progress: ProgressCallback | None, workers: int, what: str
+) -> None:
+    """The tasks on ``workers`` local processes (the renderer's pool: forked on Linux,
+    workers ignore Ctrl-C and die with this process); progress moves as tasks finish.
+    The first failure cancels the tasks not started and is raised once the running ones end."""
+    from shapesgen.build import _pool_context, _worker_init
+
+    tally = Tally(tasks, progress)
+    tally.show()
+    with ProcessPoolExecutor(min(workers, len(tasks)), mp_context=_pool_context(), initializer=_worker_init) as pool:
+        futures: dict[Future[Any], Task] = {pool.submit(_in_pool, t.function, t.args): t for t in tasks}
+        pending = set(futures)
+        try:
+            while pending:
+                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in sorted(finished, key=lambda f: futures[f].index):
+                    task = futures[future]
+                    accept(task, future.result())
+                    tally.set(task.index, task.scenes)
+                tally.show()
+        except BrokenProcessPool:
+            raise ResourceError(f"a {what} worker died (killed, or out of memory)", param="workers") from None
+        finally:
+            for future in pending:
+                future.cancel()
+
+
+def import_dask() -> Any:
+    """``dask.distributed``, or :class:`MissingExtra` saying how to install it."""
+    try:
+        import dask.distributed as distributed
+    except ImportError:
+        raise MissingExtra(
+            f"engine='dask' needs Dask's distributed scheduler, which is not installed: {DASK_HINT}",
+            param="engine",
+        ) from None
+    return distributed
+
+
+def start_client(scheduler: str | None, workers: int) -> tuple[Any, Any]:
+    """``(client, cluster)``: a client of the scheduler at ``scheduler``, or of a new
+    ``LocalCluster`` of ``workers`` single-threaded processes (``cluster`` is then not ``None``)."""
+    import dask
+
+    distributed = import_dask()
+    cluster = None
+    try:
+        if scheduler is None:
+            with dask.config.set(LOCAL_CLUSTER_CONFIG):
+                cluster = distributed.LocalCluster(
+                    n_workers=workers,
+                    threads_per_worker=1,
+                    processes=True,
+                    dashboard_address=None,
+                    silence_logs=logging.CRITICAL,  # a failed task is reported once, by the client
+                )
+            return distributed.Client(cluster), cluster
+        return distributed.Client(scheduler, timeout="30s"), None
+    except (OSError, TimeoutError) as exc:
+        if cluster is not None:
+            cluster.close()
+        where = f"scheduler={scheduler!r}" if scheduler else "a Dask LocalCluster"
+        raise ResourceError(f"cannot start {where} ({one_line(exc, 200)})", param="scheduler") from None
+
+
+def _on_dask_worker(topic: str, index: int, function: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+    """Run on a Dask worker: the task, its count published as events on ``topic``."""
+    from distributed import get_worker
+
+    worker = get_worker()
+    return function(*args, report=Throttled(lambda done: worker.log_event(topic, [index, done])))
+
+
+def run_on_dask(
+    tasks: Sequence[Task],
+    accept: Accept,
+    progress: ProgressCallback | None,
+    *,
+    scheduler: str | None,
+    workers: int,
+    name: str,
+) -> None:
+    """The tasks on Dask (see :func:`start_client`), one Dask task each; ``name`` makes
+    their keys unique to this run. The first failure cancels the rest and is raised."""
+    distributed = import_dask()
+    client, cluster = start_client(scheduler, workers)
+    token = hashlib.sha256(f"{name}/{os.getpid()}/{time.time_ns()}".encode()).hexdigest()[:12]
+    topic = f"shapesgen-progress-{token}"
+    inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+    tally = Tally(tasks, progress)
+    futures: dict[Any, Task] = {}
+    try:
+        client.subscribe_topic(topic, lambda event: inbox.put(("count", event[1])))
+        for task in tasks:
+            future = client.submit(
+                _on_dask_worker, topic, task.index, task.function, task.args, key=f"shapesgen-{token}-{task.index}"
+            )
+            futures[future] = task
+            future.add_done_callback(lambda f: inbox.put(("done", f)))
+        tally.show()
+        remaining = len(futures)
+        while remaining:
+            kind, item = inbox.get()
+            if kind == "count":
+                index, done = item
+                tally.set(int(index), int(done))
+            else:
+                task = futures[item]
+                try:
+                    result = item.result()
+                except ShapesgenError:
+                    raise
+                except distributed.KilledWorker:
+                    raise ResourceError(
+                        f"{task.label}: the Dask workers running it died repeatedly (killed, or out of memory)",
+                        param="out",
+                    ) from None
+                accept(task, result)
+                item.release()
+                tally.set(task.index, task.scenes)
+                remaining -= 1
+            tally.show()
+    except BaseException:
+        client.cancel(list(futures), force=True)
+        raise
+    finally:
+        try:
+            client.unsubscribe_topic(topic)
+        except ValueError:  # never subscribed
+            pass
+        client.close()
+        if cluster is not None:
+            cluster.close()
