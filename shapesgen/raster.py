@@ -137,27 +137,43 @@ def draw_outlines(
 
     Outlines are centred on the polygon boundary (as in the reference code) and a
     later (nearer) shape's fill hides what lies beneath it, so only outlines show.
-    The drawing calls go straight to Pillow's core, as ``ImageDraw.polygon(fill=255)``
-    and ``ImageDraw.line(fill=0, joint="curve")`` make them, into the returned array's
-    own memory (curved joints only exist for outlines wider than 4 px: those still go
-    through ``ImageDraw.line`` on an image, copied out).
+    Outlines up to 4 px wide are drawn by Pillow's core straight into the returned
+    array's memory, with the calls ``ImageDraw.polygon(fill=255)`` and
+    ``ImageDraw.line(fill=0, joint="curve")`` make; that core is not Pillow's public
+    API, so where it is missing or changed the public ``ImageDraw`` draws the same
+    pixels (as it always does for wider outlines, the only ones with curved joints).
     """
     order = np.argsort(depth, kind="stable")[::-1]
-    if outline_px > 4:
-        image = Image.new("L", (image_size, image_size), 255)
-        draw = ImageDraw.Draw(image)
-        for index in order:
-            points = rings[index].ravel().tolist()
-            draw.draw.draw_polygon(points, draw.draw.draw_ink(255), 1)
-            draw.line(points + points[:2], fill=0, width=outline_px, joint="curve")
-        pixels = np.array(image)
-    else:
-        pixels = np.full((image_size, image_size), 255, dtype=np.uint8)
-        core = Image.core.draw(Image.core.map_buffer(pixels, (image_size, image_size), "raw", 0, ("L", 0, 1)), 0)
-        white, black = core.draw_ink(255), core.draw_ink(0)
-        for index in order:
-            points = rings[index].ravel().tolist()
-            core.draw_polygon(points, white, 1)
-            points += points[:2]
-            core.draw_lines(points, black, outline_px)
+    pixels = None
+    if outline_px <= 4:
+        try:
+            pixels = _draw_into_array(rings, order, image_size, outline_px)
+        except (AttributeError, TypeError, ValueError):
+            pixels = None
+    if pixels is None:
+        pixels = _draw_with_imagedraw(rings, order, image_size, outline_px)
     return np.repeat(pixels[:, :, None], channels, axis=2) if channels > 1 else pixels[:, :, None]
+
+
+def _draw_into_array(rings: list[np.ndarray], order: np.ndarray, image_size: int, outline_px: int) -> np.ndarray:
+    """The outlines drawn by Pillow's core into a new array's memory (no image, no copy)."""
+    pixels = np.full((image_size, image_size), 255, dtype=np.uint8)
+    core = Image.core.draw(Image.core.map_buffer(pixels, (image_size, image_size), "raw", 0, ("L", 0, 1)), 0)
+    white, black = core.draw_ink(255), core.draw_ink(0)
+    for index in order:
+        points = rings[index].ravel().tolist()
+        core.draw_polygon(points, white, 1)
+        points += points[:2]
+        core.draw_lines(points, black, outline_px)
+    return pixels
+
+
+def _draw_with_imagedraw(rings: list[np.ndarray], order: np.ndarray, image_size: int, outline_px: int) -> np.ndarray:
+    """The outlines drawn through Pillow's public ``ImageDraw``, then copied out."""
+    image = Image.new("L", (image_size, image_size), 255)
+    draw = ImageDraw.Draw(image)
+    for index in order:
+        points = rings[index].ravel().tolist()
+        draw.polygon(points, fill=255)
+        draw.line(points + points[:2], fill=0, width=outline_px, joint="curve")
+    return np.array(image)

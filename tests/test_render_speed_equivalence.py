@@ -237,3 +237,24 @@ def test_scenes_keep_their_bytes(name: str, instances: int, layers: int, extra: 
         for field in (*SCENE_FIELDS, "vertex_offsets"):
             digest.update(np.ascontiguousarray(getattr(scene, field)).tobytes())
     assert digest.hexdigest() == pinned
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    rings=st.lists(ring_sets(least_vertices=3).filter(lambda r: len(r) > 0), min_size=1, max_size=3),
+    outline=st.integers(1, 4),
+    data=st.data(),
+)
+def test_outlines_without_pillows_private_core_are_the_same(
+    rings: list[np.ndarray], outline: int, data: st.DataObject
+) -> None:
+    """Where Pillow's core lacks ``map_buffer`` (it is not public API), ImageDraw draws the same image."""
+    from PIL import Image
+
+    flat = [ring for group in rings for ring in group]
+    depth = np.array(data.draw(st.permutations(range(len(flat)))), dtype=np.int64)
+    fast = draw_outlines(flat, depth, 32, outline, 1)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delattr(Image.core, "map_buffer")
+        public = draw_outlines(flat, depth, 32, outline, 1)
+    assert public.tobytes() == fast.tobytes()
