@@ -851,7 +851,7 @@ class PartResult:
 
 
 def _ranges(start: int, stop: int, size: int) -> list[tuple[int, int]]:
-    return [(lo, min(lo + size, stop)) for lo in range(start, stop, size)]
+    return [(lo, min(lo + size, stop)) for lo in range(start, stop, size)] or [(start, stop)]
 
 
 def plan_export(ds: ShapesDataset, engine: Engine, workers: int) -> list[ExportPart]:
