@@ -21,14 +21,14 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from amodal_model.config import TrainConfig
+from amodal_model.config import ModelConfig
 
 
-def _reg(config: TrainConfig) -> keras.regularizers.Regularizer | None:
+def _reg(config: ModelConfig) -> keras.regularizers.Regularizer | None:
     return keras.regularizers.L2(config.l2) if config.l2 else None
 
 
-def _norm(config: TrainConfig, channels: int, name: str) -> layers.Layer:
+def _norm(config: ModelConfig, channels: int, name: str) -> layers.Layer:
     groups = config.group_norm_groups
     while channels % groups:
         groups -= 1
@@ -38,7 +38,7 @@ def _norm(config: TrainConfig, channels: int, name: str) -> layers.Layer:
 def conv_norm_relu(
     x: keras.KerasTensor,
     filters: int,
-    config: TrainConfig,
+    config: ModelConfig,
     name: str,
     kernel: int = 3,
     stride: int = 1,
@@ -63,7 +63,7 @@ def conv_norm_relu(
 def sep_norm_relu(
     x: keras.KerasTensor,
     filters: int,
-    config: TrainConfig,
+    config: ModelConfig,
     name: str,
     stride: int = 1,
     rate: int = 1,
@@ -89,7 +89,7 @@ def sep_norm_relu(
 def xception_block(
     x: keras.KerasTensor,
     filters: tuple[int, int, int],
-    config: TrainConfig,
+    config: ModelConfig,
     name: str,
     stride: int = 1,
     rate: int = 1,
@@ -112,7 +112,7 @@ def xception_block(
     return x, mid
 
 
-def aspp(x: keras.KerasTensor, config: TrainConfig, rates: tuple[int, ...], name: str = "aspp") -> keras.KerasTensor:
+def aspp(x: keras.KerasTensor, config: ModelConfig, rates: tuple[int, ...], name: str = "aspp") -> keras.KerasTensor:
     """Atrous spatial pyramid pooling with image pooling, projected to the feature width."""
     width = config.feature_channels
     h, w = x.shape[1], x.shape[2]
@@ -127,7 +127,7 @@ def aspp(x: keras.KerasTensor, config: TrainConfig, rates: tuple[int, ...], name
     return layers.Dropout(config.dropout, name=f"{name}_dropout")(x) if config.dropout else x
 
 
-def decoder(high: keras.KerasTensor, low: keras.KerasTensor, config: TrainConfig) -> keras.KerasTensor:
+def decoder(high: keras.KerasTensor, low: keras.KerasTensor, config: ModelConfig) -> keras.KerasTensor:
     """DeepLabV3+ decoder to stride 4, without the final logits and upsampling."""
     factor = low.shape[1] // high.shape[1]
     high = layers.UpSampling2D(factor, interpolation="bilinear", name="decoder_up")(high)
@@ -137,7 +137,7 @@ def decoder(high: keras.KerasTensor, low: keras.KerasTensor, config: TrainConfig
     return sep_norm_relu(x, config.feature_channels, config, "decoder_sep2")
 
 
-def xception_features(x: keras.KerasTensor, config: TrainConfig) -> keras.KerasTensor:
+def xception_features(x: keras.KerasTensor, config: ModelConfig) -> keras.KerasTensor:
     x = conv_norm_relu(x, 32, config, "entry_conv1", stride=2)
     x = conv_norm_relu(x, 64, config, "entry_conv2")
     x, _ = xception_block(x, (128, 128, 128), config, "entry_block1", stride=2)
@@ -150,7 +150,7 @@ def xception_features(x: keras.KerasTensor, config: TrainConfig) -> keras.KerasT
     return decoder(aspp(x, config, (6, 12, 18)), low, config)
 
 
-def mobilenet_features(x: keras.KerasTensor, config: TrainConfig) -> keras.KerasTensor:
+def mobilenet_features(x: keras.KerasTensor, config: ModelConfig) -> keras.KerasTensor:
     if x.shape[-1] != 3:
         x = layers.Conv2D(3, 1, name="to_rgb")(x)
     base = keras.applications.MobileNetV2(input_tensor=x, include_top=False, weights=None)
@@ -159,7 +159,7 @@ def mobilenet_features(x: keras.KerasTensor, config: TrainConfig) -> keras.Keras
     return decoder(aspp(high, config, (6, 12, 18)), low, config)
 
 
-def tiny_features(x: keras.KerasTensor, config: TrainConfig) -> keras.KerasTensor:
+def tiny_features(x: keras.KerasTensor, config: ModelConfig) -> keras.KerasTensor:
     width = config.feature_channels
     x = conv_norm_relu(x, width // 2, config, "tiny1", stride=2)
     low = conv_norm_relu(x, width, config, "tiny2", stride=2)
@@ -172,7 +172,7 @@ def tiny_features(x: keras.KerasTensor, config: TrainConfig) -> keras.KerasTenso
     return conv_norm_relu(x, width, config, "tiny7")
 
 
-def separable_features(x: keras.KerasTensor, config: TrainConfig) -> keras.KerasTensor:
+def separable_features(x: keras.KerasTensor, config: ModelConfig) -> keras.KerasTensor:
     width = config.feature_channels
     fine = config.stem_norm
     x = conv_norm_relu(x, 32, config, "sep_entry", stride=2, norm=fine)

@@ -1,65 +1,29 @@
 """The inference concern: how model outputs become scored amodal instances.
 
-:class:`InferenceConfig` is frozen and validated once. A trained model carries its
-own (from training), and ``predict`` may override any field. Clustering runs in a
+Its settings are :class:`~amodal_model.config.InferenceConfig` (declared with the
+other concerns' configs and re-exported here). A trained model carries its own (from
+training), and ``predict`` may override any field. Clustering runs in a
 pool of worker processes, one image per task, so it uses every core while the
 forward pass of the next batch runs.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import multiprocessing
 import os
 import signal
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from amodal_model.cluster import cluster_instances
-from amodal_model.config import INFERENCE_FIELDS, Score, TrainConfig, check_setting
+from amodal_model.config import InferenceConfig
 from shapesgen.errors import ConfigError, shown
 
 MAX_WORKERS = 256
-_TRAINED = TrainConfig()
-"""The defaults of the inference settings are those of training: one source of truth."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class InferenceConfig:
-    """Clustering and scoring settings (the paper's: bandwidth 1.5, 5 pixels, class score).
-
-    Defaults and allowed ranges are :class:`~amodal_model.config.TrainConfig`'s, so a
-    model's own settings always make a valid ``InferenceConfig`` and an override is
-    checked against the same bounds.
-    """
-
-    bandwidth: float = _TRAINED.bandwidth
-    min_pixels: int = _TRAINED.min_pixels
-    max_clusters: int = _TRAINED.max_clusters
-    max_iterations: int = _TRAINED.max_iterations
-    score: Score = _TRAINED.score
-    seed: int = _TRAINED.seed
-
-    def __post_init__(self) -> None:
-        for name in INFERENCE_FIELDS:
-            check_setting(name, getattr(self, name))
-
-    @classmethod
-    def of(cls, config: TrainConfig) -> InferenceConfig:
-        """The inference settings a model was trained with."""
-        return cls(**{name: getattr(config, name) for name in INFERENCE_FIELDS})
-
-    def replace(self, **changes: Any) -> InferenceConfig:
-        """A validated copy with the fields given (``None`` keeps the current value)."""
-        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 def image_records(

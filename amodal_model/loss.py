@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from amodal_model.config import TrainConfig
+from amodal_model.config import LossConfig
 
 
 def _hinge(x: tf.Tensor, squared: bool) -> tf.Tensor:
@@ -19,7 +19,7 @@ def _hinge(x: tf.Tensor, squared: bool) -> tf.Tensor:
 
 
 def discriminative_loss(
-    embedding: tf.Tensor, instance_ids: tf.Tensor, instance_classes: tf.Tensor, config: TrainConfig
+    embedding: tf.Tensor, instance_ids: tf.Tensor, instance_classes: tf.Tensor, config: LossConfig
 ) -> dict[str, tf.Tensor]:
     """Variance, distance and regularisation terms, each averaged over the batch.
 
@@ -74,7 +74,7 @@ def discriminative_loss(
 
 
 def total_loss(
-    outputs: dict[str, tf.Tensor], targets: dict[str, tf.Tensor], config: TrainConfig
+    outputs: dict[str, tf.Tensor], targets: dict[str, tf.Tensor], config: LossConfig
 ) -> dict[str, tf.Tensor]:
     """Weighted discriminative terms plus semantic cross-entropy; ``loss`` is the sum.
 

@@ -18,8 +18,8 @@ import numpy as np
 from keras import layers
 
 from amodal_model.backbones import BACKBONES, conv_norm_relu
-from amodal_model.config import TrainConfig
-from amodal_model.inference import InferenceConfig, clusterer
+from amodal_model.config import InferenceConfig, ModelConfig, TrainConfig
+from amodal_model.inference import clusterer
 from shapesgen.config import SceneConfig
 from shapesgen.errors import ConfigError, one_line
 
@@ -39,7 +39,7 @@ class DataSpec:
         return cls(scene.image_size, scene.channels, scene.mask_size, scene.layers, scene.num_classes)
 
 
-def _trunk(x: keras.KerasTensor, config: TrainConfig, name: str) -> keras.KerasTensor:
+def _trunk(x: keras.KerasTensor, config: ModelConfig, name: str) -> keras.KerasTensor:
     """The head's 3x3 convolutions (ReLU), standard or depthwise-separable."""
     regulariser = keras.regularizers.L2(config.l2) if config.l2 else None
     for i, filters in enumerate(config.head_filters):
@@ -66,7 +66,7 @@ def _trunk(x: keras.KerasTensor, config: TrainConfig, name: str) -> keras.KerasT
     return x
 
 
-def _output(x: keras.KerasTensor, config: TrainConfig, outputs: int, activation: str | None, name: str, m: int):
+def _output(x: keras.KerasTensor, config: ModelConfig, outputs: int, activation: str | None, name: str, m: int):
     """The output convolution, in float32 whatever the compute precision (softmax and loss stay exact)."""
     x = layers.Conv2D(
         outputs, config.output_kernel, padding="same", activation=activation, dtype="float32", name=f"{name}_out"
@@ -91,7 +91,7 @@ def has_fast_bfloat16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def compute_policy(config: TrainConfig) -> str:
+def compute_policy(config: ModelConfig) -> str:
     """The Keras dtype policy ``config.precision`` means on this machine."""
     if config.precision == "auto":
         return "mixed_bfloat16" if has_fast_bfloat16() else "float32"
@@ -101,23 +101,23 @@ def compute_policy(config: TrainConfig) -> str:
 def build_model(config: TrainConfig, spec: DataSpec, scene_config: SceneConfig | None = None) -> LayeredEmbeddingModel:
     """The model for ``config`` and data of shape ``spec``, with ``backbone_weights`` loaded if set."""
     model = LayeredEmbeddingModel(
-        train_config=json.loads(config.to_json()),
+        train_config=config.to_dict(),
         data_spec=dataclasses.asdict(spec),
         scene_config=json.loads(scene_config.to_json()) if scene_config is not None else None,
     )
-    if config.backbone_weights:
+    weights = config.model.backbone_weights
+    if weights:
         try:
-            model.load_weights(config.backbone_weights, skip_mismatch=True)
+            model.load_weights(weights, skip_mismatch=True)
         except Exception as exc:  # a foreign or damaged file fails in h5py, zipfile or Keras
             raise ConfigError(
-                f"backbone_weights={config.backbone_weights!r}: "
-                f"cannot load ({one_line(str(exc)) or type(exc).__name__})",
+                f"backbone_weights={weights!r}: cannot load ({one_line(str(exc)) or type(exc).__name__})",
                 param="backbone_weights",
             ) from None
     return model
 
 
-def _graph(config: TrainConfig, spec: DataSpec) -> tuple[keras.KerasTensor, dict[str, keras.KerasTensor]]:
+def _graph(config: ModelConfig, spec: DataSpec) -> tuple[keras.KerasTensor, dict[str, keras.KerasTensor]]:
     """Input and outputs of the network, built in :func:`compute_policy`'s precision."""
     if spec.image_size % 16:
         raise ConfigError(f"image_size={spec.image_size} is invalid for the model: must be a multiple of 16")
@@ -129,7 +129,7 @@ def _graph(config: TrainConfig, spec: DataSpec) -> tuple[keras.KerasTensor, dict
         keras.config.set_dtype_policy(previous)
 
 
-def _layers(config: TrainConfig, spec: DataSpec) -> tuple[keras.KerasTensor, dict[str, keras.KerasTensor]]:
+def _layers(config: ModelConfig, spec: DataSpec) -> tuple[keras.KerasTensor, dict[str, keras.KerasTensor]]:
     inputs = keras.Input((spec.image_size, spec.image_size, spec.channels), name="image")
     scaled = layers.Rescaling(1 / 127.5, offset=-1.0, name="to_unit_range")(inputs)
     features = BACKBONES[config.backbone](scaled, config)
@@ -164,8 +164,9 @@ class LayeredEmbeddingModel(keras.Model):
     ``(B, L, M, M, C)`` out.
 
     Everything needed to use a saved model travels in the ``.keras`` file itself
-    (``get_config``): the training config (architecture, loss and the inference
-    settings: bandwidth, min pixels, score), the data shapes (layers, mask size,
+    (``get_config``): the training config, one object per concern (``model``,
+    ``loss``, ``optimiser``, ``evaluation`` and ``inference``: bandwidth, min pixels,
+    score; a file saved before the split holds one flat object, read the same), the data shapes (layers, mask size,
     classes) and, when known, the scene config of the training data. So::
 
         import amodal_model.model  # registers the class with Keras
@@ -183,10 +184,10 @@ class LayeredEmbeddingModel(keras.Model):
         scene_config: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        config = TrainConfig.from_dict(dict(train_config))
+        config = TrainConfig.from_dict(dict(train_config))  # nested, or flat as saved before the split
         spec = DataSpec(**data_spec)
-        inputs, outputs = _graph(config, spec)
-        kwargs.setdefault("name", f"layered_embeddings_{config.backbone}_{spec.layers}layers")
+        inputs, outputs = _graph(config.model, spec)
+        kwargs.setdefault("name", f"layered_embeddings_{config.model.backbone}_{spec.layers}layers")
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
         self.config_json = config.to_json()
         self.data_spec = spec
@@ -205,7 +206,7 @@ class LayeredEmbeddingModel(keras.Model):
         return {
             "name": self.name,
             "trainable": self.trainable,
-            "train_config": json.loads(self.config_json),
+            "train_config": json.loads(self.config_json),  # each concern's object under its name
             "data_spec": dataclasses.asdict(self.data_spec),
             "scene_config": json.loads(self.scene_json) if self.scene_json is not None else None,
         }
@@ -240,7 +241,7 @@ class LayeredEmbeddingModel(keras.Model):
                 f"of shape (B, {want[0]}, {want[1]}, {want[2]})",
                 param="images",
             )
-        settings = settings or InferenceConfig.of(self.train_config)
+        settings = settings or self.train_config.inference
         records: list[dict[str, Any]] = []
         with clusterer(settings, 1) as pool:
             for start in range(0, len(images), batch_size):

@@ -16,9 +16,9 @@ import keras
 import tensorflow as tf
 
 from amodal_model import pretrained
-from amodal_model.config import MAX_BATCH, MAX_COUNT, TrainConfig
+from amodal_model.config import CONCERNS, MAX_BATCH, MAX_COUNT, InferenceConfig, TrainConfig
 from amodal_model.data import DataFile, open_file, source_text, to_model_input
-from amodal_model.inference import InferenceConfig, clusterer
+from amodal_model.inference import clusterer
 from amodal_model.pretrained import resolve_model
 from shapesgen.config import SceneConfig, parse_json
 from shapesgen.errors import ConfigError, DatasetError, ResourceError, ShapesgenError, one_line, shown
@@ -43,16 +43,17 @@ def _config_text(path: Path, param: str) -> bytes:
 
 
 LEGACY_LOSS = {"loss_normalisation": "mean", "visible_targets": False}
-"""What a run's config means where it predates these fields: the loss it was trained with."""
+"""What a run's flat config means where it predates these fields: the loss it was trained with."""
 
 
 def load_train_config(path: Path, param: str = "run_dir") -> TrainConfig:
-    """A run's ``train_config.json``; a missing, hand-broken or foreign file is one DatasetError."""
+    """A run's ``train_config.json``, nested by concern or flat (saved before the split); a
+    missing, hand-broken or foreign file is one DatasetError."""
     text = _config_text(path, param)
     try:
         saved = parse_json(text, "train config")
-        if isinstance(saved, dict):  # a run saved before these settings existed trained with the older loss
-            saved = {**LEGACY_LOSS, **saved}
+        if isinstance(saved, dict) and not CONCERNS.keys() & saved.keys():
+            saved = {**LEGACY_LOSS, **saved}  # a flat run older than these settings trained with the older loss
         return TrainConfig.from_dict(saved)
     except ConfigError as exc:
         raise DatasetError(f"{path}: {exc}", param=param) from None
@@ -79,7 +80,7 @@ def _check_model(model: Any, config: TrainConfig, scene: SceneConfig, path: Path
     want = {
         "image": (None, s, s, scene.channels),
         "semantic": (None, layers, m, m, scene.num_classes + 1),
-        "embedding": (None, layers, m, m, config.embedding_dim),
+        "embedding": (None, layers, m, m, config.model.embedding_dim),
     }
     try:
         outputs = model.output
@@ -242,7 +243,7 @@ def _predict(
     forward = infer_fn(model)
     records: list[dict[str, Any]] = []
     done = 0
-    with clusterer(settings or InferenceConfig.of(config), workers) as pool:
+    with clusterer(settings or config.inference, workers) as pool:
         pending: list[tuple[Callable[[], list[dict[str, Any]]], int]] = []
 
         def collect() -> None:
@@ -338,7 +339,7 @@ def predict_run(
         run_path = resolve_model(run_dir)
         out_path = _check_output(out, source, run_path, force)
         model, config, scene_config = load_run(run_path)
-        settings = InferenceConfig.of(config).replace(bandwidth=bandwidth, min_pixels=min_pixels, score=score)
+        settings = config.inference.with_overrides(bandwidth=bandwidth, min_pixels=min_pixels, score=score)
         records = predict_hdf5(
             model,
             config,

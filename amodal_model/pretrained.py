@@ -86,11 +86,11 @@ def package_run(run_dir: Path, name: str, card: str, metrics: dict[str, Any] | N
 
     model, config, scene = load_run(run_dir)
     if inference:
-        config = config.replace(**inference)
+        config = config.replace(inference=inference)
     if inference or not isinstance(model, LayeredEmbeddingModel) or model.scene_config is None:
         from amodal_model.model import DataSpec
 
-        rebuilt = build_model(config.replace(backbone_weights=None), DataSpec.from_scene(scene), scene)
+        rebuilt = build_model(config.replace(model={"backbone_weights": None}), DataSpec.from_scene(scene), scene)
         rebuilt.set_weights(model.get_weights())
         model = rebuilt
     target = PRETRAINED / name

@@ -20,7 +20,7 @@ import keras
 import tensorflow as tf
 
 from amodal_model.coco_source import is_coco_export
-from amodal_model.config import RESUME_MAY_CHANGE, TrainConfig
+from amodal_model.config import RESUME_MAY_CHANGE, OptimiserConfig, TrainConfig
 from amodal_model.data import (
     Source,
     dataset_file,
@@ -85,7 +85,7 @@ class Callbacks:
     on_epoch: Callable[[dict[str, Any]], None] | None = None
 
 
-def steps_per_epoch(config: TrainConfig, source: Source) -> int:
+def steps_per_epoch(config: OptimiserConfig, source: Source) -> int:
     """Configured steps, else one pass over a file or 1000 live images per epoch."""
     if config.steps_per_epoch is not None:
         return config.steps_per_epoch
@@ -95,7 +95,9 @@ def steps_per_epoch(config: TrainConfig, source: Source) -> int:
     return max(1, source.num_scenes // config.batch_size)
 
 
-def learning_rate_schedule(config: TrainConfig, steps: int) -> float | keras.optimizers.schedules.LearningRateSchedule:
+def learning_rate_schedule(
+    config: OptimiserConfig, steps: int
+) -> float | keras.optimizers.schedules.LearningRateSchedule:
     """Constant, or cosine decay from ``learning_rate`` to 0 over all ``epochs`` (resuming
     continues the same curve; a resume with more epochs stretches what is left of it)."""
     if config.schedule == "constant":
@@ -204,17 +206,19 @@ def _plan(out: Path, resume: bool, force: bool, inputs: list[Path]) -> str:
 def _check_resume(out: Path, config: TrainConfig, source: Source) -> None:
     """The run in ``out`` must have been trained with ``config``'s training settings (those
     in :data:`~amodal_model.config.RESUME_MAY_CHANGE` may differ) on data of the same shapes."""
-    saved = json.loads(load_train_config(out / TRAIN_CONFIG_FILE, "out").to_json())
-    asked = json.loads(config.to_json())
-    changed = [k for k in sorted(asked) if saved[k] != asked[k] and k not in RESUME_MAY_CHANGE]
+    saved = load_train_config(out / TRAIN_CONFIG_FILE, "out").settings()  # a flat file of an older run too
+    asked = config.settings()
+    changed = [k for k in asked if saved[k] != asked[k] and k not in RESUME_MAY_CHANGE]
+    names = list(dict.fromkeys(k.split(".")[1] for k in changed))  # flat names, as the CLI flags (one seed)
     if changed:
-        name, more = changed[0], f" (and {len(changed) - 1} more setting(s))" if len(changed) > 1 else ""
+        key, name = changed[0], names[0]
+        more = f" (and {len(names) - 1} more setting(s))" if len(names) > 1 else ""
         raise ConfigError(
-            f"resume=True: {out} was trained with {name}={shown(saved[name])}, now {name}={shown(asked[name])}{more}: "
+            f"resume=True: {out} was trained with {name}={shown(saved[key])}, now {name}={shown(asked[key])}{more}: "
             "a resumed run keeps the settings that change training (only inference and evaluation settings and "
             "epochs may change)",
             param="resume",
-            related=tuple(changed),
+            related=tuple(names),
         )
     trained_on = DataSpec.from_scene(load_scene_config(out / SCENE_CONFIG_FILE, "out"))
     if trained_on != DataSpec.from_scene(source.scene_config):
@@ -244,7 +248,7 @@ def _validation(val: Path | None, source: Source, config: TrainConfig) -> Ground
         return None
     with reading(val, "val"), open_dataset(val) as ds:
         scene, scenes = ds.config, len(ds)
-        used = min(config.eval_scenes, scenes)
+        used = min(config.evaluation.eval_scenes, scenes)
         ds.images[:used]  # the images evaluation predicts: a damaged chunk fails now, not after an epoch
     if scenes == 0:
         raise DatasetError(f"val={str(val)!r} has no scenes", param="val")
@@ -263,7 +267,7 @@ def _validation(val: Path | None, source: Source, config: TrainConfig) -> Ground
         )
     with reading(val, "val"):
         gt = load_ground_truth(val)
-    keep = {image["id"] for image in gt.images[: config.eval_scenes]}
+    keep = {image["id"] for image in gt.images[: config.evaluation.eval_scenes]}
     return GroundTruth(
         [image for image in gt.images if image["id"] in keep],
         [a for a in gt.annotations if a["image_id"] in keep],
@@ -290,8 +294,8 @@ class Trainer:
     ) -> None:
         self.source, self.out, self.config, self.model = source, out, config, model
         self.target = target or out
-        self.steps = steps_per_epoch(config, source)
-        self.optimizer = keras.optimizers.Adam(learning_rate_schedule(config, self.steps))
+        self.steps = steps_per_epoch(config.optimiser, source)
+        self.optimizer = keras.optimizers.Adam(learning_rate_schedule(config.optimiser, self.steps))
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
         self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer, epoch=self.epoch)
         if resume:
@@ -329,14 +333,14 @@ class Trainer:
     def _step(self, batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         model = self.model
         with tf.GradientTape() as tape:
-            terms = total_loss(model(to_model_input(batch["image"]), training=True), batch, self.config)
+            terms = total_loss(model(to_model_input(batch["image"]), training=True), batch, self.config.loss)
             objective = terms["loss"] + tf.add_n(model.losses) if model.losses else terms["loss"]
         grads = tape.gradient(objective, model.trainable_variables)
         self.optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
         return terms
 
     def batches(self, epoch: int) -> Iterator[dict[str, Any]]:
-        config, source = self.config, self.source
+        config, source = self.config.optimiser, self.source
         if source.live:
             return live_batches(
                 source.scene_config, config.batch_size, epoch * self.steps * config.batch_size, self.steps
@@ -356,13 +360,13 @@ class Trainer:
         targets: dict[str, tf.Tensor] = {}
         for step, batch in enumerate(self.batches(epoch), start=1):
             try:
-                if self.config.visible_targets:
+                if self.config.loss.visible_targets:
                     batch = visible_targets(batch)
                 targets = {k: tf.constant(v) for k, v in batch.items() if k != "index"}
                 terms = self.step(targets)
             except tf.errors.ResourceExhaustedError:
                 raise ConfigError(
-                    f"batch_size={self.config.batch_size} is invalid: out of memory in a training step, "
+                    f"batch_size={self.config.optimiser.batch_size} is invalid: out of memory in a training step, "
                     "use a smaller one",
                     param="batch_size",
                 ) from None
@@ -383,7 +387,7 @@ class Trainer:
             "epoch": epoch + 1,
             "steps": self.steps,
             "seconds": round(seconds, 2),
-            "images_per_s": round(self.steps * self.config.batch_size / seconds, 2),
+            "images_per_s": round(self.steps * self.config.optimiser.batch_size / seconds, 2),
             **{key: round(value / self.steps, 6) for key, value in sums.items()},
         }
 
@@ -393,12 +397,12 @@ class Trainer:
             raise self._diverged(epoch, self.steps, "its weights are no longer finite")
         if targets:
             outputs = self.model(to_model_input(targets["image"]), training=False)
-            loss = float(total_loss(outputs, targets, self.config)["loss"])
+            loss = float(total_loss(outputs, targets, self.config.loss)["loss"])
             if not math.isfinite(loss):
                 raise self._diverged(epoch, self.steps, f"the loss with the weights it gave is {loss}")
 
     def _diverged(self, epoch: int, step: int, what: str) -> TrainingDiverged:
-        rate = self.config.learning_rate
+        rate = self.config.optimiser.learning_rate
         kept = (
             f"the checkpoint of epoch {self.completed_epochs} is kept, nothing of the diverged one is saved"
             if self.completed_epochs
@@ -413,7 +417,12 @@ class Trainer:
     def evaluate(self, val: Path, gt: GroundTruth) -> dict[str, float]:
         """The same metrics as ``shapesgen evaluate``, on the first ``eval_scenes`` scenes."""
         records = predict_hdf5(
-            self.model, self.config, self.source.scene_config, val, limit=self.config.eval_scenes, param="val"
+            self.model,
+            self.config,
+            self.source.scene_config,
+            val,
+            limit=self.config.evaluation.eval_scenes,
+            param="val",
         )
         metrics = evaluate(gt, records)
         row = {k: round(metrics["all"][k], 4) for k in ("AP", "AP50", "AP75", "AR100")}
@@ -431,11 +440,12 @@ class Trainer:
         config = self.config
         for note in self.source.notes:  # said once training starts: a refused run prints its error alone
             warnings.warn(note, ShapesgenNote, stacklevel=2)
-        for epoch in range(self.completed_epochs, config.epochs):
+        epochs, every = config.optimiser.epochs, config.evaluation.eval_every
+        for epoch in range(self.completed_epochs, epochs):
             row = self.run_epoch(epoch, callbacks)  # raises TrainingDiverged before anything is saved
             if not math.isfinite(float(row["loss"])):
                 raise self._diverged(epoch + 1, self.steps, f"the epoch's mean loss is {row['loss']}")
-            due = config.eval_every and ((epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs)
+            due = every and ((epoch + 1) % every == 0 or epoch + 1 == epochs)
             if val is not None and val_gt is not None and due:
                 row.update(self.evaluate(val, val_gt))
             self.epoch.assign(epoch + 1)
@@ -503,7 +513,7 @@ class _Staging:
             shutil.rmtree(self.folder)  # the staging folder of a run that was killed
         self.folder.mkdir()
         self.created = True
-        (self.folder / TRAIN_CONFIG_FILE).write_text(json.dumps(json.loads(config.to_json()), indent=2) + "\n")
+        (self.folder / TRAIN_CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
         (self.folder / SCENE_CONFIG_FILE).write_text(scene_json + "\n")
 
     def publish(self, trainer: Trainer) -> None:
@@ -565,24 +575,25 @@ def train(
             raise ConfigError(f"{name}={shown(flag)} is invalid: must be True or False", param=name)
     out = check_output_path(source_text(out, "out"), "out")
     source = open_source(train_source)
-    if source.path is not None and source.num_scenes is not None and source.num_scenes < config.batch_size:
+    batch_size, weights_file = config.optimiser.batch_size, config.model.backbone_weights
+    if source.path is not None and source.num_scenes is not None and source.num_scenes < batch_size:
         raise ConfigError(
-            f"batch_size={config.batch_size} is invalid: train_source={str(source.path)!r} has only "
+            f"batch_size={batch_size} is invalid: train_source={str(source.path)!r} has only "
             f"{source.num_scenes} scene(s)",
             param="batch_size",
         )
     val_path = validation_file(val) if val is not None else None
     val_gt = _validation(val_path, source, config)
-    if config.backbone_weights is not None:
-        regular_input(config.backbone_weights, "backbone_weights")
-    weights = Path(config.backbone_weights) if config.backbone_weights is not None else None
+    if weights_file is not None:
+        regular_input(weights_file, "backbone_weights")
+    weights = Path(weights_file) if weights_file is not None else None
     inputs = [path for path in (source.path, val_path, weights) if path is not None]
     if _plan(out, resume, force, inputs) == "resume":  # refuse early, before the model is built
         _check_resume(out, config, source)
         check_writable(out / RUN_MARKER, "out")
     else:
         check_writable(out, "out")
-    keras.utils.set_random_seed(config.seed)
+    keras.utils.set_random_seed(config.optimiser.seed)
     model = build_model(config, DataSpec.from_scene(source.scene_config), source.scene_config)
     try:
         created = make_parents(out.parent)
@@ -613,7 +624,7 @@ def _resume(
 ) -> None:
     _check_resume(out, config, source)
     trainer = Trainer(model, source, out, config, resume=True)
-    text = json.dumps(json.loads(config.to_json()), indent=2) + "\n"
+    text = json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n"
     write_atomically(out / TRAIN_CONFIG_FILE, text.encode(), force=True)  # the run's own file, under its lock
     try:
         trainer.fit(val, val_gt, callbacks)
@@ -655,7 +666,7 @@ def _train_new(
         raise
 
 
-def _repeat(path: Path, config: TrainConfig, epoch: int, steps: int) -> Iterator[dict[str, Any]]:
+def _repeat(path: Path, config: OptimiserConfig, epoch: int, steps: int) -> Iterator[dict[str, Any]]:
     """Exactly ``steps`` full batches, wrapping around the file as needed."""
     produced, sweep = 0, 0
     while produced < steps:

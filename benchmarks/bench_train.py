@@ -39,25 +39,27 @@ def input_rate(path: Path, layers: int, batch_size: int, seconds: float = 5.0) -
 def train_rate(name: str, path: Path, layers: int, steps: int) -> tuple[float, int]:
     config = TRAIN_PRESETS[name]
     model = build_model(config, DataSpec(256, 1, 64, layers, 3))
-    optimizer = keras.optimizers.Adam(learning_rate_schedule(config, steps))
+    optimizer = keras.optimizers.Adam(learning_rate_schedule(config.optimiser, steps))
 
     @tf.function
     def step(batch: dict[str, tf.Tensor]) -> tf.Tensor:
         with tf.GradientTape() as tape:
-            terms = total_loss(model(to_model_input(batch["image"]), training=True), batch, config)
+            terms = total_loss(model(to_model_input(batch["image"]), training=True), batch, config.loss)
         grads = tape.gradient(terms["loss"], model.trainable_variables)
         optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
         return terms["loss"]
 
-    raw = [b for _, b in zip(range(steps + 2), hdf5_batches(path, config.batch_size, 0, 0, True), strict=False)]
+    raw = [
+        b for _, b in zip(range(steps + 2), hdf5_batches(path, config.optimiser.batch_size, 0, 0, True), strict=False)
+    ]
     step({k: tf.constant(v) for k, v in visible_targets(raw[0]).items() if k != "index"})
     step({k: tf.constant(v) for k, v in visible_targets(raw[1]).items() if k != "index"})
     start = time.perf_counter()
     for batch in raw[2:]:
-        targets = visible_targets(batch) if config.visible_targets else batch
+        targets = visible_targets(batch) if config.loss.visible_targets else batch
         step({k: tf.constant(v) for k, v in targets.items() if k != "index"}).numpy()
     seconds = time.perf_counter() - start
-    return (len(raw) - 2) * config.batch_size / seconds, model.count_params()
+    return (len(raw) - 2) * config.optimiser.batch_size / seconds, model.count_params()
 
 
 def main() -> None:
@@ -79,9 +81,10 @@ def main() -> None:
             for layers in args.layers:
                 rate, params = train_rate(name, path[layers], layers, args.steps)
                 config = TRAIN_PRESETS[name]
+                batch, policy = config.optimiser.batch_size, compute_policy(config.model)
                 print(
-                    f"train {name:<9} {layers} layers {params / 1e6:6.2f} M params, batch {config.batch_size}, "
-                    f"{compute_policy(config)}: {rate:7.2f} images/s"
+                    f"train {name:<9} {layers} layers {params / 1e6:6.2f} M params, batch {batch}, "
+                    f"{policy}: {rate:7.2f} images/s"
                 )
 
 

@@ -154,37 +154,42 @@ def train(
         ctx,
         lambda: build_train_config(
             preset,
-            epochs=epochs,
-            steps_per_epoch=steps_per_epoch,
-            batch_size=batch_size,
-            learning_rate=learning_rate,
-            backbone=backbone,
-            backbone_weights=str(backbone_weights) if backbone_weights is not None else None,
-            embedding_dim=embedding_dim,
-            hinge=hinge,
-            distance_scope=distance_scope,
-            reg_weight=reg_weight,
-            var_weight=var_weight,
-            dist_weight=dist_weight,
-            ce_weight=ce_weight,
-            d_var=d_var,
-            d_dist=d_dist,
-            loss_normalisation=loss_normalisation,
-            visible_targets=visible_targets,
-            head=head,
-            precision=precision,
-            schedule=schedule,
-            score=score,
-            eval_every=eval_every,
-            eval_scenes=eval_scenes,
-            seed=seed,
+            model=dict(
+                backbone=backbone,
+                backbone_weights=str(backbone_weights) if backbone_weights is not None else None,
+                embedding_dim=embedding_dim,
+                head=head,
+                precision=precision,
+            ),
+            loss=dict(
+                hinge=hinge,
+                distance_scope=distance_scope,
+                reg_weight=reg_weight,
+                var_weight=var_weight,
+                dist_weight=dist_weight,
+                ce_weight=ce_weight,
+                d_var=d_var,
+                d_dist=d_dist,
+                loss_normalisation=loss_normalisation,
+                visible_targets=visible_targets,
+            ),
+            optimiser=dict(
+                learning_rate=learning_rate,
+                schedule=schedule,
+                batch_size=batch_size,
+                epochs=epochs,
+                steps_per_epoch=steps_per_epoch,
+                seed=seed,
+            ),
+            evaluation=dict(eval_every=eval_every, eval_scenes=eval_scenes),
+            inference=dict(score=score, seed=seed),
         ),
     )
     with progress_bar("epoch", quiet, unit="steps") as update:
 
         def on_step(epoch: int, step: int, steps: int, loss: float) -> None:
             if update is not None:
-                update(step, steps, description=f"epoch {epoch}/{config.epochs}", status=f"loss {loss:.4f}")
+                update(step, steps, description=f"epoch {epoch}/{config.optimiser.epochs}", status=f"loss {loss:.4f}")
 
         def on_epoch(row: dict[str, Any]) -> None:
             shown = ", ".join(f"{k} {row[k]}" for k in ("loss", "images_per_s", "AP", "AR100") if k in row)

@@ -8,18 +8,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from amodal_model.cluster import cluster_instances, instance_score, threshold_mean_shift
-from amodal_model.config import CPU_FAST, TrainConfig
+from amodal_model.config import TRAIN_PRESETS, TrainConfig
 from amodal_model.data import visible_targets
 from amodal_model.inference import InferenceConfig, clusterer
 from shapesgen import ConfigError
 
 
 def test_inference_config_comes_from_the_train_config_and_overrides_keep_unset_fields() -> None:
-    config = TrainConfig(bandwidth=1.2, min_pixels=7, score="product")
-    settings = InferenceConfig.of(config)
+    config = TrainConfig().replace(bandwidth=1.2, min_pixels=7, score="product")
+    settings = config.inference
     assert (settings.bandwidth, settings.min_pixels, settings.score) == (1.2, 7, "product")
-    changed = settings.replace(bandwidth=None, score="completeness")
+    changed = settings.with_overrides(bandwidth=None, score="completeness")
     assert (changed.bandwidth, changed.score) == (1.2, "completeness")
+    with pytest.raises(ConfigError, match="bandwidth=None is invalid"):
+        settings.replace(bandwidth=None)  # replace sets what it is given; with_overrides skips None
 
 
 @pytest.mark.parametrize(
@@ -120,5 +122,6 @@ def test_bad_worker_counts_are_refused(workers: object) -> None:
 
 
 def test_the_cpu_preset_is_the_fast_one() -> None:
-    assert (CPU_FAST.head, CPU_FAST.schedule, CPU_FAST.precision) == ("shared", "cosine", "auto")
-    assert CPU_FAST.loss_normalisation == "reference" and CPU_FAST.visible_targets
+    fast = TRAIN_PRESETS["cpu-fast"]
+    assert (fast.model.head, fast.optimiser.schedule, fast.model.precision) == ("shared", "cosine", "auto")
+    assert fast.loss.loss_normalisation == "reference" and fast.loss.visible_targets

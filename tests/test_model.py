@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import tensorflow as tf
 from typer.testing import CliRunner
 
 from amodal_model.cluster import cluster_instances, threshold_mean_shift
-from amodal_model.config import TINY, TrainConfig
+from amodal_model.config import TRAIN_PRESETS, LossConfig, TrainConfig
 from amodal_model.loss import discriminative_loss, total_loss
 from amodal_model.model import DataSpec, build_model
 from amodal_model.train import train
@@ -20,6 +21,7 @@ from shapesgen import ConfigError, DatasetError, SceneConfig
 from shapesgen.build import render_dataset
 from shapesgen_cli.app import app
 
+TINY = TRAIN_PRESETS["tiny"]
 SMALL = TINY.replace(feature_channels=8, head_filters=(8, 4), embedding_dim=4)
 
 
@@ -42,11 +44,26 @@ def test_paper_backbone_is_the_aligned_xception_deeplab() -> None:
     assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in model.layers)
 
 
+GOLDEN_WEIGHTS = Path(__file__).parent / "golden" / "preset_weights.json"
+
+
+@pytest.mark.parametrize("preset", sorted(TRAIN_PRESETS))
+def test_each_preset_builds_the_weights_it_built_before_the_config_split(preset: str) -> None:
+    """Every weight's name and shape, per preset, as the flat TrainConfig built them (3 layers,
+    64 px): trained runs and shipped models keep loading into the same layers."""
+    golden = json.loads(GOLDEN_WEIGHTS.read_text())[preset]
+    model = build_model(TRAIN_PRESETS[preset], DataSpec(64, 1, 16, 3, 3))
+    lines = [f"{w.path} {list(w.shape)}" for w in model.weights]
+    assert model.name == golden["model_name"] and len(lines) == golden["weights"]
+    assert hashlib.sha256("\n".join(lines).encode()).hexdigest() == golden["sha256"]
+
+
 def test_get_config_round_trip_and_save_load_give_identical_outputs(tmp_path: Path) -> None:
     model = build_model(SMALL, DataSpec(64, 1, 16, 2, 3))
     x = np.random.default_rng(0).uniform(-1, 1, (2, 64, 64, 1)).astype(np.float32)
     clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(model))
     assert type(clone) is type(model) and clone.get_config() == model.get_config()
+    assert model.get_config()["train_config"] == SMALL.to_dict()  # each concern nested under its name
     clone.set_weights(model.get_weights())
     model.save(tmp_path / "m.keras")
     loaded = keras.saving.load_model(tmp_path / "m.keras")
@@ -60,7 +77,7 @@ def test_image_size_must_suit_the_network() -> None:
         build_model(SMALL, DataSpec(72, 1, 18, 2, 3))
 
 
-def naive_loss(emb: np.ndarray, ids: np.ndarray, classes: np.ndarray, config: TrainConfig) -> dict[str, float]:
+def naive_loss(emb: np.ndarray, ids: np.ndarray, classes: np.ndarray, config: LossConfig) -> dict[str, float]:
     """Per image, per instance Python reference of the vectorised loss."""
     sq = config.hinge == "squared"
     hinge = (lambda v: max(v, 0.0) ** 2) if sq else (lambda v: max(v, 0.0))
@@ -97,7 +114,7 @@ def naive_loss(emb: np.ndarray, ids: np.ndarray, classes: np.ndarray, config: Tr
 @pytest.mark.parametrize("scope", ["class", "all"])
 def test_vectorised_loss_equals_the_per_instance_reference(hinge: str, scope: str, normalisation: str) -> None:
     rng = np.random.default_rng(1)
-    config = TINY.replace(hinge=hinge, distance_scope=scope, loss_normalisation=normalisation)
+    config = LossConfig(hinge=hinge, distance_scope=scope, loss_normalisation=normalisation)
     emb = rng.normal(0, 1.5, (3, 2, 6, 6, 4)).astype(np.float32)
     ids = rng.integers(0, 6, (3, 2, 6, 6)).astype(np.int32)
     ids[2] = 0  # an image with no instance
@@ -133,7 +150,7 @@ def perfect_batch(spread: float) -> tuple[dict, dict]:
 
 
 def test_loss_is_zero_for_perfect_separated_embeddings_and_positive_otherwise() -> None:
-    config = TINY.replace(reg_weight=0.0)
+    config = LossConfig(reg_weight=0.0)
     outputs, targets = perfect_batch(0.0)
     terms = {k: float(v) for k, v in total_loss(outputs, targets, config).items()}
     assert terms["variance"] == 0 and terms["distance"] == 0
@@ -156,7 +173,7 @@ def test_gradient_is_finite_with_zero_or_one_instance(instances: int) -> None:
         "instance_classes": tf.constant(np.array([[0, 1, 2], [0, 1, 2]], np.int32)),
     }
     with tf.GradientTape() as tape:
-        loss = total_loss(model(np.zeros((2, 64, 64, 1), np.float32), training=True), targets, SMALL)["loss"]
+        loss = total_loss(model(np.zeros((2, 64, 64, 1), np.float32), training=True), targets, SMALL.loss)["loss"]
     grads = tape.gradient(loss, model.trainable_variables)
     assert np.isfinite(float(loss))
     assert all(g is not None and np.all(np.isfinite(g.numpy())) for g in grads)
@@ -207,7 +224,7 @@ def test_short_training_lowers_the_loss_and_predictions_evaluate(tiny_train_data
     losses = [float(v[header.index("loss")]) for v in values]
     assert len(losses) == 4 and losses[-1] < losses[0]
     assert values[1][header.index("AP")] != "" and values[0][header.index("AP")] == ""
-    assert json.loads((run_dir / "train_config.json").read_text())["epochs"] == 4
+    assert json.loads((run_dir / "train_config.json").read_text())["optimiser"]["epochs"] == 4
     assert list((run_dir / "tensorboard").iterdir())
 
     runner = CliRunner()

@@ -12,17 +12,17 @@ import pytest
 from conftest import run_cli
 
 from amodal_model import pretrained
-from amodal_model.config import TINY as TINY_MODEL
+from amodal_model.config import TRAIN_PRESETS, TrainConfig
 from amodal_model.data import file_batches
-from amodal_model.inference import InferenceConfig
 from amodal_model.model import LayeredEmbeddingModel
 from amodal_model.predict import load_run, predict_run
 from amodal_model.train import Trainer, train
 from shapesgen import DatasetError, SceneConfig
 from shapesgen.coco import ExportConfig, export_coco
+from shapesgen.renderer import render_scenes
 from shapesgen.storage.reader import open_dataset
 
-QUICK = TINY_MODEL.replace(
+QUICK = TRAIN_PRESETS["tiny"].replace(
     feature_channels=8, head_filters=(8, 4), embedding_dim=4, epochs=1, batch_size=2, steps_per_epoch=2, eval_every=0
 )
 
@@ -42,7 +42,7 @@ def exact_export(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -
 def test_a_saved_model_carries_its_configs_and_predicts_with_one_call(run_dir: Path, tiny_dataset: Path) -> None:
     model = keras.saving.load_model(run_dir / "model.keras")
     assert isinstance(model, LayeredEmbeddingModel)
-    assert model.train_config.score == "product" and model.data_spec.layers == 3
+    assert model.train_config.inference.score == "product" and model.data_spec.layers == 3
     scene = model.scene_config
     assert (
         isinstance(scene, SceneConfig)
@@ -94,7 +94,7 @@ def test_a_shipped_model_is_found_by_name(
         run_dir, "tiny-test", "# tiny-test\n\nA model for tests.\n", {"AP": 0.0}, score="completeness"
     )
     assert pretrained.shipped_models() == ["tiny-test"]
-    assert keras.saving.load_model(folder / "model.keras").train_config.score == "completeness"
+    assert keras.saving.load_model(folder / "model.keras").train_config.inference.score == "completeness"
     assert "SHA-256" in (folder / "MODEL_CARD.md").read_text()
     assert json.loads((folder / "metrics.json").read_text()) == {"AP": 0.0}
     out = tmp_path / "results.json"
@@ -156,4 +156,27 @@ def test_an_old_style_model_file_without_configs_is_refused_by_itself(run_dir: P
     keras.Model(model.input, model.output).save(tmp_path / "plain.keras")  # as the previous train saved it
     with pytest.raises(DatasetError, match="does not carry its configs"):
         load_run(tmp_path / "plain.keras")
-    assert InferenceConfig.of(QUICK).score == "class"
+
+
+@pytest.mark.parametrize("name", pretrained.shipped_models())
+def test_a_shipped_model_with_the_old_flat_config_loads_and_predicts_as_when_saved_nested(
+    name: str, tmp_path: Path
+) -> None:
+    """The shipped files hold the flat train_config of before the split by concern: they load
+    with that config, and a model saved again (nested config) rebuilds the same layers and
+    predicts the same records."""
+    import zipfile
+
+    path = pretrained.PRETRAINED / name / "model.keras"
+    with zipfile.ZipFile(path) as archive:
+        stored = json.loads(archive.read("config.json"))["config"]["train_config"]
+    assert "backbone" in stored and "model" not in stored  # the flat form
+    model, config, scene = load_run(name)
+    assert config == TrainConfig.from_dict(stored) and config.inference.score == stored["score"]
+    assert config.model.backbone == stored["backbone"] and config.optimiser.seed == stored["seed"]
+    assert model.get_config()["train_config"] == config.to_dict()
+    model.save(tmp_path / "again.keras")
+    again = keras.saving.load_model(tmp_path / "again.keras")
+    assert [w.path for w in again.weights] == [w.path for w in model.weights]
+    images = np.stack([s.image for s in render_scenes(scene.replace(seed=5), range(2))])
+    assert again.predict_instances(images) == model.predict_instances(images)

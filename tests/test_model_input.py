@@ -19,17 +19,25 @@ import h5py
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import run_cli
+from conftest import fake_epoch, flat_train_config, run_cli
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import amodal_model.train as train_module
-from amodal_model.config import MAX_SEED, TINY, TrainConfig, build_train_config
+from amodal_model.config import (
+    CONCERNS,
+    FLAT_FIELDS,
+    MAX_SEED,
+    TRAIN_PRESETS,
+    LossConfig,
+    TrainConfig,
+    build_train_config,
+)
 from amodal_model.predict import predict_run
 from amodal_model.train import Trainer, TrainingDiverged, TrainingInterrupted, train
 from shapesgen.errors import ConfigError, DatasetError, ResourceError, ShapesgenError
 
-SMALL = TINY.replace(feature_channels=8, head_filters=(8, 4), embedding_dim=4)
+SMALL = TRAIN_PRESETS["tiny"].replace(feature_channels=8, head_filters=(8, 4), embedding_dim=4)
 QUICK = SMALL.replace(epochs=1, batch_size=2, steps_per_epoch=1, eval_every=0)
 
 
@@ -41,10 +49,6 @@ def snapshot(root: Path) -> dict[str, bytes | None]:
 def one_line(exc: BaseException) -> None:
     text = str(exc)
     assert text and "\n" not in text and "Traceback" not in text, text
-
-
-def fake_epoch(self: Trainer, epoch: int, callbacks: Any) -> dict[str, Any]:
-    return {"epoch": epoch + 1, "steps": self.steps, "seconds": 0.0, "images_per_s": 0.0, "loss": 1.0}
 
 
 @pytest.fixture()
@@ -135,7 +139,7 @@ JSON = st.recursive(
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.dictionaries(st.sampled_from(sorted(SMALL.__dataclass_fields__) + ["extra"]), JSON, max_size=4))
+@given(st.dictionaries(st.sampled_from([*sorted(FLAT_FIELDS), *CONCERNS, "extra"]), JSON, max_size=4))
 def test_random_json_objects_give_a_config_or_a_config_error(data: dict[str, Any]) -> None:
     try:
         config = TrainConfig.from_dict(data)
@@ -146,7 +150,7 @@ def test_random_json_objects_give_a_config_or_a_config_error(data: dict[str, Any
 
 
 def test_presets_by_name() -> None:
-    assert build_train_config("tiny", epochs=3, seed=None).epochs == 3
+    assert build_train_config("tiny", epochs=3, seed=None).optimiser.epochs == 3
     with pytest.raises(ConfigError, match="preset='huge' is invalid") as caught:
         build_train_config("huge")
     assert caught.value.param == "preset"
@@ -348,10 +352,24 @@ def edit_json(name: str, **changes: Any) -> Any:
     return edit
 
 
+def edit_train_config(**changes: Any) -> Any:
+    """Change fields, by flat name, inside their concerns' objects of a run's train_config.json."""
+
+    def edit(run: Path) -> None:
+        path = run / "train_config.json"
+        saved = json.loads(path.read_text())
+        for name, value in changes.items():
+            for concern in FLAT_FIELDS[name]:
+                saved[concern][name] = value
+        path.write_text(json.dumps(saved))
+
+    return edit
+
+
 PREDICT_RUN_DAMAGE: dict[str, Any] = {
-    "train-config-wrong-type": (edit_json("train_config.json", bandwidth="x"), "bandwidth='x' is invalid"),
+    "train-config-wrong-type": (edit_train_config(bandwidth="x"), "bandwidth='x' is invalid"),
     "train-config-list": (lambda r: (r / "train_config.json").write_text("[]"), "must be a JSON object"),
-    "train-config-embedding": (edit_json("train_config.json", embedding_dim=5), "do not match"),
+    "train-config-embedding": (edit_train_config(embedding_dim=5), "do not match"),
     "scene-config-shapes-string": (edit_json("scene_config.json", shapes="circle"), "scene_config.json"),
     "scene-config-layers": (edit_json("scene_config.json", layers=4), "do not match"),
     "scene-config-missing": (lambda r: (r / "scene_config.json").unlink(), "no such file"),
@@ -471,7 +489,7 @@ def test_cli_train_refusal(case: str, data: Path, tmp_path: Path) -> None:
 
 def test_cli_predict_refusal(run_dir: Path, data: Path, tmp_path: Path) -> None:
     copy = Path(shutil.copytree(run_dir, tmp_path / "run"))
-    edit_json("train_config.json", bandwidth="x")(copy)
+    edit_train_config(bandwidth="x")(copy)
     before = snapshot(tmp_path)
     for args in (
         ["--model", copy, "--data", data, "--out", tmp_path / "results.json"],
@@ -537,8 +555,8 @@ def test_a_run_with_results_beside_it_resumes(
     copy = Path(shutil.copytree(run_dir, tmp_path / "run"))
     (copy / "results.json").write_text("[]")  # the README's workflow: predictions written into the run folder
     monkeypatch.setattr(Trainer, "run_epoch", fake_epoch)
-    config = json.loads((copy / "train_config.json").read_text())
-    assert train(tiny_dataset, copy, TrainConfig.from_dict({**config, "epochs": config["epochs"] + 1}), resume=True)
+    config = TrainConfig.from_json((copy / "train_config.json").read_text())
+    assert train(tiny_dataset, copy, config.replace(epochs=config.optimiser.epochs + 1), resume=True)
     assert (copy / "results.json").read_text() == "[]"
 
 
@@ -562,3 +580,35 @@ def test_a_damaged_validation_file_is_refused_before_training(
         train(data, tmp_path / "run", QUICK.replace(eval_every=1), val=val)
     one_line(caught.value)
     assert epochs == [] and snapshot(tmp_path) == before
+
+
+def test_a_run_folder_with_the_old_flat_train_config_predicts_and_resumes(
+    run_dir: Path, tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run saved before the split by concern has one flat train_config.json: it is read
+    (flat -> nested), ``--resume`` takes it as the same settings and rewrites it nested."""
+    copy = Path(shutil.copytree(run_dir, tmp_path / "run"))
+    (copy / "train_config.json").write_text(json.dumps(flat_train_config(QUICK), indent=2) + "\n")
+    assert predict_run(copy, tiny_dataset, tmp_path / "r.json", limit=2, workers=1).is_file()
+    monkeypatch.setattr(Trainer, "run_epoch", fake_epoch)
+    with pytest.raises(ConfigError, match="trained with learning_rate=0.002, now learning_rate=0.001"):
+        train(tiny_dataset, copy, QUICK.replace(epochs=2, learning_rate=1e-3), resume=True)
+    train(tiny_dataset, copy, QUICK.replace(epochs=2), resume=True)
+    saved = json.loads((copy / "train_config.json").read_text())
+    assert set(saved) == set(CONCERNS) and TrainConfig.from_dict(saved) == QUICK.replace(epochs=2)
+
+
+def test_the_cli_puts_each_flag_in_its_concern(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    received: dict[str, Any] = {}
+    monkeypatch.setattr(train_module, "train", lambda source, out, config, **kw: received.update(config=config) or out)
+    flags = ["--preset", "cpu-fast", "--embedding-dim", 4, "--d-dist", 2.0, "--lr", 0.01, "--epochs", 3]
+    flags += ["--eval-scenes", 9, "--score", "product", "--seed", 5, "--all-targets", "-q"]
+    assert run_cli("train", "--train", "x.h5", "--out", tmp_path / "r", *flags).exit_code == 0
+    config = received["config"]
+    assert config.model == TRAIN_PRESETS["cpu-fast"].model.replace(embedding_dim=4)
+    assert config.loss == LossConfig(d_dist=2.0, visible_targets=False)
+    assert (config.optimiser.learning_rate, config.optimiser.epochs, config.optimiser.seed) == (0.01, 3, 5)
+    assert (config.evaluation.eval_scenes, config.inference.score, config.inference.seed) == (9, "product", 5)
+    bad = run_cli("train", "--train", "x.h5", "--out", tmp_path / "r", "--d-dist", -1)
+    assert bad.exit_code == 2 and bad.stderr.count("\n") == 1, bad.stderr
+    assert "--d-dist" in bad.stderr and "is invalid: must be a number > 0" in bad.stderr
