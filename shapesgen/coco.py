@@ -26,7 +26,7 @@ from pycocotools import mask as mask_utils
 
 from shapesgen.config import Engine, SceneConfig
 from shapesgen.datasets import content_digest, content_version, registered_spec
-from shapesgen.engines import ENGINES, Report, Task, import_dask, run_here, run_in_pool, run_on_dask
+from shapesgen.engines import ENGINES, Report, Task, check_scheduler, import_dask, run_here, run_in_pool, run_on_dask
 from shapesgen.errors import ConfigError, DatasetError, ResourceError
 from shapesgen.files import (
     check_output_path,
@@ -729,6 +729,8 @@ def export_coco(
     check_engine(engine, scheduler, workers)
     if engine == "dask":
         import_dask()
+        if scheduler is not None:
+            check_scheduler(scheduler)
     out = check_export_target(source, out, force, inputs)
     staging = partial_path(out)
     created = make_parents(out.parent) if not out.parent.exists() else []

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, get_args
 
 from shapesgen.config import Engine
-from shapesgen.errors import ResourceError, ShapesgenError, one_line
+from shapesgen.errors import ConfigError, ResourceError, ShapesgenError, one_line
 
 Report = Callable[[int], None]
 ProgressCallback = Callable[[int, int], None]
@@ -33,6 +33,8 @@ Accept = Callable[["Task", Any], None]
 ENGINES: tuple[str, ...] = get_args(Engine)
 DASK_HINT = "pip install 'shapesgen[dask]'"
 REPORT_EVERY_S = 0.25  # the most often one task publishes its count under Dask
+CONNECT_TIMEOUT_S = 5  # a scheduler that does not answer a client within this fails the run
+SCHEDULER_EXAMPLE = "tcp://host:8786"
 # A LocalCluster's workers as shapesgen starts them: glibc's own malloc tuning (Dask's default
 # MALLOC_TRIM_THRESHOLD_=65536 also turns off glibc's adaptive mmap threshold, so every array
 # over 128 KiB is mmapped and page-faulted afresh: +15% CPU per scene at N = 6, +40% at N = 12)
@@ -158,12 +160,35 @@ def import_dask() -> Any:
     return distributed
 
 
+def check_scheduler(scheduler: str) -> None:
+    """A scheduler address Dask can connect to (``tcp://host:8786``, ``tls://...``), or
+    :class:`ConfigError` naming it; needs Dask (see :func:`import_dask`)."""
+    import_dask()
+    from distributed.comm.addressing import get_address_host_port
+
+    problem: str | None
+    try:
+        _host, port = get_address_host_port(scheduler)
+    except (ValueError, TypeError) as exc:
+        problem = one_line(exc, 120)
+    else:
+        problem = None if 1 <= port <= 65535 else f"port {port} is not from 1 to 65535"
+    if problem is not None:
+        raise ConfigError(
+            f"scheduler={scheduler!r} is not a Dask scheduler address ({problem}): give one such as "
+            f"{SCHEDULER_EXAMPLE}",
+            param="scheduler",
+        )
+
+
 def start_client(scheduler: str | None, workers: int) -> tuple[Any, Any]:
     """``(client, cluster)``: a client of the scheduler at ``scheduler``, or of a new
     ``LocalCluster`` of ``workers`` single-threaded processes (``cluster`` is then not ``None``)."""
     import dask
 
     distributed = import_dask()
+    if scheduler is not None:
+        check_scheduler(scheduler)
     cluster = None
     try:
         if scheduler is None:
@@ -176,12 +201,24 @@ def start_client(scheduler: str | None, workers: int) -> tuple[Any, Any]:
                     silence_logs=logging.CRITICAL,  # a failed task is reported once, by the client
                 )
             return distributed.Client(cluster), cluster
-        return distributed.Client(scheduler, timeout="30s"), None
+        return distributed.Client(scheduler, timeout=f"{CONNECT_TIMEOUT_S}s"), None
     except (OSError, TimeoutError) as exc:
         if cluster is not None:
             cluster.close()
-        where = f"scheduler={scheduler!r}" if scheduler else "a Dask LocalCluster"
-        raise ResourceError(f"cannot start {where} ({one_line(exc, 200)})", param="scheduler") from None
+        if scheduler is None:
+            raise ResourceError(f"cannot start a Dask LocalCluster ({one_line(exc, 200)})", param="scheduler") from None
+        raise ResourceError(
+            f"cannot connect to scheduler={scheduler!r} ({one_line(exc, 200)}): is a Dask scheduler running there?",
+            param="scheduler",
+        ) from None
+    except (MemoryError, ValueError, TypeError) as exc:  # a server that is not a Dask scheduler (a web page)
+        if scheduler is None:
+            raise
+        raise ResourceError(
+            f"cannot connect to scheduler={scheduler!r}: what answers there is not a Dask scheduler "
+            f"({type(exc).__name__} reading its reply; a dashboard's port, perhaps)",
+            param="scheduler",
+        ) from None
 
 
 def _on_dask_worker(topic: str, index: int, function: Callable[..., Any], args: tuple[Any, ...]) -> Any:

@@ -30,7 +30,7 @@ import numpy as np
 
 from shapesgen.config import Engine, SceneConfig, StorageConfig
 from shapesgen.engines import DASK_HINT as DASK_HINT  # re-exported: callers import them from here
-from shapesgen.engines import ENGINES, Report, Task, import_dask, run_on_dask
+from shapesgen.engines import ENGINES, Report, Task, check_scheduler, import_dask, run_on_dask
 from shapesgen.engines import MissingExtra as MissingExtra
 from shapesgen.errors import ConfigError, DatasetError, ValidationError
 from shapesgen.files import check_output_path, exclusive_lock, make_parents, remove_empty, write_atomically
@@ -255,6 +255,8 @@ def render_sharded(
         )
     if engine == "dask":
         import_dask()
+        if scheduler is not None:
+            check_scheduler(scheduler)
     storage = storage or StorageConfig()
     out = check_output_path(out, "out")
     if out.exists() and not out.is_dir():
