@@ -884,16 +884,35 @@ def plan_export(ds: ShapesDataset, engine: Engine, workers: int) -> list[ExportP
 
 
 def part_file(folder: Path, index: int, kind: str) -> Path:
-    """Task ``index``'s share of ``images`` or ``annotations`` in annotations.json."""
-    return folder / PARTS_FOLDER / f"{index:06d}-{kind}.json"
+    """Task ``index``'s share of ``images`` or ``annotations`` in annotations.json, in the
+    run's task folder."""
+    return folder / f"{index:06d}-{kind}.json"
+
+
+def _task_folder(staging: Path, export: ExportConfig) -> Path:
+    """A new folder in ``staging/.parts/`` that only this run's tasks write into (with
+    ``images/`` and, with layer PNGs, ``layers/``): tasks of an interrupted run that a Dask
+    cluster still runs write into a path that no longer exists, never into this run's files."""
+    (staging / PARTS_FOLDER).mkdir(exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix="run-", dir=staging / PARTS_FOLDER)).resolve()
+    for name in EXPORT_FOLDERS if export.layers_png else EXPORT_FOLDERS[:1]:
+        (folder / name).mkdir()
+    return folder
+
+
+def _move_files(source: Path, target: Path) -> None:
+    """Every file of ``source`` renamed into ``target`` (same file system)."""
+    for entry in os.scandir(source):
+        os.replace(entry.path, target / entry.name)
 
 
 def export_part(
     part: ExportPart, config: SceneConfig, folder: str, export: ExportConfig, *, report: Report
 ) -> PartResult:
-    """Export the scenes of ``part`` into ``folder``: their images (and layer PNGs) and
-    their share of annotations.json's ``images`` and ``annotations`` lists (the JSON of
-    each entry, comma-separated, in :data:`PARTS_FOLDER`). One engine task."""
+    """Export the scenes of ``part`` into ``folder``, the run's task folder (see
+    :func:`_task_folder`): their images (and layer PNGs) and their share of
+    annotations.json's ``images`` and ``annotations`` lists (the JSON of each entry,
+    comma-separated). One engine task."""
     staging = Path(folder)
     try:
         images, annotations, result = _export_scenes(part, config, staging, export, report)
@@ -973,19 +992,21 @@ def _write_export(ds: ShapesDataset, folder: Path, export: ExportConfig, run: Ru
     names = ds.class_names
     if export.layers_png:
         (folder / "layers").mkdir(exist_ok=True)
-    (folder / PARTS_FOLDER).mkdir()
     parts = plan_export(ds, run.engine, run.local_processes if run.engine == "local" else run.workers)
+    task_folder = _task_folder(folder, export)
     results: dict[int, PartResult] = {}
     tasks = [
         Task(part.index, f"scenes {part.first_scene + part.start}..{part.first_scene + part.stop - 1}", part.count,
-             export_part, (part, config, str(folder.resolve()), export))
+             export_part, (part, config, str(task_folder), export))
         for part in parts
     ]  # fmt: skip
 
     def accept(task: Task, result: PartResult) -> None:
         results[task.index] = result
 
-    run(tasks, accept, name=f"export/{folder.resolve()}")
+    run(tasks, accept, name=f"export/{task_folder}")
+    for name in EXPORT_FOLDERS if export.layers_png else EXPORT_FOLDERS[:1]:
+        _move_files(task_folder / name, folder / name)
     ordered = [results[part.index] for part in parts]
     exported = (
         np.concatenate([r.category for r in ordered]),
@@ -1019,9 +1040,9 @@ def _write_export(ds: ShapesDataset, folder: Path, export: ExportConfig, run: Ru
     categories = [{"id": c + 1, "name": name, "supercategory": "shape"} for c, name in enumerate(names)]
     with (folder / "annotations.json").open("wb") as out:  # the document's keys in order, as json.dumps writes them
         out.write(json.dumps(head, separators=JSON_SEPARATORS)[:-1].encode() + b',"images":[')
-        _join_parts(out, folder, parts, "images")
+        _join_parts(out, task_folder, parts, "images")
         out.write(b'],"annotations":[')
-        _join_parts(out, folder, parts, "annotations")
+        _join_parts(out, task_folder, parts, "annotations")
         out.write(b'],"categories":' + json.dumps(categories, separators=JSON_SEPARATORS).encode() + b"}\n")
     shutil.rmtree(folder / PARTS_FOLDER)
     (folder / "config.json").write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")

@@ -3,17 +3,20 @@ servers that are not Dask schedulers, interrupted and re-run exports."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import assert_one_line, run_cli
 
-from shapesgen.coco import export_coco
-from shapesgen.engines import CONNECT_TIMEOUT_S, check_scheduler, start_client
+from shapesgen import coco
+from shapesgen.coco import ExportConfig, export_coco
+from shapesgen.engines import CONNECT_TIMEOUT_S, Task, check_scheduler, start_client
 from shapesgen.errors import ConfigError, ResourceError
 
 pytest.importorskip("distributed")
@@ -100,3 +103,35 @@ def test_export_to_a_non_dask_server_keeps_the_previous_export(
         export_coco(tiny_dataset, out, force=True, engine="dask", scheduler=not_dask)
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_a_stale_task_of_an_interrupted_run_cannot_write_into_the_next_one(
+    tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Dask cannot stop a running task: after Ctrl-C, tasks on a cluster's workers go on
+    writing. A rerun (here with other options) must not take their files."""
+    clean = export_coco(tiny_dataset, tmp_path / "clean", workers=2)
+    stale: list[Task] = []
+    real_run_here = coco.run_here
+
+    def interrupted(tasks: list[Task], accept: Any, progress: Any) -> None:
+        stale.extend(tasks)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(coco, "run_here", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        export_coco(tiny_dataset, tmp_path / "out", ExportConfig(resolution="mask", style="kins"))
+    assert not coco.partial_path(tmp_path / "out").exists()
+
+    def rerun(tasks: list[Task], accept: Any, progress: Any) -> None:
+        real_run_here(tasks, accept, progress)
+        for task in stale:  # the interrupted run's tasks finish late, on their workers
+            with contextlib.suppress(OSError):
+                task.function(*task.args, report=lambda done: None)
+
+    monkeypatch.setattr(coco, "run_here", rerun)
+    out = export_coco(tiny_dataset, tmp_path / "out")
+    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*"))
+    assert files == sorted(p.relative_to(clean).as_posix() for p in clean.rglob("*"))
+    for name in files:
+        assert (out / name).is_dir() or (out / name).read_bytes() == (clean / name).read_bytes(), name
