@@ -241,7 +241,7 @@ def run_on_dask(
     """The tasks on Dask (see :func:`start_client`), one Dask task each; ``name`` makes
     their keys unique to this run. The first failure cancels the rest and is raised."""
     distributed = import_dask()
-    client, cluster = start_client(scheduler, workers)
+    client, cluster = start_client(scheduler, max(1, min(workers, len(tasks))))  # no idle LocalCluster workers
     token = hashlib.sha256(f"{name}/{os.getpid()}/{time.time_ns()}".encode()).hexdigest()[:12]
     topic = f"shapesgen-progress-{token}"
     inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()

@@ -44,3 +44,21 @@ def test_runners_deliver_every_result_and_reach_the_total(workers: int) -> None:
     run(tasks, lambda task, result: results.__setitem__(task.index, result), lambda done, total: shown.append(done))
     assert results == {k: k * k for k in range(5)}
     assert shown[-1] == 5 and shown == sorted(shown)
+
+
+def test_a_local_cluster_never_starts_more_workers_than_tasks(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("distributed")
+    from shapesgen import engines
+
+    started: list[int] = []
+
+    def record(scheduler: str | None, workers: int) -> tuple[object, object]:
+        started.append(workers)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(engines, "start_client", record)
+    tasks = [Task(k, f"task {k}", 1, _square, (k,)) for k in range(3)]
+    for workers in (2, 4096):
+        with pytest.raises(RuntimeError, match="stop here"):
+            engines.run_on_dask(tasks, lambda task, result: None, None, scheduler=None, workers=workers, name="t")
+    assert started == [2, 3]
