@@ -221,12 +221,13 @@ def start_client(scheduler: str | None, workers: int) -> tuple[Any, Any]:
         ) from None
 
 
-def _on_dask_worker(topic: str, index: int, function: Callable[..., Any], args: tuple[Any, ...]) -> Any:
-    """Run on a Dask worker: the task, its count published as events on ``topic``."""
+def _on_dask_worker(topic: str, index: int, function: Callable[..., Any], args: tuple[Any, ...], period: float) -> Any:
+    """Run on a Dask worker: the task, its count published as events on ``topic`` at
+    most every ``period`` seconds (the client's :data:`REPORT_EVERY_S`)."""
     from distributed import get_worker
 
     worker = get_worker()
-    return function(*args, report=Throttled(lambda done: worker.log_event(topic, [index, done])))
+    return function(*args, report=Throttled(lambda done: worker.log_event(topic, [index, done]), period))
 
 
 def run_on_dask(
@@ -251,7 +252,13 @@ def run_on_dask(
         client.subscribe_topic(topic, lambda event: inbox.put(("count", event[1])))
         for task in tasks:
             future = client.submit(
-                _on_dask_worker, topic, task.index, task.function, task.args, key=f"shapesgen-{token}-{task.index}"
+                _on_dask_worker,
+                topic,
+                task.index,
+                task.function,
+                task.args,
+                REPORT_EVERY_S,
+                key=f"shapesgen-{token}-{task.index}",
             )
             futures[future] = task
             future.add_done_callback(lambda f: inbox.put(("done", f)))

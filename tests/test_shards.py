@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from conftest import run_cli
 
-from shapesgen import SceneConfig
+from shapesgen import SceneConfig, engines
 from shapesgen.build import render_dataset
 from shapesgen.config import StorageConfig
 from shapesgen.errors import ConfigError, DatasetError, ValidationError
@@ -250,10 +250,15 @@ def same_contents(a: Path, b: Path) -> bool:
         return all(np.array_equal(fa[k][()], fb[k][()]) for k in fa)
 
 
-def test_dask_cluster_writes_the_same_data_and_fails_cleanly(tmp_path: Path, tiny_config: SceneConfig) -> None:
+def test_dask_cluster_writes_the_same_data_and_fails_cleanly(
+    tmp_path: Path, tiny_config: SceneConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A real dask.distributed LocalCluster with 2 worker processes: the shard files and the
     manifest hold the local engine's data (manifest byte for byte); a shard that is bad input fails the run."""
     distributed = pytest.importorskip("dask.distributed")
+    # Every count published (workers get the period from the client): a tiny shard renders
+    # faster than the 0.25 s default, which would make the scene-by-scene check depend on timing.
+    monkeypatch.setattr(engines, "REPORT_EVERY_S", 0.0)
     storage = StorageConfig(batch_scenes=2)  # 3 batches a shard: the local engine runs 2 processes
     local = render_sharded(tiny_config, tmp_path / "local", num_scenes=NUM, shard_size=SIZE, workers=2, storage=storage)
     with distributed.LocalCluster(
