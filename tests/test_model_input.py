@@ -308,12 +308,14 @@ def test_resume_of_a_damaged_run_is_one_line_and_changes_nothing(
     config = QUICK.replace(epochs=2)
     marker = copy / "train_config.json"
     saved = marker.read_text()
-    for edit, message in [
-        ({"bandwidth": "x"}, "bandwidth='x' is invalid"),
-        ({"epochs": 10**30}, "epochs=1000000000000000000000000000000 is invalid"),
-        ({"rogue": 1}, "unknown train config field"),
+    for concern, edit, message in [
+        ("inference", {"bandwidth": "x"}, "bandwidth='x' is invalid"),
+        ("optimiser", {"epochs": 10**30}, "epochs=1000000000000000000000000000000 is invalid"),
+        (None, {"rogue": 1}, "unknown train config field"),
     ]:
-        marker.write_text(json.dumps({**json.loads(saved), **edit}))
+        damaged = json.loads(saved)
+        (damaged[concern] if concern else damaged).update(edit)
+        marker.write_text(json.dumps(damaged))
         before = snapshot(tmp_path)
         with pytest.raises(DatasetError, match=message) as caught:
             train(data, copy, config, resume=True)
