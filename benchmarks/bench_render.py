@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import ast
 import importlib.util
+import logging
 import multiprocessing
 import os
 import resource
@@ -111,6 +112,44 @@ def sharded_render(instances: int, engine: Engine, scenes: int) -> None:
         render_sharded(
             paper(instances), Path(tmp) / "out", num_scenes=scenes, shard_size=size, engine=engine, workers=2
         )
+
+
+def running_cluster_render(instances: int, scenes: int) -> float:
+    """Wall seconds of a sharded render on a Dask cluster that is already running (started
+    as shapesgen starts a LocalCluster, warmed by one small render first): the engine's
+    cost without the cluster's start-up, as a user with a cluster pays it."""
+    import dask
+    import distributed
+
+    from shapesgen.engines import LOCAL_CLUSTER_CONFIG
+
+    with dask.config.set(LOCAL_CLUSTER_CONFIG), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with (
+            distributed.LocalCluster(
+                n_workers=2, threads_per_worker=1, dashboard_address=None, silence_logs=logging.CRITICAL
+            ) as cluster,
+            tempfile.TemporaryDirectory() as tmp,
+        ):
+            config, size = paper(instances), max(1, -(-scenes // SHARDS))
+            render_sharded(
+                config,
+                Path(tmp) / "warm",
+                num_scenes=2 * SHARDS,
+                shard_size=2,
+                engine="dask",
+                scheduler=cluster.scheduler_address,
+            )
+            start = time.perf_counter()
+            render_sharded(
+                config,
+                Path(tmp) / "out",
+                num_scenes=scenes,
+                shard_size=size,
+                engine="dask",
+                scheduler=cluster.scheduler_address,
+            )
+            return time.perf_counter() - start
 
 
 def load_reference(checkout: Path) -> types.ModuleType:
@@ -238,6 +277,13 @@ def main() -> None:
             args.scenes,
             dask,
             f"overhead {dask.wall / local.wall - 1:+.0%}",
+        )
+        with multiprocessing.get_context("spawn").Pool(1) as pool:
+            wall = pool.apply(running_cluster_render, (instances, args.scenes))
+        print(
+            f"{f'dask running cluster ({SHARDS})':<28} {instances:>3} {2:>7} {args.scenes:>7} "
+            f"{args.scenes / wall:>9.1f} {'-':>9} {'-':>9}  overhead {wall / local.wall - 1:+.0%} (no start-up)",
+            flush=True,
         )
     for instances in (6, 12):
         print(f"\nwhere one core's CPU time goes, N={instances}, batches of 64 (ms per scene):")
