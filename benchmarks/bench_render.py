@@ -81,6 +81,26 @@ def measure(job: Callable[..., object], *args: Any) -> Usage:
     return usage
 
 
+def in_fresh_process(job: Callable[..., float], *args: Any) -> float:
+    """``job(*args)`` in a fresh, non-daemonic process (one that may start a LocalCluster)."""
+    receive, send = multiprocessing.get_context("spawn").Pipe(duplex=False)
+    process = multiprocessing.get_context("spawn").Process(target=_returned, args=(send, job, args))
+    process.start()
+    send.close()
+    result = receive.recv()
+    process.join()
+    if isinstance(result, BaseException):
+        raise result
+    return result
+
+
+def _returned(send: Connection, job: Callable[..., float], args: tuple[Any, ...]) -> None:
+    try:
+        send.send(job(*args))
+    except BaseException as exc:  # reported by the parent
+        send.send(exc)
+
+
 def _measured(send: Connection, job: Callable[..., object], args: tuple[Any, ...]) -> None:
     try:
         before = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
@@ -278,8 +298,7 @@ def main() -> None:
             dask,
             f"overhead {dask.wall / local.wall - 1:+.0%}",
         )
-        with multiprocessing.get_context("spawn").Pool(1) as pool:
-            wall = pool.apply(running_cluster_render, (instances, args.scenes))
+        wall = in_fresh_process(running_cluster_render, instances, args.scenes)
         print(
             f"{f'dask running cluster ({SHARDS})':<28} {instances:>3} {2:>7} {args.scenes:>7} "
             f"{args.scenes / wall:>9.1f} {'-':>9} {'-':>9}  overhead {wall / local.wall - 1:+.0%} (no start-up)",
