@@ -144,27 +144,26 @@ def draw_outlines(
     pixels (as it always does for wider outlines, the only ones with curved joints).
     """
     order = np.argsort(depth, kind="stable")[::-1]
-    pixels = None
-    if outline_px <= 4:
-        try:
-            pixels = _draw_into_array(rings, order, image_size, outline_px)
-        except (AttributeError, TypeError, ValueError):
-            pixels = None
+    pixels = _draw_into_array(rings, order, image_size, outline_px) if outline_px <= 4 else None
     if pixels is None:
         pixels = _draw_with_imagedraw(rings, order, image_size, outline_px)
     return np.repeat(pixels[:, :, None], channels, axis=2) if channels > 1 else pixels[:, :, None]
 
 
-def _draw_into_array(rings: list[np.ndarray], order: np.ndarray, image_size: int, outline_px: int) -> np.ndarray:
-    """The outlines drawn by Pillow's core into a new array's memory (no image, no copy)."""
+def _draw_into_array(rings: list[np.ndarray], order: np.ndarray, image_size: int, outline_px: int) -> np.ndarray | None:
+    """The outlines drawn by Pillow's core into a new array's memory (no image, no copy);
+    None where this Pillow's core lacks or changed those calls."""
     pixels = np.full((image_size, image_size), 255, dtype=np.uint8)
-    core = Image.core.draw(Image.core.map_buffer(pixels, (image_size, image_size), "raw", 0, ("L", 0, 1)), 0)
-    white, black = core.draw_ink(255), core.draw_ink(0)
-    for index in order:
-        points = rings[index].ravel().tolist()
-        core.draw_polygon(points, white, 1)
-        points += points[:2]
-        core.draw_lines(points, black, outline_px)
+    try:
+        core = Image.core.draw(Image.core.map_buffer(pixels, (image_size, image_size), "raw", 0, ("L", 0, 1)), 0)
+        white, black = core.draw_ink(255), core.draw_ink(0)
+        for index in order:
+            points = rings[index].ravel().tolist()
+            core.draw_polygon(points, white, 1)
+            points += points[:2]
+            core.draw_lines(points, black, outline_px)
+    except (AttributeError, TypeError, ValueError):
+        return None
     return pixels
 
 
