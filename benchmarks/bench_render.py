@@ -70,18 +70,10 @@ class Usage:
 
 def measure(job: Callable[..., object], *args: Any) -> Usage:
     """Run ``job(*args)`` in a fresh process and report its wall time, CPU time and peak memory."""
-    receive, send = multiprocessing.get_context("spawn").Pipe(duplex=False)
-    process = multiprocessing.get_context("spawn").Process(target=_measured, args=(send, job, args))
-    process.start()
-    send.close()
-    usage = receive.recv()
-    process.join()
-    if isinstance(usage, BaseException):
-        raise usage
-    return usage
+    return in_fresh_process(_usage, job, args)
 
 
-def in_fresh_process(job: Callable[..., float], *args: Any) -> float:
+def in_fresh_process(job: Callable[..., Any], *args: Any) -> Any:
     """``job(*args)`` in a fresh, non-daemonic process (one that may start a LocalCluster)."""
     receive, send = multiprocessing.get_context("spawn").Pipe(duplex=False)
     process = multiprocessing.get_context("spawn").Process(target=_returned, args=(send, job, args))
@@ -94,25 +86,22 @@ def in_fresh_process(job: Callable[..., float], *args: Any) -> float:
     return result
 
 
-def _returned(send: Connection, job: Callable[..., float], args: tuple[Any, ...]) -> None:
+def _returned(send: Connection, job: Callable[..., Any], args: tuple[Any, ...]) -> None:
     try:
         send.send(job(*args))
     except BaseException as exc:  # reported by the parent
         send.send(exc)
 
 
-def _measured(send: Connection, job: Callable[..., object], args: tuple[Any, ...]) -> None:
-    try:
-        before = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
-        start = time.perf_counter()
-        job(*args)
-        wall = time.perf_counter() - start
-        after = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
-        cpu = sum(a.ru_utime + a.ru_stime - b.ru_utime - b.ru_stime for a, b in zip(after, before, strict=True))
-        workers = after[1].ru_maxrss if after[1].ru_maxrss > before[1].ru_maxrss else 0  # KiB; 0: none ran
-        send.send(Usage(wall=wall, cpu=cpu, peak_mib=(workers or after[0].ru_maxrss) / 1024))
-    except BaseException as exc:  # reported by the parent
-        send.send(exc)
+def _usage(job: Callable[..., object], args: tuple[Any, ...]) -> Usage:
+    before = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    start = time.perf_counter()
+    job(*args)
+    wall = time.perf_counter() - start
+    after = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    cpu = sum(a.ru_utime + a.ru_stime - b.ru_utime - b.ru_stime for a, b in zip(after, before, strict=True))
+    workers = after[1].ru_maxrss if after[1].ru_maxrss > before[1].ru_maxrss else 0  # KiB; 0: none ran
+    return Usage(wall=wall, cpu=cpu, peak_mib=(workers or after[0].ru_maxrss) / 1024)
 
 
 def paper(instances: int) -> Any:
