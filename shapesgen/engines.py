@@ -43,6 +43,10 @@ LOCAL_CLUSTER_CONFIG: dict[str, Any] = {
     "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
     "distributed.worker.profile.enabled": False,
 }
+# Its workers are forked from one fork server (a single-threaded Python started by the first
+# nanny with Dask's pre-spawn environment) that imported Dask and the tasks' modules once, not
+# spawned Pythons that each import them again; it serves this process's later clusters too.
+FORKSERVER = "forkserver"
 
 
 class MissingExtra(ShapesgenError):
@@ -181,9 +185,29 @@ def check_scheduler(scheduler: str) -> None:
         )
 
 
-def start_client(scheduler: str | None, workers: int) -> tuple[Any, Any]:
+def local_cluster_config(preload: Sequence[str] = ()) -> dict[str, Any]:
+    """The Dask configuration of a LocalCluster that shapesgen starts: :data:`LOCAL_CLUSTER_CONFIG`
+    and, where this platform has a fork server, worker processes forked from it (see
+    :data:`FORKSERVER`). Sets the fork server's preload to Dask and ``preload``: process-wide,
+    and heeded only until the fork server first starts."""
+    import multiprocessing
+
+    if FORKSERVER not in multiprocessing.get_all_start_methods():
+        return dict(LOCAL_CLUSTER_CONFIG)
+    import distributed.utils
+
+    # Dask's own preload list would import pandas, lz4 and numpy into this process and the fork
+    # server, but not the tasks' modules; the list only counts before the fork server first starts.
+    distributed.utils._forkserver_preload_set = True
+    modules = dict.fromkeys(["distributed", *(name for name in preload if name != "__main__")])
+    multiprocessing.get_context(FORKSERVER).set_forkserver_preload(list(modules))
+    return {**LOCAL_CLUSTER_CONFIG, "distributed.worker.multiprocessing-method": FORKSERVER}
+
+
+def start_client(scheduler: str | None, workers: int, *, preload: Sequence[str] = ()) -> tuple[Any, Any]:
     """``(client, cluster)``: a client of the scheduler at ``scheduler``, or of a new
-    ``LocalCluster`` of ``workers`` single-threaded processes (``cluster`` is then not ``None``)."""
+    ``LocalCluster`` of ``workers`` single-threaded processes (``cluster`` is then not ``None``)
+    with the modules ``preload`` imported before their first task (see :func:`local_cluster_config`)."""
     import dask
 
     distributed = import_dask()
@@ -192,7 +216,7 @@ def start_client(scheduler: str | None, workers: int) -> tuple[Any, Any]:
     cluster = None
     try:
         if scheduler is None:
-            with dask.config.set(LOCAL_CLUSTER_CONFIG):
+            with dask.config.set(local_cluster_config(preload)):
                 cluster = distributed.LocalCluster(
                     n_workers=workers,
                     threads_per_worker=1,
@@ -240,9 +264,29 @@ def run_on_dask(
     name: str,
 ) -> None:
     """The tasks on Dask (see :func:`start_client`), one Dask task each; ``name`` makes
-    their keys unique to this run. The first failure cancels the rest and is raised."""
+    their keys unique to this run. The first failure cancels the rest and is raised.
+    A LocalCluster's workers have the tasks' modules imported before their first task."""
+    import_dask()
+    import dask
+
+    modules = sorted({task.function.__module__ for task in tasks})
+    # in force until the LocalCluster closes: its nannies read it for every worker they start, restarts too
+    with dask.config.set(local_cluster_config(modules) if scheduler is None else {}):
+        _run_on_dask(tasks, accept, progress, scheduler, max(1, min(workers, len(tasks))), name, modules)
+
+
+def _run_on_dask(
+    tasks: Sequence[Task],
+    accept: Accept,
+    progress: ProgressCallback | None,
+    scheduler: str | None,
+    workers: int,
+    name: str,
+    preload: Sequence[str],
+) -> None:
+    """:func:`run_on_dask` on ``workers`` workers, its Dask configuration in force."""
     distributed = import_dask()
-    client, cluster = start_client(scheduler, max(1, min(workers, len(tasks))))  # no idle LocalCluster workers
+    client, cluster = start_client(scheduler, workers, preload=preload)  # no idle workers: at most one per task
     token = hashlib.sha256(f"{name}/{os.getpid()}/{time.time_ns()}".encode()).hexdigest()[:12]
     topic = f"shapesgen-progress-{token}"
     inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()

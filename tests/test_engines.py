@@ -1,6 +1,11 @@
-"""The task runners' progress bookkeeping: throttled reports and a tally that never goes back."""
+"""The task runners' progress bookkeeping: throttled reports and a tally that never goes back;
+the LocalCluster that the Dask engine starts."""
 
 from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
 
 import pytest
 
@@ -52,8 +57,9 @@ def test_a_local_cluster_never_starts_more_workers_than_tasks(monkeypatch: pytes
 
     started: list[int] = []
 
-    def record(scheduler: str | None, workers: int) -> tuple[object, object]:
+    def record(scheduler: str | None, workers: int, *, preload: list[str]) -> tuple[object, object]:
         started.append(workers)
+        assert preload == [_square.__module__]  # the tasks' modules, imported in the workers up front
         raise RuntimeError("stop here")
 
     monkeypatch.setattr(engines, "start_client", record)
@@ -62,3 +68,51 @@ def test_a_local_cluster_never_starts_more_workers_than_tasks(monkeypatch: pytes
         with pytest.raises(RuntimeError, match="stop here"):
             engines.run_on_dask(tasks, lambda task, result: None, None, scheduler=None, workers=workers, name="t")
     assert started == [2, 3]
+
+
+IMPORTED_BY = os.getpid()  # the process that imported this module: a fork server preloads it for its workers
+
+
+def _where(marker: str, index: int, *, report: object) -> tuple[int, int, int]:
+    """On a worker: its pid, its parent's and the pid that imported this module; task 0 kills
+    its worker the first time it runs (``marker`` records that it did)."""
+    if index == 0 and not os.path.exists(marker):
+        Path(marker).touch()
+        os.kill(os.getpid(), signal.SIGKILL)
+    report(1)  # type: ignore[operator]
+    return os.getpid(), os.getppid(), IMPORTED_BY
+
+
+def test_local_cluster_workers_fork_from_a_preloaded_server_and_survive_a_killed_worker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The LocalCluster that ``run_on_dask`` starts: worker processes, restarted ones too, forked
+    from a fork server that imported the tasks' module (not spawned Pythons importing it again);
+    a worker killed mid-task has its task run again, and every result arrives once."""
+    pytest.importorskip("distributed")
+    import multiprocessing
+
+    from shapesgen import engines
+
+    if engines.FORKSERVER not in multiprocessing.get_all_start_methods():
+        pytest.skip("no fork server on this platform")
+    # the fork server imports with its own sys.path (Python 3.11 ignores the client's there): this module's folder
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))
+    )
+    marker = str(tmp_path / "killed-once")
+    tasks = [Task(k, f"task {k}", 1, _where, (marker, k)) for k in range(3)]
+    results: dict[int, tuple[int, int, int]] = {}
+    shown: list[int] = []
+    engines.run_on_dask(
+        tasks,
+        lambda task, result: results.__setitem__(task.index, result),
+        lambda done, total: shown.append(done),
+        scheduler=None,
+        workers=2,
+        name="fork-server test",
+    )
+    assert os.path.exists(marker) and sorted(results) == [0, 1, 2] and shown[-1] == 3
+    for _pid, parent, imported_by in results.values():  # a restarted worker's too
+        assert parent != os.getpid(), "a worker is a child of the client: spawned, not forked by the fork server"
+        assert imported_by == parent, "the fork server did not import the tasks' module (started earlier?)"
