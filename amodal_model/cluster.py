@@ -40,7 +40,11 @@ SEEK_SAMPLE = 2048
 
 
 def threshold_mean_shift(
-    points: np.ndarray, bandwidth: float, rng: np.random.Generator, max_clusters: int, max_iterations: int
+    points: np.ndarray,
+    bandwidth: float,
+    rng: np.random.Generator,
+    max_clusters: int,
+    max_iterations: int,
 ) -> np.ndarray:
     """Cluster labels (-1 = left over once ``max_clusters`` is reached), L1 distances.
 
@@ -84,6 +88,101 @@ def instance_score(kind: str, probability: float, visible_fraction: float) -> fl
     raise ValueError(f"score={kind!r} is invalid: must be 'class', 'completeness' or 'product'")
 
 
+def cluster_pixels(
+    semantic: np.ndarray,
+    embedding: np.ndarray,
+    *,
+    bandwidth: float = 1.5,
+    max_clusters: int = 64,
+    max_iterations: int = 50,
+    seed: int | Sequence[int] = 0,
+    max_background: float | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each pixel's cluster in each layer, ``(L, M, M)`` (-1: background or left over), and
+    each cluster's class, from ``semantic`` ``(L, M, M, K + 1)`` and ``embedding`` ``(L, M, M, C)``.
+
+    A pixel's class is :func:`pixel_classes`. Clusters are numbered class by class, in the
+    order mean-shift finds them.
+    """
+    rng = np.random.default_rng(seed)
+    classes = pixel_classes(semantic, max_background)
+    labels = np.full(classes.shape, -1, dtype=np.int64)
+    class_of: list[int] = []
+    for class_id in range(1, semantic.shape[-1]):
+        where = np.nonzero(classes == class_id)
+        if where[0].size == 0:
+            continue
+        found = threshold_mean_shift(embedding[where], bandwidth, rng, max_clusters, max_iterations)
+        labels[where] = np.where(found >= 0, found + len(class_of), -1)
+        class_of.extend([class_id] * (int(found.max()) + 1))
+    return labels, np.array(class_of, dtype=np.int64)
+
+
+def pixel_classes(semantic: np.ndarray, max_background: float | None = None) -> np.ndarray:
+    """Each pixel's class (0: background) from ``semantic`` ``(..., K + 1)``: the most probable
+    one, or with ``max_background`` the most probable object class wherever the background's
+    probability is under ``max_background`` (a pixel whose object classes split the
+    probability is then foreground although the background is the single most probable)."""
+    if max_background is None:
+        return semantic.argmax(axis=-1)
+    return np.where(semantic[..., 0] < max_background, semantic[..., 1:].argmax(axis=-1) + 1, 0)
+
+
+def merge_clusters(
+    labels: np.ndarray,
+    embedding: np.ndarray,
+    count: int,
+    *,
+    small_clusters: str = "drop",
+    hidden_clusters: str = "keep",
+    min_pixels: int = 5,
+    merge_radius: float = 3.0,
+) -> np.ndarray:
+    """A labelling (:func:`cluster_pixels`, ``count`` clusters) with the clusters that cannot
+    be an instance on their own merged into another or dropped.
+
+    A cluster is merged into the cluster nearest to it (L1 distance of their mean
+    embeddings, any class) among those that have a layer-1 pixel and are merged into
+    nothing, if one is within ``merge_radius``. ``small_clusters='merge'``: a cluster whose
+    amodal mask is under ``min_pixels`` (else :func:`instances_from_labels` drops it).
+    ``hidden_clusters``: a cluster with no layer-1 pixel (every instance is partly
+    visible) is kept, dropped, or merged (dropped if nothing is near). Cluster numbers are
+    kept; a cluster merged away holds no pixel.
+    """
+    if (small_clusters == "drop" and hidden_clusters == "keep") or count == 0:
+        return labels
+    held = labels >= 0
+    ids = labels[held]
+    sums = np.zeros((count, embedding.shape[-1]), np.float64)
+    np.add.at(sums, ids, embedding[held])
+    sizes = np.bincount(ids, minlength=count)
+    centres = sums / np.maximum(sizes, 1)[:, None]
+    visible = np.bincount(labels[0][labels[0] >= 0], minlength=count) > 0
+    union = np.zeros((count, *labels.shape[1:]), bool)
+    _, rows, cols = np.nonzero(held)
+    union[ids, rows, cols] = True
+    small = union.reshape(count, -1).sum(axis=1) < min_pixels
+    hidden = (sizes > 0) & ~visible
+    alone = (hidden if hidden_clusters != "keep" else False) | (
+        (sizes > 0) & small if small_clusters == "merge" else False
+    )
+    targets = np.flatnonzero(visible & ~alone)
+    mapping = np.arange(count)
+    for cluster in np.flatnonzero(alone).tolist():
+        if targets.size == 0 or (hidden[cluster] and hidden_clusters == "drop"):
+            mapping[cluster] = -1
+            continue
+        distance = np.abs(centres[targets] - centres[cluster]).sum(axis=1)
+        best = int(distance.argmin())
+        if distance[best] <= merge_radius:
+            mapping[cluster] = targets[best]
+        elif hidden[cluster]:
+            mapping[cluster] = -1
+    out = labels.copy()
+    out[held] = mapping[ids]
+    return out
+
+
 def cluster_instances(
     semantic: np.ndarray,
     embedding: np.ndarray,
@@ -94,29 +193,66 @@ def cluster_instances(
     max_iterations: int = 50,
     seed: int | Sequence[int] = 0,
     score: str = "class",
+    small_clusters: str = "drop",
+    hidden_clusters: str = "keep",
+    merge_radius: float = 3.0,
+    convex_hull: bool = False,
+    max_background: float | None = None,
 ) -> list[Instance]:
-    """Instances of one image from ``semantic`` ``(L, M, M, K + 1)`` and ``embedding`` ``(L, M, M, C)``."""
-    rng = np.random.default_rng(seed)
-    classes = semantic.argmax(axis=-1)
-    shape = classes.shape[1:]
+    """Instances of one image from ``semantic`` ``(L, M, M, K + 1)`` and ``embedding`` ``(L, M, M, C)``
+    (:func:`cluster_pixels`, :func:`merge_clusters`, :func:`instances_from_labels`)."""
+    labels, class_of = cluster_pixels(
+        semantic,
+        embedding,
+        bandwidth=bandwidth,
+        max_clusters=max_clusters,
+        max_iterations=max_iterations,
+        seed=seed,
+        max_background=max_background,
+    )
+    labels = merge_clusters(
+        labels,
+        embedding,
+        len(class_of),
+        small_clusters=small_clusters,
+        hidden_clusters=hidden_clusters,
+        min_pixels=min_pixels,
+        merge_radius=merge_radius,
+    )
+    return instances_from_labels(
+        semantic, labels, class_of, min_pixels=min_pixels, score=score, convex_hull=convex_hull
+    )
+
+
+def instances_from_labels(
+    semantic: np.ndarray,
+    labels: np.ndarray,
+    class_of: np.ndarray,
+    *,
+    min_pixels: int = 5,
+    score: str = "class",
+    convex_hull: bool = False,
+) -> list[Instance]:
+    """The instances of a labelling (:func:`cluster_pixels`), in cluster order; those whose
+    amodal mask (the union of their pixels over the layers) is under ``min_pixels`` are dropped.
+
+    ``convex_hull=True`` is a domain prior (the scenes' shapes are convex): each amodal
+    mask becomes its convex hull; pixels, score, visible mask and depth are the cluster's."""
+    shape = labels.shape[1:]
     instances = []
-    for class_id in range(1, semantic.shape[-1]):
-        where = np.nonzero(classes == class_id)
-        if where[0].size == 0:
+    for cluster, class_id in enumerate(class_of.tolist()):
+        where = np.nonzero(labels == cluster)
+        mask = np.zeros(shape, dtype=bool)
+        mask[where[1], where[2]] = True
+        pixels = int(mask.sum())
+        if pixels < min_pixels:
             continue
-        labels = threshold_mean_shift(embedding[where], bandwidth, rng, max_clusters, max_iterations)
-        probability = semantic[where][:, class_id]
-        for cluster in range(int(labels.max()) + 1):
-            members = labels == cluster
-            mask = np.zeros(shape, dtype=bool)
-            mask[where[1][members], where[2][members]] = True
-            pixels = int(mask.sum())
-            if pixels < min_pixels:
-                continue
-            top = np.zeros(shape, dtype=bool)
-            in_top = members & (where[0] == 0)
-            top[where[1][in_top], where[2][in_top]] = True
-            value = instance_score(score, float(probability[members].mean()), float(top.sum()) / pixels)
-            depth = float(where[0][members].mean())
-            instances.append(Instance(class_id, mask, value, pixels, top, depth))
+        top = labels[0] == cluster
+        probability = float(semantic[where][:, class_id].mean())
+        value = instance_score(score, probability, float(top.sum()) / pixels)
+        if convex_hull:
+            from skimage.morphology import convex_hull_image  # only for this option: a slow import
+
+            mask |= convex_hull_image(mask)
+        instances.append(Instance(class_id, mask, value, pixels, top, float(where[0].mean())))
     return instances

@@ -36,6 +36,8 @@ Precision = Literal["auto", "float32", "mixed_bfloat16"]
 Schedule = Literal["constant", "cosine"]
 LossNormalisation = Literal["reference", "mean"]
 Score = Literal["class", "completeness", "product"]
+SmallClusters = Literal["drop", "merge"]
+HiddenClusters = Literal["keep", "drop", "merge"]
 
 BACKBONE_NAMES: tuple[str, ...] = ("xception", "mobilenetv2", "tiny", "separable")
 HEAD_CONVS: tuple[str, ...] = ("standard", "separable")
@@ -46,6 +48,8 @@ PRECISIONS: tuple[str, ...] = ("auto", "float32", "mixed_bfloat16")
 SCHEDULES: tuple[str, ...] = ("constant", "cosine")
 LOSS_NORMALISATIONS: tuple[str, ...] = ("reference", "mean")
 SCORES: tuple[str, ...] = ("class", "completeness", "product")
+SMALL_CLUSTERS: tuple[str, ...] = ("drop", "merge")
+HIDDEN_CLUSTERS: tuple[str, ...] = ("keep", "drop", "merge")
 MAX_WIDTH = 4096
 """Upper limit of channel counts (features, head filters, embedding dimension)."""
 MAX_HEAD_LAYERS = 16
@@ -68,6 +72,11 @@ RESUME_MAY_CHANGE: frozenset[str] = frozenset(
         "inference.max_clusters",
         "inference.max_iterations",
         "inference.score",
+        "inference.small_clusters",
+        "inference.hidden_clusters",
+        "inference.merge_radius",
+        "inference.convex_hull",
+        "inference.max_background",
     }
 )
 """Settings (``concern.field``) that leave training itself unchanged (inference,
@@ -101,6 +110,7 @@ _FLOAT_FIELDS: tuple[tuple[str, float, bool, float], ...] = (
     ("ce_weight", 0.0, False, MAX_SETTING),
     ("learning_rate", 0.0, True, MAX_SETTING),
     ("bandwidth", 0.0, True, MAX_BANDWIDTH),
+    ("merge_radius", 0.0, True, MAX_BANDWIDTH),
 )
 _CHOICES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("backbone", BACKBONE_NAMES),
@@ -112,8 +122,10 @@ _CHOICES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("schedule", SCHEDULES),
     ("loss_normalisation", LOSS_NORMALISATIONS),
     ("score", SCORES),
+    ("small_clusters", SMALL_CLUSTERS),
+    ("hidden_clusters", HIDDEN_CLUSTERS),
 )
-_BOOL_FIELDS = frozenset({"visible_targets", "stem_norm"})
+_BOOL_FIELDS = frozenset({"visible_targets", "stem_norm", "convex_hull"})
 
 
 def _is_int(value: object) -> bool:
@@ -170,6 +182,9 @@ def check_setting(name: str, value: object) -> None:
     elif name == "backbone_weights":
         if value is not None and (not isinstance(value, str) or not value):
             raise _invalid(name, value, "None or the path of a weights file")
+    elif name == "max_background":
+        if value is not None and (not _is_number(value) or not 0 < value <= 1):  # type: ignore[operator]
+            raise _invalid(name, value, "None (the most probable class) or a number in (0, 1]")
     elif name == "steps_per_epoch":
         if value is not None and (not _is_int(value) or not 1 <= value <= MAX_COUNT):  # type: ignore[operator]
             raise _invalid(name, value, f"None (one pass) or an integer in [1, {MAX_COUNT}]")
@@ -319,8 +334,16 @@ class InferenceConfig(_Concern):
     """Clustering and scoring (the paper's: bandwidth 1.5, 5 pixels, class score).
 
     ``score`` ranks instances: the class probability, the visible fraction (top-layer
-    pixels over the instance's pixels), or their product. A trained model carries its
-    own, and ``predict`` may override any field.
+    pixels over the instance's pixels), or their product. ``small_clusters='merge'``
+    joins a cluster under ``min_pixels`` to the nearest cluster (L1 distance of their
+    mean embeddings) within ``merge_radius`` instead of dropping it;
+    ``hidden_clusters`` keeps, drops or merges a cluster with no layer-1 pixel (every
+    instance is partly visible). ``convex_hull=True`` is a domain prior, off by default:
+    every amodal mask becomes its convex hull (the scenes' shapes are convex).
+    ``max_background``: a pixel is foreground wherever its background probability is
+    under it (``None``: where the background is not the most probable class). A trained
+    model carries its own settings (a model saved before a field existed gets its
+    default, the earlier behaviour), and ``predict`` may override any field.
     """
 
     LABEL: ClassVar[str] = "inference config"
@@ -331,6 +354,11 @@ class InferenceConfig(_Concern):
     max_iterations: int = 50
     score: Score = "class"
     seed: int = 0
+    small_clusters: SmallClusters = "drop"
+    hidden_clusters: HiddenClusters = "keep"
+    merge_radius: float = 3.0
+    convex_hull: bool = False
+    max_background: float | None = None
 
 
 CONCERNS: dict[str, type[_Concern]] = {

@@ -19,21 +19,18 @@ from typing import Any
 
 import numpy as np
 
-from amodal_model.cluster import cluster_instances
+from amodal_model.cluster import Instance, cluster_instances
 from amodal_model.config import InferenceConfig
 from shapesgen.errors import ConfigError, shown
 
 MAX_WORKERS = 256
 
 
-def image_records(
+def image_instances(
     semantic: np.ndarray, embedding: np.ndarray, index: int, settings: InferenceConfig
-) -> list[dict[str, Any]]:
-    """COCO result records of one image (``image_id`` = scene index + 1, RLE at mask size),
-    with the ``visible_segmentation`` and ``depth`` that order and invisible-mask metrics use."""
-    from shapesgen.coco import encode_rle
-
-    instances = cluster_instances(
+) -> list[Instance]:
+    """The instances of one image (scene ``index``) under ``settings``."""
+    return cluster_instances(
         semantic,
         embedding,
         bandwidth=settings.bandwidth,
@@ -42,7 +39,20 @@ def image_records(
         max_iterations=settings.max_iterations,
         seed=[settings.seed, index],
         score=settings.score,
+        small_clusters=settings.small_clusters,
+        hidden_clusters=settings.hidden_clusters,
+        merge_radius=settings.merge_radius,
+        convex_hull=settings.convex_hull,
+        max_background=settings.max_background,
     )
+
+
+def records_of(instances: list[Instance], index: int) -> list[dict[str, Any]]:
+    """COCO result records of one image's instances (``image_id`` = scene index + 1, RLE at
+    mask size), with the ``visible_segmentation`` and ``depth`` that order and invisible-mask
+    metrics use."""
+    from shapesgen.coco import encode_rle
+
     empty = np.zeros((0, 1, 1), bool)
     masks = np.stack([i.mask for i in instances]) if instances else empty
     visible = np.stack([i.visible for i in instances]) if instances else empty
@@ -57,6 +67,13 @@ def image_records(
         }
         for i, rle, visible_rle in zip(instances, encode_rle(masks), encode_rle(visible), strict=True)
     ]
+
+
+def image_records(
+    semantic: np.ndarray, embedding: np.ndarray, index: int, settings: InferenceConfig
+) -> list[dict[str, Any]]:
+    """COCO result records of one image (:func:`image_instances`, then :func:`records_of`)."""
+    return records_of(image_instances(semantic, embedding, index, settings), index)
 
 
 def _job(args: tuple[np.ndarray, np.ndarray, int, InferenceConfig]) -> list[dict[str, Any]]:

@@ -7,10 +7,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from amodal_model.cluster import cluster_instances, instance_score, threshold_mean_shift
+from amodal_model.cluster import (
+    cluster_instances,
+    cluster_pixels,
+    instance_score,
+    instances_from_labels,
+    merge_clusters,
+    pixel_classes,
+    threshold_mean_shift,
+)
 from amodal_model.config import TRAIN_PRESETS, TrainConfig
 from amodal_model.data import visible_targets
-from amodal_model.inference import InferenceConfig, clusterer
+from amodal_model.inference import InferenceConfig, clusterer, image_records
 from shapesgen import ConfigError
 
 
@@ -125,3 +133,102 @@ def test_the_cpu_preset_is_the_fast_one() -> None:
     fast = TRAIN_PRESETS["cpu-fast"]
     assert (fast.model.head, fast.optimiser.schedule, fast.model.precision) == ("shared", "cosine", "auto")
     assert fast.loss.loss_normalisation == "reference" and fast.loss.visible_targets
+
+
+def fragment_and_hidden() -> tuple[np.ndarray, np.ndarray]:
+    """Instance A (embedding 0, 30 pixels of class 1 in layer 1) with a 3-pixel fragment of
+    class 2 at L1 distance 2.4 (near enough to merge); a cluster of 12 pixels seen only in
+    layer 2 (embedding 20, far from everything)."""
+    semantic = np.zeros((2, 8, 8, 3), np.float32)
+    semantic[..., 0] = 1.0
+    embedding = np.zeros((2, 8, 8, 3), np.float32)
+    semantic[0, :5, :6] = [0.1, 0.9, 0.0]  # A
+    semantic[0, 5, :3] = [0.2, 0.0, 0.8]  # A's fragment, another class
+    embedding[0, 5, :3] = 0.8
+    semantic[1, 6:, 2:8] = [0.3, 0.7, 0.0]  # the hidden-only cluster
+    embedding[1, 6:, 2:8] = 20.0
+    return semantic, embedding
+
+
+def test_small_clusters_merge_into_the_nearest_cluster_instead_of_being_dropped() -> None:
+    semantic, embedding = fragment_and_hidden()
+    dropped = cluster_instances(semantic, embedding, min_pixels=5)
+    merged = cluster_instances(semantic, embedding, min_pixels=5, small_clusters="merge")
+    assert sorted(i.pixels for i in dropped) == [12, 30]
+    assert sorted(i.pixels for i in merged) == [12, 33]
+    a = next(i for i in merged if i.pixels == 33)
+    assert a.class_id == 1 and a.mask[5, :3].all() and a.visible[5, :3].all()
+    far = cluster_instances(semantic, embedding, min_pixels=5, small_clusters="merge", merge_radius=1.0)
+    assert sorted(i.pixels for i in far) == [12, 30]  # nothing within the radius: dropped as before
+
+
+@pytest.mark.parametrize(("hidden", "expected"), [("keep", [12, 30]), ("drop", [30]), ("merge", [30])])
+def test_clusters_without_a_layer_one_pixel_are_kept_dropped_or_merged(hidden: str, expected: list[int]) -> None:
+    semantic, embedding = fragment_and_hidden()
+    found = cluster_instances(semantic, embedding, min_pixels=5, hidden_clusters=hidden)
+    assert sorted(i.pixels for i in found) == expected
+    near = cluster_instances(
+        semantic, embedding, min_pixels=5, small_clusters="merge", hidden_clusters="merge", merge_radius=100.0
+    )
+    assert [(i.class_id, i.pixels) for i in near] == [(1, 45)]  # both join A
+
+
+def test_the_convex_hull_prior_fills_an_amodal_mask_and_is_off_by_default() -> None:
+    semantic = np.zeros((2, 8, 8, 2), np.float32)
+    semantic[..., 0] = 1.0
+    semantic[0, :6, :2] = semantic[0, 4:6, :6] = [0.1, 0.9]  # an L
+    embedding = np.zeros((2, 8, 8, 3), np.float32)
+    (plain,) = cluster_instances(semantic, embedding, min_pixels=1)
+    (hull,) = cluster_instances(semantic, embedding, min_pixels=1, convex_hull=True)
+    assert plain.mask.sum() == 20 and hull.mask.sum() > 20 and hull.mask[plain.mask].all()
+    assert hull.mask[3, 3] and not plain.mask[3, 3]
+    assert (hull.pixels, hull.score, hull.depth) == (plain.pixels, plain.score, plain.depth)
+    assert np.array_equal(hull.visible, plain.visible)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.sampled_from(["keep", "drop", "merge"]))
+def test_merging_only_moves_pixels_and_the_defaults_change_nothing(seed: int, hidden: str) -> None:
+    rng = np.random.default_rng(seed)
+    semantic = rng.dirichlet(np.ones(3), (2, 12, 12)).astype(np.float32)
+    embedding = rng.normal(0, 2, (2, 12, 12, 3)).astype(np.float32)
+    labels, class_of = cluster_pixels(semantic, embedding, seed=seed)
+    assert merge_clusters(labels, embedding, len(class_of)) is labels
+    merged = merge_clusters(labels, embedding, len(class_of), small_clusters="merge", hidden_clusters=hidden)
+    moved = merged != labels
+    assert (labels[moved] >= 0).all()  # only clustered pixels move (to another cluster or to none)
+    dropped = instances_from_labels(semantic, labels, class_of, min_pixels=8)
+    kept = instances_from_labels(semantic, merged, class_of, min_pixels=8)
+    if hidden == "keep":  # merging small clusters only adds pixels to the kept instances
+        covered = np.any([i.mask for i in kept], axis=0) if kept else np.zeros((12, 12), bool)
+        for instance in dropped:
+            assert covered[instance.mask].all()
+    assert all(i.visible.any() for i in kept) or hidden == "keep"
+
+
+def test_new_inference_fields_default_to_the_earlier_behaviour_and_reach_the_records() -> None:
+    saved = InferenceConfig(bandwidth=1.5, min_pixels=20).to_dict()
+    for name in ("small_clusters", "hidden_clusters", "merge_radius", "convex_hull", "max_background"):
+        del saved[name]  # a model saved before these fields existed
+    old = TrainConfig.from_dict({"inference": saved}).inference
+    assert (old.small_clusters, old.hidden_clusters, old.convex_hull, old.max_background) == (
+        "drop",
+        "keep",
+        False,
+        None,
+    )
+    semantic, embedding = fragment_and_hidden()
+    plain = image_records(semantic, embedding, 0, old.replace(min_pixels=5))
+    explicit = [i for i in cluster_instances(semantic, embedding, min_pixels=5, seed=[0, 0])]
+    assert [r["score"] for r in plain] == [round(i.score, 6) for i in explicit]
+    merged = image_records(semantic, embedding, 0, old.with_overrides(min_pixels=5, small_clusters="merge"))
+    assert len(merged) == len(plain) and merged != plain
+
+
+def test_max_background_makes_a_pixel_whose_classes_split_the_probability_foreground() -> None:
+    semantic = np.array([[0.4, 0.35, 0.25], [0.7, 0.1, 0.2], [0.1, 0.2, 0.7]], np.float32)
+    assert pixel_classes(semantic).tolist() == [0, 0, 2]
+    assert pixel_classes(semantic, 0.5).tolist() == [1, 0, 2]
+    assert pixel_classes(semantic, 1.0).tolist() == [1, 2, 2]
+    with pytest.raises(ConfigError, match="max_background=0 is invalid"):
+        InferenceConfig(max_background=0)

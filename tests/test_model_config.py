@@ -72,6 +72,11 @@ VALID: dict[str, st.SearchStrategy[Any]] = {
     "max_clusters": st.integers(1, 2**31 - 1),
     "max_iterations": st.integers(1, 2**31 - 1),
     "score": st.sampled_from(["class", "completeness", "product"]),
+    "small_clusters": st.sampled_from(["drop", "merge"]),
+    "hidden_clusters": st.sampled_from(["keep", "drop", "merge"]),
+    "merge_radius": st.floats(1e-6, 1e6),
+    "convex_hull": st.booleans(),
+    "max_background": st.none() | st.floats(1e-6, 1.0),
 }
 BAD: list[tuple[str, Any, str]] = [
     ("backbone", "resnet", "backbone='resnet' is invalid: must be one of 'xception', 'mobilenetv2', 'tiny'"),
@@ -111,6 +116,11 @@ BAD: list[tuple[str, Any, str]] = [
     ("max_clusters", 0, "max_clusters=0 is invalid"),
     ("max_iterations", True, "max_iterations=True is invalid"),
     ("score", "area", "score='area' is invalid"),
+    ("small_clusters", "keep", "small_clusters='keep' is invalid: must be one of 'drop', 'merge'"),
+    ("hidden_clusters", None, "hidden_clusters=None is invalid"),
+    ("merge_radius", 0, "merge_radius=0 is invalid: must be a number > 0 and <= 1e+06"),
+    ("convex_hull", 1, "convex_hull=1 is invalid: must be true or false"),
+    ("max_background", 1.5, "max_background=1.5 is invalid: must be None (the most probable class) or a number"),
 ]
 
 
