@@ -18,13 +18,14 @@ import tensorflow as tf
 from amodal_model import pretrained
 from amodal_model.config import CONCERNS, MAX_BATCH, MAX_COUNT, InferenceConfig, TrainConfig
 from amodal_model.data import DataFile, open_file, source_text, to_model_input
-from amodal_model.inference import clusterer
+from amodal_model.inference import MAX_WORKERS, clusterer
 from amodal_model.pretrained import resolve_model
 from shapesgen.config import SceneConfig, parse_json
 from shapesgen.errors import ConfigError, DatasetError, ResourceError, ShapesgenError, one_line, shown
 from shapesgen.files import check_output_path, contains, regular_input, write_atomically
 
 MODEL_FILE = "model.keras"
+BEST_MODEL_FILE = "best.keras"
 TRAIN_CONFIG_FILE = "train_config.json"
 SCENE_CONFIG_FILE = "scene_config.json"
 RUN_FILES = (MODEL_FILE, TRAIN_CONFIG_FILE, SCENE_CONFIG_FILE)
@@ -130,9 +131,7 @@ def load_run(run_dir: str | Path) -> tuple[keras.Model, TrainConfig, SceneConfig
         raise DatasetError(f"run_dir={str(run_dir)!r}: {what}", param="run_dir")
     model_path = run_dir / MODEL_FILE
     if not model_path.exists():
-        raise DatasetError(
-            f"run_dir={str(run_dir)!r}: no {MODEL_FILE} inside (is it a finished training run?)", param="run_dir"
-        )
+        raise DatasetError(f"run_dir={str(run_dir)!r}: {_unfinished(run_dir)}", param="run_dir")
     if not (run_dir / TRAIN_CONFIG_FILE).exists() and not (run_dir / SCENE_CONFIG_FILE).exists():
         return _self_contained(model_path)
     config = load_train_config(run_dir / TRAIN_CONFIG_FILE)
@@ -140,6 +139,16 @@ def load_run(run_dir: str | Path) -> tuple[keras.Model, TrainConfig, SceneConfig
     model = _load_keras(model_path, "run_dir")
     _check_model(model, config, scene, model_path)
     return model, config, scene
+
+
+def _unfinished(run_dir: Path) -> str:
+    """Why a folder without a model cannot predict, and what to use instead."""
+    if not (run_dir / TRAIN_CONFIG_FILE).is_file():
+        return f"no {MODEL_FILE} inside (is it a finished training run?)"
+    instead = [f"finish it with `shapesgen train ... --out {run_dir} --resume`"]
+    if (run_dir / BEST_MODEL_FILE).is_file():
+        instead.insert(0, f"predict with its best model so far ({run_dir / BEST_MODEL_FILE})")
+    return f"no {MODEL_FILE} inside (its training has not finished): " + ", or ".join(instead)
 
 
 def _self_contained(model_path: Path) -> tuple[keras.Model, TrainConfig, SceneConfig]:
@@ -335,11 +344,14 @@ def predict_run(
     """
     _positive("limit", limit, MAX_COUNT, optional=True)
     _positive("batch_size", batch_size, MAX_BATCH)
+    _positive("workers", workers, MAX_WORKERS, optional=True)
+    overrides = {"bandwidth": bandwidth, "min_pixels": min_pixels, "score": score}
+    InferenceConfig().with_overrides(**overrides)  # checked now, not after the model has loaded
     with open_file(data, "data") as source:
         run_path = resolve_model(run_dir)
         out_path = _check_output(out, source, run_path, force)
         model, config, scene_config = load_run(run_path)
-        settings = config.inference.with_overrides(bandwidth=bandwidth, min_pixels=min_pixels, score=score)
+        settings = config.inference.with_overrides(**overrides)
         records = predict_hdf5(
             model,
             config,
@@ -373,7 +385,7 @@ def _check_output(out: str | Path, source: DataFile, run_path: Path, force: bool
         raise ConfigError(f"out={str(out_path)!r} is inside the shipped models' folder: give another path", param="out")
     # a model file of a run folder: protect the run's other files too
     run_folder = run_path.parent if run_path.suffix == ".keras" and not run_path.is_dir() else run_path
-    run_entries = (*RUN_FILES, "best.keras", "metrics.csv", "checkpoints", "tensorboard", "MODEL_CARD.md")
+    run_entries = (*RUN_FILES, BEST_MODEL_FILE, "metrics.csv", "checkpoints", "tensorboard", "MODEL_CARD.md")
     if any(_same_file(out_path, run_folder / name) or contains(run_folder / name, out_path) for name in run_entries):
         raise ConfigError(
             f"out={str(out_path)!r} would overwrite a file of the run {run_path} (results may sit beside them)",

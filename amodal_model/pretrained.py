@@ -41,7 +41,7 @@ def resolve_model(spec: str | os.PathLike[str]) -> Path:
     text = os.fspath(spec)
     if not isinstance(text, str) or not text.strip():
         raise ConfigError(
-            f"model={text!r} is invalid: give a run folder, a .keras file or a model name", param="run_dir"
+            f"run_dir={text!r} is invalid: give a run folder, a .keras file or a model name", param="run_dir"
         )
     path = Path(text)
     if path.exists() or path.is_symlink() or os.sep in text or text.endswith(".keras"):
@@ -50,7 +50,7 @@ def resolve_model(spec: str | os.PathLike[str]) -> Path:
         return PRETRAINED / text
     names = ", ".join(shipped_models()) or "none installed"
     raise DatasetError(
-        f"model={text!r}: no such run folder or model file, and not a shipped model (shipped: {names})",
+        f"run_dir={text!r}: no such run folder or model file, and not a shipped model (shipped: {names})",
         param="run_dir",
     )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import errno
 import io
 import json
@@ -35,6 +36,7 @@ from amodal_model.data import (
 from amodal_model.loss import total_loss
 from amodal_model.model import DataSpec, build_model
 from amodal_model.predict import (
+    BEST_MODEL_FILE,
     MODEL_FILE,
     SCENE_CONFIG_FILE,
     TRAIN_CONFIG_FILE,
@@ -121,12 +123,18 @@ def saving(out: Path) -> Iterator[None]:
         raise DatasetError(f"out={str(out)!r}: cannot save the run ({reason})", param="out") from None
 
 
-BEST_MODEL_FILE = "best.keras"
-"""The model of the epoch with the highest validation AP so far (kept when ``val`` is given)."""
 STEP_LOG_EVERY = 10
 """Training steps between two per-step loss points in TensorBoard."""
+
+
+def _partial_model(name: str) -> str:
+    """Where :meth:`Trainer._save` writes model file ``name`` before renaming it into place."""
+    return f"{Path(name).stem}.partial.keras"
+
+
 RUN_ENTRIES = frozenset(
     {MODEL_FILE, BEST_MODEL_FILE, TRAIN_CONFIG_FILE, SCENE_CONFIG_FILE, "metrics.csv", "checkpoints", "tensorboard"}
+    | {_partial_model(MODEL_FILE), _partial_model(BEST_MODEL_FILE)}  # left by a run killed while saving
 )
 """Everything :func:`train` writes at the top of a run folder."""
 
@@ -220,11 +228,16 @@ def _check_resume(out: Path, config: TrainConfig, source: Source) -> None:
             param="resume",
             related=tuple(names),
         )
-    trained_on = DataSpec.from_scene(load_scene_config(out / SCENE_CONFIG_FILE, "out"))
-    if trained_on != DataSpec.from_scene(source.scene_config):
+    trained_on = dataclasses.asdict(DataSpec.from_scene(load_scene_config(out / SCENE_CONFIG_FILE, "out")))
+    given = dataclasses.asdict(DataSpec.from_scene(source.scene_config))
+    differ = [k for k in given if given[k] != trained_on[k]]
+    if differ:
         raise ConfigError(
-            f"resume=True: the training data's shapes {DataSpec.from_scene(source.scene_config)} differ "
-            f"from the run's {trained_on}",
+            "resume=True: the training data has "
+            + ", ".join(f"{k}={given[k]}" for k in differ)
+            + f" but {out} was trained on "
+            + ", ".join(f"{k}={trained_on[k]}" for k in differ)
+            + ": a resumed run needs data of the same shapes (the same layers, sizes and classes)",
             param="train_source",
         )
 
@@ -462,7 +475,7 @@ class Trainer:
 
     def _save(self, name: str) -> None:
         """Save the model as ``name`` in the run folder, renamed into place once complete."""
-        tmp = self.out / f"{Path(name).stem}.partial.keras"
+        tmp = self.out / _partial_model(name)
         try:
             self.model.save(tmp)
             tmp.replace(self.out / name)
@@ -604,6 +617,12 @@ def train(
             with saving(out):
                 stack.enter_context(exclusive_lock(out, "out"))
             plan = _plan(out, resume, force, inputs)  # again, now that no other trainer can change it
+            if resume and plan == "new":
+                warnings.warn(
+                    f"resume=True: nothing to resume in {out} (no run there yet): starting a new run",
+                    ShapesgenNote,
+                    stacklevel=2,
+                )
             if plan == "resume":
                 _resume(model, source, out, config, val_path, val_gt, callbacks or Callbacks())
             else:
@@ -626,6 +645,14 @@ def _resume(
     trainer = Trainer(model, source, out, config, resume=True)
     text = json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n"
     write_atomically(out / TRAIN_CONFIG_FILE, text.encode(), force=True)  # the run's own file, under its lock
+    epochs = config.optimiser.epochs
+    if trainer.completed_epochs >= epochs:
+        warnings.warn(
+            f"epochs={epochs}: {out} has already trained {trainer.completed_epochs} epoch(s), so resume=True "
+            "has nothing to train; pass a larger one to train more",
+            ShapesgenNote,
+            stacklevel=2,
+        )
     try:
         trainer.fit(val, val_gt, callbacks)
         trainer.save_model()

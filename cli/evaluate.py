@@ -19,7 +19,8 @@ def evaluate(
         Path,
         typer.Option(
             "--gt",
-            help="Ground truth: a shapesgen HDF5 file, a sharded dataset folder or a COCO/COCOA export JSON.",
+            help="Ground truth: a shapesgen HDF5 file, a sharded dataset folder, or a COCO-amodal export "
+            "(folder or annotations.json, any --style).",
             show_default=False,
         ),
     ],
@@ -47,7 +48,7 @@ def evaluate(
     metrics, warnings = run(
         ctx,
         lambda: evaluate_files(
-            gt,
+            _ground_truth(gt),
             dt=dt,
             oracle_layers=oracle_layers,
             per_class=per_class,
@@ -60,6 +61,14 @@ def evaluate(
     for warning in warnings:
         warn(warning)
     _print_metrics(metrics)
+
+
+def _ground_truth(gt: Path) -> Path:
+    """An export folder, as ``train`` and ``predict`` take it, is read through its annotations.json."""
+    annotations = gt / "annotations.json"
+    if gt.is_dir() and not (gt / "manifest.json").exists() and annotations.is_file():
+        return annotations
+    return gt
 
 
 def _fmt(value: float) -> str:

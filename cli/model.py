@@ -66,9 +66,9 @@ def train(
         TrainPresetName,
         typer.Option(
             "--preset",
-            help="Model preset: paper (Xception DeepLabV3+, 47 M), light (MobileNetV2), cpu-fast (separable "
-            "encoder, shared head: the CPU preset), cpu-deep (cpu-fast with 8 stride-8 units, same speed), "
-            "cpu (small encoder, separate heads), tiny (tests).",
+            help="Model preset: paper (Xception DeepLabV3+, 47 M), light (MobileNetV2), cpu-deep (the CPU "
+            "preset: separable encoder with 8 stride-8 units, shared head), cpu-fast (its 4-unit predecessor, "
+            "same speed), cpu (small encoder, separate heads), tiny (tests).",
         ),
     ] = "paper",
     epochs: Annotated[int | None, typer.Option("--epochs", help="Epochs (paper: 100).")] = None,
