@@ -329,13 +329,19 @@ def predict_run(
     bandwidth: float | None = None,
     min_pixels: int | None = None,
     score: str | None = None,
+    small_clusters: str | None = None,
+    hidden_clusters: str | None = None,
+    merge_radius: float | None = None,
+    convex_hull: bool | None = None,
+    max_background: float | None = None,
     workers: int | None = None,
 ) -> Path:
     """Load a run, predict an HDF5 file, sharded dataset folder or COCO-amodal export,
     write COCO results.
 
-    ``bandwidth``, ``min_pixels`` and ``score`` override the run's inference settings
-    (``None`` keeps them); clustering uses ``workers`` processes (``None``: one per core).
+    ``bandwidth``, ``min_pixels``, ``score``, ``small_clusters``, ``hidden_clusters``,
+    ``merge_radius``, ``convex_hull`` and ``max_background`` override the run's inference
+    settings (``None`` keeps them); clustering uses ``workers`` processes (``None``: one per core).
 
     Every argument is checked before the model is loaded: ``out`` may be neither the
     input file nor inside the input's folder or the run folder, must be writable, and
@@ -345,7 +351,16 @@ def predict_run(
     _positive("limit", limit, MAX_COUNT, optional=True)
     _positive("batch_size", batch_size, MAX_BATCH)
     _positive("workers", workers, MAX_WORKERS, optional=True)
-    overrides = {"bandwidth": bandwidth, "min_pixels": min_pixels, "score": score}
+    overrides = {
+        "bandwidth": bandwidth,
+        "min_pixels": min_pixels,
+        "score": score,
+        "small_clusters": small_clusters,
+        "hidden_clusters": hidden_clusters,
+        "merge_radius": merge_radius,
+        "convex_hull": convex_hull,
+        "max_background": max_background,
+    }
     InferenceConfig().with_overrides(**overrides)  # checked now, not after the model has loaded
     with open_file(data, "data") as source:
         run_path = resolve_model(run_dir)

@@ -13,11 +13,13 @@ from amodal_model.config import (
     Backbone,
     DistanceScope,
     HeadKind,
+    HiddenClusters,
     Hinge,
     LossNormalisation,
     Precision,
     Schedule,
     Score,
+    SmallClusters,
     TrainPresetName,
 )
 from shapesgen.errors import ResourceError
@@ -246,6 +248,43 @@ def predict(
             help="class probability, completeness (visible fraction) or their product (default: the model's).",
         ),
     ] = None,
+    small_clusters: Annotated[
+        SmallClusters | None,
+        typer.Option(
+            "--small-clusters",
+            help="Clusters under --min-pixels: drop them, or merge each into the nearest cluster within "
+            "--merge-radius (default: the model's).",
+        ),
+    ] = None,
+    hidden_clusters: Annotated[
+        HiddenClusters | None,
+        typer.Option(
+            "--hidden-clusters",
+            help="Clusters with no layer-1 pixel: keep, drop, or merge each into the nearest cluster within "
+            "--merge-radius (default: the model's).",
+        ),
+    ] = None,
+    merge_radius: Annotated[
+        float | None,
+        typer.Option("--merge-radius", help="L1 distance of mean embeddings for a merge (default: the model's)."),
+    ] = None,
+    convex_hull: Annotated[
+        bool | None,
+        typer.Option(
+            "--convex-hull/--no-convex-hull",
+            help="Domain prior, off by default: each amodal mask becomes its convex hull (the scenes' shapes "
+            "are convex) (default: the model's).",
+            show_default=False,
+        ),
+    ] = None,
+    max_background: Annotated[
+        float | None,
+        typer.Option(
+            "--max-background",
+            help="A pixel is foreground where its background probability is under this, in (0, 1] "
+            "(default: the model's; unset: where background is not the most probable class).",
+        ),
+    ] = None,
     workers: Annotated[
         int | None, typer.Option("--workers", help="Clustering processes (default: one per core).")
     ] = None,
@@ -269,6 +308,11 @@ def predict(
                 bandwidth=bandwidth,
                 min_pixels=min_pixels,
                 score=score,
+                small_clusters=small_clusters,
+                hidden_clusters=hidden_clusters,
+                merge_radius=merge_radius,
+                convex_hull=convex_hull,
+                max_background=max_background,
                 workers=workers,
             ),
         )
