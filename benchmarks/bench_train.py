@@ -1,6 +1,6 @@
 """Training throughput (images/s) per preset and layer count, and the HDF5 input rate.
 
-    python benchmarks/bench_train.py [--presets cpu cpu-fast] [--layers 2 3] [--steps 30]
+    python benchmarks/bench_train.py [--presets cpu cpu-fast cpu-deep] [--layers 2 3] [--steps 30]
 
 Each figure times ``--steps`` training steps of the real training step (loss, visible
 targets, optimiser) after two warm-up steps. On a GPU machine add ``paper``.
@@ -64,7 +64,9 @@ def train_rate(name: str, path: Path, layers: int, steps: int) -> tuple[float, i
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--presets", nargs="+", default=["tiny", "cpu", "cpu-fast", "light"], choices=TRAIN_PRESETS)
+    parser.add_argument(
+        "--presets", nargs="+", default=["tiny", "cpu", "cpu-fast", "cpu-deep", "light"], choices=TRAIN_PRESETS
+    )
     parser.add_argument("--layers", nargs="+", type=int, default=[2, 3])
     parser.add_argument("--steps", type=int, default=30)
     args = parser.parse_args()
