@@ -9,6 +9,7 @@ declared options, so the two can never drift apart.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import sys
@@ -150,6 +151,24 @@ def run(ctx: typer.Context, call: Callable[[], T], aliases: Mapping[str, str] | 
             f"it with the command (rerun with {DEBUG_ENV}=1 for the traceback)",
             EXIT_INTERNAL,
         ) from None
+
+
+@contextmanager
+def dask_chatter_hidden() -> Iterator[None]:
+    """Dask's log records and warnings are not shown while the block runs (a lost scheduler
+    logs a traceback, a busy dashboard port a three-line warning): the command reports a
+    failure in its one line. ``SHAPESGEN_TRACEBACK=1`` shows them."""
+    if _debug():
+        yield
+        return
+    previous = logging.root.manager.disable
+    logging.disable(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", module=r"(distributed|dask)(\.|$)")
+            yield
+    finally:
+        logging.disable(previous)
 
 
 class Updater(Protocol):

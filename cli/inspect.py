@@ -20,11 +20,19 @@ def info(
     ctx: typer.Context,
     path: AnyDatasetPath,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    workers: Annotated[
+        int, typer.Option("--workers", min=1, help="Shards of a sharded folder read in parallel (processes).")
+    ] = 1,
 ) -> None:
     """Show a dataset's config, counts, occlusion-rate and stack-depth histograms."""
+    from shapesgen.shards import summarize_sharded
     from shapesgen.stats import summarize_file
+    from shapesgen.storage.manifest import is_sharded
 
-    summary = run(ctx, lambda: summarize_file(path))
+    if is_sharded(path):
+        summary = run(ctx, lambda: summarize_sharded(path, workers=workers))
+    else:
+        summary = run(ctx, lambda: summarize_file(path))
     if as_json:
         print(json.dumps(summary, indent=2))
         return

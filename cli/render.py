@@ -24,7 +24,7 @@ from shapesgen.config import (
 )
 from shapesgen.errors import ConfigError
 
-from .common import Quiet, console, err, flag_names, progress_bar, run
+from .common import Quiet, console, dask_chatter_hidden, err, flag_names, progress_bar, run
 
 PresetOption = Annotated[
     PresetName,
@@ -187,7 +187,7 @@ def render(
         from shapesgen.shards import render_sharded
 
         per_shard = shard_size
-        with progress_bar("render", quiet) as update:
+        with progress_bar("render", quiet) as update, dask_chatter_hidden():
             path = run(
                 ctx,
                 lambda: render_sharded(

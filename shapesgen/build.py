@@ -418,6 +418,11 @@ def _stored_checksums(path: Path) -> dict[str, str]:
 
 
 def _reason(exc: BaseException) -> str:
+    """Why the system refused: the error number's text where there is one (h5py's own text
+    for a full disk is a paragraph of HDF5 internals)."""
+    number = getattr(exc, "errno", None)
+    if isinstance(number, int) and number > 0:
+        return os.strerror(number)
     return str(getattr(exc, "strerror", None) or exc)
 
 

@@ -19,7 +19,7 @@ import os
 import queue
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, CancelledError, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any, get_args
@@ -292,6 +292,7 @@ def _run_on_dask(
     inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
     tally = Tally(tasks, progress)
     futures: dict[Any, Task] = {}
+    lost = False
     try:
         client.subscribe_topic(topic, lambda event: inbox.put(("count", event[1])))
         for task in tasks:
@@ -324,13 +325,31 @@ def _run_on_dask(
                         f"{task.label}: the Dask workers running it died repeatedly (killed, or out of memory)",
                         param="out",
                     ) from None
+                except CancelledError as exc:  # Dask's FutureCancelledError: not by us, we wait for it
+                    reason = getattr(exc, "reason", "unknown")
+                    if reason == "scheduler-connection-lost":
+                        lost = True
+                        raise ResourceError(
+                            "lost the connection to the Dask scheduler mid-run (it stopped, or the network failed)",
+                            param="scheduler",
+                        ) from None
+                    raise ResourceError(f"{task.label} was cancelled on the Dask cluster ({reason})") from None
+                except Exception as exc:  # the scheduler's no-workers-timeout: no worker left to run it
+                    if type(exc).__name__ != "NoWorkerError":
+                        raise
+                    raise ResourceError(
+                        f"{task.label}: no Dask worker was left to run it for {getattr(exc, 'timeout', '?')} s "
+                        "(the workers died and none replaced them)",
+                        param="workers",
+                    ) from None
                 accept(task, result)
                 item.release()
                 tally.set(task.index, task.scenes)
                 remaining -= 1
             tally.show()
     except BaseException:
-        client.cancel(list(futures), force=True)
+        if not lost:  # a lost scheduler has dropped them already
+            client.cancel(list(futures), force=True)
         raise
     finally:
         try:

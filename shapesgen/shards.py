@@ -32,7 +32,7 @@ from shapesgen.config import Engine, SceneConfig, StorageConfig
 from shapesgen.engines import DASK_HINT as DASK_HINT  # re-exported: callers import them from here
 from shapesgen.engines import ENGINES, Report, Task, check_scheduler, import_dask, run_on_dask
 from shapesgen.engines import MissingExtra as MissingExtra
-from shapesgen.errors import ConfigError, DatasetError, ValidationError
+from shapesgen.errors import ConfigError, DatasetError, ResourceError, ShapesgenError, ValidationError
 from shapesgen.files import check_output_path, exclusive_lock, make_parents, remove_empty, write_atomically
 from shapesgen.limits import batch_scenes_for, check_scene_fits
 from shapesgen.storage.digests import PER_SCENE_HASHED, DigestChain, checksums, scene_digests
@@ -51,6 +51,7 @@ from shapesgen.storage.reader import CorruptDatasetError, open_dataset
 
 MAX_SHARDS = 100_000  # shard-NNNNN.h5; the manifest stays a few tens of MB
 MAX_TOTAL_SCENES = 10**11
+NO_WORKERS_TIMEOUT_S = 60  # a LocalCluster left without workers this long fails the run
 ProgressCallback = Callable[[int, int], None]
 
 
@@ -122,8 +123,10 @@ def render_shard(
 
     A shard file that exists and verifies is kept; one whose data is damaged is
     rendered again; one of another render is refused. The file is written to
-    ``<shard>.partial`` (continued if an earlier attempt left one) and renamed when
-    complete, so a task that dies leaves no shard that looks finished.
+    ``<shard>.partial`` and renamed when complete, so a task that dies leaves no shard
+    that looks finished. A ``.partial`` an earlier attempt left is rendered again from its
+    first scene, not continued: a continued HDF5 file holds the same data in other bytes,
+    and checking its scenes would render them anyway.
     """
     from shapesgen.build import RenderNote, render_dataset
 
@@ -131,45 +134,31 @@ def render_shard(
     if path.exists():
         try:
             return read_shard(path, config, shard)
-        except (ValidationError, DatasetError):  # damaged, or not a complete shapesgen file (another render raises)
+        except ConfigError as exc:  # another render's shard, copied in: not ours to delete
+            raise ConfigError(f"{exc}; move it out of {folder} to render this shard again", param="out") from None
+        except (ValidationError, DatasetError):  # damaged, or not a complete shapesgen file
             path.unlink()
-    partial = path.with_name(path.name + ".partial")
+    written: list[WrittenBatch] = []  # what the chain needs of each batch, not its compressed chunks
+
+    def keep(batch: EncodedBatch) -> None:
+        written.append((batch.digests, batch.instance_counts, batch.vertex_counts))
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RenderNote)  # a lowered worker count: the data is the same
-
-        written: list[WrittenBatch] = []  # what the chain needs of each batch, not its compressed chunks
-
-        def keep(batch: EncodedBatch) -> None:
-            written.append((batch.digests, batch.instance_counts, batch.vertex_counts))
-
-        def render(resume: bool) -> None:
-            written.clear()
-            render_dataset(
-                config,
-                path,
-                num_scenes=shard.count,
-                workers=workers,
-                storage=storage,
-                resume=resume,
-                progress=progress,
-                first_scene=shard.start,
-                created=created,
-                flush_seconds=0.0,
-                on_batch=keep,
-            )
-
-        if not partial.exists():
-            render(False)
-            return _result_of(path, shard, written)
-        try:
-            render(True)
-        except DatasetError:  # a partial file too torn to read (its task was killed while creating it)
-            if not partial.exists():
-                raise
-            partial.unlink()
-            render(False)
-            return _result_of(path, shard, written)
-    return read_shard(path, config, shard, rendered=True)  # continued: read back the scenes an earlier task wrote
+        render_dataset(
+            config,
+            path,
+            num_scenes=shard.count,
+            workers=workers,
+            storage=storage,
+            force=True,  # an earlier attempt's .partial, under the shard's lock (a task still writing it refuses)
+            progress=progress,
+            first_scene=shard.start,
+            created=created,
+            flush_seconds=0.0,
+            on_batch=keep,
+        )
+    return _result_of(path, shard, written)
 
 
 class DatasetChain:
@@ -237,7 +226,7 @@ def render_sharded(
     worker count. Calling again with the same arguments resumes an unfinished folder; a
     folder of another render is refused (:class:`ConfigError`).
     """
-    from shapesgen.build import MAX_SCENES, RenderNote, effective_workers, resolve_seed
+    from shapesgen.build import MAX_SCENES, RenderInterrupted, RenderNote, effective_workers, resolve_seed
 
     _check_count("num_scenes", num_scenes, MAX_TOTAL_SCENES)
     _check_count("shard_size", shard_size, MAX_SCENES)
@@ -271,22 +260,48 @@ def render_sharded(
     try:
         with exclusive_lock(out, "out"):
             created = created_time()
-            if engine == "local":
-                batch = batch_scenes_for(config, storage.batch_scenes)
-                used, note = effective_workers(workers, min(shard_size, num_scenes), batch)
-                if note:
-                    warnings.warn(note, RenderNote, stacklevel=2)
-                chain = _run_local(config, out, shards, storage, created, used, progress)
-            else:
-                chain = _run_dask(config, out, shards, storage, created, scheduler, workers, progress)
+            try:
+                if engine == "local":
+                    batch = batch_scenes_for(config, storage.batch_scenes)
+                    used, note = effective_workers(workers, min(shard_size, num_scenes), batch)
+                    if note:
+                        warnings.warn(note, RenderNote, stacklevel=2)
+                    chain = _run_local(config, out, shards, storage, created, used, progress)
+                else:
+                    chain = _run_dask(config, out, shards, storage, created, scheduler, workers, progress)
+            except ResourceError as exc:  # a full disk, a worker or the scheduler lost: the shards written are kept
+                if not any((out / shard.file).is_file() for shard in shards):
+                    raise
+                raise ResourceError(f"{exc}; {_kept(out, shards)}", param=exc.param, related=exc.related) from None
             write_virtual(out, config, shards, chain.hexdigests())
             manifest = build_manifest(config, storage, num_scenes, shard_size, chain.hexdigests(), chain.shards)
             text = json.dumps(manifest, indent=1, sort_keys=True) + "\n"
             write_atomically(out / SHARD_MANIFEST, text.encode(), force=True)
+    except (KeyboardInterrupt, RenderInterrupted):
+        remove_empty(created_dirs)
+        raise _interrupted(out, shards) from None
     except BaseException:
         remove_empty(created_dirs)
         raise
     return out
+
+
+def _interrupted(out: Path, shards: tuple[Shard, ...]) -> ShapesgenError:
+    """The one line a stopped sharded render ends with: what it kept, and how to finish."""
+    from shapesgen.build import RenderInterrupted
+
+    if not out.is_dir():
+        return RenderInterrupted("interrupted before any shard was written")
+    return RenderInterrupted(f"interrupted; {_kept(out, shards)}")
+
+
+def _kept(out: Path, shards: tuple[Shard, ...]) -> str:
+    """What an unfinished folder holds, and how to finish it."""
+    done = sum((out / shard.file).is_file() for shard in shards)
+    return (
+        f"{out} is kept with {done} of {len(shards)} shards written: rerun the same command to finish it "
+        "(shards that exist and verify are kept)"
+    )
 
 
 def _resolve_existing(
@@ -298,7 +313,12 @@ def _resolve_existing(
         return config
     manifest_path = out / SHARD_MANIFEST
     if manifest_path.is_file():
-        manifest = read_manifest(out)
+        try:
+            manifest = read_manifest(out)
+        except DatasetError as exc:
+            raise DatasetError(
+                f"{exc}: delete it and rerun, the render checks every shard and writes it again", param="out"
+            ) from None
         theirs = SceneConfig.from_dict(manifest["config"])
         if config.seed is None:
             config = config.replace(seed=theirs.seed)
@@ -396,6 +416,10 @@ def _run_dask(
 ) -> DatasetChain:
     """One Dask task per shard, chained in shard order as they finish; the bar moves scene
     by scene (see :mod:`shapesgen.engines`). The first failed task fails the run."""
+    import dask
+
+    from shapesgen import dask_preload
+
     chain, waiting = DatasetChain(), dict[int, ShardResult]()
     folder = str(out.resolve())
     tasks = [
@@ -408,7 +432,13 @@ def _run_dask(
         while len(chain.shards) in waiting:  # results that arrived early wait for their turn
             chain.add(waiting.pop(len(chain.shards)))
 
-    run_on_dask(tasks, accept, progress, scheduler=scheduler, workers=workers, name=f"{folder}/{created}")
+    # A LocalCluster's workers leave Ctrl-C to us, and if every one of them dies and none can be
+    # started again (a full disk, no memory) its scheduler fails the tasks instead of waiting forever.
+    local_cluster = {**dask_preload.CONFIG, "distributed.scheduler.no-workers-timeout": f"{NO_WORKERS_TIMEOUT_S}s"}
+    if scheduler is not None:
+        local_cluster = {}
+    with dask.config.set(local_cluster):
+        run_on_dask(tasks, accept, progress, scheduler=scheduler, workers=workers, name=f"{folder}/{created}")
     return chain
 
 
@@ -430,6 +460,46 @@ def _validate_shard(
     except (ConfigError, DatasetError, ValidationError) as exc:
         raise ValidationError(f"shard {spec.file}: {exc}") from None
     return read_shard(shard_path, config, spec)
+
+
+def _summarize_shard(folder: str, config: SceneConfig, spec: Shard, *, report: Report) -> dict[str, Any]:
+    """One engine task of :func:`summarize_sharded`: the summary of shard ``spec``, checked
+    against the manifest's config and plan. Errors are plain :class:`DatasetError` lines (a
+    pool returns them pickled)."""
+    from shapesgen.stats import summarize
+
+    try:
+        with open_dataset(Path(folder) / spec.file) as ds:
+            check_shard_header(ds, config, spec)
+            return summarize(ds)
+    except CorruptDatasetError as exc:
+        raise DatasetError(f"shard {spec.file}: {exc.problem}") from None
+    except ShapesgenError as exc:
+        raise DatasetError(str(exc)) from None
+
+
+def summarize_sharded(path: str | Path, *, workers: int = 1) -> dict[str, Any]:
+    """``shapesgen info`` of a sharded folder: :func:`shapesgen.stats.summarize` of every shard
+    (the manifest gives the config and plan each is checked against), ``workers`` shards at a
+    time in processes, merged in shard order by :func:`shapesgen.stats.merge_summaries`."""
+    from shapesgen.engines import run_here, run_in_pool
+    from shapesgen.stats import merge_summaries
+
+    _check_count("workers", workers, 4096)
+    manifest = read_manifest(path)
+    config = SceneConfig.from_dict(manifest["config"])
+    shards = plan_shards(int(manifest["num_scenes"]), int(manifest["shard_size"]))
+    tasks = [Task(s.index, f"shard {s.file}", s.count, _summarize_shard, (str(path), config, s)) for s in shards]
+    parts: dict[int, dict[str, Any]] = {}
+
+    def accept(task: Task, summary: dict[str, Any]) -> None:
+        parts[task.index] = summary
+
+    if workers == 1:
+        run_here(tasks, accept, None)
+    else:
+        run_in_pool(tasks, accept, None, workers, "info")
+    return merge_summaries(str(path), [parts[k] for k in range(len(shards))])
 
 
 def validate_sharded(

@@ -119,8 +119,8 @@ def test_rerun_keeps_verified_shards_and_redoes_damaged_or_missing_ones(
 
 
 def test_rerun_continues_or_replaces_a_shard_left_partial(tmp_path: Path, tiny_config: SceneConfig) -> None:
-    """A task killed mid-shard leaves ``shard-N.h5.partial``: the next run continues it, or
-    starts it again when it is too torn to read."""
+    """A task killed mid-shard leaves ``shard-N.h5.partial``: the next run renders that shard
+    again from its first scene, torn or not."""
     folder = render_sharded(tiny_config, tmp_path / "ds", num_scenes=NUM, shard_size=SIZE)
     expected = (folder / "manifest.json").read_bytes()
     (folder / "manifest.json").unlink()
@@ -330,3 +330,75 @@ def test_dask_cluster_writes_the_same_data_and_fails_cleanly(
         (bad / "manifest.json").unlink()
         with pytest.raises(ConfigError, match=r"shard-0000\d.h5 holds scenes \d+\.\.\d+, the plan asks"):
             render_sharded(tiny_config, bad, num_scenes=NUM, shard_size=SIZE, engine="dask", scheduler=address)
+
+
+def test_a_shard_of_another_render_copied_in_is_never_read_as_ours(tmp_path: Path, tiny_config: SceneConfig) -> None:
+    """dataset.h5 maps shards by name: a shard of another seed copied over one of ours has the
+    same shapes, and HDF5 alone reads its scenes as this dataset's. Opening checks every shard's
+    checksums against the manifest; the render refuses to delete it, saying what to do."""
+    folder = render_sharded(tiny_config, tmp_path / "ds", num_scenes=NUM, shard_size=SIZE)
+    other = render_sharded(tiny_config.replace(seed=12), tmp_path / "other", num_scenes=NUM, shard_size=SIZE)
+    (folder / "shard-00001.h5").write_bytes((other / "shard-00001.h5").read_bytes())
+    with pytest.raises(DatasetError, match="shard shard-00001.h5 is not the one manifest.json lists"):
+        open_dataset(folder)
+    result = run_cli("preview", folder, "--start", SIZE, "--out", tmp_path / "p.png")
+    assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not (tmp_path / "p.png").exists()
+    with pytest.raises(ConfigError, match="seed: 12 there vs 11.*move it out of .* to render this shard again"):
+        render_sharded(tiny_config, folder, num_scenes=NUM, shard_size=SIZE)
+    (folder / "shard-00001.h5").write_bytes(b"\x89HDF\r\n\x1a\n truncated")
+    with pytest.raises(DatasetError, match="shard shard-00001.h5 cannot be read"):
+        open_dataset(folder)
+
+
+def test_a_damaged_manifest_says_how_to_rebuild_it(tmp_path: Path, tiny_config: SceneConfig) -> None:
+    folder = render_sharded(tiny_config, tmp_path / "ds", num_scenes=NUM, shard_size=SIZE)
+    expected = (folder / "manifest.json").read_bytes()
+    (folder / "manifest.json").write_text('{"format": "shapesgen-shards", ')
+    with pytest.raises(DatasetError, match="cannot be read as JSON.*delete it and rerun"):
+        render_sharded(tiny_config, folder, num_scenes=NUM, shard_size=SIZE)
+    (folder / "manifest.json").unlink()
+    render_sharded(tiny_config, folder, num_scenes=NUM, shard_size=SIZE)
+    assert (folder / "manifest.json").read_bytes() == expected
+
+
+def test_a_full_disk_mid_render_keeps_the_shards_written(
+    tmp_path: Path, tiny_config: SceneConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    from shapesgen.errors import ResourceError
+    from shapesgen.storage.writer import DatasetWriter
+
+    append = DatasetWriter.append
+
+    def full(self: DatasetWriter, batch: object) -> None:
+        if self.first_scene >= 2 * SIZE:
+            raise OSError(errno.ENOSPC, "HDF5's paragraph about a failed chunk write")
+        append(self, batch)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(DatasetWriter, "append", full)
+    with pytest.raises(ResourceError) as caught:
+        render_sharded(tiny_config, tmp_path / "ds", num_scenes=NUM, shard_size=SIZE)
+    assert "shard-00002.h5.partial failed (No space left on device)" in str(caught.value)
+    assert "kept with 2 of 3 shards written: rerun the same command" in str(caught.value)
+    assert sorted(p.name for p in (tmp_path / "ds").iterdir()) == ["shard-00000.h5", "shard-00001.h5"]
+
+
+def test_a_writer_whose_close_fails_is_closed_and_never_used_again(
+    tmp_path: Path, tiny_config: SceneConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a full disk the clean-stop mark fails too; using that file again crashed the process
+    (HDF5 segfaults in a file whose close failed): close() closes it anyway, once."""
+    from shapesgen.storage.writer import DatasetWriter
+
+    writer = DatasetWriter(tmp_path / "x.h5", tiny_config, StorageConfig(), 4, verify=lambda *a: {})
+
+    def refuse(*args: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(h5py.AttributeManager, "__setitem__", refuse)
+    with pytest.raises(OSError):
+        writer.close()
+    assert not writer.file.id.valid
+    writer.close()  # the render's error path closes again: nothing to do

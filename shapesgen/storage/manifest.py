@@ -50,11 +50,12 @@ def plan_shards(num_scenes: int, shard_size: int) -> tuple[Shard, ...]:
     )
 
 
-
 def check_shard_header(ds: ShapesDataset, config: SceneConfig, shard: Shard) -> None:
     """Refuse a shard file of another render: another config, or scenes the plan puts elsewhere."""
     if ds.config != config:
-        raise ConfigError(f"{ds.path} was rendered with another config than the one asked for", param="out")
+        ours, theirs = config.to_dict(), ds.config.to_dict()
+        differ = ", ".join(f"{k}: {theirs[k]!r} there vs {ours[k]!r}" for k in sorted(ours) if ours[k] != theirs[k])
+        raise ConfigError(f"{ds.path} was rendered with another config ({differ})", param="out")
     if ds.first_scene != shard.start or ds.num_scenes != shard.count:
         held = f"scenes {ds.first_scene}..{ds.first_scene + ds.num_scenes - 1}"
         raise ConfigError(

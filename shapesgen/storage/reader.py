@@ -421,6 +421,34 @@ class ShapesDataset:
                 where = where if where.is_absolute() or source.file_name == "." else self.path.parent / where
                 if not where.is_file():
                     raise self._corrupt(f"dataset {field.name} maps {source.file_name}, which is missing", field.name)
+        if self.file["images"].is_virtual and (self.path.parent / SHARD_MANIFEST).is_file():
+            self._check_shards()
+
+    def _check_shards(self) -> None:
+        """A sharded folder's virtual file: it and every shard it maps must be those the manifest
+        lists (their recorded checksums), or a shard of another render copied over one of ours
+        would be read as this dataset's scenes. Data damaged inside a shard is found on read or
+        by ``shapesgen validate``, as in any file."""
+        folder = self.path.parent
+        manifest = read_manifest(folder)
+        hint = f"; `shapesgen validate {folder}` checks every shard, and its render command renders bad ones again"
+        try:
+            ours = json.loads(self._attrs["checksums"])
+        except ValueError:
+            ours = None
+        if ours != manifest["checksums"]:
+            raise self._corrupt(f"its checksums are not those of {SHARD_MANIFEST} (another render's file?){hint}")
+        for entry in manifest["shards"]:
+            try:
+                with h5py.File(folder / entry["file"], "r") as shard:
+                    sums = json.loads(str(shard.attrs["checksums"]))
+            except METADATA_ERRORS as exc:
+                raise self._corrupt(f"shard {entry['file']} cannot be read ({one_line(exc, 160)}){hint}") from None
+            if sums != entry["checksums"]:
+                raise self._corrupt(
+                    f"shard {entry['file']} is not the one {SHARD_MANIFEST} lists (its checksums differ: "
+                    f"replaced, or from another render){hint}"
+                )
 
     def _check_offsets(self, views: dict[str, DatasetView]) -> np.ndarray:
         """The instance offsets of the written scenes, checked against every dataset's length.

@@ -67,6 +67,7 @@ class DatasetWriter:
         self.first_scene = first_scene
         self.created = created
         self.flush_seconds = flush_seconds
+        self.closed = False
         if split is not None and split.seed != config.seed:
             raise ConfigError(f"seed={config.seed} is not the seed {split.seed} of split {split.name!r}")
         self.split = split
@@ -159,7 +160,14 @@ class DatasetWriter:
         self.file.flush()
 
     def close(self) -> None:
-        """Mark the file as cleanly stopped and close it."""
+        """Mark the file as cleanly stopped and close it; once only. After a failed write
+        (a full disk) the mark may fail too: the file is closed all the same, and a second
+        call does nothing (HDF5 crashes the process when a file whose close failed is used)."""
+        if self.closed:
+            return
+        self.closed = True
         if self.file.id.valid:
-            self.file.attrs["clean_stop"] = True
-            self.file.close()
+            try:
+                self.file.attrs["clean_stop"] = True
+            finally:
+                self.file.close()
