@@ -8,6 +8,7 @@ one from a finished training run.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -18,13 +19,15 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+from amodal_model.config import InferenceConfig
 from shapesgen.errors import ConfigError, DatasetError
 
 PRETRAINED = Path(__file__).parent / "pretrained"
 MODEL_FILE = "model.keras"
 CARD_FILE = "MODEL_CARD.md"
 NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
-INFERENCE_FIELDS = frozenset({"score", "bandwidth", "min_pixels"})
+INFERENCE_FIELDS = frozenset(f.name for f in dataclasses.fields(InferenceConfig))
+"""The settings :func:`package_run` may change: every inference setting, none of training's."""
 MAX_SHIPPED_BYTES = 10 * 1024 * 1024
 """A shipped model must stay small: the repository carries it."""
 
@@ -59,7 +62,7 @@ def package_run(run_dir: Path, name: str, card: str, metrics: dict[str, Any] | N
     """Copy a run's model, as a self-contained :class:`LayeredEmbeddingModel`, to
     ``pretrained/<name>/`` with its model card; returns the folder.
 
-    ``inference`` (``score=``, ``bandwidth=``, ``min_pixels=``) changes the inference
+    ``inference`` (``score=``, ``min_pixels=``, any :class:`InferenceConfig` field) changes the inference
     settings the shipped file carries. A run saved by an older ``train`` (a plain
     functional model) is rebuilt from its configs and given its weights, so the shipped
     file always carries its settings.

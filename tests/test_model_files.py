@@ -91,10 +91,17 @@ def test_a_shipped_model_is_found_by_name(
     monkeypatch.setattr(pretrained, "PRETRAINED", tmp_path / "pretrained")
     (tmp_path / "pretrained").mkdir()
     folder = pretrained.package_run(
-        run_dir, "tiny-test", "# tiny-test\n\nA model for tests.\n", {"AP": 0.0}, score="completeness"
+        run_dir,
+        "tiny-test",
+        "# tiny-test\n\nA model for tests.\n",
+        {"AP": 0.0},
+        score="completeness",
+        small_clusters="merge",
+        max_background=0.6,
     )
     assert pretrained.shipped_models() == ["tiny-test"]
-    assert keras.saving.load_model(folder / "model.keras").train_config.inference.score == "completeness"
+    carried = keras.saving.load_model(folder / "model.keras").train_config.inference
+    assert (carried.score, carried.small_clusters, carried.max_background) == ("completeness", "merge", 0.6)
     assert "SHA-256" in (folder / "MODEL_CARD.md").read_text()
     assert json.loads((folder / "metrics.json").read_text()) == {"AP": 0.0}
     out = tmp_path / "results.json"
