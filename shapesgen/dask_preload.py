@@ -19,3 +19,4 @@ CONFIG: dict[str, Any] = {"distributed.worker.preload": [__name__]}  # dask.conf
 def dask_setup(worker: Any) -> None:
     """Dask's preload hook, run in the worker process's main thread as the worker starts."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked by a fork server's start

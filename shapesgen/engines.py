@@ -17,16 +17,18 @@ import hashlib
 import logging
 import os
 import queue
+import signal
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, CancelledError, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, CancelledError, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from typing import Any, get_args
+from typing import Any, TypeVar, get_args
 
 from shapesgen.config import Engine
 from shapesgen.errors import ConfigError, ResourceError, ShapesgenError, one_line
 
+T = TypeVar("T")
 Report = Callable[[int], None]
 ProgressCallback = Callable[[int, int], None]
 Accept = Callable[["Task", Any], None]
@@ -204,10 +206,46 @@ def local_cluster_config(preload: Sequence[str] = ()) -> dict[str, Any]:
     return {**LOCAL_CLUSTER_CONFIG, "distributed.worker.multiprocessing-method": FORKSERVER}
 
 
+def start_fork_server() -> None:
+    """Start this process's fork server (see :func:`local_cluster_config`) if it is not running,
+    with SIGINT blocked, as multiprocessing starts its resource tracker. CPython's fork server
+    ignores SIGINT only once it has imported its preload, so a Ctrl-C in that second printed its
+    KeyboardInterrupt traceback; it inherits the blocked signal instead (and passes it to the workers
+    it forks, whose Dask preload ignores SIGINT). A SIGINT meanwhile reaches this process after."""
+    from multiprocessing import forkserver, resource_tracker
+
+    resource_tracker.ensure_running()  # first: it unblocks SIGINT after starting its own process
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        forkserver.ensure_running()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+
+def _uninterrupted(start: Callable[[], T], undo: Callable[[T], Any]) -> T:
+    """``start()`` run in a thread of its own; Ctrl-C meanwhile (raised in this thread) lets it
+    finish, gives its result to ``undo`` and is raised then. Dask's LocalCluster and Client left
+    half-started were closed at exit with Dask's tracebacks (a nanny not yet started)."""
+    with ThreadPoolExecutor(1, thread_name_prefix="shapesgen-dask-start") as starter:
+        future = starter.submit(start)
+        try:
+            return future.result()
+        except KeyboardInterrupt:
+            while not future.done():
+                try:
+                    wait([future])
+                except KeyboardInterrupt:  # pressed again, or SIGTERM: it is being stopped already
+                    pass
+            if future.exception() is None:
+                undo(future.result())
+            raise
+
+
 def start_client(scheduler: str | None, workers: int, *, preload: Sequence[str] = ()) -> tuple[Any, Any]:
     """``(client, cluster)``: a client of the scheduler at ``scheduler``, or of a new
     ``LocalCluster`` of ``workers`` single-threaded processes (``cluster`` is then not ``None``)
-    with the modules ``preload`` imported before their first task (see :func:`local_cluster_config`)."""
+    with the modules ``preload`` imported before their first task (see :func:`local_cluster_config`).
+    Ctrl-C while they start ends with them closed (see :func:`_uninterrupted`)."""
     import dask
 
     distributed = import_dask()
@@ -216,15 +254,21 @@ def start_client(scheduler: str | None, workers: int, *, preload: Sequence[str] 
     cluster = None
     try:
         if scheduler is None:
-            with dask.config.set(local_cluster_config(preload)):
-                cluster = distributed.LocalCluster(
-                    n_workers=workers,
-                    threads_per_worker=1,
-                    processes=True,
-                    dashboard_address=None,
-                    silence_logs=logging.CRITICAL,  # a failed task is reported once, by the client
+            config = local_cluster_config(preload)
+            if config.get("distributed.worker.multiprocessing-method") == FORKSERVER:
+                start_fork_server()
+            with dask.config.set(config):
+                cluster = _uninterrupted(
+                    lambda: distributed.LocalCluster(
+                        n_workers=workers,
+                        threads_per_worker=1,
+                        processes=True,
+                        dashboard_address=None,
+                        silence_logs=logging.CRITICAL,  # a failed task is reported once, by the client
+                    ),
+                    lambda started: started.close(),
                 )
-            return distributed.Client(cluster), cluster
+            return _uninterrupted(lambda: distributed.Client(cluster), lambda client: client.close()), cluster
         return distributed.Client(scheduler, timeout=f"{CONNECT_TIMEOUT_S}s"), None
     except (OSError, TimeoutError) as exc:
         if cluster is not None:
@@ -243,6 +287,10 @@ def start_client(scheduler: str | None, workers: int, *, preload: Sequence[str] 
             f"({type(exc).__name__} reading its reply; a dashboard's port, perhaps)",
             param="scheduler",
         ) from None
+    except BaseException:  # Ctrl-C while the client connects
+        if cluster is not None:
+            cluster.close()
+        raise
 
 
 def _on_dask_worker(topic: str, index: int, function: Callable[..., Any], args: tuple[Any, ...], period: float) -> Any:

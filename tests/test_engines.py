@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -45,7 +49,7 @@ def test_runners_deliver_every_result_and_reach_the_total(workers: int) -> None:
     tasks = [Task(k, f"task {k}", 1, _square, (k,)) for k in range(5)]
     results: dict[int, int] = {}
     shown: list[int] = []
-    run = run_here if workers == 1 else lambda *a: run_in_pool(*a, workers, "test")
+    run = run_here if workers == 1 else lambda tasks, accept, shown: run_in_pool(tasks, accept, shown, workers, "test")
     run(tasks, lambda task, result: results.__setitem__(task.index, result), lambda done, total: shown.append(done))
     assert results == {k: k * k for k in range(5)}
     assert shown[-1] == 5 and shown == sorted(shown)
@@ -116,3 +120,39 @@ def test_local_cluster_workers_fork_from_a_preloaded_server_and_survive_a_killed
     for _pid, parent, imported_by in results.values():  # a restarted worker's too
         assert parent != os.getpid(), "a worker is a child of the client: spawned, not forked by the fork server"
         assert imported_by == parent, "the fork server did not import the tasks' module (started earlier?)"
+
+
+def importing_fork_server(client: Any) -> list[Any]:
+    """The client's processes once one is a fork server importing its preload (past Python's own
+    start-up: over 30 MiB resident), else none."""
+    import psutil
+
+    try:
+        family = client.children(recursive=True)
+        server = [p for p in family if "multiprocessing.forkserver" in " ".join(p.cmdline())]
+        return family if server and server[0].memory_info().rss > 30 << 20 else []
+    except psutil.Error:  # one ended while listed
+        return []
+
+
+def test_ctrl_c_while_a_local_cluster_starts_ends_in_one_line_and_stops_every_process(tmp_path: Path) -> None:
+    """A terminal's Ctrl-C (the whole process group) while the fork server imports its preload:
+    before, it printed the fork server's KeyboardInterrupt traceback and Dask's from closing a
+    half-started LocalCluster at exit. Now one line, exit 130, no process left, no folder."""
+    pytest.importorskip("distributed")
+    psutil = pytest.importorskip("psutil")
+    out = tmp_path / "ds"
+    args = ["render", "--out", str(out), "--num", "40", "--shard-size", "20", "-q", "--engine", "dask"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shapesgen", *args], stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    client, deadline = psutil.Process(proc.pid), time.monotonic() + 120
+    while not (family := importing_fork_server(client)):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.005)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and stderr == "error: interrupted before any shard was written\n", stderr
+    _, alive = psutil.wait_procs(family, timeout=10)
+    assert not alive, [p.pid for p in alive]
+    assert not out.exists()
