@@ -37,6 +37,7 @@ DASK_HINT = "pip install 'shapesgen[dask]'"
 REPORT_EVERY_S = 0.25  # the most often one task publishes its count under Dask
 CONNECT_TIMEOUT_S = 5  # a scheduler that does not answer a client within this fails the run
 SCHEDULER_EXAMPLE = "tcp://host:8786"
+LOST_SCHEDULER = "lost the connection to the Dask scheduler mid-run (it stopped, or the network failed)"
 # A LocalCluster's workers as shapesgen starts them: glibc's own malloc tuning (Dask's default
 # MALLOC_TRIM_THRESHOLD_=65536 also turns off glibc's adaptive mmap threshold, so every array
 # over 128 KiB is mmapped and page-faulted afresh: +15% CPU per scene at N = 6, +40% at N = 12)
@@ -334,6 +335,8 @@ def _run_on_dask(
 ) -> None:
     """:func:`run_on_dask` on ``workers`` workers, its Dask configuration in force."""
     distributed = import_dask()
+    from distributed.comm import CommClosedError
+
     client, cluster = start_client(scheduler, workers, preload=preload)  # no idle workers: at most one per task
     token = hashlib.sha256(f"{name}/{os.getpid()}/{time.time_ns()}".encode()).hexdigest()[:12]
     topic = f"shapesgen-progress-{token}"
@@ -377,11 +380,11 @@ def _run_on_dask(
                     reason = getattr(exc, "reason", "unknown")
                     if reason == "scheduler-connection-lost":
                         lost = True
-                        raise ResourceError(
-                            "lost the connection to the Dask scheduler mid-run (it stopped, or the network failed)",
-                            param="scheduler",
-                        ) from None
+                        raise ResourceError(LOST_SCHEDULER, param="scheduler") from None
                     raise ResourceError(f"{task.label} was cancelled on the Dask cluster ({reason})") from None
+                except CommClosedError:  # the scheduler stopped while sending this result
+                    lost = True
+                    raise ResourceError(LOST_SCHEDULER, param="scheduler") from None
                 except Exception as exc:  # the scheduler's no-workers-timeout: no worker left to run it
                     if type(exc).__name__ != "NoWorkerError":
                         raise

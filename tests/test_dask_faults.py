@@ -24,7 +24,7 @@ from shapesgen.storage.manifest import plan_shards
 distributed = pytest.importorskip("dask.distributed")
 psutil = pytest.importorskip("psutil")
 
-NUM, SIZE = 1200, 30  # 40 shards: long enough to stop mid-render, a second or so of work
+NUM, SIZE = 600, 20  # 30 shards: long enough to stop mid-render, about a CPU-second of work
 CONFIG = SceneConfig(image_size=64, mask_size=32, instances_per_class=2, layers=3, seed=5)
 SMALL = ["--image-size", "64", "--mask-size", "32", "--instances", "2", "--layers", "3", "--seed", "5"]
 ENV = {**os.environ, "SOURCE_DATE_EPOCH": "1700000000"}
@@ -53,6 +53,14 @@ def start_when_a_shard_exists(args: list[str], out: Path) -> subprocess.Popen[st
         assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
         time.sleep(0.01)
     return proc
+
+
+def wait_for_no_partial(out: Path) -> None:
+    """Until no shard is being written (a task the client cancelled may still be running)."""
+    deadline = time.monotonic() + 60
+    while any(out.glob("*.partial")):
+        assert time.monotonic() < deadline, sorted(p.name for p in out.iterdir())
+        time.sleep(0.01)
 
 
 def one_line(proc: subprocess.Popen[str], code: int) -> str:
@@ -126,7 +134,7 @@ def test_an_external_cluster_interrupted_then_its_scheduler_lost(tmp_path: Path,
         proc = start_when_a_shard_exists(command(out, "--engine", "dask", "--scheduler", address), out)
         os.killpg(proc.pid, signal.SIGINT)
         assert "rerun the same command to finish it" in one_line(proc, 130)
-        time.sleep(1)  # Dask cannot stop a running task: the worker finishes its shard, atomically
+        wait_for_no_partial(out)  # Dask cannot stop a running task: the worker finishes its shard, atomically
         assert_only_whole_shards(out)
         kept = {p.name: p.stat().st_ino for p in out.glob("*.h5")}
         proc = start_when_a_shard_exists(command(out, "--engine", "dask", "--scheduler", address), out)
