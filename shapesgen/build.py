@@ -2,7 +2,8 @@
 
 The file is written to ``<out>.partial`` and renamed to ``<out>`` only once every
 scene and the checksums are in. An interrupted render keeps its ``.partial`` file,
-which ``resume=True`` continues to the same bytes an uninterrupted render writes.
+which ``resume=True`` continues (after Ctrl-C, a crash or SIGKILL) to the bytes an
+uninterrupted render with the same recorded start time (``created``) writes.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from shapesgen.limits import batch_scenes_for, check_disk, check_scene_fits
 from shapesgen.renderer import render_scenes
 from shapesgen.splits import Split, split_from_json
 from shapesgen.storage.encode import EncodedBatch, encode_scenes
-from shapesgen.storage.writer import FLUSH_EVERY_S, DatasetWriter
+from shapesgen.storage.writer import DatasetWriter
 
 ProgressCallback = Callable[[int, int], None]
 Verifier = Callable[[dict[str, str]], None]
@@ -212,7 +213,6 @@ def render_dataset(
     verify: Verifier | None = None,
     first_scene: int = 0,
     created: str | None = None,
-    flush_seconds: float = FLUSH_EVERY_S,
     on_batch: Callable[[EncodedBatch], None] | None = None,
 ) -> Path:
     """Render ``num_scenes`` scenes of ``config`` into the HDF5 file ``out``.
@@ -232,9 +232,10 @@ def render_dataset(
 
     ``first_scene`` renders scenes ``first_scene .. first_scene + num_scenes - 1`` (a shard of
     a sharded dataset, :mod:`shapesgen.shards`): each is the scene of that index, byte for
-    byte. ``created`` (ISO 8601) is recorded as the start time instead of now.
-    ``flush_seconds=0`` flushes after every batch, so that the file's bytes (not only its
-    data) are the same however fast it was written (see :class:`DatasetWriter`).
+    byte. ``created`` (ISO 8601) is recorded as the start time instead of now. The file's
+    bytes depend only on the config, seed, ``num_scenes``, ``first_scene``, storage and
+    ``created``: not on the worker count, timing, or an interruption resumed (see
+    :class:`DatasetWriter`).
     ``on_batch(batch)`` sees each encoded batch once it is written (its per-scene digests,
     e.g.); a resumed render does not show it the scenes an earlier run wrote.
     """
@@ -268,7 +269,6 @@ def render_dataset(
                 verify,
                 first_scene,
                 created,
-                flush_seconds,
                 on_batch,
             )
     except BaseException:
@@ -290,7 +290,6 @@ def _render_locked(
     verify: Verifier | None,
     first_scene: int = 0,
     created: str | None = None,
-    flush_seconds: float = FLUSH_EVERY_S,
     on_batch: Callable[[EncodedBatch], None] | None = None,
 ) -> Path:
     """:func:`render_dataset` once ``<out>.lock`` is held."""
@@ -352,7 +351,6 @@ def _render_locked(
             split,
             first_scene,
             created,
-            flush_seconds,
             verify=functools.partial(fresh_digests, config),
         )
     except KeyboardInterrupt:  # while checking a killed render's scenes: nothing was changed

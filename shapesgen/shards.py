@@ -16,6 +16,7 @@ shards' own.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -125,8 +126,8 @@ def render_shard(
     rendered again; one of another render is refused. The file is written to
     ``<shard>.partial`` and renamed when complete, so a task that dies leaves no shard
     that looks finished. A ``.partial`` an earlier attempt left is rendered again from its
-    first scene, not continued: a continued HDF5 file holds the same data in other bytes,
-    and checking its scenes would render them anyway.
+    first scene, not continued: a killed task's scenes would be rendered anyway to check
+    them. Either way the shard's bytes are an uninterrupted render's.
     """
     from shapesgen.build import RenderNote, render_dataset
 
@@ -155,7 +156,6 @@ def render_shard(
             progress=progress,
             first_scene=shard.start,
             created=created,
-            flush_seconds=0.0,
             on_batch=keep,
         )
     return _result_of(path, shard, written)
@@ -196,6 +196,19 @@ def created_time() -> str:
     epoch = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
     when = datetime.fromtimestamp(int(epoch), UTC) if epoch.isdigit() else datetime.now(UTC)
     return when.isoformat(timespec="seconds")
+
+
+def _kept_created(out: Path, shards: tuple[Shard, ...]) -> str | None:
+    """The start time the shards an earlier run of this render wrote record, so that the shards
+    rendered now record it too: a resumed folder then holds the bytes of an uninterrupted one."""
+    import h5py
+
+    for shard in shards:
+        path = out / shard.file
+        if path.is_file():
+            with contextlib.suppress(OSError, KeyError), h5py.File(path, "r") as file:
+                return str(file.attrs["created"])
+    return None
 
 
 def _check_count(name: str, value: object, high: int) -> int:
@@ -259,7 +272,7 @@ def render_sharded(
         raise DatasetError(f"out={str(out)!r}: cannot create the folder ({exc.strerror})", param="out") from None
     try:
         with exclusive_lock(out, "out"):
-            created = created_time()
+            created = _kept_created(out, shards) or created_time()
             try:
                 if engine == "local":
                     batch = batch_scenes_for(config, storage.batch_scenes)

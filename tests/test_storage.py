@@ -127,10 +127,12 @@ def test_storage_imports_no_rendering() -> None:
 
 def test_resume_keeps_the_prefix_that_verify_confirms(tmp_path: Path) -> None:
     """A file killed hard is cut where its scenes stop matching ``verify(start, stop)``, which
-    is asked for dataset-wide scene indices (a shard's ``first_scene`` onwards)."""
+    is asked for dataset-wide scene indices (a shard's ``first_scene`` onwards). Whole batches
+    are kept (here of one scene: the file's storage settings, not the resuming caller's)."""
     path, first = tmp_path / "shard.h5", 10
     scenes = render_scenes(TINY, range(first, first + 5))
-    writer = DatasetWriter(path, TINY, StorageConfig(), 5, first_scene=first, verify=lambda a, b: {})
+    storage = StorageConfig(batch_scenes=1)
+    writer = DatasetWriter(path, TINY, storage, 5, first_scene=first, verify=lambda a, b: {})
     writer.append(encode_scenes(scenes, 1))
     writer.file.close()  # killed hard: clean_stop stays false
     with h5py.File(path, "r+") as f:

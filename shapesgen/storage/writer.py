@@ -5,7 +5,7 @@ batches in scene order, record the checksums. Layout and meaning come from
 from __future__ import annotations
 
 import json
-import time
+import os
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,8 +16,9 @@ import numpy as np
 
 from shapesgen.config import SceneConfig, StorageConfig
 from shapesgen.errors import ConfigError, DatasetError
+from shapesgen.limits import batch_scenes_for
 from shapesgen.splits import Split
-from shapesgen.storage.digests import DigestChain, checksums
+from shapesgen.storage.digests import DigestChain, checksums, scene_digests
 from shapesgen.storage.encode import EncodedBatch
 from shapesgen.storage.layout import (
     DATASETS,
@@ -30,7 +31,36 @@ from shapesgen.storage.layout import (
 )
 from shapesgen.storage.resume import Verify, reopen
 
-FLUSH_EVERY_S = 2.0  # a hard kill loses at most this much work; Ctrl-C loses none
+
+def rebuild_path(path: Path) -> Path:
+    """Where a resumed file is rebuilt before it replaces ``path``."""
+    return path.with_name(path.name + ".rebuild")
+
+
+def stored_batch(
+    file: h5py.File, config: SceneConfig, offsets: np.ndarray, vertex_offsets: np.ndarray, lo: int, hi: int
+) -> EncodedBatch:
+    """Scenes ``lo..hi-1`` of a written file as the encoded batch that wrote them: its
+    compressed chunks as stored, its rows, counts and digests (given the file's offsets)."""
+    rows = slice(int(offsets[lo]), int(offsets[hi]))
+    chunks: dict[str, list[bytes]] = {}
+    for field in PER_SCENE:
+        dataset, per = file[field.name], field.scene_rows(config)
+        zeros = (0,) * (dataset.ndim - 1)
+        chunks[field.name] = [dataset.id.read_direct_chunk((j * per, *zeros))[1] for j in range(lo, hi)]
+    digests: dict[str, list[bytes]] = {field.name: [] for field in DATASETS}
+    for scene in scene_digests(file, offsets, vertex_offsets, range(lo, hi)):
+        for name, value in scene.items():
+            digests[name].append(value)
+    vertex_rows = slice(int(vertex_offsets[rows.start]), int(vertex_offsets[rows.stop]))
+    return EncodedBatch(
+        count=hi - lo,
+        chunks=chunks,
+        digests=digests,
+        vertex_rows={f.name: file[f.name][vertex_rows] for f in DATASETS if not f.per_scene},
+        instance_counts=np.diff(offsets[lo : hi + 1]),
+        vertex_counts=np.diff(vertex_offsets[rows.start : rows.stop + 1]),
+    )
 
 
 def _package_version() -> str:
@@ -52,21 +82,23 @@ class DatasetWriter:
         split: Split | None = None,
         first_scene: int = 0,
         created: str | None = None,
-        flush_seconds: float = FLUSH_EVERY_S,
         *,
         verify: Verify,
     ) -> None:
-        """An existing file is continued where it stopped (:func:`~shapesgen.storage.resume.reopen`,
-        which checks a killed render's scenes with ``verify``; ``progress(done, total)`` reports them);
-        ``split`` (resolved, its seed the config's) is recorded in a new file. A new file's
-        record j holds scene ``first_scene + j`` (a shard of a sharded dataset) and records
-        ``created`` (default: now) as its start time. The file is flushed after a batch once
-        ``flush_seconds`` have passed since the last flush; 0 flushes after every batch, so
-        the file's bytes do not depend on timing (HDF5 lays metadata out as it is flushed)."""
+        """A new file's record j holds scene ``first_scene + j`` (a shard of a sharded dataset);
+        it records ``split`` (resolved, its seed the config's) and ``created`` (default: now) as
+        its start time. Scenes are appended in batches of ``batch_scenes_for(config, storage)``
+        and the file is flushed after each, so its bytes depend on the scenes and the batch size
+        only, not on timing (HDF5 lays metadata out as it is flushed).
+
+        An existing file is continued: :func:`~shapesgen.storage.resume.reopen` finds the scenes
+        it holds intact (checking a killed render's with ``verify``; ``progress(done, total)``
+        reports them), and the file is rebuilt from its header and its whole batches of those
+        scenes, copied chunk for chunk, by the writes an uninterrupted render makes. So a
+        resumed render ends in the bytes of an uninterrupted one with the same ``created``."""
         self.path = path
         self.first_scene = first_scene
         self.created = created
-        self.flush_seconds = flush_seconds
         self.closed = False
         if split is not None and split.seed != config.seed:
             raise ConfigError(f"seed={config.seed} is not the seed {split.seed} of split {split.name!r}")
@@ -75,19 +107,57 @@ class DatasetWriter:
             raise ConfigError("seed=None is invalid here: a file records the seed it was rendered with")
         self.seed: int = config.seed
         self.config = config
+        self.num_scenes = num_scenes
+        self.batch = batch_scenes_for(config, storage.batch_scenes)
+        rebuilt = rebuild_path(path)
+        rebuilt.unlink(missing_ok=True)  # left by a resume killed while rebuilding: the file is intact
+        earlier = self._open(path)
+        if "format" not in earlier.attrs:
+            self.file = earlier
+            self._start(storage)
+            return
         try:
-            self.file = h5py.File(path, "a")
+            reopen(earlier, config, verify, progress)
+            storage = StorageConfig(**json.loads(str(earlier.attrs["storage"])))  # the filters it was started with
+            self.batch = batch_scenes_for(config, storage.batch_scenes)
+            self.num_scenes = int(earlier.attrs["num_scenes"])
+            self.first_scene = int(earlier.attrs.get("first_scene", 0))
+            self.created = str(earlier.attrs["created"])
+            self.file = self._open(rebuilt)
+            self._start(storage)
+            self._copy(earlier)
+        except BaseException:
+            earlier.close()
+            if hasattr(self, "file"):
+                self.file.close()
+            rebuilt.unlink(missing_ok=True)
+            raise
+        earlier.close()
+        os.replace(rebuilt, path)
+
+    @staticmethod
+    def _open(path: Path) -> h5py.File:
+        try:
+            return h5py.File(path, "a")
         except OSError as exc:
             raise DatasetError(f"{path}: cannot open for writing ({exc})") from None
-        self.last_flush = time.monotonic()
-        if "format" in self.file.attrs:
-            self.chain = reopen(self.file, config, verify, progress)
-            self.first_scene = int(self.file.attrs.get("first_scene", 0))
-        else:
-            self.chain = DigestChain()
-            self._create(storage, num_scenes)
+
+    def _start(self, storage: StorageConfig) -> None:
+        self.chain = DigestChain()
+        self._create(storage, self.num_scenes)
         self.file.attrs["clean_stop"] = False
         self.file.flush()
+
+    def _copy(self, earlier: h5py.File) -> None:
+        """Append the whole batches of ``earlier``'s scenes (the last one may be short where
+        the render ends), as their render appended them; scenes of a cut batch are dropped."""
+        written = int(earlier.attrs["scenes_written"])
+        stops = [min(lo + self.batch, self.num_scenes) for lo in range(0, written, self.batch)]
+        keep = max((stop for stop in stops if stop <= written), default=0)
+        offsets = earlier["instance_offsets"][: keep + 1]
+        vertex_offsets = earlier["vertex_offsets"][: int(offsets[-1]) + 1]
+        for lo in range(0, keep, self.batch):
+            self.append(stored_batch(earlier, self.config, offsets, vertex_offsets, lo, min(lo + self.batch, keep)))
 
     def _create(self, storage: StorageConfig, num_scenes: int) -> None:
         config = self.config
@@ -149,9 +219,7 @@ class DatasetWriter:
             dataset[base:] = int(dataset[base - 1]) + np.cumsum(counts)
         self.chain.extend(batch.digests)
         self.file.attrs["scenes_written"] = np.int64(written + batch.count)
-        if time.monotonic() - self.last_flush >= self.flush_seconds:
-            self.file.flush()
-            self.last_flush = time.monotonic()
+        self.file.flush()
 
     def finish(self) -> None:
         """Record checksums and mark the file complete."""
