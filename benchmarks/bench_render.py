@@ -195,10 +195,14 @@ def reference_render(checkout: Path, instances: int, scenes: int, n_layer: bool)
         draw(params, shapes.get_new_shapes(params))
 
 
-def row(what: str, instances: int, workers: int, scenes: int, usage: Usage, note: str = "") -> None:
+def row(
+    what: str, instances: int, workers: int, scenes: int, usage: Usage, note: str = "", *, reaped: bool = True
+) -> None:
+    """One table row; ``reaped=False``: the workers were not this process's reaped children
+    (a LocalCluster's fork from a fork server), so their CPU time and memory are unknown here."""
+    cpu, peak = (f"{scenes / usage.cpu:>9.1f}", f"{usage.peak_mib:>9.0f}") if reaped else (f"{'-':>9}", f"{'-':>9}")
     print(
-        f"{what:<28} {instances:>3} {workers:>7} {scenes:>7} {scenes / usage.wall:>9.1f} "
-        f"{scenes / usage.cpu:>9.1f} {usage.peak_mib:>9.0f}  {note}",
+        f"{what:<28} {instances:>3} {workers:>7} {scenes:>7} {scenes / usage.wall:>9.1f} {cpu} {peak}  {note}",
         flush=True,
     )
 
@@ -286,6 +290,7 @@ def main() -> None:
             args.scenes,
             dask,
             f"overhead {dask.wall / local.wall - 1:+.0%}",
+            reaped=False,
         )
         wall = in_fresh_process(running_cluster_render, instances, args.scenes)
         print(
