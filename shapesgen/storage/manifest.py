@@ -88,8 +88,7 @@ def build_manifest(
         "checksums": checksums,
         "virtual": VIRTUAL_FILE,
         "shards": [
-            {"file": shard.file, "start": shard.start, "stop": shard.stop, "checksums": sums}
-            for shard, sums in shards
+            {"file": shard.file, "start": shard.start, "stop": shard.stop, "checksums": sums} for shard, sums in shards
         ],
     }
 
