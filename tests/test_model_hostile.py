@@ -528,6 +528,11 @@ def test_resume_may_change_inference_and_evaluation_settings_and_records_them(
         "min_pixels": 3,
         "max_clusters": 9,
         "max_iterations": 7,
+        "small_clusters": "merge",
+        "hidden_clusters": "drop",
+        "merge_radius": 2.0,
+        "convex_hull": True,
+        "max_background": 0.6,
     }
     assert {f"{FLAT_FIELDS[k][0]}.{k}" for k in changes} == RESUME_MAY_CHANGE
     train(tiny_dataset, run, QUICK.replace(**changes), resume=True)
