@@ -85,7 +85,7 @@ def render(
         int,
         typer.Option(
             "--compression",
-            help="gzip level 0-9 (0 = none; 1 uses ISA-L's faster deflate); a resumed render keeps the file's own.",
+            help="gzip level 0-9 (0 = none); a resumed render keeps the file's own.",
         ),
     ] = 1,
     resume: Annotated[

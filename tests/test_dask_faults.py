@@ -5,7 +5,6 @@ resumes to the bytes of an uninterrupted render."""
 
 from __future__ import annotations
 
-import filecmp
 import os
 import re
 import signal
@@ -81,28 +80,10 @@ def assert_only_whole_shards(out: Path) -> None:
 
 
 def assert_same_as(out: Path, reference: Path) -> None:
-    """The manifest and dataset.h5 byte for byte; each shard's attributes (its SHA-256
-    checksums of every dataset's raw bytes among them) and every dataset's values.
+    """Every file byte for byte: the manifest, dataset.h5 and each shard."""
+    from test_shards import same_files
 
-    Not each shard's file bytes: a compressed chunk may differ. In this test, a shard's
-    `instances` chunk stored 516 bytes in the reference render and 515 in the resumed one,
-    both decompressing to the same 900 bytes; 515 is what ISA-L gives for them in another
-    process, so ISA-L's level-1 output can differ between processes for the same input.
-    The cause inside ISA-L is not yet found (docs/scaling.md)."""
-    import h5py
-    import numpy as np
-
-    names = sorted(p.name for p in reference.iterdir())
-    assert sorted(p.name for p in out.iterdir()) == names
-    for name in names:
-        if not name.startswith("shard-"):
-            assert filecmp.cmp(reference / name, out / name, shallow=False), name
-            continue
-        with h5py.File(reference / name) as ref, h5py.File(out / name) as got:
-            assert dict(ref.attrs).keys() == dict(got.attrs).keys(), name
-            assert all(np.array_equal(ref.attrs[k], got.attrs[k]) for k in ref.attrs), name
-            assert sorted(ref) == sorted(got), name
-            assert all(np.array_equal(ref[k][()], got[k][()]) for k in ref), name
+    same_files(out, reference)
 
 
 def test_ctrl_c_on_a_local_cluster_stops_its_workers_and_the_rerun_resumes(tmp_path: Path, reference: Path) -> None:

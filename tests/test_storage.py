@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import h5py
@@ -15,8 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shapesgen import SceneConfig, StorageConfig, open_dataset, preset, render_scenes
-from shapesgen.storage.encode import encode_scenes
-from shapesgen.storage.layout import DATASETS, INSTANCE_COLUMNS, INSTANCE_DTYPE, Scene, instance_table
+from shapesgen.storage.encode import deflate, encode_scenes
+from shapesgen.storage.layout import DATASETS, INSTANCE_COLUMNS, INSTANCE_DTYPE, PER_SCENE, Scene, instance_table
 from shapesgen.storage.writer import DatasetWriter
 
 TINY = SceneConfig(image_size=64, mask_size=32, instances_per_class=3, layers=3, seed=11)
@@ -151,3 +152,20 @@ def test_resume_keeps_the_prefix_that_verify_confirms(tmp_path: Path) -> None:
     resumed.close()
     with open_dataset(path) as ds:
         assert len(ds) == 5 and np.array_equal(ds[3].image, scenes[3].image)
+
+
+def test_compressed_chunks_are_the_same_in_any_thread() -> None:
+    """A chunk's compressed bytes depend on its data only, not on the thread compressing it:
+    Dask runs tasks in worker threads, and shard files must be a local render's bytes.
+    (ISA-L's level 1, used before, gave other bytes for a few chunks in 2 of 6 runs of this
+    loop as a script; under pytest it passed 6 runs: its failures depend on the process.)"""
+    scenes = render_scenes(TINY, range(60))
+    chunks = [np.ascontiguousarray(getattr(s, f.attribute)).tobytes() for s in scenes for f in PER_SCENE]
+    serial = [deflate(chunk, 1) for chunk in chunks]
+
+    def differing(_: int) -> int:
+        pairs = list(zip(chunks, serial, strict=True))
+        return sum(deflate(chunk, 1) != expected for _ in range(20) for chunk, expected in pairs)
+
+    with ThreadPoolExecutor(4) as pool:
+        assert sum(pool.map(differing, range(4))) == 0

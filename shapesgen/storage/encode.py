@@ -9,19 +9,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from isal import isal_zlib
 
 from shapesgen.storage.layout import DATASETS, PER_SCENE, Scene
 
 
 def deflate(raw: bytes | memoryview, level: int) -> bytes:
     """A zlib stream of ``raw`` (bytes, or a view of a C-contiguous array's bytes, read in
-    place), as HDF5's gzip filter reads it.
+    place) at ``level``, as HDF5's gzip filter reads it.
 
-    Level 1 (the default) uses ISA-L's deflate: 3x faster than zlib's level 1 and,
-    on these scenes, 8% smaller. Other levels use zlib's, to honour the ratio asked.
+    zlib's own deflate, for its fixed output: the same input gives the same bytes in any
+    process or thread. ISA-L's level 1 (3x faster) did not: it reads memory it has not
+    initialised, and one chunk came out 515 bytes in one Dask worker and 516 in another
+    render (same data), so shard files differed while their checksums agreed.
     """
-    return isal_zlib.compress(raw, 1) if level == 1 else zlib.compress(raw, level)
+    return zlib.compress(raw, level)
 
 
 @dataclass(frozen=True)
