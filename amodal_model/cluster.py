@@ -1,7 +1,8 @@
 """Inference: threshold mean-shift clustering of embeddings into amodal instances.
 
-Per class, the embeddings of that class's pixels in *all* layers are clustered
-together, so an instance's amodal mask is the union of its pixels over the layers.
+Per class (or, with ``cluster_scope='all'``, over every class at once), the embeddings
+of the pixels in *all* layers are clustered together, so an instance's amodal mask is
+the union of its pixels over the layers.
 Deterministic given a seed; iteration and cluster caps replace the reference code's
 wall-clock timeout, and a pixel keeps the first cluster that claims it.
 
@@ -97,16 +98,32 @@ def cluster_pixels(
     max_iterations: int = 50,
     seed: int | Sequence[int] = 0,
     max_background: float | None = None,
+    scope: str = "class",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Each pixel's cluster in each layer, ``(L, M, M)`` (-1: background or left over), and
     each cluster's class, from ``semantic`` ``(L, M, M, K + 1)`` and ``embedding`` ``(L, M, M, C)``.
 
-    A pixel's class is :func:`pixel_classes`. Clusters are numbered class by class, in the
-    order mean-shift finds them.
+    A pixel's class is :func:`pixel_classes`. ``scope='class'``: each class's pixels are
+    clustered apart, clusters numbered class by class in the order mean-shift finds them.
+    ``scope='all'``: the foreground pixels of every class are clustered together, and a
+    cluster's class is the object class of highest probability summed over its pixels.
     """
     rng = np.random.default_rng(seed)
     classes = pixel_classes(semantic, max_background)
     labels = np.full(classes.shape, -1, dtype=np.int64)
+    if scope == "all":
+        where = np.nonzero(classes > 0)
+        if where[0].size == 0:
+            return labels, np.zeros(0, dtype=np.int64)
+        found = threshold_mean_shift(embedding[where], bandwidth, rng, max_clusters, max_iterations)
+        labels[where] = found
+        count = int(found.max()) + 1
+        held = found >= 0
+        mass = np.zeros((count, semantic.shape[-1] - 1), np.float64)
+        np.add.at(mass, found[held], semantic[where][held, 1:])
+        return labels, mass.argmax(axis=1).astype(np.int64) + 1
+    if scope != "class":
+        raise ValueError(f"scope={scope!r} is invalid: must be 'class' or 'all'")
     class_of: list[int] = []
     for class_id in range(1, semantic.shape[-1]):
         where = np.nonzero(classes == class_id)
@@ -198,6 +215,7 @@ def cluster_instances(
     merge_radius: float = 3.0,
     convex_hull: bool = False,
     max_background: float | None = None,
+    cluster_scope: str = "class",
 ) -> list[Instance]:
     """Instances of one image from ``semantic`` ``(L, M, M, K + 1)`` and ``embedding`` ``(L, M, M, C)``
     (:func:`cluster_pixels`, :func:`merge_clusters`, :func:`instances_from_labels`)."""
@@ -209,6 +227,7 @@ def cluster_instances(
         max_iterations=max_iterations,
         seed=seed,
         max_background=max_background,
+        scope=cluster_scope,
     )
     labels = merge_clusters(
         labels,

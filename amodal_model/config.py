@@ -38,6 +38,7 @@ LossNormalisation = Literal["reference", "mean"]
 Score = Literal["class", "completeness", "product"]
 SmallClusters = Literal["drop", "merge"]
 HiddenClusters = Literal["keep", "drop", "merge"]
+ClusterScope = Literal["class", "all"]
 
 BACKBONE_NAMES: tuple[str, ...] = ("xception", "mobilenetv2", "tiny", "separable")
 HEAD_CONVS: tuple[str, ...] = ("standard", "separable")
@@ -50,6 +51,7 @@ LOSS_NORMALISATIONS: tuple[str, ...] = ("reference", "mean")
 SCORES: tuple[str, ...] = ("class", "completeness", "product")
 SMALL_CLUSTERS: tuple[str, ...] = ("drop", "merge")
 HIDDEN_CLUSTERS: tuple[str, ...] = ("keep", "drop", "merge")
+CLUSTER_SCOPES: tuple[str, ...] = ("class", "all")
 MAX_WIDTH = 4096
 """Upper limit of channel counts (features, head filters, embedding dimension)."""
 MAX_HEAD_LAYERS = 16
@@ -124,6 +126,7 @@ _CHOICES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("score", SCORES),
     ("small_clusters", SMALL_CLUSTERS),
     ("hidden_clusters", HIDDEN_CLUSTERS),
+    ("cluster_scope", CLUSTER_SCOPES),
 )
 _BOOL_FIELDS = frozenset({"visible_targets", "stem_norm", "convex_hull"})
 
@@ -341,7 +344,11 @@ class InferenceConfig(_Concern):
     instance is partly visible). ``convex_hull=True`` is a domain prior, off by default:
     every amodal mask becomes its convex hull (the scenes' shapes are convex).
     ``max_background``: a pixel is foreground wherever its background probability is
-    under it (``None``: where the background is not the most probable class). A trained
+    under it (``None``: where the background is not the most probable class).
+    ``cluster_scope``: cluster each class's pixels apart (``class``, the reference code's),
+    or all foreground pixels together, each cluster taking the class of highest summed
+    probability over its pixels (``all``: a pixel of the wrong class still joins its
+    instance; for models trained with ``distance_scope='all'``). A trained
     model carries its own settings (a model saved before a field existed gets its
     default, the earlier behaviour), and ``predict`` may override any field.
     """
@@ -359,6 +366,7 @@ class InferenceConfig(_Concern):
     merge_radius: float = 3.0
     convex_hull: bool = False
     max_background: float | None = None
+    cluster_scope: ClusterScope = "class"
 
 
 CONCERNS: dict[str, type[_Concern]] = {

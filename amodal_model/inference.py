@@ -44,6 +44,7 @@ def image_instances(
         merge_radius=settings.merge_radius,
         convex_hull=settings.convex_hull,
         max_background=settings.max_background,
+        cluster_scope=settings.cluster_scope,
     )
 
 

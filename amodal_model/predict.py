@@ -334,13 +334,14 @@ def predict_run(
     merge_radius: float | None = None,
     convex_hull: bool | None = None,
     max_background: float | None = None,
+    cluster_scope: str | None = None,
     workers: int | None = None,
 ) -> Path:
     """Load a run, predict an HDF5 file, sharded dataset folder or COCO-amodal export,
     write COCO results.
 
     ``bandwidth``, ``min_pixels``, ``score``, ``small_clusters``, ``hidden_clusters``,
-    ``merge_radius``, ``convex_hull`` and ``max_background`` override the run's inference
+    ``merge_radius``, ``convex_hull``, ``max_background`` and ``cluster_scope`` override the run's inference
     settings (``None`` keeps them); clustering uses ``workers`` processes (``None``: one per core).
 
     Every argument is checked before the model is loaded: ``out`` may be neither the
@@ -360,6 +361,7 @@ def predict_run(
         "merge_radius": merge_radius,
         "convex_hull": convex_hull,
         "max_background": max_background,
+        "cluster_scope": cluster_scope,
     }
     InferenceConfig().with_overrides(**overrides)  # checked now, not after the model has loaded
     with open_file(data, "data") as source:

@@ -11,6 +11,7 @@ import typer
 
 from amodal_model.config import (
     Backbone,
+    ClusterScope,
     DistanceScope,
     HeadKind,
     HiddenClusters,
@@ -285,6 +286,14 @@ def predict(
             "(default: the model's; unset: where background is not the most probable class).",
         ),
     ] = None,
+    cluster_scope: Annotated[
+        ClusterScope | None,
+        typer.Option(
+            "--cluster-scope",
+            help="class: cluster each class's pixels apart; all: cluster every foreground pixel together, "
+            "each cluster taking its most probable class (default: the model's).",
+        ),
+    ] = None,
     workers: Annotated[
         int | None, typer.Option("--workers", help="Clustering processes (default: one per core).")
     ] = None,
@@ -313,6 +322,7 @@ def predict(
                 merge_radius=merge_radius,
                 convex_hull=convex_hull,
                 max_background=max_background,
+                cluster_scope=cluster_scope,
                 workers=workers,
             ),
         )

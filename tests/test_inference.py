@@ -232,3 +232,26 @@ def test_max_background_makes_a_pixel_whose_classes_split_the_probability_foregr
     assert pixel_classes(semantic, 1.0).tolist() == [1, 2, 2]
     with pytest.raises(ConfigError, match="max_background=0 is invalid"):
         InferenceConfig(max_background=0)
+
+
+def test_clustering_across_classes_keeps_an_instance_whose_pixels_split_between_classes() -> None:
+    """An instance whose occluded pixels the semantic head puts in the other class: per class
+    they become a second instance of that class; clustered together, one instance of the
+    class holding most of its probability, every pixel its own."""
+    semantic = np.zeros((2, 8, 8, 3), np.float32)
+    semantic[..., 0] = 1.0
+    semantic[0, :4, :4] = [0.05, 0.9, 0.05]  # instance A, visible: class 1
+    semantic[1, 4:6, :4] = [0.05, 0.35, 0.6]  # A behind B: the head says class 2
+    semantic[0, 4:8, 4:8] = [0.05, 0.05, 0.9]  # instance B: class 2, far in embedding space
+    embedding = np.zeros((2, 8, 8, 2), np.float32)
+    embedding[0, 4:8, 4:8] = 10.0
+    by_class = cluster_instances(semantic, embedding, min_pixels=1)
+    together = cluster_instances(semantic, embedding, min_pixels=1, cluster_scope="all")
+    assert sorted((i.class_id, i.pixels) for i in by_class) == [(1, 16), (2, 8), (2, 16)]
+    assert sorted((i.class_id, i.pixels) for i in together) == [(1, 24), (2, 16)]
+    a = next(i for i in together if i.class_id == 1)
+    assert a.mask[:6, :4].all() and a.visible[:4, :4].all() and not a.visible[4:].any()
+    labels, class_of = cluster_pixels(semantic, embedding, scope="all")
+    assert sorted(class_of.tolist()) == [1, 2] and (labels[semantic[..., 0] == 1.0] == -1).all()
+    with pytest.raises(ValueError, match="scope='image' is invalid"):
+        cluster_pixels(semantic, embedding, scope="image")

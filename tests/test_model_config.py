@@ -77,6 +77,7 @@ VALID: dict[str, st.SearchStrategy[Any]] = {
     "merge_radius": st.floats(1e-6, 1e6),
     "convex_hull": st.booleans(),
     "max_background": st.none() | st.floats(1e-6, 1.0),
+    "cluster_scope": st.sampled_from(["class", "all"]),
 }
 BAD: list[tuple[str, Any, str]] = [
     ("backbone", "resnet", "backbone='resnet' is invalid: must be one of 'xception', 'mobilenetv2', 'tiny'"),
@@ -121,6 +122,7 @@ BAD: list[tuple[str, Any, str]] = [
     ("merge_radius", 0, "merge_radius=0 is invalid: must be a number > 0 and <= 1e+06"),
     ("convex_hull", 1, "convex_hull=1 is invalid: must be true or false"),
     ("max_background", 1.5, "max_background=1.5 is invalid: must be None (the most probable class) or a number"),
+    ("cluster_scope", "image", "cluster_scope='image' is invalid: must be one of 'class', 'all'"),
 ]
 
 

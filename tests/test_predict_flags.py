@@ -23,8 +23,15 @@ FLAGS = {
     "--merge-radius": "5",
     "--max-background": "0.6",
     "--min-pixels": "40",
+    "--cluster-scope": "all",
 }
-KWARGS = {"small_clusters": "merge", "hidden_clusters": "drop", "merge_radius": 5.0, "max_background": 0.6}
+KWARGS = {
+    "small_clusters": "merge",
+    "hidden_clusters": "drop",
+    "merge_radius": 5.0,
+    "max_background": 0.6,
+    "cluster_scope": "all",
+}
 
 pytestmark = pytest.mark.skipif(MODEL not in pretrained.shipped_models(), reason=f"{MODEL} is not shipped")
 
