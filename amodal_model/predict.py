@@ -344,7 +344,8 @@ def predict_run(
     ``merge_radius``, ``convex_hull``, ``max_background`` and ``cluster_scope`` override the run's inference
     settings (``None`` keeps them); clustering uses ``workers`` processes (``None``: one per core).
 
-    Every argument is checked before the model is loaded: ``out`` may be neither the
+    Every argument is checked before the model is loaded (``merge_radius`` with neither
+    cluster kind merged, in the model's settings or the overrides, just after): ``out`` may be neither the
     input file nor inside the input's folder or the run folder, must be writable, and
     replaces an existing file only with ``force=True``. The data is opened once, and
     the results appear at ``out`` only when complete.
@@ -369,6 +370,13 @@ def predict_run(
         out_path = _check_output(out, source, run_path, force)
         model, config, scene_config = load_run(run_path)
         settings = config.inference.with_overrides(**overrides)
+        if merge_radius is not None and "merge" not in (settings.small_clusters, settings.hidden_clusters):
+            raise ConfigError(
+                f"merge_radius={merge_radius} has no effect: small_clusters is {settings.small_clusters!r} and "
+                f"hidden_clusters is {settings.hidden_clusters!r}; set either to 'merge'",
+                param="merge_radius",
+                related=("small_clusters", "hidden_clusters"),
+            )
         records = predict_hdf5(
             model,
             config,

@@ -110,3 +110,15 @@ def test_values_of_another_kind_are_usage_errors(scenes: Path, tmp_path: Path, f
     result = run_cli("predict", "--model", MODEL, "--data", scenes, "--out", tmp_path / "r.json", "-q", *flags)
     assert result.exit_code == 2 and named in result.stderr and "Traceback" not in result.stderr, result.stderr
     assert not (tmp_path / "r.json").exists()
+
+
+def test_a_merge_radius_without_a_merge_is_refused(scenes: Path, tmp_path: Path) -> None:
+    """The shipped model merges both cluster kinds; with neither merged the radius would be ignored."""
+    out = tmp_path / "r.json"
+    flags = ["--small-clusters", "drop", "--hidden-clusters", "keep", "--merge-radius", "5"]
+    result = run_cli("predict", "--model", MODEL, "--data", scenes, "--out", out, "-q", *flags)
+    lines = result.stderr.splitlines()
+    assert result.exit_code == 2 and len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: --merge-radius 5.0 has no effect") and "'merge'" in lines[0], lines[0]
+    assert not out.exists()
+    assert predict(scenes, out, "--small-clusters", "drop", "--merge-radius", "5")  # hidden clusters still merge
