@@ -1,5 +1,6 @@
 """Shared fixtures and helpers: tiny configs, one small rendered dataset per session, a
-stub training epoch, and the round-trip / bad-value harness every config class is tested with."""
+stub training epoch and a run folder trained with it, and the round-trip / bad-value
+harness every config class is tested with."""
 
 from __future__ import annotations
 
@@ -42,6 +43,37 @@ def fake_epoch(self: Any, epoch: int, callbacks: Any) -> dict[str, Any]:
     """A stand-in for ``Trainer.run_epoch`` that trains nothing and returns a log row at once
     (checkpoints, publishing and ``model.keras`` stay real)."""
     return {"epoch": epoch + 1, "steps": self.steps, "seconds": 0.0, "images_per_s": 0.0, "loss": 1.0}
+
+
+def quick_config() -> Any:
+    """The tiny training preset, smaller still: one step of one epoch, no evaluation."""
+    from amodal_model.config import TRAIN_PRESETS
+
+    return TRAIN_PRESETS["tiny"].replace(
+        feature_channels=8,
+        head_filters=(8, 4),
+        embedding_dim=4,
+        epochs=1,
+        batch_size=2,
+        steps_per_epoch=1,
+        eval_every=0,
+    )
+
+
+def stub_trained(dataset: Path, out: Path, config: Any) -> Path:
+    """``train(dataset, out, config)`` with :func:`fake_epoch` epochs: a finished run folder
+    (real checkpoint and model.keras) in a second."""
+    from amodal_model.train import Trainer, train
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Trainer, "run_epoch", fake_epoch)
+        return train(dataset, out, config)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished run folder of :func:`quick_config`, one per test module."""
+    return stub_trained(tiny_dataset, tmp_path_factory.mktemp("runs") / "run", quick_config())
 
 
 def flat_train_config(config: Any) -> dict[str, Any]:

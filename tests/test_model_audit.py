@@ -16,11 +16,10 @@ from typing import Any
 import keras
 import pytest
 import tensorflow as tf
-from conftest import fake_epoch, run_cli
+from conftest import fake_epoch, quick_config, run_cli
 
 import amodal_model.predict as predict_module
 import amodal_model.train as train_module
-from amodal_model.config import TRAIN_PRESETS
 from amodal_model.predict import predict_run
 from amodal_model.train import Trainer, train
 from shapesgen import SceneConfig
@@ -28,17 +27,7 @@ from shapesgen.build import render_dataset
 from shapesgen.coco import ExportConfig, export_coco
 from shapesgen.errors import ConfigError, DatasetError, ShapesgenNote
 
-QUICK = TRAIN_PRESETS["tiny"].replace(
-    feature_channels=8, head_filters=(8, 4), embedding_dim=4, epochs=1, batch_size=2, steps_per_epoch=1, eval_every=0
-)
-
-
-@pytest.fixture(scope="module")
-def run_dir(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("runs") / "run"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(Trainer, "run_epoch", fake_epoch)
-        return train(tiny_dataset, out, QUICK)
+QUICK = quick_config()
 
 
 def marked_epoch(self: Any, epoch: int, callbacks: Any) -> dict[str, Any]:

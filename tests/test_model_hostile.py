@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import fake_epoch, flat_train_config, run_cli
+from conftest import fake_epoch, flat_train_config, quick_config, run_cli
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -36,17 +36,7 @@ from shapesgen.evaluate import evaluate_files
 from shapesgen.storage.reader import open_dataset
 
 TINY = TRAIN_PRESETS["tiny"]
-QUICK = TINY.replace(
-    feature_channels=8, head_filters=(8, 4), embedding_dim=4, epochs=1, batch_size=2, steps_per_epoch=1, eval_every=0
-)
-
-
-@pytest.fixture(scope="module")
-def run_dir(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("runs") / "run"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(Trainer, "run_epoch", fake_epoch)
-        return train(tiny_dataset, out, QUICK)
+QUICK = quick_config()
 
 
 @pytest.fixture()

@@ -19,7 +19,7 @@ import h5py
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import fake_epoch, flat_train_config, run_cli
+from conftest import fake_epoch, flat_train_config, run_cli, stub_trained
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -60,10 +60,7 @@ def data(tiny_dataset: Path, tmp_path: Path) -> Path:
 @pytest.fixture(scope="module")
 def run_dir(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished run folder (real checkpoint and model.keras, stub epoch)."""
-    out = tmp_path_factory.mktemp("runs") / "run"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(Trainer, "run_epoch", fake_epoch)
-        return train(tiny_dataset, out, QUICK)
+    return stub_trained(tiny_dataset, tmp_path_factory.mktemp("runs") / "run", QUICK)
 
 
 # --- TrainConfig -------------------------------------------------------------------------------------
