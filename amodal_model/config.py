@@ -79,6 +79,7 @@ RESUME_MAY_CHANGE: frozenset[str] = frozenset(
         "inference.merge_radius",
         "inference.convex_hull",
         "inference.max_background",
+        "inference.cluster_scope",
     }
 )
 """Settings (``concern.field``) that leave training itself unchanged (inference,
@@ -348,7 +349,8 @@ class InferenceConfig(_Concern):
     ``cluster_scope``: cluster each class's pixels apart (``class``, the reference code's),
     or all foreground pixels together, each cluster taking the class of highest summed
     probability over its pixels (``all``: a pixel of the wrong class still joins its
-    instance; for models trained with ``distance_scope='all'``). A trained
+    instance; for models trained with ``distance_scope='all'``). ``max_clusters`` caps
+    the clusters of each class (``class``) or of the whole image (``all``). A trained
     model carries its own settings (a model saved before a field existed gets its
     default, the earlier behaviour), and ``predict`` may override any field.
     """

@@ -371,11 +371,15 @@ def predict_run(
         model, config, scene_config = load_run(run_path)
         settings = config.inference.with_overrides(**overrides)
         if merge_radius is not None and "merge" not in (settings.small_clusters, settings.hidden_clusters):
+            kinds = ("small_clusters", "hidden_clusters")
+            origin = {k: "" if overrides[k] is not None else " (the model's)" for k in kinds}
             raise ConfigError(
-                f"merge_radius={merge_radius} has no effect: small_clusters is {settings.small_clusters!r} and "
-                f"hidden_clusters is {settings.hidden_clusters!r}; set either to 'merge'",
+                f"merge_radius={shown(merge_radius)} has no effect: "
+                f"small_clusters={settings.small_clusters!r}{origin['small_clusters']} and "
+                f"hidden_clusters={settings.hidden_clusters!r}{origin['hidden_clusters']}; "
+                "pass small_clusters='merge' or hidden_clusters='merge'",
                 param="merge_radius",
-                related=("small_clusters", "hidden_clusters"),
+                related=kinds,
             )
         records = predict_hdf5(
             model,

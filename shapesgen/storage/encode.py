@@ -18,9 +18,9 @@ def deflate(raw: bytes | memoryview, level: int) -> bytes:
     place) at ``level``, as HDF5's gzip filter reads it.
 
     zlib's own deflate, for its fixed output: the same input gives the same bytes in any
-    process or thread. ISA-L's level 1 (3x faster) did not: it reads memory it has not
-    initialised, and one chunk came out 515 bytes in one Dask worker and 516 in another
-    render (same data), so shard files differed while their checksums agreed.
+    process or thread. ISA-L's level 1 (3x faster) did not, for a cause not found: one
+    chunk came out 515 bytes in one Dask worker and 516 in another render (same data), so
+    shard files differed while their checksums agreed.
     """
     return zlib.compress(raw, level)
 
