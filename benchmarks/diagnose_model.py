@@ -177,6 +177,7 @@ def join_figures(
             max_iterations=settings.max_iterations,
             seed=[settings.seed, scene],
             max_background=settings.max_background,
+            scope=settings.cluster_scope,
         )
         labels = merge_clusters(
             labels,

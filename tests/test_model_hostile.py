@@ -523,6 +523,7 @@ def test_resume_may_change_inference_and_evaluation_settings_and_records_them(
         "merge_radius": 2.0,
         "convex_hull": True,
         "max_background": 0.6,
+        "cluster_scope": "all",
     }
     assert {f"{FLAT_FIELDS[k][0]}.{k}" for k in changes} == RESUME_MAY_CHANGE
     train(tiny_dataset, run, QUICK.replace(**changes), resume=True)
