@@ -3,6 +3,8 @@ SIGTERM at any moment, even while the CLI is still importing, ends in one line.
 
 SIGTERM (``kill``, ``timeout``, a scheduler stopping a job) is treated like Ctrl-C:
 the command stops the same way, keeping what can be resumed and removing the rest.
+A malformed command line (an unknown flag, a value of the wrong kind) is one line too,
+exit 2.
 """
 
 from __future__ import annotations
@@ -20,21 +22,37 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
+def usage_line(exc: Exception) -> str:
+    """A command-line error of click (as vendored by typer) as one line: what was wrong, and
+    where the command's options are listed (click prints a usage block and a boxed message)."""
+    message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+    ctx = getattr(exc, "ctx", None)
+    where = f"; see `{ctx.command_path} --help`" if ctx is not None else ""
+    text = " ".join(message.replace("Value error, ", "").split()).rstrip(".")
+    return f"error: {text}{where}"
+
+
 def main() -> None:
     """Run the ``shapesgen`` command."""
     signal.signal(signal.SIGTERM, _terminate)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter is not ours to show
     code: object = 0
     try:
+        import typer
+        from typer.exceptions import TyperException
+
         from .app import app
 
         try:
-            app()
+            code = typer.main.get_command(app).main(prog_name="shapesgen", standalone_mode=False)
         finally:
             sys.stdout.flush()
+    except TyperException as exc:  # click's errors: an unknown flag, a value of the wrong kind (exit 2)
+        sys.stderr.write(usage_line(exc) + "\n")
+        code = getattr(exc, "exit_code", 2)
     except SystemExit as exc:
         code = exc.code
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, typer.Abort):
         sys.stderr.write("error: interrupted\n")
         code = EXIT_INTERRUPTED
     except BrokenPipeError:  # `shapesgen info x | head`: the reader left; say nothing

@@ -410,3 +410,22 @@ def test_a_link_at_the_lock_path_is_refused_not_followed(rendered: Path, tmp_pat
     lock.symlink_to(tmp_path / "missing" / "target")
     line = one_error_line(run_cli("preview", rendered, "--out", out), code=1)
     assert "symbolic link" in line and not out.exists() and lock.is_symlink()
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["render", "--bogus"], "error: No such option: --bogus"),
+        (["render", "--instances", "many"], "error: Invalid value for '--instances'"),
+        (["predict", "--model", "m", "--data", "d.h5", "--out", "r.json", "--score", "best"], "'best' is not one of"),
+        (["bogus"], "error: No such command 'bogus'"),
+        (["info"], "error: Missing argument 'path'"),
+    ],
+)
+def test_a_malformed_command_line_is_one_line_and_exit_2(tmp_path: Path, args: list[str], says: str) -> None:
+    """The installed command, not the test runner: click would print a usage block and a
+    boxed message; shapesgen prints one line that says where the options are listed."""
+    result = subprocess.run([sys.executable, "-m", "shapesgen", *args], capture_output=True, text=True, cwd=tmp_path)
+    lines = result.stderr.splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert says in lines[0] and "--help" in lines[0] and result.stdout == "" and not any(tmp_path.iterdir())
