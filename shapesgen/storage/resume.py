@@ -13,7 +13,7 @@ import h5py
 import numpy as np
 
 from shapesgen.config import SceneConfig
-from shapesgen.storage.digests import PER_SCENE_HASHED, DigestChain, scene_digests
+from shapesgen.storage.digests import PER_SCENE_HASHED, scene_digests
 from shapesgen.storage.layout import DATASETS, PER_SCENE
 
 Verify = Callable[[int, int], Mapping[str, Sequence[bytes]]]
@@ -23,31 +23,25 @@ TORN = (OSError, RuntimeError, ValueError, KeyError, IndexError)  # h5py reading
 
 def reopen(
     file: h5py.File, config: SceneConfig, verify: Verify, progress: Callable[[int, int], None] | None = None
-) -> DigestChain:
-    """Truncate ``file`` to the scenes it holds intact; return their digest chain.
+) -> int:
+    """Truncate ``file`` to the scenes it holds intact; return their count.
 
-    A file closed cleanly keeps the ``scenes_written`` it counts, re-hashed. One that was
-    not (killed hard between flushes) may hold a torn tail: its scenes are compared,
-    ``VERIFY_BATCH`` at a time, with ``verify`` and only the prefix before the first
-    difference is kept; ``progress(done, total)`` reports the scenes checked.
+    A file closed cleanly keeps the ``scenes_written`` it counts (the writer hashes them as it
+    copies them). One that was not (killed hard between flushes) may hold a torn tail: its
+    scenes are compared, ``VERIFY_BATCH`` at a time, with ``verify`` and only the prefix
+    before the first difference is kept; ``progress(done, total)`` reports the scenes checked.
     """
     written = int(file.attrs["scenes_written"])
-    if bool(file.attrs.get("clean_stop", True)):
-        offsets, vertex_offsets = _offsets(file, written)
-        chain = DigestChain()
-        for scene in scene_digests(file, offsets, vertex_offsets):
-            chain.add(scene)
-    else:
-        chain = _intact_prefix(file, config, written, verify, progress)
-        written = chain.scenes
-        offsets, vertex_offsets = _offsets(file, written)
+    if not bool(file.attrs.get("clean_stop", True)):
+        written = _intact_prefix(file, config, written, verify, progress)
+    offsets, vertex_offsets = _offsets(file, written)
     lengths = {"scene": written, "instance": int(offsets[-1]), "vertex": int(vertex_offsets[-1])}
     for field in DATASETS:
         file[field.name].resize(lengths[field.axis], axis=0)
     file["instance_offsets"].resize(written + 1, axis=0)
     file["vertex_offsets"].resize(len(vertex_offsets), axis=0)
     file.attrs["scenes_written"] = np.int64(written)
-    return chain
+    return written
 
 
 def _offsets(file: h5py.File, scenes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -58,8 +52,8 @@ def _offsets(file: h5py.File, scenes: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _intact_prefix(
     file: h5py.File, config: SceneConfig, written: int, verify: Verify, progress: Callable[[int, int], None] | None
-) -> DigestChain:
-    """The digests of the leading scenes that equal ``verify``'s (a fresh render's)."""
+) -> int:
+    """How many leading scenes equal ``verify``'s (a fresh render's)."""
     try:
         offsets, vertex_offsets = _offsets(file, written)
         consistent = (
@@ -69,22 +63,20 @@ def _intact_prefix(
             and all(file[f.name].shape[0] >= written * f.scene_rows(config) for f in PER_SCENE)
         )
         if not consistent:
-            return DigestChain()
+            return 0
     except TORN:  # torn beyond reading
-        return DigestChain()
-    chain = DigestChain()
+        return 0
     first = int(file.attrs.get("first_scene", 0))
     for start in range(0, written, VERIFY_BATCH):
         stop = min(start + VERIFY_BATCH, written)
         try:
             stored = list(scene_digests(file, offsets, vertex_offsets, range(start, stop)))
         except TORN:  # this block is torn beyond reading
-            return chain
+            return start
         fresh = verify(first + start, first + stop)
         for j, scene in enumerate(stored):
             if any(scene[name] != fresh[name][j] for name in PER_SCENE_HASHED):
-                return chain
-            chain.add(scene)
+                return start + j
         if progress:
             progress(stop, int(file.attrs["num_scenes"]))
-    return chain
+    return written
