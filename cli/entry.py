@@ -22,6 +22,15 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
+def _forget_interrupted_string_eval() -> None:
+    """Let exit 130 stand under ``python -m shapesgen``. A Ctrl-C that lands inside a string
+    ``exec`` (dataclasses and namedtuples build their methods so, while a module imports) sets
+    CPython's "unhandled KeyboardInterrupt" flag even though the CLI catches it, and under ``-m``
+    the interpreter then ends by killing itself with SIGINT (status -2, not 130). Every string
+    eval clears that flag as it starts."""
+    eval("None")
+
+
 def usage_line(exc: Exception) -> str:
     """A command-line error of click (as vendored by typer) as one line: what was wrong, and
     where the command's options are listed (click prints a usage block and a boxed message)."""
@@ -65,4 +74,6 @@ def main() -> None:
         except OSError:
             pass
         code = 1
+    if code == EXIT_INTERRUPTED:
+        _forget_interrupted_string_eval()
     sys.exit(code if isinstance(code, int) else 1 if code else 0)

@@ -429,3 +429,24 @@ def test_a_malformed_command_line_is_one_line_and_exit_2(tmp_path: Path, args: l
     lines = result.stderr.splitlines()
     assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     assert says in lines[0] and "--help" in lines[0] and result.stdout == "" and not any(tmp_path.iterdir())
+
+
+def test_ctrl_c_inside_a_string_exec_still_exits_130_under_python_m(tmp_path: Path) -> None:
+    """A Ctrl-C that lands while a dataclass or namedtuple builds its methods (a string ``exec``)
+    sets CPython's unhandled-KeyboardInterrupt flag; under ``python -m`` the interpreter then
+    killed itself with SIGINT after the CLI's one line (status -2, not 130)."""
+    (tmp_path / "interrupted_cli.py").write_text(
+        "import sys\n"
+        "import typer\n"
+        "from shapesgen_cli import app as cli_app\n"
+        "from shapesgen_cli.entry import main\n"
+        "def stop(*args, **kwargs):\n"
+        "    exec('raise KeyboardInterrupt', {})\n"
+        "typer.main.get_command = lambda app: type('Command', (), {'main': stop})()\n"
+        "main()\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    run = subprocess.run(
+        [sys.executable, "-m", "interrupted_cli"], capture_output=True, text=True, env=env, timeout=120, check=False
+    )
+    assert (run.returncode, run.stderr) == (130, "error: interrupted\n")
