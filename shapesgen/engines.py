@@ -193,18 +193,37 @@ def local_cluster_config(preload: Sequence[str] = ()) -> dict[str, Any]:
     and, where this platform has a fork server, worker processes forked from it (see
     :data:`FORKSERVER`). Sets the fork server's preload to Dask and ``preload``: process-wide,
     and heeded only until the fork server first starts."""
-    import multiprocessing
-
-    if FORKSERVER not in multiprocessing.get_all_start_methods():
+    if not _set_forkserver_preload(preload):
         return dict(LOCAL_CLUSTER_CONFIG)
     import distributed.utils
 
     # Dask's own preload list would import pandas, lz4 and numpy into this process and the fork
     # server, but not the tasks' modules; the list only counts before the fork server first starts.
     distributed.utils._forkserver_preload_set = True
+    return {**LOCAL_CLUSTER_CONFIG, "distributed.worker.multiprocessing-method": FORKSERVER}
+
+
+def _set_forkserver_preload(preload: Sequence[str]) -> bool:
+    """Set the fork server's preload to Dask and ``preload`` (without importing Dask here);
+    False where this platform has no fork server."""
+    import multiprocessing
+
+    if FORKSERVER not in multiprocessing.get_all_start_methods():
+        return False
     modules = dict.fromkeys(["distributed", *(name for name in preload if name != "__main__")])
     multiprocessing.get_context(FORKSERVER).set_forkserver_preload(list(modules))
-    return {**LOCAL_CLUSTER_CONFIG, "distributed.worker.multiprocessing-method": FORKSERVER}
+    return True
+
+
+def prepare_local_cluster(preload: Sequence[str]) -> None:
+    """Start the fork server of a LocalCluster to come (see :func:`local_cluster_config`)
+    before this process imports Dask, so that the two import Dask at once: the cluster's
+    workers are forked from a server that has finished its imports about 0.4 s sooner
+    (0.5 to 0.8 s of imports each, on 2 cores). A no-op without a fork server or Dask."""
+    import importlib.util
+
+    if importlib.util.find_spec("distributed") is not None and _set_forkserver_preload(preload):
+        start_fork_server()
 
 
 def start_fork_server() -> None:

@@ -31,7 +31,15 @@ import numpy as np
 
 from shapesgen.config import Engine, SceneConfig, StorageConfig
 from shapesgen.engines import DASK_HINT as DASK_HINT  # re-exported: callers import them from here
-from shapesgen.engines import ENGINES, Report, Task, check_scheduler, import_dask, run_on_dask
+from shapesgen.engines import (
+    ENGINES,
+    Report,
+    Task,
+    check_scheduler,
+    import_dask,
+    prepare_local_cluster,
+    run_on_dask,
+)
 from shapesgen.engines import MissingExtra as MissingExtra
 from shapesgen.errors import ConfigError, DatasetError, ResourceError, ShapesgenError, ValidationError
 from shapesgen.files import check_output_path, exclusive_lock, make_parents, remove_empty, write_atomically
@@ -255,14 +263,19 @@ def render_sharded(
             f"at most {MAX_SHARDS:,} are allowed",
             param="shard_size",
         )
-    if engine == "dask":
-        import_dask()
-        if scheduler is not None:
-            check_scheduler(scheduler)
     storage = storage or StorageConfig()
     out = check_output_path(out, "out")
     if out.exists() and not out.is_dir():
         raise DatasetError(f"out={str(out)!r} exists and is not a folder: give a new or sharded folder", param="out")
+    if engine == "dask":
+        try:
+            if scheduler is None:
+                prepare_local_cluster([_render_task.__module__])
+            import_dask()
+        except KeyboardInterrupt:
+            raise _interrupted(out, shards) from None
+        if scheduler is not None:
+            check_scheduler(scheduler)
     config = _resolve_existing(out, config, num_scenes, shard_size, storage)
     config = resolve_seed(config)
     check_scene_fits(config, 1)

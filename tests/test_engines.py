@@ -156,3 +156,25 @@ def test_ctrl_c_while_a_local_cluster_starts_ends_in_one_line_and_stops_every_pr
     _, alive = psutil.wait_procs(family, timeout=10)
     assert not alive, [p.pid for p in alive]
     assert not out.exists()
+
+
+def test_a_local_cluster_fork_server_starts_before_this_process_imports_dask() -> None:
+    """``prepare_local_cluster`` starts the fork server, preloading Dask and the given modules,
+    without importing Dask here: the server's imports and this process's then run at once."""
+    pytest.importorskip("distributed")
+    import multiprocessing
+
+    from shapesgen import engines
+
+    if engines.FORKSERVER not in multiprocessing.get_all_start_methods():
+        pytest.skip("no fork server on this platform")
+    script = (
+        "import sys\n"
+        "from multiprocessing import forkserver\n"
+        "from shapesgen.engines import prepare_local_cluster\n"
+        "prepare_local_cluster(['shapesgen.shards'])\n"
+        "server = forkserver._forkserver\n"
+        "print('distributed' in sys.modules, server._forkserver_pid is not None, server._preload_modules)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
+    assert run.stdout.split(maxsplit=2) == ["False", "True", "['distributed', 'shapesgen.shards']\n"], run.stdout
