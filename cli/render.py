@@ -131,8 +131,9 @@ def render(
         Engine,
         typer.Option(
             "--engine",
-            help="With --shard-size: local (shards in turn, each with --workers processes) or dask (one task "
-            "per shard; a LocalCluster of --workers processes, or --scheduler). Same bytes either way.",
+            help="With --shard-size: local (one task per shard on --workers processes; with fewer shards than "
+            "workers, shards in turn) or dask (one task per shard; a LocalCluster of --workers processes, or "
+            "--scheduler). Same bytes either way.",
         ),
     ] = "local",
     scheduler: Annotated[

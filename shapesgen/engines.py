@@ -123,26 +123,61 @@ def run_here(tasks: Sequence[Task], accept: Accept, progress: ProgressCallback |
         tally.show()
 
 
-def _in_pool(function: Callable[..., Any], args: tuple[Any, ...]) -> Any:
-    return function(*args, report=lambda done: None)
+_COUNTS: Any = None  # in a pool worker: the queue its tasks' counts go to (see run_in_pool)
+
+
+def _pool_worker_init(counts: Any) -> None:
+    """A pool worker's start: the renderer's worker set-up (signals, death with the parent);
+    its pid, then its tasks' counts, go to ``counts``."""
+    from shapesgen.build import _worker_init
+
+    global _COUNTS
+    _worker_init()
+    _COUNTS = counts
+    counts.put(("pid", os.getpid()))
+
+
+def _in_pool(function: Callable[..., Any], args: tuple[Any, ...], index: int, period: float) -> Any:
+    return function(*args, report=Throttled(lambda done: _COUNTS.put(("count", (index, done))), period))
 
 
 def run_in_pool(
     tasks: Sequence[Task], accept: Accept, progress: ProgressCallback | None, workers: int, what: str
 ) -> None:
     """The tasks on ``workers`` local processes (the renderer's pool: forked on Linux,
-    workers ignore Ctrl-C and die with this process); progress moves as tasks finish.
-    The first failure cancels the tasks not started and is raised once the running ones end."""
-    from shapesgen.build import _pool_context, _worker_init
+    workers ignore Ctrl-C and die with this process); progress moves scene by scene, each
+    task's count sent at most every :data:`REPORT_EVERY_S` seconds. The first failure
+    cancels the tasks not started and is raised once the running ones end; Ctrl-C (or
+    SIGTERM) stops the running ones at once, so a long task (a shard of 10,000 scenes)
+    does not hold the interrupt up. Their outputs are whatever their tasks leave on a
+    kill (a render's ``.partial`` shard, rendered again on the next run)."""
+    from shapesgen.build import _pool_context
 
+    context = _pool_context()
+    counts = context.SimpleQueue()
+    pids: list[int] = []
     tally = Tally(tasks, progress)
+
+    def read_counts() -> None:
+        while not counts.empty():
+            kind, value = counts.get()
+            if kind == "pid":
+                pids.append(value)
+            else:
+                tally.set(*value)
+
     tally.show()
-    with ProcessPoolExecutor(min(workers, len(tasks)), mp_context=_pool_context(), initializer=_worker_init) as pool:
-        futures: dict[Future[Any], Task] = {pool.submit(_in_pool, t.function, t.args): t for t in tasks}
+    with ProcessPoolExecutor(
+        min(workers, len(tasks)), mp_context=context, initializer=_pool_worker_init, initargs=(counts,)
+    ) as pool:
+        futures: dict[Future[Any], Task] = {
+            pool.submit(_in_pool, t.function, t.args, t.index, REPORT_EVERY_S): t for t in tasks
+        }
         pending = set(futures)
         try:
             while pending:
-                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                finished, pending = wait(pending, timeout=REPORT_EVERY_S, return_when=FIRST_COMPLETED)
+                read_counts()
                 for future in sorted(finished, key=lambda f: futures[f].index):
                     task = futures[future]
                     accept(task, future.result())
@@ -150,6 +185,14 @@ def run_in_pool(
                 tally.show()
         except BrokenProcessPool:
             raise ResourceError(f"a {what} worker died (killed, or out of memory)", param="workers") from None
+        except KeyboardInterrupt:
+            read_counts()
+            for pid in pids:  # the pool would wait for its running tasks to end
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            raise
         finally:
             for future in pending:
                 future.cancel()

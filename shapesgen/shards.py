@@ -33,11 +33,13 @@ from shapesgen.config import Engine, SceneConfig, StorageConfig
 from shapesgen.engines import DASK_HINT as DASK_HINT  # re-exported: callers import them from here
 from shapesgen.engines import (
     ENGINES,
+    Accept,
     Report,
     Task,
     check_scheduler,
     import_dask,
     prepare_local_cluster,
+    run_in_pool,
     run_on_dask,
 )
 from shapesgen.engines import MissingExtra as MissingExtra
@@ -240,8 +242,9 @@ def render_sharded(
     """Render ``num_scenes`` scenes of ``config`` into the folder ``out`` as shards of
     ``shard_size`` scenes plus ``manifest.json``; return ``out``.
 
-    ``engine="local"`` renders the shards one after another, each with ``workers``
-    processes; ``engine="dask"`` runs one task per shard on the Dask scheduler at
+    ``engine="local"`` runs one task per shard on ``workers`` local processes (with fewer
+    shards than workers: the shards one after another, each with ``workers``
+    processes); ``engine="dask"`` runs one task per shard on the Dask scheduler at
     ``scheduler`` (or, without one, on a ``LocalCluster`` of ``workers`` processes): every
     worker must see ``out`` (shared storage). The bytes are the same for any engine and
     worker count. Calling again with the same arguments resumes an unfinished folder; a
@@ -287,7 +290,9 @@ def render_sharded(
         with exclusive_lock(out, "out"):
             created = _kept_created(out, shards) or created_time()
             try:
-                if engine == "local":
+                if engine == "local" and 1 < workers <= len(shards):
+                    chain = _run_pool(config, out, shards, storage, created, workers, progress)
+                elif engine == "local":
                     batch = batch_scenes_for(config, storage.batch_scenes)
                     used, note = effective_workers(workers, min(shard_size, num_scenes), batch)
                     if note:
@@ -409,6 +414,8 @@ def _run_local(
     workers: int,
     progress: ProgressCallback | None,
 ) -> DatasetChain:
+    """The shards on this machine, one after another, each with ``workers`` processes
+    (fewer shards than workers; :func:`_run_pool` otherwise)."""
     total = shards[-1].stop
     chain = DatasetChain()
     for shard in shards:
@@ -421,6 +428,42 @@ def _run_local(
         if progress:
             progress(shard.stop, total)
     return chain
+
+
+def _run_pool(
+    config: SceneConfig,
+    out: Path,
+    shards: tuple[Shard, ...],
+    storage: StorageConfig,
+    created: str,
+    workers: int,
+    progress: ProgressCallback | None,
+) -> DatasetChain:
+    """One :func:`_render_task` per shard on a pool of ``workers`` local processes (at least as
+    many shards as workers), each rendering and writing its shard alone, as under Dask: no
+    process waits at a shard's end for the others, and no shard starts a pool of its own."""
+    chain, tasks, accept = _shard_tasks(config, str(out), shards, storage, created)
+    run_in_pool(tasks, accept, progress, workers, "render")
+    return chain
+
+
+def _shard_tasks(
+    config: SceneConfig, folder: str, shards: tuple[Shard, ...], storage: StorageConfig, created: str
+) -> tuple[DatasetChain, list[Task], Accept]:
+    """One engine task per shard, and the ``accept`` that chains their results in shard order
+    as they finish in any order."""
+    chain, waiting = DatasetChain(), dict[int, ShardResult]()
+    tasks = [
+        Task(shard.index, f"shard {shard.file}", shard.count, _render_task, (config, folder, shard, storage, created))
+        for shard in shards
+    ]
+
+    def accept(task: Task, result: ShardResult) -> None:
+        waiting[task.index] = result
+        while len(chain.shards) in waiting:  # results that arrived early wait for their turn
+            chain.add(waiting.pop(len(chain.shards)))
+
+    return chain, tasks, accept
 
 
 def _render_task(
@@ -446,17 +489,8 @@ def _run_dask(
 
     from shapesgen import dask_preload
 
-    chain, waiting = DatasetChain(), dict[int, ShardResult]()
     folder = str(out.resolve())
-    tasks = [
-        Task(shard.index, f"shard {shard.file}", shard.count, _render_task, (config, folder, shard, storage, created))
-        for shard in shards
-    ]
-
-    def accept(task: Task, result: ShardResult) -> None:
-        waiting[task.index] = result
-        while len(chain.shards) in waiting:  # results that arrived early wait for their turn
-            chain.add(waiting.pop(len(chain.shards)))
+    chain, tasks, accept = _shard_tasks(config, folder, shards, storage, created)
 
     # A LocalCluster's workers leave Ctrl-C to us, and if every one of them dies and none can be
     # started again (a full disk, no memory) its scheduler fails the tasks instead of waiting forever.

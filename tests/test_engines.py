@@ -55,6 +55,22 @@ def test_runners_deliver_every_result_and_reach_the_total(workers: int) -> None:
     assert shown[-1] == 5 and shown == sorted(shown)
 
 
+def _slow_count(scenes: int, *, report: object) -> int:
+    for done in range(1, scenes + 1):
+        time.sleep(0.3)  # longer than the reports' period
+        report(done)  # type: ignore[operator]
+    return scenes
+
+
+def test_the_local_pool_reports_each_task_scene_by_scene() -> None:
+    """Counts within a running task reach the bar (before, it moved only as whole tasks ended)."""
+    tasks = [Task(k, f"task {k}", 3, _slow_count, (3,)) for k in range(2)]
+    shown: list[int] = []
+    run_in_pool(tasks, lambda task, result: None, lambda done, total: shown.append(done), 2, "test")
+    assert shown[-1] == 6 and shown == sorted(shown)
+    assert any(done % 3 for done in shown), shown
+
+
 def test_a_local_cluster_never_starts_more_workers_than_tasks(monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("distributed")
     from shapesgen import engines

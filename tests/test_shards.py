@@ -140,6 +140,61 @@ def test_rerun_continues_or_replaces_a_shard_left_partial(
     same_files(folder, uninterrupted)
 
 
+def test_the_local_pool_writes_the_same_folder_and_reports_scene_by_scene(
+    tmp_path: Path, tiny_config: SceneConfig
+) -> None:
+    """With at least as many shards as workers, the local engine runs one task per shard on a
+    pool (each process renders and writes its shard alone): the folder is the one-process
+    render's, byte for byte, and the bar reaches the total without going back."""
+    one = render_sharded(tiny_config, tmp_path / "one", num_scenes=NUM, shard_size=SIZE)
+    shown: list[int] = []
+    pooled = render_sharded(
+        tiny_config,
+        tmp_path / "pooled",
+        num_scenes=NUM,
+        shard_size=SIZE,
+        workers=2,
+        progress=lambda done, total: shown.append(done),
+    )
+    same_files(pooled, one)
+    assert shown[-1] == NUM and shown == sorted(shown)
+
+
+def test_ctrl_c_stops_the_local_pool_mid_shard_and_the_rerun_finishes(tmp_path: Path) -> None:
+    """Ctrl-C while the pool's processes are inside their shards (a terminal's SIGINT, to the
+    whole process group): the render stops at once, not when the running shards end, in one
+    line; only resumable ``.partial`` shards are left, and the same command finishes the
+    folder as an uninterrupted render writes it."""
+    import subprocess
+    import time
+
+    num, size = 3000, 1500  # 2 shards of about 2 s each on one core
+    small = ["--image-size", "64", "--mask-size", "32", "--instances", "2", "--layers", "2", "--seed", "5"]
+    env = {**os.environ, "SOURCE_DATE_EPOCH": "1700000000"}
+
+    def command(out: Path) -> list[str]:
+        args = ["render", "--out", str(out), "--num", str(num), "--shard-size", str(size), "--workers", "2", "-q"]
+        return [sys.executable, "-m", "shapesgen", *args, *small]
+
+    out = tmp_path / "ds"
+    proc = subprocess.Popen(command(out), stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not (out.is_dir() and len(list(out.glob("*.partial"))) == 2):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.005)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert stderr.startswith("error: interrupted;") and "kept with 0 of 2 shards written" in stderr, stderr
+    assert len(stderr.splitlines()) == 1, stderr
+    assert not list(out.glob("*.h5")), sorted(p.name for p in out.iterdir())
+    rerun = subprocess.run(command(out), capture_output=True, text=True, env=env, timeout=300, check=False)
+    assert rerun.returncode == 0 and rerun.stderr == "", rerun.stderr
+    whole = subprocess.run(command(tmp_path / "whole"), capture_output=True, text=True, env=env, timeout=300)
+    assert whole.returncode == 0, whole.stderr
+    same_files(out, tmp_path / "whole")
+
+
 def test_a_folder_of_another_render_is_refused(tmp_path: Path, tiny_config: SceneConfig) -> None:
     folder = render_sharded(tiny_config, tmp_path / "ds", num_scenes=NUM, shard_size=SIZE)
     other = tiny_config.replace(instances_per_class=2)
