@@ -184,18 +184,28 @@ def _prepare_output(out: Path) -> list[Path]:
     return created
 
 
+def usable_cores() -> int:
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def effective_workers(workers: int, num_scenes: int, batch: int) -> tuple[int, str | None]:
     """Workers actually started: at most one per batch and per usable core.
 
     Returns the count and a note when it was lowered (the output is identical for
     any count, so lowering it only avoids idle processes)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = usable_cores()
     batches = -(-num_scenes // batch)
     used = max(1, min(workers, batches, cores))
     if used == workers:
         return used, None
     why = f"{batches} batch(es) of {batch} scenes" if used == batches else f"{cores} usable core(s)"
-    return used, f"workers={workers} lowered to {used} ({why}); the output is identical for any count"
+    return used, lowered_note(workers, used, why)
+
+
+def lowered_note(workers: int, used: int, why: str) -> str:
+    """The note of a worker count lowered to ``used`` because of ``why``."""
+    return f"workers={workers} lowered to {used} ({why}); the output is identical for any count"
 
 
 def render_dataset(

@@ -123,55 +123,62 @@ def run_here(tasks: Sequence[Task], accept: Accept, progress: ProgressCallback |
         tally.show()
 
 
-_COUNTS: Any = None  # in a pool worker: the queue its tasks' counts go to (see run_in_pool)
+_SHARED: tuple[Any, Any, Any] | None = None  # in a pool worker: (counts, pids, slots), see run_in_pool
 
 
-def _pool_worker_init(counts: Any) -> None:
-    """A pool worker's start: the renderer's worker set-up (signals, death with the parent);
-    its pid, then its tasks' counts, go to ``counts``."""
+def _pool_worker_init(counts: Any, pids: Any, slots: Any) -> None:
+    """A pool worker's start: the renderer's worker set-up (signals, death with the parent),
+    its pid recorded in the next free slot of ``pids``."""
     from shapesgen.build import _worker_init
 
-    global _COUNTS
+    global _SHARED
     _worker_init()
-    _COUNTS = counts
-    counts.put(("pid", os.getpid()))
+    _SHARED = counts, pids, slots
+    with slots.get_lock():
+        pids[slots.value] = os.getpid()
+        slots.value += 1
 
 
-def _in_pool(function: Callable[..., Any], args: tuple[Any, ...], index: int, period: float) -> Any:
-    return function(*args, report=Throttled(lambda done: _COUNTS.put(("count", (index, done))), period))
+def _in_pool(function: Callable[..., Any], args: tuple[Any, ...], position: int) -> Any:
+    assert _SHARED is not None, "run in a pool started by run_in_pool"
+    counts = _SHARED[0]
+
+    def report(done: int) -> None:
+        counts[position] = done
+
+    return function(*args, report=report)
 
 
 def run_in_pool(
     tasks: Sequence[Task], accept: Accept, progress: ProgressCallback | None, workers: int, what: str
 ) -> None:
     """The tasks on ``workers`` local processes (the renderer's pool: forked on Linux,
-    workers ignore Ctrl-C and die with this process); progress moves scene by scene, each
-    task's count sent at most every :data:`REPORT_EVERY_S` seconds. The first failure
-    cancels the tasks not started and is raised once the running ones end; Ctrl-C (or
-    SIGTERM) stops the running ones at once, so a long task (a shard of 10,000 scenes)
-    does not hold the interrupt up. Their outputs are whatever their tasks leave on a
-    kill (a render's ``.partial`` shard, rendered again on the next run)."""
+    workers ignore Ctrl-C and die with this process); progress moves scene by scene (each
+    task writes its count into shared memory, read every :data:`REPORT_EVERY_S` seconds: a
+    worker never waits on this process). The first failure cancels the tasks not started
+    and is raised once the running ones end; Ctrl-C (or SIGTERM) kills the running ones at
+    once, so a long task (a shard of 10,000 scenes) does not hold the interrupt up. Their
+    outputs are what their tasks leave on a kill (a render's ``.partial`` shard, rendered
+    again by the next run)."""
     from shapesgen.build import _pool_context
 
     context = _pool_context()
-    counts = context.SimpleQueue()
-    pids: list[int] = []
+    processes = min(workers, len(tasks))
+    counts = context.Array("q", len(tasks), lock=False)
+    pids = context.Array("q", processes, lock=False)
+    slots = context.Value("i", 0)
     tally = Tally(tasks, progress)
 
     def read_counts() -> None:
-        while not counts.empty():
-            kind, value = counts.get()
-            if kind == "pid":
-                pids.append(value)
-            else:
-                tally.set(*value)
+        for position, task in enumerate(tasks):
+            tally.set(task.index, counts[position])
 
     tally.show()
     with ProcessPoolExecutor(
-        min(workers, len(tasks)), mp_context=context, initializer=_pool_worker_init, initargs=(counts,)
+        processes, mp_context=context, initializer=_pool_worker_init, initargs=(counts, pids, slots)
     ) as pool:
         futures: dict[Future[Any], Task] = {
-            pool.submit(_in_pool, t.function, t.args, t.index, REPORT_EVERY_S): t for t in tasks
+            pool.submit(_in_pool, task.function, task.args, position): task for position, task in enumerate(tasks)
         }
         pending = set(futures)
         try:
@@ -186,16 +193,27 @@ def run_in_pool(
         except BrokenProcessPool:
             raise ResourceError(f"a {what} worker died (killed, or out of memory)", param="workers") from None
         except KeyboardInterrupt:
-            read_counts()
-            for pid in pids:  # the pool would wait for its running tasks to end
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+            _kill(list(pids)[: slots.value])  # else leaving the pool would wait for the running tasks
             raise
         finally:
             for future in pending:
                 future.cancel()
+
+
+def _kill(pids: Sequence[int]) -> None:
+    """Kill these processes, a second Ctrl-C or SIGTERM held back meanwhile."""
+    kill = getattr(signal, "SIGKILL", signal.SIGTERM)  # Windows has no SIGKILL
+    mask = getattr(signal, "pthread_sigmask", None)
+    held = mask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM}) if mask else None
+    try:
+        for pid in pids:
+            try:
+                os.kill(pid, kill)
+            except ProcessLookupError:
+                pass
+    finally:
+        if mask:
+            mask(signal.SIG_SETMASK, held)
 
 
 def import_dask() -> Any:

@@ -250,7 +250,15 @@ def render_sharded(
     worker count. Calling again with the same arguments resumes an unfinished folder; a
     folder of another render is refused (:class:`ConfigError`).
     """
-    from shapesgen.build import MAX_SCENES, RenderInterrupted, RenderNote, effective_workers, resolve_seed
+    from shapesgen.build import (
+        MAX_SCENES,
+        RenderInterrupted,
+        RenderNote,
+        effective_workers,
+        lowered_note,
+        resolve_seed,
+        usable_cores,
+    )
 
     _check_count("num_scenes", num_scenes, MAX_TOTAL_SCENES)
     _check_count("shard_size", shard_size, MAX_SCENES)
@@ -290,8 +298,14 @@ def render_sharded(
         with exclusive_lock(out, "out"):
             created = _kept_created(out, shards) or created_time()
             try:
-                if engine == "local" and 1 < workers <= len(shards):
-                    chain = _run_pool(config, out, shards, storage, created, workers, progress)
+                pooled = min(workers, usable_cores())
+                if engine == "local" and 1 < pooled <= len(shards):
+                    if pooled < workers:
+                        warnings.warn(
+                            lowered_note(workers, pooled, f"{pooled} usable core(s)"), RenderNote, stacklevel=2
+                        )
+                    check_scene_fits(config, pooled)
+                    chain = _run_pool(config, out, shards, storage, created, pooled, progress)
                 elif engine == "local":
                     batch = batch_scenes_for(config, storage.batch_scenes)
                     used, note = effective_workers(workers, min(shard_size, num_scenes), batch)

@@ -71,6 +71,22 @@ def test_the_local_pool_reports_each_task_scene_by_scene() -> None:
     assert any(done % 3 for done in shown), shown
 
 
+def _fail_or_chatter(index: int, *, report: object) -> int:
+    if index == 0:
+        raise ValueError("task 0 is bad input")
+    for done in range(200_000):  # far more counts than a pipe holds, had they been messages
+        report(done % 2)  # type: ignore[operator]
+    return index
+
+
+def test_a_failed_task_fails_the_run_while_others_keep_reporting() -> None:
+    """The first failure is raised once the running tasks end; their counts never wait on the
+    parent (counts sent through a pipe that the parent stopped reading had blocked them)."""
+    tasks = [Task(k, f"task {k}", 1, _fail_or_chatter, (k,)) for k in range(3)]
+    with pytest.raises(ValueError, match="task 0 is bad input"):
+        run_in_pool(tasks, lambda task, result: None, None, 2, "test")
+
+
 def test_a_local_cluster_never_starts_more_workers_than_tasks(monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("distributed")
     from shapesgen import engines

@@ -160,6 +160,17 @@ def test_the_local_pool_writes_the_same_folder_and_reports_scene_by_scene(
     assert shown[-1] == NUM and shown == sorted(shown)
 
 
+def test_the_local_pool_never_starts_more_processes_than_usable_cores(
+    tmp_path: Path, tiny_config: SceneConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shapesgen.build
+
+    monkeypatch.setattr(shapesgen.build, "usable_cores", lambda: 2)
+    with pytest.warns(shapesgen.build.RenderNote, match=r"workers=4 lowered to 2 \(2 usable core\(s\)\)"):
+        render_sharded(tiny_config, tmp_path / "ds", num_scenes=NUM, shard_size=SIZE, workers=4)
+    assert validate_file(tmp_path / "ds") == NUM
+
+
 def test_ctrl_c_stops_the_local_pool_mid_shard_and_the_rerun_finishes(tmp_path: Path) -> None:
     """Ctrl-C while the pool's processes are inside their shards (a terminal's SIGINT, to the
     whole process group): the render stops at once, not when the running shards end, in one
