@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,12 @@ from shapesgen import ConfigError, SceneConfig
 from shapesgen.build import render_dataset
 
 TINY = SceneConfig(image_size=64, mask_size=32, instances_per_class=3, layers=3, seed=11)
+
+# A suite started in the background of a non-interactive shell inherits SIGINT ignored, and so
+# would every command it starts (an ignored signal stays ignored across exec): the Ctrl-C tests
+# would then test nothing. Python's own handler here gives the commands the default back.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
