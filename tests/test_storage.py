@@ -169,3 +169,34 @@ def test_compressed_chunks_are_the_same_in_any_thread() -> None:
 
     with ThreadPoolExecutor(4) as pool:
         assert sum(pool.map(differing, range(4))) == 0
+
+
+def test_file_bytes_do_not_depend_on_when_dataset_objects_are_closed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A chunk written through HDF5's chunk cache got its file space when the dataset object
+    was closed, a moment garbage collection decides in each process: one shard's bytes differed
+    between a local pool worker and a Dask worker. Every dataset object kept alive until the
+    file closes (as a reference cycle would) must give the same bytes."""
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    from shapesgen.build import render_dataset
+
+    config = SceneConfig(image_size=64, mask_size=32, instances_per_class=3, layers=3, seed=11)
+    storage = StorageConfig(batch_scenes=2)
+    render_dataset(config, tmp_path / "closed.h5", num_scenes=5, storage=storage)
+    kept: list[object] = []
+    create, get = h5py.Group.create_dataset, h5py.Group.__getitem__
+
+    def create_kept(self: h5py.Group, *args: object, **kwargs: object) -> object:
+        kept.append(create(self, *args, **kwargs))  # type: ignore[arg-type]
+        return kept[-1]
+
+    def get_kept(self: h5py.Group, name: object) -> object:
+        kept.append(get(self, name))  # type: ignore[arg-type]
+        return kept[-1]
+
+    monkeypatch.setattr(h5py.Group, "create_dataset", create_kept)
+    monkeypatch.setattr(h5py.Group, "__getitem__", get_kept)
+    render_dataset(config, tmp_path / "kept.h5", num_scenes=5, storage=storage)
+    kept.clear()
+    assert (tmp_path / "closed.h5").read_bytes() == (tmp_path / "kept.h5").read_bytes()

@@ -191,7 +191,10 @@ class DatasetWriter:
                 **gzip,
             )
         for name in OFFSETS:
-            self.file.create_dataset(name, data=np.zeros(1, np.int64), maxshape=(None,), chunks=(OFFSET_CHUNK,))
+            created = self.file.create_dataset(
+                name, data=np.zeros(1, np.int64), maxshape=(None,), chunks=(OFFSET_CHUNK,)
+            )
+            created.flush()  # see append
 
     @property
     def scenes_written(self) -> int:
@@ -207,16 +210,22 @@ class DatasetWriter:
             zeros = (0,) * (dataset.ndim - 1)
             for j, chunk in enumerate(batch.chunks[field.name]):
                 dataset.id.write_direct_chunk(((written + j) * rows, *zeros), chunk)
+        # Datasets written through HDF5's chunk cache are flushed one by one, in this order: a
+        # chunk's file space is allocated when its cache is flushed, which is otherwise when the
+        # dataset object is closed, a moment garbage collection picks in each process. Left to
+        # that, one shard's bytes differed between a local pool and a Dask worker (same data).
         for name, data in batch.vertex_rows.items():
             dataset = self.file[name]
             start = dataset.shape[0]
             dataset.resize(start + len(data), axis=0)
             dataset[start:] = data
+            dataset.flush()
         for name, counts in (("instance_offsets", batch.instance_counts), ("vertex_offsets", batch.vertex_counts)):
             dataset = self.file[name]
             base = dataset.shape[0]
             dataset.resize(base + len(counts), axis=0)
             dataset[base:] = int(dataset[base - 1]) + np.cumsum(counts)
+            dataset.flush()
         self.chain.extend(batch.digests)
         self.file.attrs["scenes_written"] = np.int64(written + batch.count)
         self.file.flush()
