@@ -305,7 +305,10 @@ def render_sharded(
                             lowered_note(workers, pooled, f"{pooled} usable core(s)"), RenderNote, stacklevel=2
                         )
                     check_scene_fits(config, pooled)
-                    chain = _run_pool(config, out, shards, storage, created, pooled, progress)
+                    # one task per shard, each process rendering and writing its shard alone (as under
+                    # Dask): none waits at a shard's end for the others, no shard starts a pool of its own
+                    chain, tasks, accept = _shard_tasks(config, str(out), shards, storage, created)
+                    run_in_pool(tasks, accept, progress, pooled, "render")
                 elif engine == "local":
                     batch = batch_scenes_for(config, storage.batch_scenes)
                     used, note = effective_workers(workers, min(shard_size, num_scenes), batch)
@@ -428,8 +431,8 @@ def _run_local(
     workers: int,
     progress: ProgressCallback | None,
 ) -> DatasetChain:
-    """The shards on this machine, one after another, each with ``workers`` processes
-    (fewer shards than workers; :func:`_run_pool` otherwise)."""
+    """The shards on this machine, one after another, each with ``workers`` processes (with
+    fewer shards than workers; otherwise one task per shard on a pool)."""
     total = shards[-1].stop
     chain = DatasetChain()
     for shard in shards:
@@ -441,23 +444,6 @@ def _run_local(
         chain.add(render_shard(config, str(out), shard, storage, created, workers, update))
         if progress:
             progress(shard.stop, total)
-    return chain
-
-
-def _run_pool(
-    config: SceneConfig,
-    out: Path,
-    shards: tuple[Shard, ...],
-    storage: StorageConfig,
-    created: str,
-    workers: int,
-    progress: ProgressCallback | None,
-) -> DatasetChain:
-    """One :func:`_render_task` per shard on a pool of ``workers`` local processes (at least as
-    many shards as workers), each rendering and writing its shard alone, as under Dask: no
-    process waits at a shard's end for the others, and no shard starts a pool of its own."""
-    chain, tasks, accept = _shard_tasks(config, str(out), shards, storage, created)
-    run_in_pool(tasks, accept, progress, workers, "render")
     return chain
 
 
