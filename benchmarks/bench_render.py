@@ -286,8 +286,9 @@ def main() -> None:
             row("local", instances, workers, args.scenes, usage, f"{rate / base:.0f}x ref" if base else "")
         if args.no_dask:
             continue
-        one_file = measure(local_render, instances, 2, sharded) if sharded != args.scenes else usage
+        one_file = usage  # the 2-worker row above
         if sharded != args.scenes:
+            one_file = measure(local_render, instances, 2, sharded)
             row("local", instances, 2, sharded, one_file)
         local = measure(sharded_render, instances, "local", sharded)
         row(f"local sharded ({SHARDS})", instances, 2, sharded, local)

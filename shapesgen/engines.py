@@ -123,7 +123,7 @@ def run_here(tasks: Sequence[Task], accept: Accept, progress: ProgressCallback |
         tally.show()
 
 
-_SHARED: tuple[Any, Any, Any] | None = None  # in a pool worker: (counts, pids, slots), see run_in_pool
+_COUNTS: Any = None  # in a pool worker: the shared array its tasks write their counts into (see run_in_pool)
 
 
 def _pool_worker_init(counts: Any, pids: Any, slots: Any) -> None:
@@ -131,17 +131,16 @@ def _pool_worker_init(counts: Any, pids: Any, slots: Any) -> None:
     its pid recorded in the next free slot of ``pids``."""
     from shapesgen.build import _worker_init
 
-    global _SHARED
+    global _COUNTS
     _worker_init()
-    _SHARED = counts, pids, slots
+    _COUNTS = counts
     with slots.get_lock():
         pids[slots.value] = os.getpid()
         slots.value += 1
 
 
 def _in_pool(function: Callable[..., Any], args: tuple[Any, ...], position: int) -> Any:
-    assert _SHARED is not None, "run in a pool started by run_in_pool"
-    counts = _SHARED[0]
+    counts = _COUNTS
 
     def report(done: int) -> None:
         counts[position] = done

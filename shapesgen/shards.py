@@ -298,8 +298,8 @@ def render_sharded(
         with exclusive_lock(out, "out"):
             created = _kept_created(out, shards) or created_time()
             try:
-                pooled = min(workers, usable_cores())
-                if engine == "local" and 1 < pooled <= len(shards):
+                pooled = min(workers, usable_cores()) if engine == "local" else 1
+                if 1 < pooled <= len(shards):
                     if pooled < workers:
                         warnings.warn(
                             lowered_note(workers, pooled, f"{pooled} usable core(s)"), RenderNote, stacklevel=2

@@ -346,7 +346,7 @@ def test_dask_cluster_writes_the_same_data_and_fails_cleanly(
     # Every count published (workers get the period from the client): a tiny shard renders
     # faster than the 0.25 s default, which would make the scene-by-scene check depend on timing.
     monkeypatch.setattr(engines, "REPORT_EVERY_S", 0.0)
-    storage = StorageConfig(batch_scenes=2)  # 3 batches a shard: the local engine runs 2 processes
+    storage = StorageConfig(batch_scenes=2)  # 3 batches a shard; 3 shards: the local engine runs a pool of 2
     local = render_sharded(tiny_config, tmp_path / "local", num_scenes=NUM, shard_size=SIZE, workers=2, storage=storage)
     with distributed.LocalCluster(
         n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=logging.CRITICAL
