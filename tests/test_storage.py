@@ -178,12 +178,12 @@ def test_file_bytes_do_not_depend_on_when_dataset_objects_are_closed(
     was closed, a moment garbage collection decides in each process: one shard's bytes differed
     between a local pool worker and a Dask worker. Every dataset object kept alive until the
     file closes (as a reference cycle would) must give the same bytes."""
-    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
     from shapesgen.build import render_dataset
 
     config = SceneConfig(image_size=64, mask_size=32, instances_per_class=3, layers=3, seed=11)
     storage = StorageConfig(batch_scenes=2)
-    render_dataset(config, tmp_path / "closed.h5", num_scenes=5, storage=storage)
+    created = "2023-11-14T22:13:20+00:00"  # both files record the same start time
+    render_dataset(config, tmp_path / "closed.h5", num_scenes=5, storage=storage, created=created)
     kept: list[object] = []
     create, get = h5py.Group.create_dataset, h5py.Group.__getitem__
 
@@ -197,6 +197,6 @@ def test_file_bytes_do_not_depend_on_when_dataset_objects_are_closed(
 
     monkeypatch.setattr(h5py.Group, "create_dataset", create_kept)
     monkeypatch.setattr(h5py.Group, "__getitem__", get_kept)
-    render_dataset(config, tmp_path / "kept.h5", num_scenes=5, storage=storage)
+    render_dataset(config, tmp_path / "kept.h5", num_scenes=5, storage=storage, created=created)
     kept.clear()
     assert (tmp_path / "closed.h5").read_bytes() == (tmp_path / "kept.h5").read_bytes()
