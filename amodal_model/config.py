@@ -114,6 +114,7 @@ _FLOAT_FIELDS: tuple[tuple[str, float, bool, float], ...] = (
     ("learning_rate", 0.0, True, MAX_SETTING),
     ("bandwidth", 0.0, True, MAX_BANDWIDTH),
     ("merge_radius", 0.0, True, MAX_BANDWIDTH),
+    ("position_scale", 0.0, False, MAX_BANDWIDTH),
 )
 _CHOICES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("backbone", BACKBONE_NAMES),
@@ -254,6 +255,10 @@ class ModelConfig(_Concern):
     (or a GPU is present), float32 elsewhere. ``stem_norm=False`` drops GroupNorm from
     the separable encoder's stride-2 and stride-4 layers (other encoders ignore it).
     ``backbone_weights`` is a local weights file loaded into the new model.
+    ``position_scale > 0`` adds each pixel's position (row and column, the mask spanning
+    ``position_scale`` units) to the first two embedding dimensions: semi-convolutional
+    embeddings (Novotny et al., ECCV 2018), so two instances that look alike are told
+    apart by where they are; 0 is the paper's purely convolutional embedding.
     """
 
     LABEL: ClassVar[str] = "model config"
@@ -272,12 +277,17 @@ class ModelConfig(_Concern):
     stem_norm: bool = True
     output_kernel: int = 1
     precision: Precision = "float32"
+    position_scale: float = 0.0
 
     def __post_init__(self) -> None:
         if isinstance(self.backbone_weights, os.PathLike):
             object.__setattr__(self, "backbone_weights", os.fspath(self.backbone_weights))
         super().__post_init__()
         object.__setattr__(self, "head_filters", tuple(self.head_filters))
+        if self.position_scale > 0 and self.embedding_dim < 2:
+            raise _invalid(
+                "embedding_dim", self.embedding_dim, "an integer >= 2 with position_scale > 0 (row and column)"
+            )
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -74,6 +74,27 @@ def _output(x: keras.KerasTensor, config: ModelConfig, outputs: int, activation:
     return layers.Reshape((1, m, m, outputs), dtype="float32", name=f"{name}_stack")(x)
 
 
+@keras.saving.register_keras_serializable(package="shapesgen")
+class AddPosition(layers.Layer):
+    """Adds each pixel's (row, column), the image spanning ``scale`` units, to the first
+    two channels of ``(B, 1, M, M, C)`` embeddings: the semi-convolutional embedding."""
+
+    def __init__(self, scale: float, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.scale = float(scale)
+
+    def call(self, x: Any) -> Any:
+        m, channels = int(x.shape[-2]), int(x.shape[-1])
+        centres = (np.arange(m, dtype=np.float32) + 0.5) * (self.scale / m)
+        rows, cols = np.meshgrid(centres, centres, indexing="ij")
+        grid = np.zeros((1, 1, m, m, channels), np.float32)
+        grid[..., 0], grid[..., 1] = rows, cols
+        return x + keras.ops.convert_to_tensor(grid, dtype=x.dtype)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "scale": self.scale}
+
+
 def has_fast_bfloat16() -> bool:
     """Whether this machine computes bfloat16 natively: a GPU, or a CPU with AVX512-BF16 or AMX."""
     try:
@@ -148,7 +169,10 @@ def _layers(config: ModelConfig, spec: DataSpec) -> tuple[keras.KerasTensor, dic
         ):
             name = f"{kind}{k + 1}"
             trunk = shared if shared is not None else _trunk(features, config, name)
-            found.append(_output(trunk, config, outputs, activation, name, m))
+            output = _output(trunk, config, outputs, activation, name, m)
+            if kind == "embedding" and config.position_scale > 0:
+                output = AddPosition(config.position_scale, dtype="float32", name=f"{name}_position")(output)
+            found.append(output)
     join = (
         (lambda xs, name: layers.Concatenate(axis=1, dtype="float32", name=name)(xs))
         if spec.layers > 1

@@ -87,6 +87,14 @@ def train(
     embedding_dim: Annotated[
         int | None, typer.Option("--embedding-dim", help="Embedding dimension C (paper: 6).")
     ] = None,
+    position_scale: Annotated[
+        float | None,
+        typer.Option(
+            "--position-scale",
+            help="Add each pixel's position, the image spanning this many units, to two embedding dimensions "
+            "(semi-convolutional embeddings; 0 = the paper's).",
+        ),
+    ] = None,
     hinge: Annotated[
         Hinge | None, typer.Option("--hinge", help="squared (reference code) or linear (paper text).")
     ] = None,
@@ -161,6 +169,7 @@ def train(
                 backbone=backbone,
                 backbone_weights=str(backbone_weights) if backbone_weights is not None else None,
                 embedding_dim=embedding_dim,
+                position_scale=position_scale,
                 head=head,
                 precision=precision,
             ),
