@@ -72,6 +72,26 @@ def test_get_config_round_trip_and_save_load_give_identical_outputs(tmp_path: Pa
             assert np.array_equal(model(x)[key].numpy(), other(x)[key].numpy())
 
 
+def test_position_scale_adds_each_pixels_row_and_column_and_survives_saving(tmp_path: Path) -> None:
+    spec = DataSpec(64, 1, 16, 2, 3)
+    plain = build_model(SMALL, spec)
+    placed = build_model(SMALL.replace(position_scale=4.0), spec)
+    by_path = {w.path: w for w in plain.weights}
+    assert sorted(by_path) == sorted(w.path for w in placed.weights)  # no weights of its own
+    for weight in placed.weights:
+        weight.assign(by_path[weight.path])
+    x = np.random.default_rng(1).uniform(0, 255, (2, 64, 64, 1)).astype(np.float32)
+    added = placed(x)["embedding"].numpy() - plain(x)["embedding"].numpy()
+    centres = (np.arange(16) + 0.5) * 4.0 / 16
+    assert np.allclose(added[..., 0], centres[:, None], atol=1e-5)  # row, the same in every column and layer
+    assert np.allclose(added[..., 1], centres[None, :], atol=1e-5)
+    assert np.allclose(added[..., 2:], 0.0, atol=1e-6)
+    placed.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    assert loaded.train_config.model.position_scale == 4.0
+    assert np.array_equal(loaded(x)["embedding"].numpy(), placed(x)["embedding"].numpy())
+
+
 def test_image_size_must_suit_the_network() -> None:
     with pytest.raises(ConfigError, match="multiple of 16"):
         build_model(SMALL, DataSpec(72, 1, 18, 2, 3))

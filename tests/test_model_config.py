@@ -39,7 +39,7 @@ VALID: dict[str, st.SearchStrategy[Any]] = {
     "backbone_weights": st.none() | st.text(min_size=1, max_size=8),
     "feature_channels": st.integers(1, 4096),
     "head_filters": st.lists(st.integers(1, 4096), min_size=1, max_size=16).map(tuple),
-    "embedding_dim": st.integers(1, 4096),
+    "embedding_dim": st.integers(2, 4096),
     "group_norm_groups": st.integers(1, 4096),
     "l2": WEIGHT,
     "dropout": st.floats(0.0, 0.99),
@@ -49,6 +49,7 @@ VALID: dict[str, st.SearchStrategy[Any]] = {
     "stem_norm": st.booleans(),
     "output_kernel": st.integers(1, 7),
     "precision": st.sampled_from(["auto", "float32", "mixed_bfloat16"]),
+    "position_scale": st.just(0.0) | st.floats(1e-6, 1e6),
     "d_var": WEIGHT,
     "d_dist": NUMBER,
     "var_weight": WEIGHT,
@@ -94,6 +95,7 @@ BAD: list[tuple[str, Any, str]] = [
     ("stem_norm", 0, "stem_norm=0 is invalid: must be true or false"),
     ("output_kernel", 0, "output_kernel=0 is invalid"),
     ("precision", "float16", "precision='float16' is invalid"),
+    ("position_scale", -1, "position_scale=-1 is invalid: must be a number >= 0 and <= 1e+06"),
     ("d_var", float("nan"), "d_var=nan is invalid"),
     ("d_dist", -1, "d_dist=-1 is invalid: must be a number > 0"),
     ("var_weight", 1e39, "var_weight=1e+39 is invalid"),
@@ -176,6 +178,12 @@ def test_each_bad_value_is_one_line_naming_the_field(field: str, value: Any, mes
             assert_bad_value_refused(make, field, message)
     for make in (lambda: TrainConfig.from_dict({field: value}), lambda: TrainConfig().replace(**{field: value})):
         assert_bad_value_refused(make, field, message)  # the flat name, as an old file or a flag gives it
+
+
+def test_position_needs_two_embedding_dimensions() -> None:
+    with pytest.raises(ConfigError, match=r"^embedding_dim=1 is invalid: must be an integer >= 2 with position_scale"):
+        ModelConfig(embedding_dim=1, position_scale=4.0)
+    assert ModelConfig(embedding_dim=1).position_scale == 0.0
 
 
 def test_a_concern_must_be_its_config() -> None:
