@@ -345,7 +345,7 @@ def predict_run(
     settings (``None`` keeps them); clustering uses ``workers`` processes (``None``: one per core).
 
     Every argument is checked before the model is loaded (``merge_radius`` with neither
-    cluster kind merged, in the model's settings or the overrides, just after): ``out`` may be neither the
+    cluster kind merged, in the model's settings or the overrides, too): ``out`` may be neither the
     input file nor inside the input's folder or the run folder, must be writable, and
     replaces an existing file only with ``force=True``. The data is opened once, and
     the results appear at ``out`` only when complete.
@@ -368,19 +368,12 @@ def predict_run(
     with open_file(data, "data") as source:
         run_path = resolve_model(run_dir)
         out_path = _check_output(out, source, run_path, force)
+        stored = _stored_inference(run_path)
+        if stored is not None:  # the model's own settings, read without loading it
+            _check_merge_radius(stored.with_overrides(**overrides), overrides)
         model, config, scene_config = load_run(run_path)
         settings = config.inference.with_overrides(**overrides)
-        if merge_radius is not None and "merge" not in (settings.small_clusters, settings.hidden_clusters):
-            kinds = ("small_clusters", "hidden_clusters")
-            origin = {k: "" if overrides[k] is not None else " (the model's)" for k in kinds}
-            raise ConfigError(
-                f"merge_radius={shown(merge_radius)} has no effect: "
-                f"small_clusters={settings.small_clusters!r}{origin['small_clusters']} and "
-                f"hidden_clusters={settings.hidden_clusters!r}{origin['hidden_clusters']}; "
-                "pass small_clusters='merge' or hidden_clusters='merge'",
-                param="merge_radius",
-                related=kinds,
-            )
+        _check_merge_radius(settings, overrides)
         records = predict_hdf5(
             model,
             config,
@@ -393,6 +386,36 @@ def predict_run(
             workers=workers,
         )
     return write_results(records, out_path, force=force)
+
+
+def _stored_inference(run_path: Path) -> InferenceConfig | None:
+    """The inference settings a run folder or model file holds, read from its config
+    alone (no weights); ``None`` where they cannot be read so (loading then says why)."""
+    try:
+        if (run_path / TRAIN_CONFIG_FILE).is_file():
+            return load_train_config(run_path / TRAIN_CONFIG_FILE).inference
+        model_path = run_path / MODEL_FILE if run_path.is_dir() else run_path
+        with zipfile.ZipFile(model_path) as archive:
+            stored = json.loads(archive.read("config.json"))["config"]["train_config"]
+        return TrainConfig.from_dict(dict(stored)).inference
+    except Exception:  # a foreign, damaged or older file: load_run reports it
+        return None
+
+
+def _check_merge_radius(settings: InferenceConfig, overrides: dict[str, Any]) -> None:
+    """A ``merge_radius`` override needs a cluster kind that merges, in ``settings``."""
+    if overrides["merge_radius"] is None or "merge" in (settings.small_clusters, settings.hidden_clusters):
+        return
+    kinds = ("small_clusters", "hidden_clusters")
+    origin = {k: "" if overrides[k] is not None else " (the model's)" for k in kinds}
+    raise ConfigError(
+        f"merge_radius={shown(overrides['merge_radius'])} has no effect: "
+        f"small_clusters={settings.small_clusters!r}{origin['small_clusters']} and "
+        f"hidden_clusters={settings.hidden_clusters!r}{origin['hidden_clusters']}; "
+        "pass small_clusters='merge' or hidden_clusters='merge'",
+        param="merge_radius",
+        related=kinds,
+    )
 
 
 def _check_output(out: str | Path, source: DataFile, run_path: Path, force: bool) -> Path:

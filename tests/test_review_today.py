@@ -93,3 +93,20 @@ def test_clustering_across_classes_keeps_its_invariants(
     if classes == 1:
         by_class = cluster_pixels(semantic, embedding, scope="class", **kwargs)
         assert np.array_equal(by_class[0], labels) and np.array_equal(by_class[1], class_of)
+
+
+@pytest.mark.parametrize("form", ["run folder", "model file"])
+def test_a_merge_radius_refusal_comes_before_the_model_loads(
+    form: str, run_dir: Path, tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The model's own settings are read from its config alone: the refusal costs no model load."""
+    from amodal_model import predict
+
+    def no_loading(*args: object) -> None:
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(predict, "load_run", no_loading)
+    model = run_dir if form == "run folder" else run_dir / "model.keras"
+    with pytest.raises(ConfigError, match=r"^merge_radius=2.0 has no effect: small_clusters='drop' \(the model's\)"):
+        predict.predict_run(model, tiny_dataset, tmp_path / "r.json", merge_radius=2.0, workers=1)
+    assert not (tmp_path / "r.json").exists()
