@@ -41,10 +41,13 @@ LOST_SCHEDULER = "lost the connection to the Dask scheduler mid-run (it stopped,
 # A LocalCluster's workers as shapesgen starts them: glibc's own malloc tuning (Dask's default
 # MALLOC_TRIM_THRESHOLD_=65536 also turns off glibc's adaptive mmap threshold, so every array
 # over 128 KiB is mmapped and page-faulted afresh: +15% CPU per scene at N = 6, +40% at N = 12)
-# and no statistical profiler (a thread that samples the rendering thread's stack every 10 ms).
+# and no statistical profiler (a thread that samples the rendering thread's stack every 10 ms);
+# the event loop's responsiveness check every second, not every 20 ms: each check takes the GIL
+# from the rendering thread, which made a scene 13% slower on a worker than in a local process.
 LOCAL_CLUSTER_CONFIG: dict[str, Any] = {
     "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
     "distributed.worker.profile.enabled": False,
+    "distributed.admin.tick.interval": "1s",
 }
 # Its workers are forked from one fork server (a single-threaded Python started by the first
 # nanny with Dask's pre-spawn environment) that imported Dask and the tasks' modules once, not

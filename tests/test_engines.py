@@ -109,14 +109,18 @@ def test_a_local_cluster_never_starts_more_workers_than_tasks(monkeypatch: pytes
 IMPORTED_BY = os.getpid()  # the process that imported this module: a fork server preloads it for its workers
 
 
-def _where(marker: str, index: int, *, report: object) -> tuple[int, int, int]:
-    """On a worker: its pid, its parent's and the pid that imported this module; task 0 kills
-    its worker the first time it runs (``marker`` records that it did)."""
+def _where(marker: str, index: int, *, report: object) -> tuple[int, int, int, tuple[object, ...]]:
+    """On a worker: its pid, its parent's, the pid that imported this module and the worker's
+    Dask settings that shapesgen sets; task 0 kills its worker the first time it runs
+    (``marker`` records that it did)."""
+    import dask
+
     if index == 0 and not os.path.exists(marker):
         Path(marker).touch()
         os.kill(os.getpid(), signal.SIGKILL)
     report(1)  # type: ignore[operator]
-    return os.getpid(), os.getppid(), IMPORTED_BY
+    settings = ("distributed.admin.tick.interval", "distributed.worker.profile.enabled")
+    return os.getpid(), os.getppid(), IMPORTED_BY, tuple(dask.config.get(key) for key in settings)
 
 
 def test_local_cluster_workers_fork_from_a_preloaded_server_and_survive_a_killed_worker(
@@ -138,7 +142,7 @@ def test_local_cluster_workers_fork_from_a_preloaded_server_and_survive_a_killed
     )
     marker = str(tmp_path / "killed-once")
     tasks = [Task(k, f"task {k}", 1, _where, (marker, k)) for k in range(3)]
-    results: dict[int, tuple[int, int, int]] = {}
+    results: dict[int, tuple[int, int, int, tuple[object, ...]]] = {}
     shown: list[int] = []
     engines.run_on_dask(
         tasks,
@@ -149,9 +153,10 @@ def test_local_cluster_workers_fork_from_a_preloaded_server_and_survive_a_killed
         name="fork-server test",
     )
     assert os.path.exists(marker) and sorted(results) == [0, 1, 2] and shown[-1] == 3
-    for _pid, parent, imported_by in results.values():  # a restarted worker's too
+    for _pid, parent, imported_by, settings in results.values():  # a restarted worker's too
         assert parent != os.getpid(), "a worker is a child of the client: spawned, not forked by the fork server"
         assert imported_by == parent, "the fork server did not import the tasks' module (started earlier?)"
+        assert settings == ("1s", False), "the worker runs with Dask's event-loop checks or profiler"
 
 
 def importing_fork_server(client: Any) -> list[Any]:
