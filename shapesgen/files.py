@@ -141,7 +141,8 @@ def exclusive_lock(target: Path, param: str) -> Iterator[Path]:
     written only into a file this call created, and the path still names it; a
     user's file that happens to have the name is left alone). A lock file left by
     a killed process holds no lock (the kernel drops ``flock`` locks with their
-    process) and is simply reused.
+    process) and is simply reused, and removed on exit like our own if it is ours or
+    empty (its process was killed before it could mark it).
     """
     lock = lock_path(target)
     if fcntl is None:  # pragma: no cover - Windows: no advisory locks, no protection
@@ -182,6 +183,8 @@ def exclusive_lock(target: Path, param: str) -> Iterator[Path]:
                 ) from None
             raise ResourceError(f"{param}={str(target)!r}: cannot lock {lock} ({exc.strerror})", param=param) from None
         if _names(fd, lock):  # not a lock file that its holder removed while we waited to open it
+            # an empty one was left by a process killed between creating it and marking it: ours to mark
+            created = created or os.fstat(fd).st_size == 0
             break
         os.close(fd)
     else:

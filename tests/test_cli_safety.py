@@ -98,6 +98,18 @@ def test_render_refuses_an_output_another_process_holds(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.h5"]  # the lock file is gone with its holder
 
 
+@pytest.mark.parametrize("left", [b"", b"a user's notes\n"])
+def test_a_lock_file_left_empty_by_a_killed_process_goes_with_the_next_holder(tmp_path: Path, left: bytes) -> None:
+    """A process killed between creating its lock file and marking it leaves it empty (a Dask
+    worker killed as its shard started did, in a clean-clone test run): the next holder
+    takes it and removes it. A file with other content is not ours and stays."""
+    out = tmp_path / "x.h5"
+    (tmp_path / "x.h5.lock").write_bytes(left)
+    with exclusive_lock(out, "out"):
+        pass
+    assert sorted(p.name for p in tmp_path.iterdir()) == ([] if not left else ["x.h5.lock"])
+
+
 def test_a_second_render_with_force_cannot_take_over_a_running_one(tmp_path: Path) -> None:
     """The race of issue 8: B --force while A renders. A must finish and publish valid data."""
     out = tmp_path / "race.h5"
