@@ -285,8 +285,11 @@ class ModelConfig(_Concern):
         super().__post_init__()
         object.__setattr__(self, "head_filters", tuple(self.head_filters))
         if self.position_scale > 0 and self.embedding_dim < 2:
-            raise _invalid(
-                "embedding_dim", self.embedding_dim, "an integer >= 2 with position_scale > 0 (row and column)"
+            raise ConfigError(
+                f"embedding_dim={shown(self.embedding_dim)} is invalid with position_scale="
+                f"{shown(self.position_scale)}: must be an integer >= 2 (the row and the column)",
+                param="embedding_dim",
+                related=("position_scale",),
             )
 
 

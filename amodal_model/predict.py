@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import weakref
 import zipfile
 from collections.abc import Callable
@@ -368,7 +369,7 @@ def predict_run(
     with open_file(data, "data") as source:
         run_path = resolve_model(run_dir)
         out_path = _check_output(out, source, run_path, force)
-        stored = _stored_inference(run_path)
+        stored = _stored_inference(run_path) if merge_radius is not None else None
         if stored is not None:  # the model's own settings, read without loading it
             _check_merge_radius(stored.with_overrides(**overrides), overrides)
         model, config, scene_config = load_run(run_path)
@@ -395,6 +396,8 @@ def _stored_inference(run_path: Path) -> InferenceConfig | None:
         if (run_path / TRAIN_CONFIG_FILE).is_file():
             return load_train_config(run_path / TRAIN_CONFIG_FILE).inference
         model_path = run_path / MODEL_FILE if run_path.is_dir() else run_path
+        if not stat.S_ISREG(model_path.stat().st_mode):  # a pipe would block the read: load_run refuses it
+            return None
         with zipfile.ZipFile(model_path) as archive:
             stored = json.loads(archive.read("config.json"))["config"]["train_config"]
         return TrainConfig.from_dict(dict(stored)).inference

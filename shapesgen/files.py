@@ -138,11 +138,11 @@ def exclusive_lock(target: Path, param: str) -> Iterator[Path]:
     """Hold ``<target>.lock`` exclusively for the block; refuse at once if another process holds it.
 
     The lock file is removed on exit if it is ours (it starts with ``LOCK_MARKER``,
-    written only into a file this call created, and the path still names it; a
-    user's file that happens to have the name is left alone). A lock file left by
-    a killed process holds no lock (the kernel drops ``flock`` locks with their
-    process) and is simply reused, and removed on exit like our own if it is ours or
-    empty (its process was killed before it could mark it).
+    written only into a file this call created or found empty, and the path still
+    names it; a user's file with content that happens to have the name is left
+    alone). A lock file left by a killed process holds no lock (the kernel drops
+    ``flock`` locks with their process) and is simply reused; an empty one (its
+    process was killed before marking it) is marked and removed like our own.
     """
     lock = lock_path(target)
     if fcntl is None:  # pragma: no cover - Windows: no advisory locks, no protection

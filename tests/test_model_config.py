@@ -181,8 +181,9 @@ def test_each_bad_value_is_one_line_naming_the_field(field: str, value: Any, mes
 
 
 def test_position_needs_two_embedding_dimensions() -> None:
-    with pytest.raises(ConfigError, match=r"^embedding_dim=1 is invalid: must be an integer >= 2 with position_scale"):
+    with pytest.raises(ConfigError, match=r"^embedding_dim=1 is invalid with position_scale=4.0: must be") as caught:
         ModelConfig(embedding_dim=1, position_scale=4.0)
+    assert caught.value.param == "embedding_dim" and caught.value.related == ("position_scale",)
     assert ModelConfig(embedding_dim=1).position_scale == 0.0
 
 

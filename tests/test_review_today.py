@@ -110,3 +110,16 @@ def test_a_merge_radius_refusal_comes_before_the_model_loads(
     with pytest.raises(ConfigError, match=r"^merge_radius=2.0 has no effect: small_clusters='drop' \(the model's\)"):
         predict.predict_run(model, tiny_dataset, tmp_path / "r.json", merge_radius=2.0, workers=1)
     assert not (tmp_path / "r.json").exists()
+
+
+def test_a_merge_radius_with_a_pipe_for_a_model_is_refused_without_blocking(tiny_dataset: Path, tmp_path: Path) -> None:
+    """Reading the model's settings early must not open a pipe (the read would wait for a writer)."""
+    import os
+
+    from amodal_model.predict import predict_run
+    from shapesgen import DatasetError
+
+    pipe = tmp_path / "m.keras"
+    os.mkfifo(pipe)
+    with pytest.raises(DatasetError, match="named pipe"):
+        predict_run(pipe, tiny_dataset, tmp_path / "r.json", merge_radius=2.0, workers=1)
