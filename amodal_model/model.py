@@ -82,14 +82,18 @@ class AddPosition(layers.Layer):
     def __init__(self, scale: float, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.scale = float(scale)
+        self.grid: np.ndarray | None = None
 
-    def call(self, x: Any) -> Any:
-        m, channels = int(x.shape[-2]), int(x.shape[-1])
+    def build(self, input_shape: tuple[int | None, ...]) -> None:
+        """The grid, once for the layer's (static) shape: no work per call."""
+        m, channels = int(input_shape[-2] or 0), int(input_shape[-1] or 0)
         centres = (np.arange(m, dtype=np.float32) + 0.5) * (self.scale / m)
         rows, cols = np.meshgrid(centres, centres, indexing="ij")
-        grid = np.zeros((1, 1, m, m, channels), np.float32)
-        grid[..., 0], grid[..., 1] = rows, cols
-        return x + keras.ops.convert_to_tensor(grid, dtype=x.dtype)
+        self.grid = np.zeros((1, 1, m, m, channels), np.float32)
+        self.grid[..., 0], self.grid[..., 1] = rows, cols
+
+    def call(self, x: Any) -> Any:
+        return x + keras.ops.convert_to_tensor(self.grid, dtype=x.dtype)
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "scale": self.scale}
