@@ -98,9 +98,16 @@ def warn(message: str) -> None:
     err.print(f"[yellow]warning:[/] {escape(' '.join(message.split()))}", highlight=False, soft_wrap=True)
 
 
+REPORTED: list[str] = []
+"""The error lines :func:`fail` printed: typer ends a Ctrl-C outside :func:`run` (while the command
+line is parsed) with exit 130 and no word, which the entry point then says."""
+
+
 def fail(message: str, code: int) -> typer.Exit:
     """Print one error line; the caller raises the returned Exit."""
-    err.print(f"[bold red]error:[/] {escape(' '.join(message.split()))}", highlight=False, soft_wrap=True)
+    line = escape(" ".join(message.split()))
+    err.print(f"[bold red]error:[/] {line}", highlight=False, soft_wrap=True)
+    REPORTED.append(line)
     return typer.Exit(code)
 
 

@@ -3,6 +3,7 @@ SIGTERM at any moment, even while the CLI is still importing, ends in one line.
 
 SIGTERM (``kill``, ``timeout``, a scheduler stopping a job) is treated like Ctrl-C:
 the command stops the same way, keeping what can be resumed and removing the rest.
+The first one stops it; later ones are ignored while it cleans up.
 A malformed command line (an unknown flag, a value of the wrong kind) is one line too,
 exit 2.
 """
@@ -18,7 +19,11 @@ EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141  # what a shell reports for a command killed by SIGPIPE (as cli.common)
 
 
-def _terminate(signum: int, frame: FrameType | None) -> None:
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    """Ctrl-C or SIGTERM: stop once. Later ones are ignored, so the clean-up they would cut
+    short (a worker pool's shutdown, a kept file's last write, the one-line message) runs whole;
+    a second Ctrl-C that cut a pool's shutdown short left the command waiting at exit for ever."""
+    _ignore_interrupts()
     raise KeyboardInterrupt
 
 
@@ -31,6 +36,11 @@ def _forget_interrupted_string_eval() -> None:
     eval("None")
 
 
+def _ignore_interrupts() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def usage_line(exc: Exception) -> str:
     """A command-line error of click (as vendored by typer) as one line: what was wrong, and
     where the command's options are listed (click prints a usage block and a boxed message)."""
@@ -41,27 +51,44 @@ def usage_line(exc: Exception) -> str:
     return f"error: {text}{where}"
 
 
-def main() -> None:
-    """Run the ``shapesgen`` command."""
-    signal.signal(signal.SIGTERM, _terminate)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter is not ours to show
-    code: object = 0
+def _run() -> object:
+    """The command's exit code; click's own errors as one line (exit 2), its Abort as Ctrl-C.
+    Typer is imported here, inside :func:`main`'s handling of an interrupt during imports."""
+    import typer
+    from typer.exceptions import TyperException
+
+    from .app import app
+    from .common import REPORTED
+
     try:
-        import typer
-        from typer.exceptions import TyperException
-
-        from .app import app
-
         try:
             code = typer.main.get_command(app).main(prog_name="shapesgen", standalone_mode=False)
         finally:
             sys.stdout.flush()
-    except TyperException as exc:  # click's errors: an unknown flag, a value of the wrong kind (exit 2)
-        sys.stderr.write(usage_line(exc) + "\n")
-        code = getattr(exc, "exit_code", 2)
+        if code == EXIT_INTERRUPTED and not REPORTED:  # typer's silent exit for a Ctrl-C of its own
+            raise KeyboardInterrupt
+        return code
+    except TyperException as exc:  # an unknown flag, a value of the wrong kind; no arguments: help shown
+        if type(exc).__name__ != "NoArgsIsHelpError":
+            sys.stderr.write(usage_line(exc) + "\n")
+        return getattr(exc, "exit_code", 2)
+    except typer.Abort:
+        raise KeyboardInterrupt from None
+
+
+def main() -> None:
+    """Run the ``shapesgen`` command."""
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter is not ours to show
+    if sys.stdout is None:  # started with standard output closed (`>&-`): what it would show is dropped
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - the process's stdout, open until exit
+    code: object = 0
+    try:
+        code = _run()
     except SystemExit as exc:
         code = exc.code
-    except (KeyboardInterrupt, typer.Abort):
+    except KeyboardInterrupt:
         sys.stderr.write("error: interrupted\n")
         code = EXIT_INTERRUPTED
     except BrokenPipeError:  # `shapesgen info x | head`: the reader left; say nothing

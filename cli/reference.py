@@ -18,14 +18,17 @@ Exit codes: 0 success; 1 a failed check (`validate`) or a refusal by the system 
 disk, out of memory, a worker killed, an output another command is writing); 2 bad
 input (one line naming the flag and what is allowed, checked before any work, nothing
 written); 130 Ctrl-C or SIGTERM (`render` and `train` keep what can be resumed, the
-rest is removed); 70 an unexpected error (one line; check edited inputs with
+rest is removed; the first one stops the command, later ones are ignored while it
+cleans up); 70 an unexpected error (one line; check edited inputs with
 `shapesgen validate`, otherwise set `SHAPESGEN_TRACEBACK=1` and report the traceback).
 
 Outputs are written to a temporary path and renamed on success. While a command writes
 `X`, it holds `X.lock`: a second command writing `X` is refused. An existing output is
 replaced only with `--force`, only by a complete new one, never when it is (or holds)
 an input, never when it is a link, FIFO or device, and an export folder only if it is
-a shapesgen export exactly as written (every file matches its `SHA256SUMS`).
+a shapesgen export exactly as written (every file matches its `SHA256SUMS`). An
+output's name may not end in `.partial` or `.lock`: those are the names of the files
+made beside an output, which a later command may delete.
 """
 
 

@@ -15,6 +15,7 @@ import os
 import secrets
 import signal
 import sys
+import threading
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -90,6 +91,8 @@ def _worker_init() -> None:
     keeps rendering or holds the output's files open."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if hasattr(signal, "pthread_sigmask"):  # held by the parent while it forked this worker
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, INTERRUPTS)
     if sys.platform.startswith("linux"):
         import ctypes
 
@@ -97,6 +100,35 @@ def _worker_init() -> None:
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() == 1:  # the parent died before the request took effect
             os._exit(1)
+
+
+INTERRUPTS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _hold_interrupts() -> set[signal.Signals] | None:
+    """Block Ctrl-C and SIGTERM in this thread (what it forks inherits); the old mask, or None
+    where signal masks do not exist."""
+    mask = getattr(signal, "pthread_sigmask", None)
+    return mask(signal.SIG_BLOCK, INTERRUPTS) if mask else None
+
+
+def _release_interrupts(held: set[signal.Signals] | None) -> None:
+    if held is not None:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
+@contextlib.contextmanager
+def _interrupts_ignored() -> Iterator[None]:
+    """Ctrl-C and SIGTERM ignored for the block (in the main thread; elsewhere they are not ours)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = [signal.signal(number, signal.SIG_IGN) for number in INTERRUPTS]
+    try:
+        yield
+    finally:
+        for number, handler in zip(INTERRUPTS, previous, strict=True):
+            signal.signal(number, handler)
 
 
 def _batches(
@@ -109,23 +141,34 @@ def _batches(
         for lo, hi in bounds:
             yield render_batch(config, lo, hi, level)
         return
-    with ProcessPoolExecutor(workers, mp_context=_pool_context(), initializer=_worker_init) as pool:
-        pending: deque[Future[EncodedBatch]] = deque()
-        todo = iter(bounds)
+    pending: deque[Future[EncodedBatch]] = deque()
+    todo = iter(bounds)
+    pool = ProcessPoolExecutor(workers, mp_context=_pool_context(), initializer=_worker_init)
+    try:
+        held = _hold_interrupts()  # the workers the first submit forks start with Ctrl-C held, then ignore it
         try:
             for lo, hi in todo:
                 pending.append(pool.submit(render_batch, config, lo, hi, level))
                 if len(pending) >= 2 * workers:
                     break
-            while pending:
-                batch = pending.popleft().result()
-                for lo, hi in todo:
-                    pending.append(pool.submit(render_batch, config, lo, hi, level))
-                    break
-                yield batch
         finally:
-            for future in pending:
-                future.cancel()
+            _release_interrupts(held)
+        while pending:
+            batch = pending.popleft().result()
+            for lo, hi in todo:
+                pending.append(pool.submit(render_batch, config, lo, hi, level))
+                break
+            yield batch
+    except BaseException:
+        # Ctrl-C, SIGTERM, a failure, or the consumer gone: the batches not started are cancelled
+        # and the running ones (under a second each) end. Not killed: a worker killed while it
+        # sends its batch leaves the pool's reader waiting for the rest of it for ever. Nor cut
+        # short: a second Ctrl-C during the shutdown left the workers waiting for work and this
+        # process waiting for them at exit, for ever.
+        with _interrupts_ignored():
+            pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
 
 
 def _read_partial_header(path: Path) -> tuple[SceneConfig, int, StorageConfig, Split | None, int]:
@@ -169,6 +212,10 @@ def _config_difference(ours: SceneConfig, theirs: SceneConfig) -> str:
 def _prepare_output(out: Path) -> list[Path]:
     """Check ``out`` can be written; create its missing parent folders and return them."""
     out = check_output_path(out, "out")
+    if out.is_symlink():
+        raise DatasetError(
+            f"out={str(out)!r} is a symbolic link: give the path of a file (a link is never replaced)", param="out"
+        )
     if out.is_dir():
         raise DatasetError(f"out={str(out)!r} is a folder: give a file path such as {out / 'shapes.h5'}", param="out")
     if out.exists() and not out.is_file():

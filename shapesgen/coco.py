@@ -834,6 +834,7 @@ class ExportPart:
     stop: int
     first_scene: int = 0
     shard: Shard | None = None
+    checksums: str | None = None  # a single file's checksums as JSON: the file each task must find at ``file``
 
     @property
     def count(self) -> int:
@@ -880,7 +881,11 @@ def plan_export(ds: ShapesDataset, engine: Engine, workers: int) -> list[ExportP
             for k, (shard, lo, hi) in enumerate(pieces)
         ]
     bounds = [(0, count)] if engine == "local" and workers == 1 else _ranges(0, count, size)
-    return [ExportPart(index=k, file=str(ds.path.resolve()), start=lo, stop=hi) for k, (lo, hi) in enumerate(bounds)]
+    checksums = json.dumps(ds.checksums, sort_keys=True)
+    return [
+        ExportPart(index=k, file=str(ds.path.resolve()), start=lo, stop=hi, checksums=checksums)
+        for k, (lo, hi) in enumerate(bounds)
+    ]
 
 
 def part_file(folder: Path, index: int, kind: str) -> Path:
@@ -936,6 +941,10 @@ def _export_scenes(
     with open_dataset(part.file) as ds:
         if part.shard is not None:
             check_shard_header(ds, config, part.shard)
+        if part.checksums is not None and json.dumps(ds.checksums, sort_keys=True) != part.checksums:
+            raise DatasetError(
+                f"{part.file} was replaced by another dataset while it was exported: rerun the export", param="path"
+            )
         names = ds.class_names
         for j in range(part.start, part.stop):
             scene = ds[j]

@@ -195,7 +195,10 @@ def run_in_pool(
         except BrokenProcessPool:
             raise ResourceError(f"a {what} worker died (killed, or out of memory)", param="workers") from None
         except KeyboardInterrupt:
-            _kill(list(pids)[: slots.value])  # else leaving the pool would wait for the running tasks
+            killed = list(pids)[: slots.value]
+            _kill(killed)  # else leaving the pool would wait for the running tasks
+            if killed:  # the broken pool fails the waiting tasks (cancelling them too: a traceback on 3.11)
+                pending = set()
             raise
         finally:
             for future in pending:

@@ -40,6 +40,7 @@ def lock_path(path: Path) -> Path:
 
 NAME_MAX = 255  # bytes in one path component on Linux and macOS file systems
 SIDE_SUFFIX = len(".partial.lock")  # the longest name we add beside an output
+RESERVED_SUFFIXES = (".partial", ".lock")  # what we add beside an output: never an output's own name
 
 
 def resolved(path: Path) -> Path:
@@ -52,13 +53,20 @@ def resolved(path: Path) -> Path:
 
 def check_output_path(path: str | Path, param: str) -> Path:
     """Refuse output paths that can never be a file of ours: empty, ``.``, ``/``, ``..``,
-    a link loop, or names too long for the file system once ``.partial`` or ``.lock`` is added."""
+    a link loop, names too long for the file system once ``.partial`` or ``.lock`` is added,
+    or names ending in one of them (a render started over deletes ``<out>.partial``)."""
     text = str(path)
     if not text.strip():
         raise ConfigError(f"{param}='' is invalid: give a path", param=param)
     candidate = Path(path)
     if candidate.name in ("", ".", "..") or resolved(candidate) == Path(resolved(candidate).anchor):
         raise ConfigError(f"{param}={text!r} is invalid: give a path that names a new file or folder", param=param)
+    if candidate.name.endswith(RESERVED_SUFFIXES):
+        raise ConfigError(
+            f"{param}={shown(text)} is invalid: names ending in {' or '.join(RESERVED_SUFFIXES)} are kept for the "
+            "files made beside an output (an interrupted render, a lock), which a later command may delete",
+            param=param,
+        )
     for part in candidate.parts:
         limit = NAME_MAX - (SIDE_SUFFIX if part == candidate.name else 0)
         if len(os.fsencode(part)) > limit:

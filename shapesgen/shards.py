@@ -318,9 +318,13 @@ def render_sharded(
                 else:
                     chain = _run_dask(config, out, shards, storage, created, scheduler, workers, progress)
             except ResourceError as exc:  # a full disk, a worker or the scheduler lost: the shards written are kept
+                _remove_stale_locks(out, shards)
                 if not any((out / shard.file).is_file() for shard in shards):
                     raise
                 raise ResourceError(f"{exc}; {_kept(out, shards)}", param=exc.param, related=exc.related) from None
+            except (KeyboardInterrupt, RenderInterrupted):
+                _remove_stale_locks(out, shards)
+                raise
             write_virtual(out, config, shards, chain.hexdigests())
             manifest = build_manifest(config, storage, num_scenes, shard_size, chain.hexdigests(), chain.shards)
             text = json.dumps(manifest, indent=1, sort_keys=True) + "\n"
@@ -341,6 +345,16 @@ def _interrupted(out: Path, shards: tuple[Shard, ...]) -> ShapesgenError:
     if not out.is_dir():
         return RenderInterrupted("interrupted before any shard was written")
     return RenderInterrupted(f"interrupted; {_kept(out, shards)}")
+
+
+def _remove_stale_locks(out: Path, shards: tuple[Shard, ...]) -> None:
+    """Remove the lock files that the shard tasks killed by an interrupt (or a lost worker) left:
+    each is taken and released as a new holder would, so one that a running task still holds
+    (a Dask worker elsewhere) stays."""
+    for shard in shards:
+        if (out / f"{shard.file}.lock").exists():
+            with contextlib.suppress(ShapesgenError, OSError), exclusive_lock(out / shard.file, "out"):
+                pass
 
 
 def _kept(out: Path, shards: tuple[Shard, ...]) -> str:

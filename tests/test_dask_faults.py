@@ -118,10 +118,12 @@ def test_an_external_cluster_interrupted_then_its_scheduler_lost(tmp_path: Path,
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "start_new_session": True}
     scheduler = subprocess.Popen([*dask, "scheduler", "--host", "127.0.0.1", "--port", address.rsplit(":", 1)[1],
                                   "--no-dashboard"], **quiet)  # type: ignore[call-overload]  # fmt: skip
-    worker = subprocess.Popen([*dask, "worker", address, "--nworkers", "1", "--nthreads", "1", "--no-dashboard",
-                               "--death-timeout", "5"], **quiet)  # type: ignore[call-overload]  # fmt: skip
+    worker: subprocess.Popen[bytes] | None = None
     try:
-        with distributed.Client(address, timeout="60s") as client:
+        with distributed.Client(address, timeout="60s") as client:  # the scheduler is up: on a busy machine it took
+            # over the worker's 5 s to connect (its death timeout, which ends it once the scheduler is killed)
+            worker = subprocess.Popen([*dask, "worker", address, "--nworkers", "1", "--nthreads", "1",
+                                       "--no-dashboard", "--death-timeout", "5"], **quiet)  # type: ignore[call-overload]  # fmt: skip
             client.wait_for_workers(1, timeout=60)
         out = tmp_path / "ds"
         proc = start_when_a_shard_exists(command(out, "--engine", "dask", "--scheduler", address), out)
@@ -141,8 +143,9 @@ def test_an_external_cluster_interrupted_then_its_scheduler_lost(tmp_path: Path,
         assert all((out / name).stat().st_ino == inode for name, inode in kept.items())  # verified, kept
     finally:
         for process in (scheduler, worker):
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=30)
+            if process is not None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=30)
     rerun = subprocess.run(command(out), capture_output=True, text=True, env=ENV)
     assert rerun.returncode == 0 and rerun.stderr == "", rerun.stderr
     assert_same_as(out, reference)

@@ -1,0 +1,113 @@
+"""A hostile review's findings (2026-11-26): names kept for side files, links as outputs, a
+source replaced while it is exported, the lock files of killed shard tasks, and the entry
+point's one line when a Ctrl-C lands outside a command's own handling."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import run_cli
+
+from shapesgen import open_dataset
+from shapesgen.coco import ExportConfig, ExportPart, export_part
+from shapesgen.errors import ConfigError, DatasetError
+from shapesgen.files import check_output_path, exclusive_lock
+from shapesgen.shards import _remove_stale_locks
+from shapesgen.storage.manifest import plan_shards
+
+SMALL = ("--instances", 1, "--layers", 2, "--image-size", 64, "--mask-size", 32, "--seed", 3)
+ENTRY = "import sys; from shapesgen_cli.entry import main; sys.argv[0] = 'shapesgen'; main()"
+SHAPESGEN = [sys.executable, "-c", ENTRY]
+
+
+@pytest.mark.parametrize("name", ["data.h5.partial", "data.h5.lock", "folder.partial"])
+def test_an_output_may_not_take_a_side_file_name(tmp_path: Path, name: str) -> None:
+    """`render --out data.h5 --force` deletes data.h5.partial: a dataset saved under that name was lost."""
+    with pytest.raises(ConfigError, match="kept for the files made beside an output"):
+        check_output_path(tmp_path / name, "out")
+    result = run_cli("render", "--out", tmp_path / name, "--num", 2, "-q", *SMALL)
+    assert result.exit_code == 2 and "--out" in result.stderr and not (tmp_path / name).exists()
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_render_never_replaces_a_link(tmp_path: Path, force: bool) -> None:
+    target = tmp_path / "target.h5"
+    target.write_bytes(b"a user's bytes")
+    for link, points_to in ((tmp_path / "link.h5", target), (tmp_path / "dangling.h5", tmp_path / "none.h5")):
+        link.symlink_to(points_to)
+        result = run_cli("render", "--out", link, "--num", 2, "-q", *SMALL, *(["--force"] if force else []))
+        assert result.exit_code == 2 and "symbolic link" in result.stderr, result.output
+        assert link.is_symlink() and target.read_bytes() == b"a user's bytes"
+
+
+def test_an_export_task_refuses_a_source_replaced_meanwhile(tmp_path: Path) -> None:
+    """Tasks reopen the source by path: one replaced mid-export gave an export of two datasets, exit 0."""
+    source = tmp_path / "a.h5"
+    assert run_cli("render", "--out", source, "--num", 3, "-q", *SMALL).exit_code == 0
+    with open_dataset(source) as ds:
+        config, checksums = ds.config, json.dumps(ds.checksums, sort_keys=True)
+    staging = tmp_path / "task"
+    (staging / "images").mkdir(parents=True)
+    part = ExportPart(index=0, file=str(source), start=0, stop=3, checksums=checksums)
+    export_part(part, config, str(staging), ExportConfig(), report=lambda done: None)  # the file it was given
+    assert run_cli("render", "--out", source, "--num", 3, "-q", "--force", *SMALL[:-1], "4").exit_code == 0
+    with pytest.raises(DatasetError, match="replaced by another dataset while it was exported"):
+        export_part(part, config, str(staging), ExportConfig(), report=lambda done: None)
+
+
+def test_locks_of_killed_shard_tasks_are_removed_and_held_ones_kept(tmp_path: Path) -> None:
+    shards = plan_shards(30, 10)
+    (tmp_path / f"{shards[0].file}.lock").write_bytes(b"shapesgen lock pid 999999\n")  # its task was killed
+    (tmp_path / f"{shards[1].file}.lock").write_bytes(b"")  # killed before it marked the file
+    with exclusive_lock(tmp_path / shards[2].file, "out"):  # a task still running (a Dask worker elsewhere)
+        _remove_stale_locks(tmp_path, shards)
+        assert sorted(p.name for p in tmp_path.iterdir()) == [f"{shards[2].file}.lock"]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_entry_point_says_what_typer_leaves_unsaid(tmp_path: Path) -> None:
+    """No arguments: the help and exit 2, no empty `error:` line. Standard output closed: no
+    crash. A Ctrl-C while the command line is parsed: typer exits 130 without a word."""
+    bare = subprocess.run(SHAPESGEN, capture_output=True, text=True, timeout=120)
+    assert bare.returncode == 2 and "render" in bare.stdout and bare.stderr == "", bare.stderr
+    source = tmp_path / "a.h5"
+    assert run_cli("render", "--out", source, "--num", 2, "-q", *SMALL).exit_code == 0
+    closed_stdout = subprocess.run(
+        ["bash", "-c", '"$@" >&-', "-", *SHAPESGEN, "info", str(source)], capture_output=True, text=True, timeout=120
+    )
+    assert closed_stdout.returncode == 0 and closed_stdout.stderr == "", closed_stdout.stderr
+    interrupted_parse = (
+        "import sys, typer.core\n"
+        "def parse(*args, **kwargs): raise KeyboardInterrupt\n"
+        "typer.core.TyperCommand.parse_args = parse\n"
+        "from shapesgen_cli.entry import main\n"
+        "sys.argv[0] = 'shapesgen'\n"
+        "main()\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", interrupted_parse, "info", str(source)], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 130 and result.stderr == "error: interrupted\n", (result.returncode, result.stderr)
+
+
+def test_a_second_interrupt_is_ignored_while_the_first_is_handled() -> None:
+    """The first Ctrl-C or SIGTERM stops the command; the rest cannot cut its clean-up short
+    (a second one during a worker pool's shutdown left the command waiting at exit for ever)."""
+    script = (
+        "import os, signal, sys\n"
+        "from shapesgen_cli import entry\n"
+        "signal.signal(signal.SIGINT, entry._interrupt)\n"
+        "try:\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "    signal.pause()\n"
+        "except KeyboardInterrupt:\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    print('cleaned up', flush=True)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout == "cleaned up\n", (result.returncode, result.stderr)
