@@ -1341,6 +1341,13 @@ def evaluate_files(
     else:
         assert dt is not None
         detections = load_predictions(dt, truth, warnings)
+        last = max((int(d["image_id"]) for d in detections), default=0)
+        after = sum(image_id > last for image_id in truth.image_ids)
+        if after >= max(2, len(truth.images) // 100):  # not a model that found nothing in the last image
+            warnings.append(
+                f"the predictions stop at image id {last}: the {after} ground-truth images after it have none, and "
+                "their instances count as missed (predicted with --limit, or for another dataset?)"
+            )
     metrics = evaluate(truth, detections, per_class=per_class)
     metrics["ground_truth_path"] = str(gt)
     metrics["predictions"] = f"oracle K={oracle_layers}" if oracle_layers is not None else str(dt)
