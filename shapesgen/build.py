@@ -28,6 +28,7 @@ from pathlib import Path
 import h5py
 
 from shapesgen.config import MAX_SEED, SceneConfig, StorageConfig
+from shapesgen.engines import INTERRUPTS, interrupts_held
 from shapesgen.errors import ConfigError, DatasetError, ResourceError, ShapesgenError, ShapesgenNote
 from shapesgen.files import (
     check_output_path,
@@ -102,21 +103,6 @@ def _worker_init() -> None:
             os._exit(1)
 
 
-INTERRUPTS = (signal.SIGINT, signal.SIGTERM)
-
-
-def _hold_interrupts() -> set[signal.Signals] | None:
-    """Block Ctrl-C and SIGTERM in this thread (what it forks inherits); the old mask, or None
-    where signal masks do not exist."""
-    mask = getattr(signal, "pthread_sigmask", None)
-    return mask(signal.SIG_BLOCK, INTERRUPTS) if mask else None
-
-
-def _release_interrupts(held: set[signal.Signals] | None) -> None:
-    if held is not None:
-        signal.pthread_sigmask(signal.SIG_SETMASK, held)
-
-
 @contextlib.contextmanager
 def _interrupts_ignored() -> Iterator[None]:
     """Ctrl-C and SIGTERM ignored for the block (in the main thread; elsewhere they are not ours)."""
@@ -145,14 +131,11 @@ def _batches(
     todo = iter(bounds)
     pool = ProcessPoolExecutor(workers, mp_context=_pool_context(), initializer=_worker_init)
     try:
-        held = _hold_interrupts()  # the workers the first submit forks start with Ctrl-C held, then ignore it
-        try:
+        with interrupts_held():  # the workers the first submit forks start with Ctrl-C held, then ignore it
             for lo, hi in todo:
                 pending.append(pool.submit(render_batch, config, lo, hi, level))
                 if len(pending) >= 2 * workers:
                     break
-        finally:
-            _release_interrupts(held)
         while pending:
             batch = pending.popleft().result()
             for lo, hi in todo:

@@ -19,9 +19,10 @@ import os
 import queue
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, CancelledError, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar, get_args
 
@@ -205,20 +206,31 @@ def run_in_pool(
                 future.cancel()
 
 
+INTERRUPTS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextmanager
+def interrupts_held() -> Iterator[None]:
+    """Ctrl-C and SIGTERM blocked in this thread for the block (and in what it forks meanwhile),
+    delivered after; a no-op where there are no signal masks."""
+    mask = getattr(signal, "pthread_sigmask", None)
+    held = mask(signal.SIG_BLOCK, INTERRUPTS) if mask else None
+    try:
+        yield
+    finally:
+        if mask:
+            mask(signal.SIG_SETMASK, held)
+
+
 def _kill(pids: Sequence[int]) -> None:
     """Kill these processes, a second Ctrl-C or SIGTERM held back meanwhile."""
     kill = getattr(signal, "SIGKILL", signal.SIGTERM)  # Windows has no SIGKILL
-    mask = getattr(signal, "pthread_sigmask", None)
-    held = mask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM}) if mask else None
-    try:
+    with interrupts_held():
         for pid in pids:
             try:
                 os.kill(pid, kill)
             except ProcessLookupError:
                 pass
-    finally:
-        if mask:
-            mask(signal.SIG_SETMASK, held)
 
 
 def import_dask() -> Any:
