@@ -103,6 +103,47 @@ def test_resume_after_a_hard_kill_keeps_only_the_intact_prefix(tmp_path: Path, t
         assert a.attrs["checksums"] == b.attrs["checksums"] and a.attrs["clean_stop"]
 
 
+@pytest.mark.parametrize("dataset", ["images", "layers", "instances", "vertices"])
+def test_resume_rerenders_scenes_changed_after_a_clean_stop(
+    tmp_path: Path, tiny_config: SceneConfig, dataset: str
+) -> None:
+    """A cleanly stopped file records its scenes' checksums; a scene changed since then (a
+    flipped bit, a stray write) is found on resume and rendered again, not carried over."""
+    storage = StorageConfig(batch_scenes=2)
+    whole = render_dataset(tiny_config, tmp_path / "whole.h5", num_scenes=9, storage=storage)
+    out = tmp_path / "changed.h5"
+    with pytest.raises(RenderInterrupted):
+        render_dataset(tiny_config, out, num_scenes=9, storage=storage, progress=interrupt_after(6))
+    with h5py.File(partial_path(out), "a") as f:
+        assert f.attrs["clean_stop"] and "stopped_checksums" in f.attrs
+        row = int(f["instance_offsets"][3]) if dataset == "instances" else 3
+        if dataset == "vertices":
+            row = int(f["vertex_offsets"][int(f["instance_offsets"][3])])
+        value = f[dataset][row]
+        if dataset == "instances":
+            value["angle"] += 0.5
+        else:
+            value = value + 1
+        f[dataset][row] = value
+    render_dataset(tiny_config, out, num_scenes=9, storage=storage, resume=True)
+    assert data_bytes(out) == data_bytes(whole)
+    with h5py.File(out, "r") as a, h5py.File(whole, "r") as b:
+        assert a.attrs["checksums"] == b.attrs["checksums"]
+        assert "stopped_checksums" not in a.attrs
+
+
+def test_resume_of_an_unchanged_clean_stop_renders_only_the_rest(tmp_path: Path, tiny_config: SceneConfig) -> None:
+    storage = StorageConfig(batch_scenes=2)
+    out = tmp_path / "kept.h5"
+    with pytest.raises(RenderInterrupted):
+        render_dataset(tiny_config, out, num_scenes=9, storage=storage, progress=interrupt_after(6))
+    checked: list[int] = []
+    render_dataset(
+        tiny_config, out, num_scenes=9, storage=storage, resume=True, progress=lambda done, total: checked.append(done)
+    )
+    assert checked[0] >= 6  # the six stored scenes were trusted, not rendered again
+
+
 def test_resume_keeps_the_files_storage_settings(tmp_path: Path, tiny_config: SceneConfig) -> None:
     out = tmp_path / "raw.h5"
     with pytest.raises(RenderInterrupted):

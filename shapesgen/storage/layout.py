@@ -213,6 +213,9 @@ ROOT_ATTRIBUTES: dict[str, str] = {
     "checksums": "JSON {dataset: hex SHA-256}, set on completion: for offsets, of the array's bytes; "
     "for every other dataset, of the concatenated 32-byte SHA-256 digests of each scene's slice "
     "(C-order bytes), in scene order, so workers hash in parallel",
+    "stopped_checksums": "only in a partial file stopped cleanly: the checksums (as above) of the scenes "
+    "it holds; --resume re-hashes them and, where a byte changed since, re-renders to find the intact "
+    "prefix (since 1.3)",
     "split": "JSON: null, or the split the file holds, {name, base_seed, seed, dataset, version}: the "
     "config's seed is seed = split_seed(base_seed, name) (first 63 bits of SHA-256 of "
     "'shapesgen-split/<base_seed>/<name>'); dataset and version name a registered dataset, else null "

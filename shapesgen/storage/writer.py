@@ -32,6 +32,9 @@ from shapesgen.storage.layout import (
 from shapesgen.storage.resume import Verify, reopen
 
 
+STOPPED_CHECKSUMS = "stopped_checksums"  # a cleanly stopped partial file's checksums (layout.ROOT_ATTRIBUTES)
+
+
 def rebuild_path(path: Path) -> Path:
     """Where a resumed file is rebuilt before it replaces ``path``."""
     return path.with_name(path.name + ".rebuild")
@@ -117,15 +120,16 @@ class DatasetWriter:
             self._start(storage)
             return
         try:
-            reopen(earlier, config, verify, progress)
             storage = StorageConfig(**json.loads(str(earlier.attrs["storage"])))  # the filters it was started with
             self.batch = batch_scenes_for(config, storage.batch_scenes)
             self.num_scenes = int(earlier.attrs["num_scenes"])
             self.first_scene = int(earlier.attrs.get("first_scene", 0))
             self.created = str(earlier.attrs["created"])
-            self.file = self._open(rebuilt)
-            self._start(storage)
-            self._copy(earlier)
+            if not self._continue(earlier, rebuilt, storage, verify, progress):
+                self.file.close()
+                rebuilt.unlink()
+                earlier.attrs["clean_stop"] = False  # changed since it stopped: check it scene by scene
+                self._continue(earlier, rebuilt, storage, verify, progress)
         except BaseException:
             earlier.close()
             if hasattr(self, "file"):
@@ -141,6 +145,25 @@ class DatasetWriter:
             return h5py.File(path, "a")
         except OSError as exc:
             raise DatasetError(f"{path}: cannot open for writing ({exc})") from None
+
+    def _continue(
+        self,
+        earlier: h5py.File,
+        rebuilt: Path,
+        storage: StorageConfig,
+        verify: Verify,
+        progress: Callable[[int, int], None] | None,
+    ) -> bool:
+        """Rebuild ``earlier``'s intact scenes into ``rebuilt``; false where they do not hash to
+        the ``stopped_checksums`` recorded when its render stopped (a byte changed since)."""
+        written = reopen(earlier, self.config, verify, progress)
+        stopped = earlier.attrs.get(STOPPED_CHECKSUMS) if earlier.attrs.get("clean_stop", True) else None
+        self.file = self._open(rebuilt)
+        self._start(storage)
+        self._copy(earlier)
+        if stopped is None or self.chain.scenes != written:
+            return True
+        return bool(json.loads(str(stopped)) == checksums(self.file, self.chain))
 
     def _start(self, storage: StorageConfig) -> None:
         self.chain = DigestChain()
@@ -245,6 +268,9 @@ class DatasetWriter:
         self.closed = True
         if self.file.id.valid:
             try:
+                if not self.file.attrs["complete"] and self.chain.scenes == self.scenes_written:
+                    self.file.flush()
+                    self.file.attrs[STOPPED_CHECKSUMS] = json.dumps(checksums(self.file, self.chain), sort_keys=True)
                 self.file.attrs["clean_stop"] = True
             finally:
                 self.file.close()
