@@ -31,7 +31,6 @@ from shapesgen.storage.layout import (
 )
 from shapesgen.storage.resume import Verify, reopen
 
-
 STOPPED_CHECKSUMS = "stopped_checksums"  # a cleanly stopped partial file's checksums (layout.ROOT_ATTRIBUTES)
 
 
