@@ -42,7 +42,8 @@ from shapesgen.metadata import DEFAULT_LICENSE, LICENSES, croissant, hf_front_ma
 from shapesgen.raster import layer_maps, rasterize_convex
 from shapesgen.splits import Split
 from shapesgen.stats import OCCLUSION_BANDS, occlusion_band
-from shapesgen.storage.layout import SHARD_MANIFEST, SHARD_VIRTUAL, Scene
+from shapesgen.storage.digests import PER_SCENE_HASHED, DigestChain, digest
+from shapesgen.storage.layout import DATASETS, SHARD_MANIFEST, SHARD_VIRTUAL, Scene
 from shapesgen.storage.manifest import Shard, check_shard_header, plan_shards, read_manifest
 from shapesgen.storage.reader import CorruptDatasetError, ShapesDataset, open_dataset
 
@@ -845,12 +846,14 @@ class ExportPart:
 class PartResult:
     """What a task tells the client: per exported instance, in order, its category,
     whether it has a visible pixel and its pixel occlusion rate (for the card), and how
-    many records it wrote. Its JSON is in the staging folder's parts."""
+    many records it wrote, and per hashed dataset its scenes' digests, concatenated (the
+    client chains them into the source's checksums). Its JSON is in the staging folder's parts."""
 
     category: np.ndarray
     visible: np.ndarray
     rate: np.ndarray
     records: int
+    digests: dict[str, bytes]
 
 
 def _ranges(start: int, stop: int, size: int) -> list[tuple[int, int]]:
@@ -938,6 +941,7 @@ def _export_scenes(
     category: list[int] = []
     visible: list[bool] = []
     rate: list[float] = []
+    digests: dict[str, list[bytes]] = {name: [] for name in PER_SCENE_HASHED}
     with open_dataset(part.file) as ds:
         if part.shard is not None:
             check_shard_header(ds, config, part.shard)
@@ -948,6 +952,8 @@ def _export_scenes(
         names = ds.class_names
         for j in range(part.start, part.stop):
             scene = ds[j]
+            for field in DATASETS:
+                digests[field.name].append(digest(getattr(scene, field.attribute)))
             _check_stored_values(ds, scene)
             if part.first_scene:
                 scene = dataclasses.replace(scene, index=part.first_scene + j)
@@ -972,6 +978,7 @@ def _export_scenes(
         visible=np.array(visible, dtype=bool),
         rate=np.array(rate, dtype=np.float64),
         records=len(annotations),
+        digests={name: b"".join(values) for name, values in digests.items()},
     )
     return images, annotations, result
 
@@ -1004,16 +1011,25 @@ def _write_export(ds: ShapesDataset, folder: Path, export: ExportConfig, run: Ru
     parts = plan_export(ds, run.engine, run.local_processes if run.engine == "local" else run.workers)
     task_folder = _task_folder(folder, export)
     results: dict[int, PartResult] = {}
+    chain = DigestChain()
     tasks = [
         Task(part.index, f"scenes {part.first_scene + part.start}..{part.first_scene + part.stop - 1}", part.count,
              export_part, (part, config, str(task_folder), export))
         for part in parts
     ]  # fmt: skip
 
+    chained = 0  # parts whose digests are in the chain: chained in scene order as results arrive, then dropped
+
     def accept(task: Task, result: PartResult) -> None:
+        nonlocal chained
         results[task.index] = result
+        while chained in results:
+            chain.extend_joined(results[chained].digests)
+            results[chained] = dataclasses.replace(results[chained], digests={})
+            chained += 1
 
     run(tasks, accept, name=f"export/{task_folder}")
+    _check_source(ds, chain)
     for name in EXPORT_FOLDERS if export.layers_png else EXPORT_FOLDERS[:1]:
         _move_files(task_folder / name, folder / name)
     ordered = [results[part.index] for part in parts]
@@ -1078,6 +1094,19 @@ def _write_export(ds: ShapesDataset, folder: Path, export: ExportConfig, run: Ru
     (folder / "README.md").write_text(dataset_card(ds, export, exported, records, manifest, identity))
     manifest.append(("README.md", _sha256(folder / "README.md")))
     (folder / "SHA256SUMS").write_text("".join(f"{digest}  {name}\n" for name, digest in sorted(manifest)))
+
+
+def _check_source(ds: ShapesDataset, chain: DigestChain) -> None:
+    """The exported scenes hash to the checksums recorded in the source: an export never
+    carries damaged data under its source's checksums."""
+    actual = chain.hexdigests()
+    wrong = sorted(name for name in PER_SCENE_HASHED if name in ds.checksums and ds.checksums[name] != actual[name])
+    if wrong:
+        raise DatasetError(
+            f"{ds.path}: dataset {wrong[0]} does not match the checksum recorded when it was written (the file is "
+            f"damaged); nothing was exported: run 'shapesgen validate {ds.path}' to find the scene",
+            param="path",
+        )
 
 
 def layer_file_name(scene_index: int, layer: int) -> str:

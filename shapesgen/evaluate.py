@@ -25,6 +25,7 @@ truth, not the size of the results file.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import heapq
 import io
 import json
@@ -47,6 +48,7 @@ from shapesgen.coco import MAX_MASK_PIXELS, decode_segmentation, encode_rle, rle
 from shapesgen.errors import ConfigError, DatasetError
 from shapesgen.files import check_file_output, contains, file_kind, regular_input, resolved, write_atomically
 from shapesgen.stats import HEAVY_MIN, NONE_MAX, OCCLUSION_BANDS
+from shapesgen.storage.digests import segment_digests
 from shapesgen.storage.manifest import is_sharded
 from shapesgen.storage.reader import ShapesDataset, open_dataset
 
@@ -54,6 +56,7 @@ MAX_DETS = (1, 10, 100, 1000)
 KEEP_PER_IMAGE = MAX_DETS[-1]  # detections kept per (image, category): COCOeval drops the rest itself
 MAX_RECORD_BYTES = 64 << 20  # one prediction record's JSON text
 SCENE_BLOCK = 256
+GROUND_TRUTH_READ = ("instances", "amodal_masks")  # the datasets ground truth is read from, checked
 _READ_CHUNK = 1 << 20
 _NOT_SPACE = re.compile(r"[^ \t\n\r]")
 BandRate = Literal["pixel", "geometric"]
@@ -121,12 +124,17 @@ def ground_truth_from_hdf5(path: str | Path, keep_layers: bool = False, band_rat
         images = [{"id": i + 1, "height": m, "width": m} for i in range(len(ds))]
         annotations: list[dict[str, Any]] = []
         offsets = ds.instance_offsets
+        hashers = {name: hashlib.sha256() for name in GROUND_TRUTH_READ}
         for start in range(0, len(ds), SCENE_BLOCK):
             stop = min(start + SCENE_BLOCK, len(ds))
             rows = slice(int(offsets[start]), int(offsets[stop]))
             table = ds.instances[rows]
             keep = np.flatnonzero(table["is_visible"])
-            masks = ds.amodal_masks[rows][keep]
+            all_masks = ds.amodal_masks[rows]
+            bounds = offsets[start : stop + 1] - offsets[start]
+            hashers["instances"].update(segment_digests(table, bounds))
+            hashers["amodal_masks"].update(segment_digests(all_masks, bounds))
+            masks = all_masks[keep]
             for k, rle in zip(keep.tolist(), encode_rle(masks), strict=True):
                 row = table[k]
                 annotations.append(
@@ -143,6 +151,7 @@ def ground_truth_from_hdf5(path: str | Path, keep_layers: bool = False, band_rat
                         "visible_row": rows.start + k,
                     }
                 )
+        _check_read(ds, {name: hasher.hexdigest() for name, hasher in hashers.items()})
         categories = [{"id": c + 1, "name": name} for c, name in enumerate(ds.class_names)]
         layers = ds.layers[:] if keep_layers else None
         class_of_id = []
@@ -150,6 +159,18 @@ def ground_truth_from_hdf5(path: str | Path, keep_layers: bool = False, band_rat
             for i in range(len(ds)):
                 class_of_id.append(np.concatenate([[0], ds.instances[ds.instance_rows(i)]["class_id"]]))
     return GroundTruth(images, annotations, categories, str(path), layers, class_of_id)
+
+
+def _check_read(ds: ShapesDataset, actual: dict[str, str]) -> None:
+    """The ground truth read hashes to the checksums recorded with it: a damaged file is not
+    scored as if it were the data."""
+    for name, value in actual.items():
+        if ds.checksums.get(name, value) != value:
+            raise DatasetError(
+                f"{ds.path}: dataset {name} does not match the checksum recorded when it was written (the file is "
+                f"damaged): run 'shapesgen validate {ds.path}' to find the scene",
+                param="gt",
+            )
 
 
 def _integer(value: Any) -> bool:

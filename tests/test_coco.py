@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 from conftest import run_cli
@@ -15,6 +17,7 @@ from pycocotools.coco import COCO
 from shapesgen import ConfigError, DatasetError, SceneConfig
 from shapesgen.coco import ExportConfig, decode_segmentation, export_coco, masks_at
 from shapesgen.raster import layer_maps
+from shapesgen.shards import render_sharded
 from shapesgen.storage.reader import open_dataset
 
 
@@ -236,3 +239,29 @@ def test_export_engine_options_are_checked(tiny_dataset: Path, tmp_path: Path) -
     assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "x").exists()
     result = run_cli("export", "coco", tiny_dataset, "--out", tmp_path / "y", "--workers", 2, "-q")
     assert result.exit_code == 0, result.stderr
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_export_refuses_a_source_whose_data_no_longer_matches_its_checksums(
+    tiny_dataset: Path, tmp_path: Path, workers: int
+) -> None:
+    damaged = tmp_path / "damaged.h5"
+    shutil.copyfile(tiny_dataset, damaged)
+    with h5py.File(damaged, "a") as f:
+        f["visible_masks"][int(f["instance_offsets"][7])] ^= True  # scene 7: decodable, but not what was written
+    out = tmp_path / "export"
+    result = run_cli("export", "coco", damaged, "--out", out, "--workers", workers)
+    assert result.exit_code == 2, result.output
+    assert "visible_masks does not match the checksum" in result.stderr and "shapesgen validate" in result.stderr
+    assert "Traceback" not in result.stderr and not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["damaged.h5"]
+
+
+def test_export_of_a_sharded_source_checks_its_checksums(tiny_config: SceneConfig, tmp_path: Path) -> None:
+    folder = render_sharded(tiny_config, tmp_path / "big", num_scenes=8, shard_size=3)
+    export_coco(folder / "dataset.h5", tmp_path / "good")
+    with h5py.File(folder / "shard-00001.h5", "a") as f:
+        f["vertices"][0] += 1.0
+    with pytest.raises(DatasetError, match="vertices does not match the checksum"):
+        export_coco(folder / "dataset.h5", tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()

@@ -13,11 +13,13 @@ import copy
 import io
 import json
 import os
+import shutil
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
 import pytest
 from conftest import run_cli
@@ -471,3 +473,23 @@ def test_rle_is_decoded_exactly_or_refused(size: tuple[int, int], counts: Any) -
     if isinstance(counts, str):
         coco["counts"] = counts.encode()
     assert (mask_utils.decode(coco).astype(bool) == mask).all()
+
+
+@pytest.mark.parametrize(("dataset", "column"), [("amodal_masks", None), ("instances", "class_id")])
+def test_evaluate_refuses_ground_truth_that_no_longer_matches_its_checksums(
+    tiny_dataset: Path, tmp_path: Path, dataset: str, column: str | None
+) -> None:
+    damaged = tmp_path / "damaged.h5"
+    shutil.copyfile(tiny_dataset, damaged)
+    with h5py.File(damaged, "a") as f:
+        row = int(f["instance_offsets"][5])
+        value = f[dataset][row]
+        if column is None:
+            value = ~value
+        else:
+            value[column] = value[column] % 3 + 1
+        f[dataset][row] = value
+    result = run_cli("evaluate", "--gt", damaged, "--oracle-layers", 2)
+    assert result.exit_code == 2, result.output
+    assert f"dataset {dataset} does not match the checksum" in result.stderr and "Traceback" not in result.stderr
+    assert run_cli("evaluate", "--gt", tiny_dataset, "--oracle-layers", 2).exit_code == 0

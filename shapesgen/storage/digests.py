@@ -47,8 +47,20 @@ class DigestChain:
             hasher.update(b"".join(digests[name]))
         self.scenes += len(digests[PER_SCENE_HASHED[0]])
 
+    def extend_joined(self, digests: dict[str, bytes]) -> None:
+        """Scenes' digests, each dataset's concatenated in scene order (32 bytes a scene)."""
+        for name, hasher in self.hashers.items():
+            hasher.update(digests[name])
+        self.scenes += len(digests[PER_SCENE_HASHED[0]]) // hashlib.sha256().digest_size
+
     def hexdigests(self) -> dict[str, str]:
         return {name: hasher.hexdigest() for name, hasher in self.hashers.items()}
+
+
+def segment_digests(rows: np.ndarray, bounds: np.ndarray) -> bytes:
+    """The digests of ``rows[bounds[k] : bounds[k + 1]]`` for each k, concatenated: consecutive
+    scenes' slices of one instance-axis dataset, given their offsets relative to ``rows``."""
+    return b"".join(digest(rows[a:b]) for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True))
 
 
 def scene_digests(
