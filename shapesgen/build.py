@@ -289,6 +289,13 @@ def render_dataset(
         raise ConfigError(f"workers={workers!r} is invalid: must be an integer >= 1", param="workers")
     if not isinstance(first_scene, int) or isinstance(first_scene, bool) or first_scene < 0:
         raise ConfigError(f"first_scene={first_scene!r} is invalid: must be an integer >= 0", param="first_scene")
+    if resume and force:
+        raise ConfigError(
+            "resume=True and force=True conflict: resume continues an interrupted render, force starts over; "
+            "pass one of them",
+            param="resume",
+            related=("force",),
+        )
     storage = storage or StorageConfig()
     out = check_output_path(out, "out")
     refuse_overwriting_inputs(out, "out", inputs or {})
@@ -375,8 +382,7 @@ def _render_locked(
     workers, note = effective_workers(workers, num_scenes, batch)
     check_scene_fits(config, workers)
     if not resuming:
-        sample = render_batch(config, first_scene, first_scene + 1, storage.compression_level)
-        check_disk(out.parent, num_scenes, _encoded_bytes(sample))
+        check_disk_for(config, storage, out.parent, num_scenes, first_scene)
         partial.unlink(missing_ok=True)
     if note:
         warnings.warn(note, RenderNote, stacklevel=3)
@@ -499,6 +505,21 @@ def _identity(path: Path) -> tuple[int, int]:
     """Device and inode: which file ``path`` names now."""
     info = path.stat()
     return info.st_dev, info.st_ino
+
+
+def check_disk_for(
+    config: SceneConfig,
+    storage: StorageConfig,
+    folder: Path,
+    num_scenes: int,
+    sample: int = 0,
+    asked: int | None = None,
+) -> None:
+    """Refuse ``num_scenes`` scenes of ``config`` where ``folder``'s disk cannot hold them
+    (:class:`ConfigError` naming ``num_scenes``, ``asked`` if given), from the encoded size of
+    scene ``sample``."""
+    encoded = render_batch(config, sample, sample + 1, storage.compression_level)
+    check_disk(folder, num_scenes, _encoded_bytes(encoded), asked)
 
 
 def _encoded_bytes(batch: EncodedBatch) -> float:

@@ -653,8 +653,8 @@ def check_export_target(
     """Refuse an export folder that would lose data, before any work is done.
 
     ``out`` must not be or contain ``source`` (nor any of ``inputs``, other files the
-    caller read); an existing ``out`` is replaced only with ``force=True`` and only if
-    it is a previous, untouched shapesgen export. ``probe=True`` also checks that the
+    caller read); an existing ``out`` is taken if empty, else replaced only with
+    ``force=True`` and only if it is a previous, untouched shapesgen export. ``probe=True`` also checks that the
     folder can be made there (its parent is created and its lock taken, then both
     undone), for callers that export only after long work (``render --coco``).
     """
@@ -669,9 +669,10 @@ def check_export_target(
     if out.exists() or out.is_symlink():
         if not out.is_dir() or out.is_symlink():
             raise DatasetError(f"out={str(out)!r} exists and is not a folder: an export is a folder", param="out")
-        if not force:
+        empty = not any(out.iterdir())  # nothing to lose: taken as it is
+        if not force and not empty:
             raise DatasetError(f"out={str(out)!r} exists: pass force=True to replace it", param="out")
-        if not is_export_folder(out):
+        if not empty and not is_export_folder(out):
             raise DatasetError(
                 f"out={str(out)!r} is not a shapesgen export (or files were added to it): force=True only "
                 "replaces a previous export; remove it yourself or choose another folder",

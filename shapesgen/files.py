@@ -279,6 +279,14 @@ def write_atomically(path: str | Path, data: bytes, *, param: str = "out", force
     return path
 
 
+def existing_ancestor(path: Path) -> Path:
+    """``path`` if it exists, else its nearest parent that does (where it would be created)."""
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
 def make_parents(folder: Path) -> list[Path]:
     """Create ``folder`` and its missing parents; return those created, deepest first,
     so that a failed write can remove exactly them (:func:`remove_empty`)."""

@@ -16,6 +16,7 @@ import numpy as np
 
 from shapesgen.config import SceneConfig
 from shapesgen.errors import ConfigError
+from shapesgen.files import existing_ancestor
 from shapesgen.shapes import SHAPE_KINDS
 from shapesgen.storage.layout import DATASETS
 
@@ -107,16 +108,20 @@ def batch_scenes_for(config: SceneConfig, batch_scenes: int) -> int:
     return max(1, min(batch_scenes, BATCH_BYTES // max(per_scene, 1)))
 
 
-def check_disk(folder: Path, num_scenes: int, bytes_per_scene: float) -> None:
-    """Refuse a render whose estimated file size exceeds the free space in ``folder``."""
+def check_disk(folder: Path, num_scenes: int, bytes_per_scene: float, asked: int | None = None) -> None:
+    """Refuse a render whose estimated size exceeds the free space in ``folder`` (or its
+    nearest existing parent): ``num_scenes`` scenes still to write, of the ``asked`` (default:
+    the same) that the caller's ``num_scenes`` named."""
     try:
-        free = shutil.disk_usage(folder).free
+        free = shutil.disk_usage(existing_ancestor(folder)).free
     except OSError:
         return
     need = num_scenes * bytes_per_scene * DISK_MARGIN
     if need > free:
+        asked = num_scenes if asked is None else asked
+        what = "is too large" if asked == num_scenes else f"leaves {num_scenes} scenes to render, which is too much"
         raise ConfigError(
-            f"num_scenes={num_scenes} is too large for the free disk space: about {_gib(need)} needed "
-            f"({bytes_per_scene / 1024:.1f} KiB per scene, measured on scene 0), {_gib(free)} free in {folder}",
+            f"num_scenes={asked} {what} for the free disk space: about {_gib(need)} needed "
+            f"({bytes_per_scene / 1024:.1f} KiB per scene, measured on one scene), {_gib(free)} free in {folder}",
             param="num_scenes",
         )

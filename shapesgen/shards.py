@@ -139,7 +139,7 @@ def render_shard(
     first scene, not continued: a killed task's scenes would be rendered anyway to check
     them. Either way the shard's bytes are an uninterrupted render's.
     """
-    from shapesgen.build import RenderNote, render_dataset
+    from shapesgen.build import RenderNote, check_disk_for, render_dataset
 
     path = Path(folder) / shard.file
     if path.exists():
@@ -154,6 +154,10 @@ def render_shard(
     def keep(batch: EncodedBatch) -> None:
         written.append((batch.digests, batch.instance_counts, batch.vertex_counts))
 
+    try:
+        check_disk_for(config, storage, path.parent, shard.count, shard.start)
+    except ConfigError as exc:  # the disk filled since the render started: not a bad --num
+        raise ResourceError(f"{path}: cannot render this shard of {shard.count} scenes ({exc})") from None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RenderNote)  # a lowered worker count: the data is the same
         render_dataset(
@@ -254,6 +258,7 @@ def render_sharded(
         MAX_SCENES,
         RenderInterrupted,
         RenderNote,
+        check_disk_for,
         effective_workers,
         lowered_note,
         resolve_seed,
@@ -290,6 +295,9 @@ def render_sharded(
     config = _resolve_existing(out, config, num_scenes, shard_size, storage)
     config = resolve_seed(config)
     check_scene_fits(config, 1)
+    missing = sum(shard.count for shard in shards if not (out / shard.file).is_file())
+    if missing:
+        check_disk_for(config, storage, out, missing, asked=num_scenes)
     try:
         created_dirs = make_parents(out)
     except OSError as exc:

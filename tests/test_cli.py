@@ -246,3 +246,10 @@ def test_render_starts_from_a_config_file(monkeypatch: pytest.MonkeyPatch, tmp_p
 def test_version() -> None:
     result = invoke("--version")
     assert result.exit_code == 0 and f"shapesgen {__version__} (HDF5 format {FORMAT_VERSION})" in result.output
+
+
+def test_resume_and_force_together_are_refused_before_anything_is_written(tmp_path: Path) -> None:
+    out = tmp_path / "x.h5"
+    result = invoke("render", "--instances", "3", "--num", "4", "--out", str(out), "--resume", "--force")
+    assert result.exit_code == 2 and "--resume and --force conflict" in result.output
+    assert "Traceback" not in result.output and not any(tmp_path.iterdir())

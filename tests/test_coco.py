@@ -265,3 +265,16 @@ def test_export_of_a_sharded_source_checks_its_checksums(tiny_config: SceneConfi
     with pytest.raises(DatasetError, match="vertices does not match the checksum"):
         export_coco(folder / "dataset.h5", tmp_path / "bad")
     assert not (tmp_path / "bad").exists()
+
+
+def test_export_into_an_existing_empty_folder_needs_no_force(tiny_dataset: Path, tmp_path: Path) -> None:
+    for name, force in (("plain", []), ("forced", ["--force"])):
+        (tmp_path / name).mkdir()
+        result = run_cli("export", "coco", tiny_dataset, "--out", tmp_path / name, *force)
+        assert result.exit_code == 0, result.output
+        assert (tmp_path / name / "annotations.json").is_file()
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    result = run_cli("export", "coco", tiny_dataset, "--out", tmp_path / "mine", "--force")
+    assert result.exit_code == 2 and "not a shapesgen export" in result.stderr
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
