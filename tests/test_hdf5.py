@@ -132,6 +132,21 @@ def test_resume_rerenders_scenes_changed_after_a_clean_stop(
         assert "stopped_checksums" not in a.attrs
 
 
+def test_resume_rerenders_from_a_chunk_that_no_longer_decodes(tmp_path: Path, tiny_config: SceneConfig) -> None:
+    storage = StorageConfig(batch_scenes=2)
+    whole = render_dataset(tiny_config, tmp_path / "whole.h5", num_scenes=9, storage=storage)
+    out = tmp_path / "garbled.h5"
+    with pytest.raises(RenderInterrupted):
+        render_dataset(tiny_config, out, num_scenes=9, storage=storage, progress=interrupt_after(6))
+    with h5py.File(partial_path(out), "r") as f:
+        chunk = f["images"].id.get_chunk_info(4)  # scene 4's gzip stream
+    with partial_path(out).open("r+b") as raw:
+        raw.seek(chunk.byte_offset + chunk.size // 2)
+        raw.write(b"\xff" * 8)
+    render_dataset(tiny_config, out, num_scenes=9, storage=storage, resume=True)
+    assert data_bytes(out) == data_bytes(whole)
+
+
 def test_resume_of_an_unchanged_clean_stop_renders_only_the_rest(tmp_path: Path, tiny_config: SceneConfig) -> None:
     storage = StorageConfig(batch_scenes=2)
     out = tmp_path / "kept.h5"

@@ -29,7 +29,7 @@ from shapesgen.storage.layout import (
     PER_SCENE,
     VERTEX_CHUNK,
 )
-from shapesgen.storage.resume import Verify, reopen
+from shapesgen.storage.resume import TORN, Verify, reopen
 
 STOPPED_CHECKSUMS = "stopped_checksums"  # a cleanly stopped partial file's checksums (layout.ROOT_ATTRIBUTES)
 
@@ -125,8 +125,9 @@ class DatasetWriter:
             self.first_scene = int(earlier.attrs.get("first_scene", 0))
             self.created = str(earlier.attrs["created"])
             if not self._continue(earlier, rebuilt, storage, verify, progress):
-                self.file.close()
-                rebuilt.unlink()
+                if hasattr(self, "file"):
+                    self.file.close()
+                rebuilt.unlink(missing_ok=True)
                 earlier.attrs["clean_stop"] = False  # changed since it stopped: check it scene by scene
                 self._continue(earlier, rebuilt, storage, verify, progress)
         except BaseException:
@@ -153,13 +154,20 @@ class DatasetWriter:
         verify: Verify,
         progress: Callable[[int, int], None] | None,
     ) -> bool:
-        """Rebuild ``earlier``'s intact scenes into ``rebuilt``; false where they do not hash to
-        the ``stopped_checksums`` recorded when its render stopped (a byte changed since)."""
-        written = reopen(earlier, self.config, verify, progress)
-        stopped = earlier.attrs.get(STOPPED_CHECKSUMS) if earlier.attrs.get("clean_stop", True) else None
-        self.file = self._open(rebuilt)
-        self._start(storage)
-        self._copy(earlier)
+        """Rebuild ``earlier``'s intact scenes into ``rebuilt``; false where a file stopped cleanly
+        no longer reads, or its scenes do not hash to the ``stopped_checksums`` recorded when its
+        render stopped (a byte changed since)."""
+        trusted = bool(earlier.attrs.get("clean_stop", True))
+        stopped = earlier.attrs.get(STOPPED_CHECKSUMS) if trusted else None
+        try:
+            written = reopen(earlier, self.config, verify, progress)
+            self.file = self._open(rebuilt)
+            self._start(storage)
+            self._copy(earlier)
+        except TORN:
+            if not trusted:
+                raise
+            return False  # a chunk that no longer decodes: check the file scene by scene
         if stopped is None or self.chain.scenes != written:
             return True
         return bool(json.loads(str(stopped)) == checksums(self.file, self.chain))
