@@ -111,6 +111,7 @@ _FLOAT_FIELDS: tuple[tuple[str, float, bool, float], ...] = (
     ("dist_weight", 0.0, False, MAX_SETTING),
     ("reg_weight", 0.0, False, MAX_SETTING),
     ("ce_weight", 0.0, False, MAX_SETTING),
+    ("cross_class_weight", 0.0, False, MAX_SETTING),
     ("learning_rate", 0.0, True, MAX_SETTING),
     ("bandwidth", 0.0, True, MAX_BANDWIDTH),
     ("merge_radius", 0.0, True, MAX_BANDWIDTH),
@@ -303,7 +304,9 @@ class LossConfig(_Concern):
     layers, instances with no visible pixel trained as background: what produced the
     paper's numbers. ``hinge='linear'``, ``distance_scope='all'`` and ``reg_weight=1``
     give the paper's written form, ``loss_normalisation='mean'`` this package's
-    earlier means over pairs and layers.
+    earlier means over pairs and layers. ``cross_class_weight > 0`` (with
+    ``distance_scope='class'``) adds the push over all instances at that weight: pairs of
+    one class keep the full push, pairs of different classes get a weaker one.
     """
 
     LABEL: ClassVar[str] = "loss config"
@@ -314,6 +317,7 @@ class LossConfig(_Concern):
     dist_weight: float = 1.0
     reg_weight: float = 0.01
     ce_weight: float = 1.0
+    cross_class_weight: float = 0.0
     hinge: Hinge = "squared"
     distance_scope: DistanceScope = "class"
     loss_normalisation: LossNormalisation = "reference"

@@ -18,6 +18,19 @@ def _hinge(x: tf.Tensor, squared: bool) -> tf.Tensor:
     return tf.square(x) if squared else x
 
 
+def _push(hinged: tf.Tensor, pairs: tf.Tensor, present: tf.Tensor, normalisation: str) -> tf.Tensor:
+    """The distance term over ``pairs`` (B, n + 1, n + 1), per image. ``reference``: each
+    group's pair sum divided by n(n - 1) + 1, summed over the groups (a pair's weight comes
+    from the size of its first member's group: its class, or all instances); ``mean``: the
+    mean over the pairs."""
+    push = hinged * pairs
+    if normalisation == "reference":
+        group_size = tf.reduce_sum(pairs, axis=2) + present  # a member's pairs in its group, plus itself
+        weight = 1.0 / (group_size * (group_size - 1.0) + 1.0)
+        return tf.reduce_sum(push * weight[:, :, None], axis=[1, 2])
+    return tf.math.divide_no_nan(tf.reduce_sum(push, axis=[1, 2]), tf.reduce_sum(pairs, axis=[1, 2]))
+
+
 def discriminative_loss(
     embedding: tf.Tensor, instance_ids: tf.Tensor, instance_classes: tf.Tensor, config: LossConfig
 ) -> dict[str, tf.Tensor]:
@@ -53,16 +66,11 @@ def discriminative_loss(
     if config.distance_scope == "class":
         same = tf.cast(tf.equal(instance_classes[:, :, None], instance_classes[:, None, :]), tf.float32)
         pairs = pairs * same
-    push = _hinge(2.0 * config.d_dist - gap, squared) * pairs
-    if config.loss_normalisation == "reference":
-        # Each group's (class's, or all instances') pair sum divided by n(n - 1) + 1,
-        # summed over groups: a pair's weight comes from the group size of its first member.
-        grouped = present[:, None, :] * (same if config.distance_scope == "class" else tf.ones_like(pairs))
-        group_size = tf.reduce_sum(grouped, axis=2)
-        weight = 1.0 / (group_size * (group_size - 1.0) + 1.0)
-        distance = tf.reduce_sum(push * weight[:, :, None], axis=[1, 2])
-    else:
-        distance = tf.math.divide_no_nan(tf.reduce_sum(push, axis=[1, 2]), tf.reduce_sum(pairs, axis=[1, 2]))
+    hinged = _hinge(2.0 * config.d_dist - gap, squared)
+    distance = _push(hinged, pairs, present, config.loss_normalisation)
+    if config.distance_scope == "class" and config.cross_class_weight > 0:
+        every = present[:, :, None] * present[:, None, :] * (1.0 - tf.eye(slots)[None])
+        distance += config.cross_class_weight * _push(hinged, every, present, config.loss_normalisation)
 
     norms = tf.reduce_sum(tf.abs(centres), axis=-1) * present
     regulariser = tf.math.divide_no_nan(tf.reduce_sum(norms, axis=1), n_instances)

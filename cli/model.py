@@ -104,6 +104,13 @@ def train(
     reg_weight: Annotated[
         float | None, typer.Option("--reg-weight", help="Regulariser weight (reference 0.01, paper 1).")
     ] = None,
+    cross_class_weight: Annotated[
+        float | None,
+        typer.Option(
+            "--cross-class-weight",
+            help="With --distance-scope class: also push apart all instances, at this weight (0 = off).",
+        ),
+    ] = None,
     var_weight: Annotated[float | None, typer.Option("--var-weight", help="Variance term weight (1).")] = None,
     dist_weight: Annotated[float | None, typer.Option("--dist-weight", help="Distance term weight (1).")] = None,
     ce_weight: Annotated[float | None, typer.Option("--ce-weight", help="Cross-entropy weight (1).")] = None,
@@ -176,6 +183,7 @@ def train(
             loss=dict(
                 hinge=hinge,
                 distance_scope=distance_scope,
+                cross_class_weight=cross_class_weight,
                 reg_weight=reg_weight,
                 var_weight=var_weight,
                 dist_weight=dist_weight,

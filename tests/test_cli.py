@@ -212,11 +212,13 @@ def test_train_builds_the_config_from_preset_and_options(monkeypatch: pytest.Mon
         "all",
         "--reg-weight",
         1.0,
+        "--cross-class-weight",
+        0.25,
         "-q",
     )
     assert result.exit_code == 0, result.output
     assert received["config"] == TRAIN_PRESETS["cpu"].replace(
-        epochs=7, hinge="linear", distance_scope="all", reg_weight=1.0
+        epochs=7, hinge="linear", distance_scope="all", reg_weight=1.0, cross_class_weight=0.25
     )
     assert received["source"] == "render:paper,instances=6" and received["resume"] is False
     bad = invoke("train", "--train", "x.h5", "--out", tmp_path / "r", "--hinge", "cubic")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
@@ -97,6 +98,19 @@ def test_image_size_must_suit_the_network() -> None:
         build_model(SMALL, DataSpec(72, 1, 18, 2, 3))
 
 
+def naive_push(mu: dict, present: list, pairs: list, group: dict, config: LossConfig, hinge: Any) -> float:
+    """The distance term of one image over ``pairs``, members grouped by ``group``."""
+    d = [hinge(2 * config.d_dist - np.abs(mu[a] - mu[c]).sum()) for a, c in pairs]
+    if config.loss_normalisation == "mean":
+        return float(np.mean(d)) if d else 0.0
+    total = 0.0  # each group's pair sum / (n (n - 1) + 1), summed over the groups (classes, or all instances)
+    for g in set(group.values()):
+        members = [k for k in present if group[k] == g]
+        n = len(members)
+        total += sum(x for (a, _), x in zip(pairs, d, strict=True) if a in members) / (n * (n - 1) + 1)
+    return total
+
+
 def naive_loss(emb: np.ndarray, ids: np.ndarray, classes: np.ndarray, config: LossConfig) -> dict[str, float]:
     """Per image, per instance Python reference of the vectorised loss."""
     sq = config.hinge == "squared"
@@ -113,28 +127,27 @@ def naive_loss(emb: np.ndarray, ids: np.ndarray, classes: np.ndarray, config: Lo
             for c in present
             if a != c and (config.distance_scope == "all" or classes[b, a] == classes[b, c])
         ]
-        d = [hinge(2 * config.d_dist - np.abs(mu[a] - mu[c]).sum()) for a, c in pairs]
         var.append(np.mean(v) if v else 0.0)
-        if config.loss_normalisation == "mean":
-            dist.append(np.mean(d) if d else 0.0)
-        else:  # each group's pair sum / (n (n - 1) + 1), summed over the groups (classes, or all instances)
-            group = {k: classes[b, k] if config.distance_scope == "class" else 0 for k in present}
-            total = 0.0
-            for g in set(group.values()):
-                members = [k for k in present if group[k] == g]
-                n = len(members)
-                total += sum(x for (a, _), x in zip(pairs, d, strict=True) if a in members) / (n * (n - 1) + 1)
-            dist.append(total)
+        group = {k: classes[b, k] if config.distance_scope == "class" else 0 for k in present}
+        total = naive_push(mu, present, pairs, group, config, hinge)
+        if config.distance_scope == "class" and config.cross_class_weight > 0:
+            every = [(a, c) for a in present for c in present if a != c]
+            total += config.cross_class_weight * naive_push(
+                mu, present, every, dict.fromkeys(present, 0), config, hinge
+            )
+        dist.append(total)
         reg.append(np.mean([np.abs(mu[k]).sum() for k in present]) if present else 0.0)
     return {"variance": np.mean(var), "distance": np.mean(dist), "regularisation": np.mean(reg)}
 
 
 @pytest.mark.parametrize("normalisation", ["reference", "mean"])
 @pytest.mark.parametrize("hinge", ["squared", "linear"])
-@pytest.mark.parametrize("scope", ["class", "all"])
-def test_vectorised_loss_equals_the_per_instance_reference(hinge: str, scope: str, normalisation: str) -> None:
+@pytest.mark.parametrize(("scope", "cross"), [("class", 0.0), ("all", 0.0), ("class", 0.3)])
+def test_vectorised_loss_equals_the_per_instance_reference(
+    hinge: str, scope: str, cross: float, normalisation: str
+) -> None:
     rng = np.random.default_rng(1)
-    config = LossConfig(hinge=hinge, distance_scope=scope, loss_normalisation=normalisation)
+    config = LossConfig(hinge=hinge, distance_scope=scope, loss_normalisation=normalisation, cross_class_weight=cross)
     emb = rng.normal(0, 1.5, (3, 2, 6, 6, 4)).astype(np.float32)
     ids = rng.integers(0, 6, (3, 2, 6, 6)).astype(np.int32)
     ids[2] = 0  # an image with no instance
