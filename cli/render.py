@@ -96,7 +96,12 @@ def render(
         ),
     ] = False,
     force: Annotated[
-        bool, typer.Option("--force", help="Overwrite an existing file (or discard an interrupted one).")
+        bool,
+        typer.Option(
+            "--force",
+            help="Overwrite an existing file (or discard an interrupted one); with --resume and --coco, "
+            "replace the export only.",
+        ),
     ] = False,
     coco: Annotated[
         Path | None,
@@ -184,6 +189,7 @@ def render(
             lambda: check_export_target(out, coco, force, inputs={"config": config}, probe=True),
             aliases={"out": "coco", "source": "out"},
         )
+    render_force = force and not (resume and coco is not None)  # there, --force is the export's
     if shard_size is not None:
         from shapesgen.shards import render_sharded
 
@@ -213,7 +219,7 @@ def render(
             path = run(
                 ctx,
                 lambda: build_split(
-                    dataset, out, workers=workers, storage=storage, resume=resume, force=force, progress=update
+                    dataset, out, workers=workers, storage=storage, resume=resume, force=render_force, progress=update
                 ),
             )
         else:
@@ -226,7 +232,7 @@ def render(
                     workers=workers,
                     storage=storage,
                     resume=resume,
-                    force=force,
+                    force=render_force,
                     progress=update,
                     inputs={"config": config},
                     split=split,

@@ -803,13 +803,34 @@ def _build_export(ds: ShapesDataset, staging: Path, export: ExportConfig, run: R
 
 def _publish(staging: Path, out: Path) -> None:
     """Rename the finished export into place; a previous export is moved aside first
-    and removed only after the new one is in place."""
+    and removed only after the new one is in place. An empty folder there is kept (its
+    owner, mode, or a mount point) and the export's files are moved into it, SHA256SUMS
+    last: a folder left without it is not taken for an export."""
     (staging / STAGING_MARKER).unlink()
-    if not out.exists():
-        os.replace(staging, out)
-        return
+    try:
+        if not out.exists():
+            os.replace(staging, out)
+        elif out.is_dir() and not any(out.iterdir()):
+            entries = sorted(os.scandir(staging), key=lambda entry: entry.name == "SHA256SUMS")
+            for entry in entries:
+                os.replace(entry.path, out / entry.name)
+            staging.rmdir()
+        else:
+            _replace_export(staging, out)
+    except BaseException:
+        if staging.is_dir():
+            (staging / STAGING_MARKER).touch()  # still an unfinished export, for the next run to take over
+        raise
+
+
+def _replace_export(staging: Path, out: Path) -> None:
+    """Swap the finished export in for the previous one, which is removed only after."""
     aside = Path(tempfile.mkdtemp(prefix=f"{out.name}.old-", dir=out.parent))
-    os.replace(out, aside)
+    try:
+        os.replace(out, aside)
+    except BaseException:
+        aside.rmdir()
+        raise
     try:
         os.replace(staging, out)
     except BaseException:

@@ -48,7 +48,7 @@ from shapesgen.coco import MAX_MASK_PIXELS, decode_segmentation, encode_rle, rle
 from shapesgen.errors import ConfigError, DatasetError
 from shapesgen.files import check_file_output, contains, file_kind, regular_input, resolved, write_atomically
 from shapesgen.stats import HEAVY_MIN, NONE_MAX, OCCLUSION_BANDS
-from shapesgen.storage.digests import segment_digests
+from shapesgen.storage.digests import digest, segment_digests
 from shapesgen.storage.manifest import is_sharded
 from shapesgen.storage.reader import ShapesDataset, open_dataset
 
@@ -56,7 +56,7 @@ MAX_DETS = (1, 10, 100, 1000)
 KEEP_PER_IMAGE = MAX_DETS[-1]  # detections kept per (image, category): COCOeval drops the rest itself
 MAX_RECORD_BYTES = 64 << 20  # one prediction record's JSON text
 SCENE_BLOCK = 256
-GROUND_TRUTH_READ = ("instances", "amodal_masks")  # the datasets ground truth is read from, checked
+GROUND_TRUTH_READ = ("instances", "amodal_masks")  # the datasets ground truth is read from (and layers), checked
 _READ_CHUNK = 1 << 20
 _NOT_SPACE = re.compile(r"[^ \t\n\r]")
 BandRate = Literal["pixel", "geometric"]
@@ -151,9 +151,11 @@ def ground_truth_from_hdf5(path: str | Path, keep_layers: bool = False, band_rat
                         "visible_row": rows.start + k,
                     }
                 )
+        layers = ds.layers[:] if keep_layers else None
+        if layers is not None:
+            hashers["layers"] = hashlib.sha256(b"".join(digest(scene) for scene in layers))
         _check_read(ds, {name: hasher.hexdigest() for name, hasher in hashers.items()})
         categories = [{"id": c + 1, "name": name} for c, name in enumerate(ds.class_names)]
-        layers = ds.layers[:] if keep_layers else None
         class_of_id = []
         if keep_layers:
             for i in range(len(ds)):

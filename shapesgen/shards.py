@@ -139,7 +139,7 @@ def render_shard(
     first scene, not continued: a killed task's scenes would be rendered anyway to check
     them. Either way the shard's bytes are an uninterrupted render's.
     """
-    from shapesgen.build import RenderNote, check_disk_for, render_dataset
+    from shapesgen.build import RenderNote, render_dataset
 
     path = Path(folder) / shard.file
     if path.exists():
@@ -154,24 +154,29 @@ def render_shard(
     def keep(batch: EncodedBatch) -> None:
         written.append((batch.digests, batch.instance_counts, batch.vertex_counts))
 
-    try:
-        check_disk_for(config, storage, path.parent, shard.count, shard.start)
-    except ConfigError as exc:  # the disk filled since the render started: not a bad --num
-        raise ResourceError(f"{path}: cannot render this shard of {shard.count} scenes ({exc})") from None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RenderNote)  # a lowered worker count: the data is the same
-        render_dataset(
-            config,
-            path,
-            num_scenes=shard.count,
-            workers=workers,
-            storage=storage,
-            force=True,  # an earlier attempt's .partial, under the shard's lock (a task still writing it refuses)
-            progress=progress,
-            first_scene=shard.start,
-            created=created,
-            on_batch=keep,
-        )
+        try:
+            render_dataset(
+                config,
+                path,
+                num_scenes=shard.count,
+                workers=workers,
+                storage=storage,
+                force=True,  # an earlier attempt's .partial, under the shard's lock (a task still writing it refuses)
+                progress=progress,
+                first_scene=shard.start,
+                created=created,
+                on_batch=keep,
+            )
+        except ConfigError as exc:
+            if exc.param != "num_scenes":
+                raise
+            # the free-space check: the disk filled since the render's own check, not a bad --num
+            detail = str(exc).split(": ", 1)[-1]
+            raise ResourceError(
+                f"{path}: too little free disk space for this shard of {shard.count} scenes: {detail}"
+            ) from None
     return _result_of(path, shard, written)
 
 

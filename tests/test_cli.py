@@ -255,3 +255,13 @@ def test_resume_and_force_together_are_refused_before_anything_is_written(tmp_pa
     result = invoke("render", "--instances", "3", "--num", "4", "--out", str(out), "--resume", "--force")
     assert result.exit_code == 2 and "--resume and --force conflict" in result.output
     assert "Traceback" not in result.output and not any(tmp_path.iterdir())
+
+
+def test_resume_with_force_and_coco_replaces_only_the_export(tmp_path: Path) -> None:
+    out, share = tmp_path / "x.h5", tmp_path / "share"
+    first = ["render", "--instances", "3", "--num", "4", "--seed", "3", "--out", str(out), "--coco", str(share)]
+    assert invoke(*first).exit_code == 0
+    written = out.stat().st_mtime_ns
+    again = invoke(*first, "--resume", "--force")
+    assert again.exit_code == 0, again.output
+    assert out.stat().st_mtime_ns == written and (share / "annotations.json").is_file()

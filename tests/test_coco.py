@@ -6,6 +6,7 @@ import hashlib
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -14,7 +15,7 @@ from conftest import run_cli
 from PIL import Image
 from pycocotools.coco import COCO
 
-from shapesgen import ConfigError, DatasetError, SceneConfig
+from shapesgen import ConfigError, DatasetError, SceneConfig, coco
 from shapesgen.coco import ExportConfig, decode_segmentation, export_coco, masks_at
 from shapesgen.raster import layer_maps
 from shapesgen.shards import render_sharded
@@ -269,12 +270,34 @@ def test_export_of_a_sharded_source_checks_its_checksums(tiny_config: SceneConfi
 
 def test_export_into_an_existing_empty_folder_needs_no_force(tiny_dataset: Path, tmp_path: Path) -> None:
     for name, force in (("plain", []), ("forced", ["--force"])):
-        (tmp_path / name).mkdir()
+        (tmp_path / name).mkdir(mode=0o750)
+        inode = (tmp_path / name).stat().st_ino
         result = run_cli("export", "coco", tiny_dataset, "--out", tmp_path / name, *force)
         assert result.exit_code == 0, result.output
-        assert (tmp_path / name / "annotations.json").is_file()
+        assert (tmp_path / name / "annotations.json").is_file() and coco.is_export_folder(tmp_path / name)
+        assert (tmp_path / name).stat().st_ino == inode  # the folder itself kept (its owner, mode, a mount)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["forced", "plain"]
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
     result = run_cli("export", "coco", tiny_dataset, "--out", tmp_path / "mine", "--force")
     assert result.exit_code == 2 and "not a shapesgen export" in result.stderr
     assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
+
+
+def test_export_chains_parts_in_scene_order_whatever_order_they_finish(
+    tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Parts that finish last-first still hash to the source's checksums (and write the
+    same files as parts that finish in order)."""
+    in_order = export_coco(tiny_dataset, tmp_path / "in_order", workers=2)
+
+    def reversed_here(tasks: list[Any], accept: Any, progress: Any) -> None:
+        assert len(tasks) > 1
+        for task in reversed(tasks):
+            accept(task, task.function(*task.args, report=lambda done: None))
+
+    monkeypatch.setattr(
+        coco, "run_in_pool", lambda tasks, accept, progress, workers, what: reversed_here(tasks, accept, progress)
+    )
+    reverse = export_coco(tiny_dataset, tmp_path / "reversed", workers=2)
+    assert (reverse / "SHA256SUMS").read_text() == (in_order / "SHA256SUMS").read_text()

@@ -475,16 +475,18 @@ def test_rle_is_decoded_exactly_or_refused(size: tuple[int, int], counts: Any) -
     assert (mask_utils.decode(coco).astype(bool) == mask).all()
 
 
-@pytest.mark.parametrize(("dataset", "column"), [("amodal_masks", None), ("instances", "class_id")])
+@pytest.mark.parametrize(("dataset", "column"), [("amodal_masks", None), ("instances", "class_id"), ("layers", None)])
 def test_evaluate_refuses_ground_truth_that_no_longer_matches_its_checksums(
     tiny_dataset: Path, tmp_path: Path, dataset: str, column: str | None
 ) -> None:
     damaged = tmp_path / "damaged.h5"
     shutil.copyfile(tiny_dataset, damaged)
     with h5py.File(damaged, "a") as f:
-        row = int(f["instance_offsets"][5])
+        row = 5 if dataset == "layers" else int(f["instance_offsets"][5])
         value = f[dataset][row]
-        if column is None:
+        if dataset == "layers":
+            value = value[::-1]  # layers in the wrong order
+        elif column is None:
             value = ~value
         else:
             value[column] = value[column] % 3 + 1

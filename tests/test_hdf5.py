@@ -13,8 +13,10 @@ import pytest
 from shapesgen import ConfigError, DatasetError, SceneConfig, render_scene
 from shapesgen.build import RenderInterrupted, partial_path, render_dataset
 from shapesgen.config import StorageConfig
+from shapesgen.errors import ShapesgenError
 from shapesgen.storage.layout import DATASETS, FORMAT_NAME, FORMAT_VERSION, OFFSETS, format_markdown
 from shapesgen.storage.reader import open_dataset
+from shapesgen.storage.writer import DatasetWriter
 from shapesgen.validate import validate_dataset
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -103,17 +105,26 @@ def test_resume_after_a_hard_kill_keeps_only_the_intact_prefix(tmp_path: Path, t
         assert a.attrs["checksums"] == b.attrs["checksums"] and a.attrs["clean_stop"]
 
 
+PAIR = StorageConfig(batch_scenes=2)  # two scenes a batch: a 9-scene render stopped after 6 holds 3 batches
+
+
+def stopped_after_six(tmp_path: Path, config: SceneConfig, name: str) -> tuple[Path, Path]:
+    """An uninterrupted 9-scene render, and the output of one stopped cleanly after 6 scenes
+    (its ``.partial`` file kept)."""
+    whole = render_dataset(config, tmp_path / "whole.h5", num_scenes=9, storage=PAIR)
+    out = tmp_path / name
+    with pytest.raises(RenderInterrupted):
+        render_dataset(config, out, num_scenes=9, storage=PAIR, progress=interrupt_after(6))
+    return whole, out
+
+
 @pytest.mark.parametrize("dataset", ["images", "layers", "instances", "vertices"])
 def test_resume_rerenders_scenes_changed_after_a_clean_stop(
     tmp_path: Path, tiny_config: SceneConfig, dataset: str
 ) -> None:
     """A cleanly stopped file records its scenes' checksums; a scene changed since then (a
     flipped bit, a stray write) is found on resume and rendered again, not carried over."""
-    storage = StorageConfig(batch_scenes=2)
-    whole = render_dataset(tiny_config, tmp_path / "whole.h5", num_scenes=9, storage=storage)
-    out = tmp_path / "changed.h5"
-    with pytest.raises(RenderInterrupted):
-        render_dataset(tiny_config, out, num_scenes=9, storage=storage, progress=interrupt_after(6))
+    whole, out = stopped_after_six(tmp_path, tiny_config, "changed.h5")
     with h5py.File(partial_path(out), "a") as f:
         assert f.attrs["clean_stop"] and "stopped_checksums" in f.attrs
         row = int(f["instance_offsets"][3]) if dataset == "instances" else 3
@@ -125,7 +136,7 @@ def test_resume_rerenders_scenes_changed_after_a_clean_stop(
         else:
             value = value + 1
         f[dataset][row] = value
-    render_dataset(tiny_config, out, num_scenes=9, storage=storage, resume=True)
+    render_dataset(tiny_config, out, num_scenes=9, storage=PAIR, resume=True)
     assert data_bytes(out) == data_bytes(whole)
     with h5py.File(out, "r") as a, h5py.File(whole, "r") as b:
         assert a.attrs["checksums"] == b.attrs["checksums"]
@@ -133,30 +144,47 @@ def test_resume_rerenders_scenes_changed_after_a_clean_stop(
 
 
 def test_resume_rerenders_from_a_chunk_that_no_longer_decodes(tmp_path: Path, tiny_config: SceneConfig) -> None:
-    storage = StorageConfig(batch_scenes=2)
-    whole = render_dataset(tiny_config, tmp_path / "whole.h5", num_scenes=9, storage=storage)
-    out = tmp_path / "garbled.h5"
-    with pytest.raises(RenderInterrupted):
-        render_dataset(tiny_config, out, num_scenes=9, storage=storage, progress=interrupt_after(6))
+    whole, out = stopped_after_six(tmp_path, tiny_config, "garbled.h5")
     with h5py.File(partial_path(out), "r") as f:
         chunk = f["images"].id.get_chunk_info(4)  # scene 4's gzip stream
     with partial_path(out).open("r+b") as raw:
         raw.seek(chunk.byte_offset + chunk.size // 2)
         raw.write(b"\xff" * 8)
-    render_dataset(tiny_config, out, num_scenes=9, storage=storage, resume=True)
+    render_dataset(tiny_config, out, num_scenes=9, storage=PAIR, resume=True)
     assert data_bytes(out) == data_bytes(whole)
 
 
 def test_resume_of_an_unchanged_clean_stop_renders_only_the_rest(tmp_path: Path, tiny_config: SceneConfig) -> None:
-    storage = StorageConfig(batch_scenes=2)
-    out = tmp_path / "kept.h5"
-    with pytest.raises(RenderInterrupted):
-        render_dataset(tiny_config, out, num_scenes=9, storage=storage, progress=interrupt_after(6))
+    whole, out = stopped_after_six(tmp_path, tiny_config, "kept.h5")
     checked: list[int] = []
     render_dataset(
-        tiny_config, out, num_scenes=9, storage=storage, resume=True, progress=lambda done, total: checked.append(done)
+        tiny_config, out, num_scenes=9, storage=PAIR, resume=True, progress=lambda done, total: checked.append(done)
     )
     assert checked[0] >= 6  # the six stored scenes were trusted, not rendered again
+    assert data_bytes(out) == data_bytes(whole)
+
+
+def test_a_full_disk_while_resuming_is_not_taken_for_damage(
+    tmp_path: Path, tiny_config: SceneConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write that fails while the partial file is rebuilt fails the resume as itself; the
+    partial file stays trusted (no scene-by-scene check next time) and resumes afterwards."""
+    whole, out = stopped_after_six(tmp_path, tiny_config, "full.h5")
+
+    def no_space(self: Any, batch: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(DatasetWriter, "append", no_space)
+        with pytest.raises((OSError, ShapesgenError)):
+            render_dataset(tiny_config, out, num_scenes=9, storage=PAIR, resume=True)
+    with h5py.File(partial_path(out), "r") as f:
+        assert f.attrs["clean_stop"] and int(f.attrs["scenes_written"]) == 6
+    checked: list[int] = []
+    render_dataset(
+        tiny_config, out, num_scenes=9, storage=PAIR, resume=True, progress=lambda done, total: checked.append(done)
+    )
+    assert checked[0] >= 6 and data_bytes(out) == data_bytes(whole)
 
 
 def test_resume_keeps_the_files_storage_settings(tmp_path: Path, tiny_config: SceneConfig) -> None:

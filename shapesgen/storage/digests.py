@@ -17,7 +17,8 @@ from shapesgen.storage.layout import DATASETS, OFFSETS
 
 PER_SCENE_HASHED = tuple(f.name for f in DATASETS)
 OFFSET_HASH_BLOCK = 1 << 20  # offsets hashed this many at a time
-DIGEST_BLOCK = 64  # scenes read back at a time for their digests
+DIGEST_BLOCK = 64  # the most scenes read back at a time for their digests
+DIGEST_BLOCK_BYTES = 64 << 20  # and about the most bytes
 
 
 def digest(data: np.ndarray) -> bytes:
@@ -57,6 +58,18 @@ class DigestChain:
         return {name: hasher.hexdigest() for name, hasher in self.hashers.items()}
 
 
+def _block_scenes(file: Mapping[str, Any], offsets: np.ndarray, vertex_offsets: np.ndarray) -> int:
+    """Scenes read at a time: at most ``DIGEST_BLOCK``, and about ``DIGEST_BLOCK_BYTES`` of
+    rows for an average scene."""
+    scenes = max(len(offsets) - 1, 1)
+    rows = {"scene": 1.0, "instance": int(offsets[-1]) / scenes, "vertex": int(vertex_offsets[-1]) / scenes}
+    per_scene = 0.0
+    for field in DATASETS:
+        dataset = file[field.name]
+        per_scene += rows[field.axis] * dataset.dtype.itemsize * int(np.prod(dataset.shape[1:]))
+    return max(1, min(DIGEST_BLOCK, int(DIGEST_BLOCK_BYTES // max(per_scene, 1.0))))
+
+
 def segment_digests(rows: np.ndarray, bounds: np.ndarray) -> bytes:
     """The digests of ``rows[bounds[k] : bounds[k + 1]]`` for each k, concatenated: consecutive
     scenes' slices of one instance-axis dataset, given their offsets relative to ``rows``."""
@@ -69,13 +82,14 @@ def scene_digests(
     """Each scene's digest of every hashed dataset, read back from a file (or
     ``ShapesDataset.datasets``), in scene order; ``scenes`` (a step-1 range) defaults to all.
 
-    Rows are read ``DIGEST_BLOCK`` scenes at a time and sliced in memory: one HDF5 read per
-    scene and dataset cost about ten times the hashing."""
+    Rows are read up to ``DIGEST_BLOCK`` scenes (and about ``DIGEST_BLOCK_BYTES``) at a time
+    and sliced in memory: one HDF5 read per scene and dataset cost about ten times the hashing."""
     scenes = scenes if scenes is not None else range(len(offsets) - 1)
     if scenes.step != 1:
         raise ValueError(f"scenes={scenes}: a range with step 1 is expected")
-    for lo in range(scenes.start, scenes.stop, DIGEST_BLOCK):
-        hi = min(lo + DIGEST_BLOCK, scenes.stop)
+    block = _block_scenes(file, offsets, vertex_offsets)
+    for lo in range(scenes.start, scenes.stop, block):
+        hi = min(lo + block, scenes.stop)
         rows = int(offsets[lo]), int(offsets[hi])
         vertex_rows = int(vertex_offsets[rows[0]]), int(vertex_offsets[rows[1]])
         starts = {"scene": lo, "instance": rows[0], "vertex": vertex_rows[0]}

@@ -34,6 +34,10 @@ from shapesgen.storage.resume import TORN, Verify, reopen
 STOPPED_CHECKSUMS = "stopped_checksums"  # a cleanly stopped partial file's checksums (layout.ROOT_ATTRIBUTES)
 
 
+class UnreadableScenes(DatasetError):
+    """Stored scenes of a file being resumed no longer decode."""
+
+
 def rebuild_path(path: Path) -> Path:
     """Where a resumed file is rebuilt before it replaces ``path``."""
     return path.with_name(path.name + ".rebuild")
@@ -161,10 +165,15 @@ class DatasetWriter:
         stopped = earlier.attrs.get(STOPPED_CHECKSUMS) if trusted else None
         try:
             written = reopen(earlier, self.config, verify, progress)
-            self.file = self._open(rebuilt)
-            self._start(storage)
-            self._copy(earlier)
         except TORN:
+            if not trusted:
+                raise
+            return False  # its offsets no longer read: check the file scene by scene
+        self.file = self._open(rebuilt)
+        self._start(storage)
+        try:
+            self._copy(earlier)
+        except UnreadableScenes:
             if not trusted:
                 raise
             return False  # a chunk that no longer decodes: check the file scene by scene
@@ -187,7 +196,11 @@ class DatasetWriter:
         offsets = earlier["instance_offsets"][: keep + 1]
         vertex_offsets = earlier["vertex_offsets"][: int(offsets[-1]) + 1]
         for lo in range(0, keep, self.batch):
-            self.append(stored_batch(earlier, self.config, offsets, vertex_offsets, lo, min(lo + self.batch, keep)))
+            try:
+                batch = stored_batch(earlier, self.config, offsets, vertex_offsets, lo, min(lo + self.batch, keep))
+            except TORN as exc:
+                raise UnreadableScenes(f"{self.path}: scenes {lo}.. no longer read ({exc})") from None
+            self.append(batch)  # a write error (a full disk) propagates as itself
 
     def _create(self, storage: StorageConfig, num_scenes: int) -> None:
         config = self.config
@@ -275,9 +288,14 @@ class DatasetWriter:
         self.closed = True
         if self.file.id.valid:
             try:
-                if not self.file.attrs["complete"] and self.chain.scenes == self.scenes_written:
-                    self.file.flush()
-                    self.file.attrs[STOPPED_CHECKSUMS] = json.dumps(checksums(self.file, self.chain), sort_keys=True)
+                written = self.scenes_written
+                if not self.file.attrs["complete"] and self.chain.scenes == written:
+                    offsets = self.file["instance_offsets"][: written + 1]  # rows past them: a failed append's
+                    stored = {
+                        "instance_offsets": offsets,
+                        "vertex_offsets": self.file["vertex_offsets"][: int(offsets[-1]) + 1],
+                    }
+                    self.file.attrs[STOPPED_CHECKSUMS] = json.dumps(checksums(stored, self.chain), sort_keys=True)
                 self.file.attrs["clean_stop"] = True
             finally:
                 self.file.close()
