@@ -23,13 +23,19 @@ from amodal_model.inference import MAX_WORKERS, clusterer
 from amodal_model.pretrained import resolve_model
 from shapesgen.config import SceneConfig, parse_json
 from shapesgen.errors import ConfigError, DatasetError, ResourceError, ShapesgenError, one_line, shown
-from shapesgen.files import check_output_path, contains, regular_input, write_atomically
+from shapesgen.files import (
+    BEST_MODEL_FILE,
+    MODEL_FILE,
+    RUN_OWNED,
+    SCENE_CONFIG_FILE,
+    TRAIN_CONFIG_FILE,
+    check_output_path,
+    contains,
+    refuse_run_files,
+    regular_input,
+    write_atomically,
+)
 
-MODEL_FILE = "model.keras"
-BEST_MODEL_FILE = "best.keras"
-TRAIN_CONFIG_FILE = "train_config.json"
-SCENE_CONFIG_FILE = "scene_config.json"
-RUN_FILES = (MODEL_FILE, TRAIN_CONFIG_FILE, SCENE_CONFIG_FILE)
 MAX_CONFIG_BYTES = 1 << 20
 """A run's JSON configs are a few hundred bytes; a bigger file is not one of ours."""
 
@@ -438,14 +444,14 @@ def _check_output(out: str | Path, source: DataFile, run_path: Path, force: bool
         raise ConfigError(f"out={str(out_path)!r} is the model file: give another path", param="out")
     if contains(pretrained.PRETRAINED, out_path):
         raise ConfigError(f"out={str(out_path)!r} is inside the shipped models' folder: give another path", param="out")
-    # a model file of a run folder: protect the run's other files too
+    # a model file of a run folder: protect the run's other files too (a run without its marker)
     run_folder = run_path.parent if run_path.suffix == ".keras" and not run_path.is_dir() else run_path
-    run_entries = (*RUN_FILES, BEST_MODEL_FILE, "metrics.csv", "checkpoints", "tensorboard", "MODEL_CARD.md")
-    if any(_same_file(out_path, run_folder / name) or contains(run_folder / name, out_path) for name in run_entries):
+    if any(_same_file(out_path, run_folder / name) or contains(run_folder / name, out_path) for name in RUN_OWNED):
         raise ConfigError(
             f"out={str(out_path)!r} would overwrite a file of the run {run_path} (results may sit beside them)",
             param="out",
         )
+    refuse_run_files(out_path, "out")  # and those of any other run
     if out_path.exists() and not force:
         raise DatasetError(f"out={str(out_path)!r} exists: pass force=True to replace it", param="out")
     check_writable(out_path, "out")

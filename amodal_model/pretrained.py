@@ -21,9 +21,9 @@ from typing import Any
 
 from amodal_model.config import InferenceConfig
 from shapesgen.errors import ConfigError, DatasetError
+from shapesgen.files import MODEL_FILE
 
 PRETRAINED = Path(__file__).parent / "pretrained"
-MODEL_FILE = "model.keras"
 CARD_FILE = "MODEL_CARD.md"
 NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 INFERENCE_FIELDS = frozenset(f.name for f in dataclasses.fields(InferenceConfig))

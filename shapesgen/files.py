@@ -43,6 +43,24 @@ SIDE_SUFFIX = len(".partial.lock")  # the longest name we add beside an output
 RESERVED_SUFFIXES = (".partial", ".lock")  # what we add beside an output: never an output's own name
 
 
+# A training run's folder (amodal_model.train), declared here, where outputs are checked: no
+# command writes over a run's own files.
+MODEL_FILE = "model.keras"
+BEST_MODEL_FILE = "best.keras"
+TRAIN_CONFIG_FILE = "train_config.json"  # marks a run folder
+SCENE_CONFIG_FILE = "scene_config.json"
+RUN_OWNED = (
+    MODEL_FILE,
+    BEST_MODEL_FILE,
+    TRAIN_CONFIG_FILE,
+    SCENE_CONFIG_FILE,
+    "metrics.csv",
+    "checkpoints",
+    "tensorboard",
+    "MODEL_CARD.md",
+)
+
+
 def resolved(path: Path) -> Path:
     """``path`` with symbolic links resolved; a link loop is a :class:`DatasetError`."""
     try:
@@ -227,10 +245,29 @@ def _names(fd: int, path: Path) -> bool:
 
 
 def check_file_output(path: str | Path, param: str, force: bool) -> Path:
-    """Refuse, before any work, a single-file output :func:`write_atomically` would refuse."""
+    """Refuse, before any work, a single-file output :func:`write_atomically` would refuse,
+    or one that is a training run's own file."""
     path = check_output_path(path, param)
+    refuse_run_files(path, param)
     _check_replaceable(path, param, force)
     return path
+
+
+def refuse_run_files(path: Path, param: str) -> None:
+    """Refuse an output that is, or is inside, one of the entries ``train`` writes in a run
+    folder (:data:`RUN_OWNED`; a run folder holds :data:`TRAIN_CONFIG_FILE`): ``--force``
+    there would destroy a trained model. Results beside them are fine."""
+    target = resolved(path.absolute())
+    for folder in target.parents:
+        if (folder / TRAIN_CONFIG_FILE).is_file():
+            entry = target.relative_to(folder).parts[0]
+            if entry in RUN_OWNED:
+                raise ConfigError(
+                    f"{param}={str(path)!r} is the {entry} of the training run {folder}: give another path "
+                    "(results may sit beside it)",
+                    param=param,
+                )
+            return
 
 
 def _check_replaceable(path: Path, param: str, force: bool) -> None:

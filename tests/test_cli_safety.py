@@ -390,7 +390,7 @@ def test_train_and_predict_without_tensorflow_say_how_to_install_it(
 
 def test_hand_edited_values_are_one_line_pointing_at_validate(rendered: Path, tmp_path: Path) -> None:
     """Readers check structure at open, not every stored value; values a command would
-    index with are checked where it uses them."""
+    index with are checked where it uses them (evaluate's checksum check finds the edit first)."""
     import shutil
 
     layer_id, vertex = tmp_path / "layer_id.h5", tmp_path / "vertex.h5"
@@ -402,7 +402,7 @@ def test_hand_edited_values_are_one_line_pointing_at_validate(rendered: Path, tm
         f["vertices"][0, 0] = float("nan")
     before = tree(tmp_path)
     cases = [
-        (["evaluate", "--gt", layer_id, "--oracle-layers", 1], "instance id 999"),
+        (["evaluate", "--gt", layer_id, "--oracle-layers", 1], "dataset layers does not match the checksum"),
         (["export", "coco", layer_id, "--out", tmp_path / "e1", "-q"], "instance id 999"),
         (["export", "coco", vertex, "--out", tmp_path / "e2", "-q"], "not all finite"),
         (

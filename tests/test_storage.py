@@ -200,3 +200,24 @@ def test_file_bytes_do_not_depend_on_when_dataset_objects_are_closed(
     render_dataset(config, tmp_path / "kept.h5", num_scenes=5, storage=storage, created=created)
     kept.clear()
     assert (tmp_path / "closed.h5").read_bytes() == (tmp_path / "kept.h5").read_bytes()
+
+
+@pytest.mark.parametrize(("block", "cap"), [(64, 64 << 20), (4, 64 << 20), (1, 64 << 20), (64, 1)])
+def test_block_read_digests_equal_one_scene_at_a_time(
+    tiny_dataset: Path, monkeypatch: pytest.MonkeyPatch, block: int, cap: int
+) -> None:
+    """Scenes read back several at a time (capped in scenes and in bytes) hash as each
+    scene's own slice does, whatever the block and wherever a range starts."""
+    from shapesgen.storage import digests
+
+    monkeypatch.setattr(digests, "DIGEST_BLOCK", block)
+    monkeypatch.setattr(digests, "DIGEST_BLOCK_BYTES", cap)
+    with h5py.File(tiny_dataset, "r") as f:
+        offsets, vertex_offsets = f["instance_offsets"][:], f["vertex_offsets"][:]
+        for scenes in (range(12), range(5, 11)):
+            expected = []
+            for i in scenes:
+                rows = slice(int(offsets[i]), int(offsets[i + 1]))
+                where = {"scene": i, "instance": rows, "vertex": slice(*vertex_offsets[[rows.start, rows.stop]])}
+                expected.append({d.name: digests.digest(f[d.name][where[d.axis]]) for d in DATASETS})
+            assert list(digests.scene_digests(f, offsets, vertex_offsets, scenes)) == expected

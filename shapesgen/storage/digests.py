@@ -87,9 +87,9 @@ def scene_digests(
     scenes = scenes if scenes is not None else range(len(offsets) - 1)
     if scenes.step != 1:
         raise ValueError(f"scenes={scenes}: a range with step 1 is expected")
-    block = _block_scenes(file, offsets, vertex_offsets)
-    for lo in range(scenes.start, scenes.stop, block):
-        hi = min(lo + block, scenes.stop)
+    per_read = _block_scenes(file, offsets, vertex_offsets)
+    for lo in range(scenes.start, scenes.stop, per_read):
+        hi = min(lo + per_read, scenes.stop)
         rows = int(offsets[lo]), int(offsets[hi])
         vertex_rows = int(vertex_offsets[rows[0]]), int(vertex_offsets[rows[1]])
         starts = {"scene": lo, "instance": rows[0], "vertex": vertex_rows[0]}
@@ -104,8 +104,8 @@ def scene_digests(
             scene: dict[str, bytes] = {}
             for field in DATASETS:
                 first, last = bounds[field.axis]
-                block = blocks[field.name][first - starts[field.axis] : last - starts[field.axis]]
-                scene[field.name] = digest(block[0] if field.axis == "scene" else block)
+                rows_of_scene = blocks[field.name][first - starts[field.axis] : last - starts[field.axis]]
+                scene[field.name] = digest(rows_of_scene[0] if field.axis == "scene" else rows_of_scene)
             yield scene
 
 
