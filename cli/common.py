@@ -77,7 +77,8 @@ def with_flags(
     ``param=`` (the bad parameter; by default the name a message starts with, as in
     ``num_scenes=0 is invalid``) becomes its flag (``--num 0 is invalid``), and switch
     hints (``pass force=True``) become the switch (``pass --force``); so do the
-    ``related`` parameters the message also names. Other ``name=``
+    ``related`` parameters the message also names, and their allowed values drop ``None``
+    (what leaving the flag out gives). Other ``name=``
     text is left alone: it describes the contents of a file or the library's state,
     not something the user typed.
     """
@@ -90,6 +91,7 @@ def with_flags(
     for named in (param, *related):
         if named is not None and named in names and not names[named][1]:
             message = re.sub(rf"(?<![^\s(]){re.escape(named)}=", f"{names[named][0]} ", message)
+            message = re.sub(r"\bmust be None( \([^)]*\))? or ", "must be ", message)  # None: leaving the flag out
     return message
 
 

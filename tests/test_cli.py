@@ -265,3 +265,11 @@ def test_resume_with_force_and_coco_replaces_only_the_export(tmp_path: Path) -> 
     again = invoke(*first, "--resume", "--force")
     assert again.exit_code == 0, again.output
     assert out.stat().st_mtime_ns == written and (share / "annotations.json").is_file()
+
+
+def test_a_flag_that_may_be_left_out_is_not_offered_none() -> None:
+    """The library says ``seed=-1 ... must be None or an integer``; a flag cannot be None
+    (leaving it out is), so the command's line does not offer it."""
+    result = invoke("render", "--seed", "-1", "--out", "never.h5")
+    assert result.exit_code == 2 and "--seed -1 is invalid: must be an integer in [0, " in result.output
+    assert "None" not in result.output and not Path("never.h5").exists()
