@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import signal
 import sys
 import warnings
 from collections.abc import Callable, Iterator, Mapping
@@ -98,6 +99,14 @@ def with_flags(
 def warn(message: str) -> None:
     """Print one warning line (a value in it is never read as markup)."""
     err.print(f"[yellow]warning:[/] {escape(' '.join(message.split()))}", highlight=False, soft_wrap=True)
+
+
+def finished() -> None:
+    """The command's outputs are published: a Ctrl-C or SIGTERM from here on (while it prints
+    its last lines, shuts its pools down or the interpreter exits) is ignored, so a complete
+    output never ends in 'error: interrupted' (exit 130) or a bare SIGTERM death (143)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 REPORTED: list[str] = []

@@ -63,6 +63,7 @@ def _run() -> object:
     try:
         try:
             code = typer.main.get_command(app).main(prog_name="shapesgen", standalone_mode=False)
+            _ignore_interrupts()  # done (or failed, and said so): nothing left to stop
         finally:
             sys.stdout.flush()
         if code == EXIT_INTERRUPTED and not REPORTED:  # typer's silent exit for a Ctrl-C of its own
@@ -101,6 +102,7 @@ def main() -> None:
         except OSError:
             pass
         code = 1
+    _ignore_interrupts()  # the interpreter's exit (TensorFlow's teardown): not a SIGTERM death
     if code == EXIT_INTERRUPTED:
         _forget_interrupted_string_eval()
     sys.exit(code if isinstance(code, int) else 1 if code else 0)

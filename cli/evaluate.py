@@ -10,7 +10,7 @@ from rich.table import Table
 
 from shapesgen.evaluate import BandRate
 
-from .common import Force, console, run, warn
+from .common import Force, console, finished, run, warn
 
 
 def evaluate(
@@ -58,6 +58,7 @@ def evaluate(
         ),
         aliases={"num_layers": "oracle_layers"},
     )
+    finished()
     for warning in warnings:
         warn(warning)
     _print_metrics(metrics)

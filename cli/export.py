@@ -11,7 +11,7 @@ from shapesgen.coco import Resolution, Segmentation, Style
 from shapesgen.config import Engine
 from shapesgen.metadata import DEFAULT_LICENSE, LICENSES
 
-from .common import DatasetPath, Force, Quiet, err, progress_bar, run
+from .common import DatasetPath, Force, Quiet, err, finished, progress_bar, run
 
 export_app = typer.Typer(help="Export a dataset for other tools.", no_args_is_help=True)
 
@@ -114,5 +114,6 @@ def export_coco(
             ),
             {"source": "path"},
         )
+    finished()
     if not quiet:
         err.print(f"wrote {written}")

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from .common import DatasetPath, Force, Quiet, console, err, fail, progress_bar, run, warn
+from .common import DatasetPath, Force, Quiet, console, err, fail, finished, progress_bar, run, warn
 
 AnyDatasetPath = Annotated[
     Path, typer.Argument(help="A shapesgen HDF5 file or a sharded dataset folder.", show_default=False)
@@ -106,6 +106,7 @@ def preview(
         )
         for warning in warnings:
             warn(warning)
+    finished()
     if not quiet:
         err.print(f"wrote {written}")
 

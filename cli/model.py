@@ -25,7 +25,7 @@ from amodal_model.config import (
 )
 from shapesgen.errors import ResourceError
 
-from .common import Force, Quiet, err, progress_bar, run
+from .common import Force, Quiet, err, finished, progress_bar, run
 
 BackboneOption = Annotated[
     Backbone | None, typer.Option("--backbone", help="The image encoder (overrides the preset's).")
@@ -227,6 +227,7 @@ def train(
                 callbacks=training.Callbacks(on_step=on_step, on_epoch=on_epoch),
             ),
         )
+    finished()
     err.print(f"model saved in {run_dir}")
 
 
@@ -343,6 +344,7 @@ def predict(
                 workers=workers,
             ),
         )
+    finished()
     if not quiet:
         err.print(f"wrote {written}")
 

@@ -24,7 +24,7 @@ from shapesgen.config import (
 )
 from shapesgen.errors import ConfigError
 
-from .common import Quiet, console, dask_chatter_hidden, err, flag_names, progress_bar, run
+from .common import Quiet, console, dask_chatter_hidden, err, finished, flag_names, progress_bar, run
 
 PresetOption = Annotated[
     PresetName,
@@ -209,6 +209,7 @@ def render(
                     progress=update,
                 ),
             )
+        finished()
         if not quiet:
             err.print(f"wrote {path}")
         return
@@ -238,6 +239,8 @@ def render(
                     split=split,
                 ),
             )
+    if coco is None:
+        finished()
     if not quiet:
         err.print(f"wrote {path}")
     if coco is not None:
@@ -247,6 +250,7 @@ def render(
                 lambda: export_coco(path, coco, force=force, progress=update, inputs={"config": config}),
                 aliases={"out": "coco"},
             )
+        finished()
         if not quiet:
             err.print(f"wrote {folder}")
 

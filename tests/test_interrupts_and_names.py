@@ -128,3 +128,25 @@ def test_evaluate_warns_when_the_predictions_stop_early(tmp_path: Path) -> None:
             assert early == []
         else:
             assert len(early) == 1 and "image id 3: the 7 ground-truth images after it" in early[0], early
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_a_signal_after_the_output_is_written_does_not_fail_the_command(tmp_path: Path, sig: str) -> None:
+    """A Ctrl-C or SIGTERM once 'wrote ...' is printed (while pools shut down and TensorFlow
+    tears down, about 2 s): the output is complete, so the command ends as it would have (exit 0,
+    no message). Before, exit 130 with 'error: interrupted', or a bare SIGTERM death (143)."""
+    import signal
+
+    data = tmp_path / "two.h5"
+    assert run_cli("render", "--instances", 1, "--num", 2, "--seed", 5, "--out", data).exit_code == 0
+    out = tmp_path / "two.json"
+    args = ["predict", "--model", "paper6-2layers", "--data", str(data), "--out", str(out), "--workers", "1"]
+    proc = subprocess.Popen([*SHAPESGEN, *args], stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if line.startswith("wrote"):
+            proc.send_signal(getattr(signal, sig))
+            break
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=120) == 0 and rest == "", rest
+    assert json.loads(out.read_text())
