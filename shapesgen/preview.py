@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from warnings import warn
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -16,7 +17,7 @@ from skimage.color import label2rgb
 from skimage.segmentation import find_boundaries
 
 from shapesgen.coco import decode_segmentation
-from shapesgen.errors import ConfigError
+from shapesgen.errors import ConfigError, ShapesgenNote
 from shapesgen.evaluate import GroundTruth, load_predictions
 from shapesgen.files import check_file_output, refuse_overwriting_inputs, write_atomically
 from shapesgen.storage.layout import Scene
@@ -106,9 +107,15 @@ def _check_preview_output(
     return out
 
 
-def _check_start(ds: ShapesDataset, start: int) -> None:
+def _check_start(ds: ShapesDataset, start: int, count: int) -> None:
+    """``start`` is a scene of ``ds``; a note if fewer than ``count`` scenes follow it."""
     if not isinstance(start, int) or not 0 <= start < len(ds):
         raise ConfigError(f"start={start!r} is invalid: the dataset has scenes 0..{len(ds) - 1}", param="start")
+    if start + count > len(ds):
+        shown = len(ds) - start
+        last = len(ds) - 1
+        note = f"count={count} from scene {start}: the dataset ends at scene {last}, so {shown} shown"
+        warn(ShapesgenNote(note), stacklevel=3)
 
 
 def _write_png(out: Path, grid: Image.Image, force: bool) -> Path:
@@ -122,7 +129,7 @@ def write_preview(path: str | Path, out: str | Path, *, count: int = 4, start: i
     (an existing ``out`` is replaced only with ``force=True``)."""
     out = _check_preview_output(path, out, count, force)
     with open_dataset(path) as ds:
-        _check_start(ds, start)
+        _check_start(ds, start, count)
         grid = preview_grid(ds, count, start)
     return _write_png(out, grid, force)
 
@@ -327,7 +334,7 @@ def write_comparison(
         )
     out = _check_preview_output(path, out, count, force, results=results)
     with open_dataset(path) as ds:
-        _check_start(ds, start)
+        _check_start(ds, start, count)
         indices = list(range(start, min(start + count, len(ds))))
         predictions, warnings = scene_predictions(ds, results, indices, float(score_threshold))
         grid = comparison_grid([ds[i] for i in indices], predictions, min(ds.config.image_size, MAX_TILE))

@@ -218,3 +218,11 @@ def test_existing_output_needs_force_and_inputs_are_never_replaced(tiny_dataset:
     onto = run_cli("preview", tiny_dataset, "--results", results, "--out", results, "--force")
     assert onto.exit_code == 2 and "would overwrite the input --results" in onto.stderr
     assert json.loads(results.read_text())
+
+
+def test_a_grid_cut_short_by_the_end_of_the_dataset_says_so(tiny_dataset: Path, tmp_path: Path) -> None:
+    result = run_cli("preview", tiny_dataset, "--out", tmp_path / "p.png", "--start", 10, "--count", 4)
+    assert result.exit_code == 0, result.output
+    assert "note: --count 4 from scene 10: the dataset ends at scene 11, so 2 shown" in result.stderr
+    result = run_cli("preview", tiny_dataset, "--out", tmp_path / "q.png", "--start", 8, "--count", 4)
+    assert result.exit_code == 0 and "note:" not in result.stderr
