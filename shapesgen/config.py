@@ -306,7 +306,7 @@ def preset(name: str) -> SceneConfig:
 class StorageConfig:
     """How the HDF5 file stores the data (never what the data is)."""
 
-    compression_level: int = 1
+    compression_level: int = 2
     batch_scenes: int = 64
 
     def __post_init__(self) -> None:
