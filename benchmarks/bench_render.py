@@ -3,7 +3,7 @@
     python benchmarks/bench_render.py [--scenes 2000] [--reference PATH] [--reference-scenes K]
         [--sharded-scenes K] [--no-dask]
 
-Paper preset, 3 layers, HDF5 written (gzip 1), N = 6 and 12 instances per class. Rows:
+Paper preset, 3 layers, HDF5 written (default storage: zlib-ng level 2), N = 6 and 12 instances per class. Rows:
 
 * ``reference``: ``shapes.py`` of the paper's public code, imported from ``PATH``, a
   checkout of github.com/yanfengliu/layered_embeddings (nothing of it is copied here), on
@@ -271,7 +271,7 @@ def main() -> None:
         raise SystemExit(f"--reference {args.reference}: no shapes.py there")
     reference_scenes = args.reference_scenes or args.scenes
     sharded = args.sharded_scenes or args.scenes
-    print(f"cpu cores: {os.cpu_count()}, paper preset, 3 layers, gzip 1, {args.scenes} scenes per row of ours")
+    print(f"cpu cores: {os.cpu_count()}, paper preset, 3 layers, zlib-ng level 2, {args.scenes} scenes per row of ours")
     print(f"{'':<28} {'N':>3} {'workers':>7} {'scenes':>7} {'scenes/s':>9} {'per CPU-s':>9} {'peak MiB':>9}")
     for instances in (6, 12):
         base = None
