@@ -37,7 +37,7 @@ PresetOption = Annotated[
 def render(
     ctx: typer.Context,
     out: Annotated[
-        Path, typer.Option("--out", help="HDF5 file to write (parent folders are created).", show_default=False)
+        str, typer.Option("--out", help="HDF5 file to write (parent folders are created).", show_default=False)
     ],
     num_scenes: Annotated[int, typer.Option("--num", help="Number of scenes.")] = 1000,
     preset: PresetOption = "paper",

@@ -296,6 +296,13 @@ def render_dataset(
             param="resume",
             related=("force",),
         )
+    if isinstance(out, str) and out.endswith(("/", os.sep)) and out.strip("/" + os.sep):
+        raise ConfigError(
+            f"out={out!r} ends with {out[-1]!r}, a folder: one file is written there; drop the {out[-1]!r}, or "
+            "write a sharded folder with shard_size=N",
+            param="out",
+            related=("shard_size",),
+        )
     storage = storage or StorageConfig()
     out = check_output_path(out, "out")
     refuse_overwriting_inputs(out, "out", inputs or {})

@@ -273,3 +273,10 @@ def test_a_flag_that_may_be_left_out_is_not_offered_none() -> None:
     result = invoke("render", "--seed", "-1", "--out", "never.h5")
     assert result.exit_code == 2 and "--seed -1 is invalid: must be an integer in [0, " in result.output
     assert "None" not in result.output and not Path("never.h5").exists()
+
+
+def test_a_single_file_out_ending_in_a_slash_is_refused(tmp_path: Path) -> None:
+    """``--out x.h5/`` names a folder; a render without --shard-size wrote the file x.h5."""
+    result = invoke("render", "--instances", "1", "--num", "2", "--out", f"{tmp_path / 'x.h5'}/")
+    assert result.exit_code == 2 and "ends with '/', a folder" in result.output and "--shard-size N" in result.output
+    assert not any(tmp_path.iterdir())
