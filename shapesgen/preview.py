@@ -108,10 +108,11 @@ def _check_preview_output(
 
 
 def _check_start(ds: ShapesDataset, start: int, count: int) -> None:
-    """``start`` is a scene of ``ds``; a note if fewer than ``count`` scenes follow it."""
+    """``start`` is a scene of ``ds``; a note if fewer than ``count`` scenes follow a later
+    start (from scene 0, a short grid is the whole dataset: no surprise)."""
     if not isinstance(start, int) or not 0 <= start < len(ds):
         raise ConfigError(f"start={start!r} is invalid: the dataset has scenes 0..{len(ds) - 1}", param="start")
-    if start + count > len(ds):
+    if start > 0 and start + count > len(ds):
         shown = len(ds) - start
         last = len(ds) - 1
         note = f"count={count} from scene {start}: the dataset ends at scene {last}, so {shown} shown"

@@ -226,3 +226,5 @@ def test_a_grid_cut_short_by_the_end_of_the_dataset_says_so(tiny_dataset: Path, 
     assert "note: --count 4 from scene 10: the dataset ends at scene 11, so 2 shown" in result.stderr
     result = run_cli("preview", tiny_dataset, "--out", tmp_path / "q.png", "--start", 8, "--count", 4)
     assert result.exit_code == 0 and "note:" not in result.stderr
+    result = run_cli("preview", tiny_dataset, "--out", tmp_path / "r.png", "--count", 20)  # all of it: no surprise
+    assert result.exit_code == 0 and "note:" not in result.stderr
