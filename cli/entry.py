@@ -84,6 +84,9 @@ def main() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter is not ours to show
     if sys.stdout is None:  # started with standard output closed (`>&-`): what it would show is dropped
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - the process's stdout, open until exit
+    for stream in (sys.stdout, sys.stderr):  # a file name that is not UTF-8 is shown as its own bytes, not '\udcff'
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="surrogateescape")
     code: object = 0
     try:
         code = _run()

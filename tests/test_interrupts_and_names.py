@@ -5,6 +5,7 @@ point's one line when a Ctrl-C lands outside a command's own handling."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -150,3 +151,12 @@ def test_a_signal_after_the_output_is_written_does_not_fail_the_command(tmp_path
     rest = proc.stderr.read()
     assert proc.wait(timeout=120) == 0 and rest == "", rest
     assert json.loads(out.read_text())
+
+
+def test_a_file_name_that_is_not_utf8_is_shown_as_its_own_bytes(tmp_path: Path) -> None:
+    """Before, 'wrote q\\udcff.h5': Python's escape of the byte 0xff, not the name on disk."""
+    out = os.fsencode(tmp_path) + b"/q\xff.h5"
+    args = [b"render", b"--instances", b"1", b"--num", b"2", b"--out", out]
+    result = subprocess.run([*map(os.fsencode, SHAPESGEN), *args], capture_output=True, timeout=120)
+    assert result.returncode == 0 and result.stderr == b"wrote " + out + b"\n", result.stderr
+    assert os.path.exists(out)
