@@ -154,25 +154,13 @@ def ground_truth_from_hdf5(path: str | Path, keep_layers: bool = False, band_rat
         layers = ds.layers[:] if keep_layers else None
         if layers is not None:
             hashers["layers"] = hashlib.sha256(b"".join(digest(scene) for scene in layers))
-        _check_read(ds, {name: hasher.hexdigest() for name, hasher in hashers.items()})
+        ds.check_read({name: hasher.hexdigest() for name, hasher in hashers.items()}, "gt")
         categories = [{"id": c + 1, "name": name} for c, name in enumerate(ds.class_names)]
         class_of_id = []
         if keep_layers:
             for i in range(len(ds)):
                 class_of_id.append(np.concatenate([[0], ds.instances[ds.instance_rows(i)]["class_id"]]))
     return GroundTruth(images, annotations, categories, str(path), layers, class_of_id)
-
-
-def _check_read(ds: ShapesDataset, actual: dict[str, str]) -> None:
-    """The ground truth read hashes to the checksums recorded with it: a damaged file is not
-    scored as if it were the data."""
-    for name, value in actual.items():
-        if ds.checksums.get(name, value) != value:
-            raise DatasetError(
-                f"{ds.path}: dataset {name} does not match the checksum recorded when it was written (the file is "
-                f"damaged): run 'shapesgen validate {ds.path}' to find the scene",
-                param="gt",
-            )
 
 
 def _integer(value: Any) -> bool:

@@ -7,7 +7,7 @@ import bisect
 import dataclasses
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -518,6 +518,19 @@ class ShapesDataset:
             instance_row = int(np.searchsorted(offsets, row, side="right")) - 1
             return instance_row // per_scene if 0 <= instance_row < len(offsets) - 1 else None
         return None
+
+    def check_read(self, actual: Mapping[str, str], param: str, outcome: str = "") -> None:
+        """What a command read hashes (``actual``: dataset -> checksum, computed as the
+        ``checksums`` attribute is) to the checksums recorded when the file was written: a
+        damaged file is refused, not exported or scored. A dataset the record lacks is not
+        checked; ``outcome`` says what the refusal left undone."""
+        for name in sorted(actual):
+            if name in self.checksums and self.checksums[name] != actual[name]:
+                raise DatasetError(
+                    f"{self.path}: dataset {name} does not match the checksum recorded when it was written (the "
+                    f"file is damaged){outcome}: run 'shapesgen validate {self.path}' to find the scene",
+                    param=param,
+                )
 
     @property
     def attrs(self) -> dict[str, Any]:
