@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import signal
 import sys
 import warnings
 from collections.abc import Callable, Iterator, Mapping
@@ -26,6 +25,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from shapesgen.errors import ShapesgenError, ShapesgenNote, one_line
+
+from .entry import ignore_interrupts
 
 
 class _Console(Console):
@@ -105,8 +106,7 @@ def finished() -> None:
     """The command's outputs are published: a Ctrl-C or SIGTERM from here on (while it prints
     its last lines, shuts its pools down or the interpreter exits) is ignored, so a complete
     output never ends in 'error: interrupted' (exit 130) or a bare SIGTERM death (143)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    ignore_interrupts()
 
 
 REPORTED: list[str] = []

@@ -23,7 +23,7 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
     """Ctrl-C or SIGTERM: stop once. Later ones are ignored, so the clean-up they would cut
     short (a worker pool's shutdown, a kept file's last write, the one-line message) runs whole;
     a second Ctrl-C that cut a pool's shutdown short left the command waiting at exit for ever."""
-    _ignore_interrupts()
+    ignore_interrupts()
     raise KeyboardInterrupt
 
 
@@ -36,7 +36,7 @@ def _forget_interrupted_string_eval() -> None:
     eval("None")
 
 
-def _ignore_interrupts() -> None:
+def ignore_interrupts() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
@@ -63,7 +63,7 @@ def _run() -> object:
     try:
         try:
             code = typer.main.get_command(app).main(prog_name="shapesgen", standalone_mode=False)
-            _ignore_interrupts()  # done (or failed, and said so): nothing left to stop
+            ignore_interrupts()  # done (or failed, and said so): nothing left to stop
         finally:
             sys.stdout.flush()
         if code == EXIT_INTERRUPTED and not REPORTED:  # typer's silent exit for a Ctrl-C of its own
@@ -105,7 +105,7 @@ def main() -> None:
         except OSError:
             pass
         code = 1
-    _ignore_interrupts()  # the interpreter's exit (TensorFlow's teardown): not a SIGTERM death
+    ignore_interrupts()  # the interpreter's exit (TensorFlow's teardown): not a SIGTERM death
     if code == EXIT_INTERRUPTED:
         _forget_interrupted_string_eval()
     sys.exit(code if isinstance(code, int) else 1 if code else 0)
