@@ -108,6 +108,14 @@ def batch_scenes_for(config: SceneConfig, batch_scenes: int) -> int:
     return max(1, min(batch_scenes, BATCH_BYTES // max(per_scene, 1)))
 
 
+class DiskSpaceError(ConfigError):
+    """Too little free disk space for a render; ``detail`` says what is needed and what is free."""
+
+    def __init__(self, message: str, *, detail: str = "", param: str | None = None) -> None:
+        super().__init__(message, param=param)
+        self.detail = detail
+
+
 def check_disk(folder: Path, num_scenes: int, bytes_per_scene: float, asked: int | None = None) -> None:
     """Refuse a render whose estimated size exceeds the free space in ``folder`` (or its
     nearest existing parent): ``num_scenes`` scenes still to write, of the ``asked`` (default:
@@ -120,8 +128,10 @@ def check_disk(folder: Path, num_scenes: int, bytes_per_scene: float, asked: int
     if need > free:
         asked = num_scenes if asked is None else asked
         what = "is too large" if asked == num_scenes else f"leaves {num_scenes} scenes to render, which is too much"
-        raise ConfigError(
-            f"num_scenes={asked} {what} for the free disk space: about {_gib(need)} needed "
-            f"({bytes_per_scene / 1024:.1f} KiB per scene, measured on one scene), {_gib(free)} free in {folder}",
-            param="num_scenes",
+        detail = (
+            f"about {_gib(need)} needed ({bytes_per_scene / 1024:.1f} KiB per scene, measured on one scene), "
+            f"{_gib(free)} free in {folder}"
+        )
+        raise DiskSpaceError(
+            f"num_scenes={asked} {what} for the free disk space: {detail}", detail=detail, param="num_scenes"
         )

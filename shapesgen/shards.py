@@ -45,7 +45,7 @@ from shapesgen.engines import (
 from shapesgen.engines import MissingExtra as MissingExtra
 from shapesgen.errors import ConfigError, DatasetError, ResourceError, ShapesgenError, ValidationError
 from shapesgen.files import check_output_path, exclusive_lock, make_parents, remove_empty, write_atomically
-from shapesgen.limits import batch_scenes_for, check_scene_fits
+from shapesgen.limits import DiskSpaceError, batch_scenes_for, check_scene_fits
 from shapesgen.storage.digests import PER_SCENE_HASHED, DigestChain, checksums, scene_digests
 from shapesgen.storage.encode import EncodedBatch
 from shapesgen.storage.layout import OFFSETS, SHARD_MANIFEST
@@ -169,13 +169,9 @@ def render_shard(
                 created=created,
                 on_batch=keep,
             )
-        except ConfigError as exc:
-            if exc.param != "num_scenes":
-                raise
-            # the free-space check: the disk filled since the render's own check, not a bad --num
-            detail = str(exc).split(": ", 1)[-1]
+        except DiskSpaceError as exc:  # the disk filled since the render's own check: not a bad --num
             raise ResourceError(
-                f"{path}: too little free disk space for this shard of {shard.count} scenes: {detail}"
+                f"{path}: too little free disk space for this shard of {shard.count} scenes: {exc.detail}"
             ) from None
     return _result_of(path, shard, written)
 
