@@ -8,6 +8,7 @@ import errno
 import io
 import json
 import math
+import re
 import shutil
 import time
 import warnings
@@ -145,12 +146,36 @@ def is_run_folder(folder: Path) -> bool:
     return folder.is_dir() and not folder.is_symlink() and (folder / RUN_MARKER).is_file()
 
 
+RUN_SUBFOLDER_ENTRIES = {
+    "checkpoints": re.compile(r"checkpoint(\.tmp[0-9a-f]+)?|ckpt-\d+(\.index|\.data-\d+-of-\d+|_temp)"),
+    "tensorboard": re.compile(r"events\.out\.tfevents\..+"),
+}
+"""What TensorFlow writes in a run's subfolders: the checkpoint manager's state file (and the
+temporary one it renames), checkpoints, the ``_temp`` folder of a save that was cut short,
+and TensorBoard event files."""
+CHECKPOINT_PART = re.compile(r"part-\d+-of-\d+(\.index|\.data-\d+-of-\d+)")  # inside a ``ckpt-N_temp`` folder
+
+
 def _foreign_entry(folder: Path) -> str | None:
-    """The first entry of a run folder that :func:`train` did not write (``None`` if none)."""
+    """The first entry of a run folder, at any depth, that :func:`train` did not write
+    (``None`` if none): ``force=True`` deletes the whole folder."""
     try:
         for entry in sorted(folder.iterdir()):
             if entry.name not in RUN_ENTRIES or entry.is_symlink():
                 return entry.name
+            pattern = RUN_SUBFOLDER_ENTRIES.get(entry.name)
+            if pattern is None:
+                continue
+            if not entry.is_dir():
+                return entry.name
+            for inner in sorted(entry.iterdir()):
+                if inner.is_symlink() or not pattern.fullmatch(inner.name):
+                    return f"{entry.name}/{inner.name}"
+                if inner.is_dir() != inner.name.endswith("_temp"):
+                    return f"{entry.name}/{inner.name}"
+                for part in sorted(inner.iterdir()) if inner.is_dir() else ():
+                    if part.is_symlink() or not part.is_file() or not CHECKPOINT_PART.fullmatch(part.name):
+                        return f"{entry.name}/{inner.name}/{part.name}"
     except OSError as exc:
         return f"<unlistable: {exc.strerror}>"
     return None

@@ -266,6 +266,9 @@ def test_force_keeps_the_old_run_until_the_new_one_has_a_checkpoint(
     old.mkdir()
     (old / "train_config.json").write_text(QUICK.to_json())
     (old / "metrics.csv").write_text("old run")
+    for left in ["checkpoints/checkpoint.tmp5f3a", "checkpoints/ckpt-2_temp/part-00000-of-00001.index"]:
+        (old / left).parent.mkdir(parents=True, exist_ok=True)
+        (old / left).write_text("a save cut short")  # TensorFlow's own leftovers: the run's to replace
     monkeypatch.setattr(Trainer, "run_epoch", fake_epoch)
     monkeypatch.setattr(tf.train.CheckpointManager, "save", no_space)
     before = snapshot(tmp_path)
@@ -288,6 +291,16 @@ def test_force_never_replaces_a_run_holding_user_files_or_the_backbone_weights(d
     with pytest.raises(DatasetError, match="holds 'results.json', which a run does not write"):
         train(data, old, QUICK, force=True)
     (old / "results.json").unlink()
+    for inner in ["checkpoints/my.h5", "tensorboard/notes.txt", "checkpoints/ckpt-3_temp/notes.txt"]:
+        (old / inner).parent.mkdir(parents=True, exist_ok=True)
+        (old / inner).write_text("mine")  # inside the run's own subfolders: deleted with them
+        before = snapshot(tmp_path)
+        with pytest.raises(DatasetError, match=f"holds '{inner}', which a run does not write"):
+            train(data, old, QUICK, force=True)
+        assert snapshot(tmp_path) == before
+        (old / inner).unlink()
+    shutil.rmtree(old / "checkpoints")
+    shutil.rmtree(old / "tensorboard")
     weights = old / "checkpoints"
     weights.mkdir()
     (weights / "w.weights.h5").write_bytes(b"weights")
