@@ -24,7 +24,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from shapesgen.errors import ShapesgenError, ShapesgenNote, one_line
+from shapesgen.errors import FailedWrite, ShapesgenError, ShapesgenNote, one_line
 
 from .entry import ignore_interrupts
 
@@ -114,6 +114,10 @@ REPORTED: list[str] = []
 line is parsed) with exit 130 and no word, which the entry point then says."""
 
 
+FAILED_WRITES: list[str] = []
+"""The :class:`FailedWrite` errors reported: the entry point then ends the process at once (see there)."""
+
+
 def fail(message: str, code: int) -> typer.Exit:
     """Print one error line; the caller raises the returned Exit."""
     line = escape(" ".join(message.split()))
@@ -146,6 +150,8 @@ def run(ctx: typer.Context, call: Callable[[], T], aliases: Mapping[str, str] | 
             warnings.showwarning = show
             return call()
     except ShapesgenError as exc:
+        if isinstance(exc, FailedWrite):
+            FAILED_WRITES.append(str(exc))
         raise fail(with_flags(str(exc), flag_names(ctx, aliases), exc.param, exc.related), exc.exit_code) from None
     except KeyboardInterrupt:
         raise fail("interrupted", EXIT_INTERRUPTED) from None

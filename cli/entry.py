@@ -108,4 +108,15 @@ def main() -> None:
     ignore_interrupts()  # the interpreter's exit (TensorFlow's teardown): not a SIGTERM death
     if code == EXIT_INTERRUPTED:
         _forget_interrupted_string_eval()
-    sys.exit(code if isinstance(code, int) else 1 if code else 0)
+    status = code if isinstance(code, int) else 1 if code else 0
+    if _failed_write():  # HDF5 crashes in its exit handler after a write it began failed: skip the handlers
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    sys.exit(status)
+
+
+def _failed_write() -> bool:
+    """Whether the command reported a :class:`~shapesgen.errors.FailedWrite` (typer loaded only then)."""
+    common = sys.modules.get(f"{__package__}.common")
+    return bool(common is not None and common.FAILED_WRITES)

@@ -12,10 +12,12 @@ import contextlib
 import functools
 import json
 import os
+import re
 import secrets
 import signal
 import sys
 import threading
+import traceback
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -24,12 +26,13 @@ from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
 from multiprocessing.context import BaseContext
 from pathlib import Path
+from typing import Any
 
 import h5py
 
 from shapesgen.config import MAX_SEED, SceneConfig, StorageConfig
 from shapesgen.engines import INTERRUPTS, interrupts_held
-from shapesgen.errors import ConfigError, DatasetError, ResourceError, ShapesgenError, ShapesgenNote
+from shapesgen.errors import ConfigError, DatasetError, FailedWrite, ResourceError, ShapesgenError, ShapesgenNote
 from shapesgen.files import (
     check_output_path,
     exclusive_lock,
@@ -42,7 +45,7 @@ from shapesgen.limits import batch_scenes_for, check_disk, check_scene_fits
 from shapesgen.renderer import render_scenes
 from shapesgen.splits import Split, split_from_json
 from shapesgen.storage.encode import EncodedBatch, encode_scenes
-from shapesgen.storage.writer import DatasetWriter
+from shapesgen.storage.writer import DatasetWriter, NoSpace
 
 ProgressCallback = Callable[[int, int], None]
 Verifier = Callable[[dict[str, str]], None]
@@ -471,7 +474,11 @@ def _stored_checksums(path: Path) -> dict[str, str]:
 def _reason(exc: BaseException) -> str:
     """Why the system refused: the error number's text where there is one (h5py's own text
     for a full disk is a paragraph of HDF5 internals)."""
+    if isinstance(exc, NoSpace):
+        return str(exc.strerror)
     number = getattr(exc, "errno", None)
+    if isinstance(exc, RuntimeError) and (found := re.search(r"\berrno = (\d+)", str(exc))):
+        number = int(found.group(1))  # h5py's RuntimeError names the system error only in its text
     if isinstance(number, int) and number > 0:
         return os.strerror(number)
     return str(getattr(exc, "strerror", None) or exc)
@@ -482,11 +489,31 @@ def _stopped_by_system(
     writer: DatasetWriter, partial: Path, num_scenes: int, doing: str, resuming: bool
 ) -> Iterator[None]:
     """A write the system refuses (h5py reports a full disk as OSError or RuntimeError)
-    becomes one :class:`ResourceError` (see :func:`_system_failure`)."""
+    becomes one :class:`ResourceError` (see :func:`_system_failure`); one that HDF5 began, a
+    :class:`FailedWrite`."""
     try:
         yield
-    except (OSError, RuntimeError) as exc:
+    except NoSpace as exc:  # refused before any byte was written: the file is intact
         raise _system_failure(writer, partial, num_scenes, doing, _reason(exc), resuming) from None
+    except (OSError, RuntimeError) as exc:
+        reason = _reason(exc)
+        # h5py prints each failed close of the broken file's objects (through both hooks): said below
+        hooks = sys.unraisablehook, sys.excepthook
+        sys.unraisablehook, sys.excepthook = _ignore_unraisable, _ignore_exception
+        try:
+            traceback.clear_frames(exc.__traceback__)  # frees the failed write's h5py objects now
+            failure = _system_failure(writer, partial, num_scenes, doing, reason, resuming)
+        finally:
+            sys.unraisablehook, sys.excepthook = hooks
+        raise FailedWrite(str(failure), param=failure.param) from None
+
+
+def _ignore_unraisable(unraisable: Any) -> None:
+    """Say nothing of an error raised where it cannot be (h5py closing a file a write broke)."""
+
+
+def _ignore_exception(*exc_info: Any) -> None:
+    """Print no traceback (h5py prints one for each failed close before the unraisable hook)."""
 
 
 def _system_failure(
@@ -496,15 +523,19 @@ def _system_failure(
     are kept for resume=True (a torn tail is checked then); a file with none is removed."""
     with contextlib.suppress(OSError, RuntimeError):
         writer.close()
-    written = None  # unknown until read: a file whose count cannot be read is kept, never deleted
+    written = None  # unknown until read: unreadable, the file is broken (kept only if an earlier run began it)
     with contextlib.suppress(OSError, RuntimeError, KeyError, ValueError), h5py.File(partial, "r") as file:
         written = int(file.attrs["scenes_written"])
     if written == 0 and not resuming:
         partial.unlink(missing_ok=True)
         kept = "nothing was kept"
+    elif written is None and not resuming:  # the failed write broke the file this run began: nothing to resume
+        partial.unlink(missing_ok=True)
+        kept = "the file it broke was removed"
+    elif written is None:
+        kept = f"{partial} is kept, but the failed write broke it (it no longer reads): delete it and render again"
     else:
-        held = f"with {written} of {num_scenes} scenes" if written is not None else "(its scene count is unreadable)"
-        kept = f"{partial} is kept {held}: rerun with resume=True to finish it"
+        kept = f"{partial} is kept with {written} of {num_scenes} scenes: rerun with resume=True to finish it"
     return ResourceError(f"{doing} {partial.name} failed ({reason}); {kept}", param="out")
 
 

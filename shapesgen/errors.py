@@ -51,6 +51,13 @@ class ResourceError(ShapesgenError):
     exit_code = 1
 
 
+class FailedWrite(ResourceError):
+    """HDF5 refused a write half-way (a disk that another program filled after the writer
+    measured it). The HDF5 library is then in a state that crashes the process (a segmentation
+    fault) in its exit handler: the CLI ends with ``os._exit`` after saying so, and a program
+    using the library should do the same."""
+
+
 def shown(value: object, limit: int = 60) -> str:
     """A value as an error message quotes it: a repr that never fails (a 5,000-digit
     integer, 100,000-deep nesting, a numpy scalar), on one line, at most ``limit`` characters."""

@@ -26,6 +26,8 @@ PAIR_BYTES = 160  # working bytes per (edge, polygon) pair in the visibility pas
 MASK_WORK_BYTES = 24  # working bytes per instance mask pixel (rasteriser, layer ranks)
 IMAGE_WORK_BYTES = 4  # working bytes per image byte (PIL drawing, copies)
 DISK_MARGIN = 1.05  # free space needed over the estimated file size
+FILE_OVERHEAD_BYTES = 64 * 2**10  # HDF5 header, attributes and chunk indexes of a file, beyond its scenes (~50 KiB)
+WRITE_HEADROOM_BYTES = 64 * 2**10  # free space a write needs beyond its bytes (the metadata it updates)
 
 
 def _fail(param: str, value: object, reason: str) -> ConfigError:
@@ -75,8 +77,20 @@ def available_memory() -> int:
         return 2**34
 
 
-def _gib(value: float) -> str:
-    return f"{value / 2**30:.1f} GiB"
+def size_text(value: float) -> str:
+    """A byte count in the unit that shows it (``3.2 GiB``, ``180.0 KiB``)."""
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20)):
+        if value >= size:
+            return f"{value / size:.1f} {unit}"
+    return f"{value / 2**10:.1f} KiB"
+
+
+def free_bytes(folder: Path) -> int | None:
+    """Free space for this user in ``folder`` (or its nearest existing parent); ``None`` if unknown."""
+    try:
+        return shutil.disk_usage(existing_ancestor(folder)).free
+    except OSError:
+        return None
 
 
 def check_scene_fits(config: SceneConfig, workers: int = 1) -> None:
@@ -89,15 +103,15 @@ def check_scene_fits(config: SceneConfig, workers: int = 1) -> None:
             raise _fail(
                 param,
                 getattr(config, param),
-                f"one scene's {name} record would be {_gib(size)}, over HDF5's 4 GiB chunk limit",
+                f"one scene's {name} record would be {size_text(size)}, over HDF5's 4 GiB chunk limit",
             )
     need, have = scene_working_bytes(config) * workers, available_memory()
     if need > have:
         raise ConfigError(
-            f"this config needs about {_gib(need)} of memory to render "
+            f"this config needs about {size_text(need)} of memory to render "
             f"({workers} worker(s) x one scene: {config.num_instances} instances, image_size={config.image_size}, "
             f"mask_size={config.mask_size}, layers={config.layers}, circle_segments={config.circle_segments}); "
-            f"{_gib(have)} is available: lower them or the number of workers",
+            f"{size_text(have)} is available: lower them or the number of workers",
             param="workers" if workers > 1 and need / workers <= have else "instances_per_class",
         )
 
@@ -120,17 +134,16 @@ def check_disk(folder: Path, num_scenes: int, bytes_per_scene: float, asked: int
     """Refuse a render whose estimated size exceeds the free space in ``folder`` (or its
     nearest existing parent): ``num_scenes`` scenes still to write, of the ``asked`` (default:
     the same) that the caller's ``num_scenes`` named."""
-    try:
-        free = shutil.disk_usage(existing_ancestor(folder)).free
-    except OSError:
+    free = free_bytes(folder)
+    if free is None:
         return
-    need = num_scenes * bytes_per_scene * DISK_MARGIN
+    need = num_scenes * bytes_per_scene * DISK_MARGIN + FILE_OVERHEAD_BYTES
     if need > free:
         asked = num_scenes if asked is None else asked
         what = "is too large" if asked == num_scenes else f"leaves {num_scenes} scenes to render, which is too much"
         detail = (
-            f"about {_gib(need)} needed ({bytes_per_scene / 1024:.1f} KiB per scene, measured on one scene), "
-            f"{_gib(free)} free in {folder}"
+            f"about {size_text(need)} needed ({bytes_per_scene / 1024:.1f} KiB per scene, measured on one scene), "
+            f"{size_text(free)} free in {folder}"
         )
         raise DiskSpaceError(
             f"num_scenes={asked} {what} for the free disk space: {detail}", detail=detail, param="num_scenes"

@@ -462,3 +462,26 @@ def test_ctrl_c_inside_a_string_exec_still_exits_130_under_python_m(tmp_path: Pa
         [sys.executable, "-m", "interrupted_cli"], capture_output=True, text=True, env=env, timeout=120, check=False
     )
     assert (run.returncode, run.stderr) == (130, "error: interrupted\n")
+
+
+def test_a_write_hdf5_could_not_end_ends_the_process_without_its_exit_handlers(tmp_path: Path) -> None:
+    """After a write HDF5 began and failed (a disk another program filled), HDF5's own exit
+    handler crashed the process (status 139) after the one error line: the CLI ends at once."""
+    (tmp_path / "full_disk_cli.py").write_text(
+        "import atexit, sys\n"
+        "from shapesgen.storage.writer import DatasetWriter\n"
+        "from shapesgen_cli.entry import main\n"
+        "def broken(self, batch):\n"
+        "    raise RuntimeError(\"Unable to flush dataset (errno = 28, error message = 'No space left on device')\")\n"
+        "DatasetWriter.append = broken\n"
+        "atexit.register(lambda: print('exit handlers ran', file=sys.stderr))\n"
+        "sys.argv = ['shapesgen', 'render', '--out', 'd.h5', '--num', '3', '-q', '--instances', '1']\n"
+        "main()\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    run = subprocess.run(
+        [sys.executable, "-m", "full_disk_cli"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120
+    )
+    assert run.returncode == 1, run.stderr
+    assert run.stderr == "error: writing d.h5.partial failed (No space left on device); nothing was kept\n"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "__pycache__") == ["full_disk_cli.py"]

@@ -13,7 +13,7 @@ import pytest
 from shapesgen import ConfigError, DatasetError, SceneConfig, render_scene
 from shapesgen.build import RenderInterrupted, partial_path, render_dataset
 from shapesgen.config import StorageConfig
-from shapesgen.errors import ShapesgenError
+from shapesgen.errors import FailedWrite, ResourceError, ShapesgenError
 from shapesgen.storage.layout import DATASETS, FORMAT_NAME, FORMAT_VERSION, OFFSETS, format_markdown
 from shapesgen.storage.reader import open_dataset
 from shapesgen.storage.writer import DatasetWriter
@@ -185,6 +185,59 @@ def test_a_full_disk_while_resuming_is_not_taken_for_damage(
         tiny_config, out, num_scenes=9, storage=PAIR, resume=True, progress=lambda done, total: checked.append(done)
     )
     assert checked[0] >= 6 and data_bytes(out) == data_bytes(whole)
+
+
+def test_a_disk_that_cannot_hold_the_next_batch_stops_before_writing_it(
+    tmp_path: Path, tiny_config: SceneConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer measures the free space before each batch: a disk that fills up stops the
+    render with the scenes written kept, never with a write HDF5 began and could not end."""
+    import shapesgen.storage.writer as writer
+
+    whole = render_dataset(tiny_config, tmp_path / "whole.h5", num_scenes=6, storage=PAIR)
+    out = tmp_path / "full.h5"
+    calls: list[Path] = []
+
+    def filling(folder: Path) -> int:
+        calls.append(folder)
+        return 10**12 if len(calls) <= 2 else 1000  # room for two batches, then 1,000 bytes
+
+    with monkeypatch.context() as patched:
+        patched.setattr(writer, "free_bytes", filling)
+        with pytest.raises(ResourceError) as caught:
+            render_dataset(tiny_config, out, num_scenes=6, storage=PAIR)
+    assert type(caught.value) is ResourceError  # refused before HDF5 began the write: not a FailedWrite
+    message = str(caught.value)
+    assert "No space left on device:" in message and "KiB to write, 1000 bytes free" not in message
+    assert "KiB to write, 1.0 KiB free" in message and "kept with 4 of 6 scenes" in message, message
+    assert calls[0] == tmp_path
+    render_dataset(tiny_config, out, num_scenes=6, storage=PAIR, resume=True)
+    assert data_bytes(out) == data_bytes(whole)
+
+
+def test_a_write_hdf5_began_and_could_not_end_is_a_failed_write(
+    tmp_path: Path, tiny_config: SceneConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """h5py names the system error only in a RuntimeError's text: the message gives its words;
+    the file this render began and the write broke is removed (nothing in it can be resumed)."""
+
+    def broken(self: Any, batch: Any) -> None:
+        self.file.close()
+        self.path.write_bytes(b"not HDF5 any more")  # what the failed write left: a file that no longer opens
+        raise RuntimeError(
+            "Unable to flush dataset (file write failed: time = ..., filename = 'x', file descriptor = 4, "
+            "errno = 28, error message = 'No space left on device', buf = 0x1, total write size = 2374)"
+        )
+
+    out = tmp_path / "broken.h5"
+    with monkeypatch.context() as patched:
+        patched.setattr(DatasetWriter, "append", broken)
+        with pytest.raises(FailedWrite) as caught:
+            render_dataset(tiny_config, out, num_scenes=6, storage=PAIR)
+    assert (
+        str(caught.value) == "writing broken.h5.partial failed (No space left on device); the file it broke was removed"
+    )
+    assert sorted(tmp_path.iterdir()) == []
 
 
 def test_resume_keeps_the_files_storage_settings(tmp_path: Path, tiny_config: SceneConfig) -> None:

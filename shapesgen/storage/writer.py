@@ -4,6 +4,7 @@ batches in scene order, record the checksums. Layout and meaning come from
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from collections.abc import Callable
@@ -16,7 +17,7 @@ import numpy as np
 
 from shapesgen.config import SceneConfig, StorageConfig
 from shapesgen.errors import ConfigError, DatasetError
-from shapesgen.limits import batch_scenes_for
+from shapesgen.limits import WRITE_HEADROOM_BYTES, batch_scenes_for, free_bytes, size_text
 from shapesgen.splits import Split
 from shapesgen.storage.digests import DigestChain, checksums, scene_digests
 from shapesgen.storage.encode import EncodedBatch
@@ -73,6 +74,24 @@ def _package_version() -> str:
     from shapesgen import __version__
 
     return __version__
+
+
+class NoSpace(OSError):
+    """A write refused before it started: the disk cannot hold it (``strerror`` says how much)."""
+
+
+def check_space(path: Path, batch: EncodedBatch) -> None:
+    """Refuse (:class:`NoSpace`, an ``OSError`` ENOSPC) a batch the disk of ``path`` cannot hold with
+    ``WRITE_HEADROOM_BYTES`` to spare: a write that fails half-way in HDF5 leaves the file
+    unable to close, and h5py then crashes the process when it frees the file."""
+    free = free_bytes(path.parent)
+    if free is None:
+        return
+    need = sum(len(chunk) for parts in batch.chunks.values() for chunk in parts)
+    need += sum(rows.nbytes for rows in batch.vertex_rows.values()) + 16 * (batch.count + len(batch.vertex_counts))
+    if need + WRITE_HEADROOM_BYTES > free:
+        detail = f"{size_text(need)} to write, {size_text(free)} free"
+        raise NoSpace(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)}: {detail}", str(path))
 
 
 class DatasetWriter:
@@ -244,7 +263,9 @@ class DatasetWriter:
         return int(self.file.attrs["scenes_written"])
 
     def append(self, batch: EncodedBatch) -> None:
-        """Write one encoded batch after everything already written."""
+        """Write one encoded batch after everything already written; refused before any byte
+        is written (:func:`check_space`) where the disk cannot hold it."""
+        check_space(self.path, batch)
         written = self.scenes_written
         for field in PER_SCENE:
             dataset = self.file[field.name]
