@@ -20,6 +20,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -58,7 +59,7 @@ from shapesgen.storage.manifest import (
     read_manifest,
     write_virtual,
 )
-from shapesgen.storage.reader import CorruptDatasetError, open_dataset
+from shapesgen.storage.reader import CorruptDatasetError, has_hdf5_signature, open_dataset
 
 MAX_SHARDS = 100_000  # shard-NNNNN.h5; the manifest stays a few tens of MB
 MAX_TOTAL_SCENES = 10**11
@@ -148,6 +149,10 @@ def render_shard(
         except ConfigError as exc:  # another render's shard, copied in: not ours to delete
             raise ConfigError(f"{exc}; move it out of {folder} to render this shard again", param="out") from None
         except (ValidationError, DatasetError):  # damaged, or not a complete shapesgen file
+            if path.is_symlink() or not has_hdf5_signature(path):  # not even HDF5: a user's file, not ours to delete
+                raise DatasetError(
+                    f"{path} is not a shard (not an HDF5 file): move it out of {folder}", param="out"
+                ) from None
             path.unlink()
     written: list[WrittenBatch] = []  # what the chain needs of each batch, not its compressed chunks
 
@@ -400,7 +405,7 @@ def _resolve_existing(
             detail = _config_difference(config, theirs) if "config" in differs else ", ".join(differs)
             raise ConfigError(f"out={str(out)!r} holds another sharded render ({detail}): choose another folder")
         return config
-    others = sorted(p.name for p in out.iterdir() if not _is_ours(p.name))
+    others = sorted(p.name for p in out.iterdir() if not _is_ours(p))
     if others:
         raise DatasetError(
             f"out={str(out)!r} is a folder that holds other files ({', '.join(others[:3])}): give a new folder",
@@ -424,10 +429,24 @@ def _resolve_existing(
     return config
 
 
-def _is_ours(name: str) -> bool:
-    return name in (SHARD_MANIFEST, VIRTUAL_FILE, VIRTUAL_FILE + ".partial") or name.startswith(
-        ("shard-", ".shapesgen-")
-    )
+OWN_ENTRY = re.compile(r"shard-\d{5,}\.h5(\.partial)?(\.lock)?|\.shapesgen-.*\.partial")
+"""A shard, the file a shard task builds, their locks, a temporary file of ours."""
+
+
+def _is_ours(path: Path) -> bool:
+    """Whether a sharded render may have written ``path`` (and so may replace it): its
+    manifest, its virtual file, and shards, which must be HDF5 (a user's text file named
+    ``shard-00000.h5`` is not rendered over)."""
+    name = path.name
+    if name in (SHARD_MANIFEST, VIRTUAL_FILE, VIRTUAL_FILE + ".partial"):
+        return True
+    if not OWN_ENTRY.fullmatch(name):
+        return False
+    if name.endswith(".lock") or name.startswith(".shapesgen-"):
+        return True
+    if path.is_symlink() or not path.is_file():
+        return False
+    return has_hdf5_signature(path) or (name.endswith(".partial") and path.stat().st_size == 0)  # killed at creation
 
 
 def _stored_config(path: Path) -> SceneConfig | None:

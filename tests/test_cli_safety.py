@@ -294,6 +294,28 @@ def test_force_never_replaces_a_look_alike_or_hand_edited_export(rendered: Path,
     assert tree(tmp_path) == before
 
 
+def test_render_never_resumes_or_deletes_a_partial_file_it_did_not_begin(rendered: Path, tmp_path: Path) -> None:
+    """``<out>.partial`` that is the user's (text, another program's HDF5, a folder, a link) is
+    neither an interrupted render to resume nor one that --force may delete."""
+    foreign_h5 = tmp_path / "theirs.h5.partial"
+    with h5py.File(foreign_h5, "w") as file:
+        file.attrs["format"] = "someone-else"
+    (tmp_path / "text.h5.partial").write_text("mine")
+    (tmp_path / "dir.h5.partial").mkdir()
+    (tmp_path / "link.h5.partial").symlink_to(rendered)
+    before = tree(tmp_path)
+    for name, says in [
+        ("theirs", "an HDF5 file that shapesgen did not write"),
+        ("text", "is not an HDF5 file"),
+        ("dir", "is not a plain file"),
+        ("link", "is not a plain file"),
+    ]:
+        for flag in ([], ["--force"], ["--resume"]):
+            line = one_error_line(run_cli("render", "--out", tmp_path / f"{name}.h5", "--num", 2, "-q", *SMALL, *flag))
+            assert says in line and "not an interrupted render" in line, (name, flag, line)
+    assert tree(tmp_path) == before
+
+
 def test_single_file_outputs_replace_only_regular_files_and_only_with_force(rendered: Path, tmp_path: Path) -> None:
     fifo, link, notes = tmp_path / "fifo.png", tmp_path / "link.json", tmp_path / "notes.json"
     os.mkfifo(fifo)

@@ -230,6 +230,32 @@ def test_a_folder_of_other_files_is_refused(tmp_path: Path, tiny_config: SceneCo
     assert (tmp_path / "ds" / "notes.txt").read_text() == "mine"
 
 
+@pytest.mark.parametrize("name", ["shard-00000.h5", "shard-notes.txt", "shard-00001.h5.partial"])
+def test_a_users_file_named_like_a_shard_is_never_rendered_over(
+    tmp_path: Path, tiny_config: SceneConfig, name: str
+) -> None:
+    """A shard's name is not enough to be ours: a shard is an HDF5 file (a ``.partial`` may
+    also be empty, its task killed as it began); a user's file so named is refused, kept."""
+    folder = tmp_path / "ds"
+    folder.mkdir()
+    (folder / name).write_text("mine")
+    with pytest.raises(DatasetError, match=rf"holds other files \({name}\)"):
+        render_sharded(tiny_config, folder, num_scenes=NUM, shard_size=SIZE)
+    assert (folder / name).read_text() == "mine"
+
+
+def test_a_finished_folder_keeps_a_users_file_put_in_a_shards_place(tmp_path: Path, tiny_config: SceneConfig) -> None:
+    folder = render_sharded(tiny_config, tmp_path / "ds", num_scenes=NUM, shard_size=SIZE)
+    (folder / "shard-00001.h5").write_text("mine")
+    with pytest.raises(DatasetError, match="shard-00001.h5 is not a shard \\(not an HDF5 file\\)"):
+        render_sharded(tiny_config, folder, num_scenes=NUM, shard_size=SIZE)
+    assert (folder / "shard-00001.h5").read_text() == "mine"
+    (folder / "shard-00001.h5").unlink()
+    (folder / "shard-00002.h5.partial").write_bytes(b"")  # a task killed as it created its file
+    render_sharded(tiny_config, folder, num_scenes=NUM, shard_size=SIZE)
+    assert validate_sharded(folder, regenerate=0) == NUM
+
+
 def test_validate_finds_a_manifest_that_does_not_match(tmp_path: Path, tiny_config: SceneConfig) -> None:
     folder = render_sharded(tiny_config, tmp_path / "ds", num_scenes=NUM, shard_size=SIZE)
     manifest = _manifest(folder)

@@ -214,7 +214,7 @@ class ShapesDataset:
         except METADATA_ERRORS as exc:
             if isinstance(exc, OSError) and exc.errno is not None:  # permissions, a writer's lock, the disk
                 raise DatasetError(f"{self.path}: cannot open for reading ({one_line(exc)})", param="path") from None
-            if _has_hdf5_signature(self.path):
+            if has_hdf5_signature(self.path):
                 raise CorruptDatasetError(self.path, f"damaged or truncated HDF5 ({one_line(exc)})") from None
             raise DatasetError(f"{self.path}: not a readable HDF5 file ({one_line(exc)})", param="path") from None
         try:
@@ -599,7 +599,7 @@ class ShapesDataset:
         self.close()
 
 
-def _has_hdf5_signature(path: Path) -> bool:
+def has_hdf5_signature(path: Path) -> bool:
     """Whether ``path`` starts like an HDF5 file (so a failure to open it means damage, not a foreign file)."""
     try:
         with path.open("rb") as file:
