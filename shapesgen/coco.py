@@ -665,6 +665,10 @@ def check_export_target(
             f"out={str(out)!r} contains the input {source}: an export replaces its folder, choose another one",
             param="out",
         )
+    if contains(source, out):
+        raise ConfigError(
+            f"out={str(out)!r} is inside {source}, which is a file: choose a folder outside it", param="out"
+        )
     refuse_overwriting_inputs(out, "out", inputs or {})
     if out.exists() or out.is_symlink():
         if not out.is_dir() or out.is_symlink():

@@ -80,6 +80,7 @@ def test_render_coco_problems_are_found_before_rendering(tmp_path: Path) -> None
         (["--out", tmp_path / "d.h5", "--coco", out], "exists"),
         (["--out", tmp_path / "d.h5", "--coco", out, "--force"], "not a shapesgen export"),
         (["--out", tmp_path / "d.h5", "--coco", ""], "--coco"),
+        (["--out", tmp_path / "d.h5", "--coco", tmp_path / "d.h5" / "sub"], "which is a file"),
     ]
     for args, needle in cases:
         line = one_error_line(run_cli("render", "--num", 2, "-q", *SMALL, *args))
