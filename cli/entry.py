@@ -19,11 +19,17 @@ EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141  # what a shell reports for a command killed by SIGPIPE (as cli.common)
 
 
+EXIT_TERMINATED = 128 + signal.SIGTERM  # 143: a stop asked by SIGTERM (a scheduler's pre-emption), as shells report it
+STOPPED_BY: list[int] = []
+"""The signal that stopped the command (the first Ctrl-C or SIGTERM)."""
+
+
 def _interrupt(signum: int, frame: FrameType | None) -> None:
     """Ctrl-C or SIGTERM: stop once. Later ones are ignored, so the clean-up they would cut
     short (a worker pool's shutdown, a kept file's last write, the one-line message) runs whole;
     a second Ctrl-C that cut a pool's shutdown short left the command waiting at exit for ever."""
     ignore_interrupts()
+    STOPPED_BY.append(signum)
     raise KeyboardInterrupt
 
 
@@ -109,6 +115,8 @@ def main() -> None:
     if code == EXIT_INTERRUPTED:
         _forget_interrupted_string_eval()
     status = code if isinstance(code, int) else 1 if code else 0
+    if status == EXIT_INTERRUPTED and STOPPED_BY[:1] == [signal.SIGTERM]:
+        status = EXIT_TERMINATED
     if _failed_write():  # HDF5 crashes in its exit handler after a write it began failed: skip the handlers
         sys.stdout.flush()
         sys.stderr.flush()

@@ -353,7 +353,7 @@ def test_sigterm_stops_a_render_like_ctrl_c(tmp_path: Path) -> None:
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=60)
     lines = [line for line in stderr.splitlines() if line.strip()]
-    assert proc.returncode == 130 and len(lines) == 1 and "is kept: rerun with --resume" in lines[0], stderr
+    assert proc.returncode == 143 and len(lines) == 1 and "is kept: rerun with --resume" in lines[0], stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.h5.partial"]  # no lock file, no output
 
 
