@@ -153,7 +153,8 @@ RUN_SUBFOLDER_ENTRIES = {
 """What TensorFlow writes in a run's subfolders: the checkpoint manager's state file (and the
 temporary one it renames), checkpoints, the ``_temp`` folder of a save that was cut short,
 and TensorBoard event files."""
-CHECKPOINT_PART = re.compile(r"part-\d+-of-\d+(\.index|\.data-\d+-of-\d+)")  # inside a ``ckpt-N_temp`` folder
+# inside a ``ckpt-N_temp`` folder; a ``.tempstate`` file is one whose write was cut short
+CHECKPOINT_PART = re.compile(r"part-\d+-of-\d+(\.index|\.data-\d+-of-\d+)(\.tempstate\d+)?")
 
 
 def _foreign_entry(folder: Path) -> str | None:

@@ -166,6 +166,8 @@ def _check_own_partial(path: Path) -> None:
     foreign = None
     if path.is_symlink() or not path.is_file():
         foreign = "is not a plain file"
+    elif path.stat().st_size == 0:  # a render killed as it created the file
+        return
     elif not has_hdf5_signature(path):
         foreign = "is not an HDF5 file"
     else:

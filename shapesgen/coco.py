@@ -665,7 +665,7 @@ def check_export_target(
             f"out={str(out)!r} contains the input {source}: an export replaces its folder, choose another one",
             param="out",
         )
-    if contains(source, out):
+    if not source.is_dir() and contains(source, out):  # a sharded dataset is a folder: an export may go inside
         raise ConfigError(
             f"out={str(out)!r} is inside {source}, which is a file: choose a folder outside it", param="out"
         )

@@ -44,7 +44,7 @@ from shapesgen.engines import (
     run_on_dask,
 )
 from shapesgen.engines import MissingExtra as MissingExtra
-from shapesgen.errors import ConfigError, DatasetError, ResourceError, ShapesgenError, ValidationError
+from shapesgen.errors import ConfigError, DatasetError, FailedWrite, ResourceError, ShapesgenError, ValidationError
 from shapesgen.files import check_output_path, exclusive_lock, make_parents, remove_empty, write_atomically
 from shapesgen.limits import DiskSpaceError, batch_scenes_for, check_scene_fits
 from shapesgen.storage.digests import PER_SCENE_HASHED, DigestChain, checksums, scene_digests
@@ -335,7 +335,10 @@ def render_sharded(
                 _remove_stale_locks(out, shards)
                 if not any((out / shard.file).is_file() for shard in shards):
                     raise
-                raise ResourceError(f"{exc}; {_kept(out, shards)}", param=exc.param, related=exc.related) from None
+                kind = (
+                    FailedWrite if isinstance(exc, FailedWrite) else ResourceError
+                )  # the CLI ends a FailedWrite at once
+                raise kind(f"{exc}; {_kept(out, shards)}", param=exc.param, related=exc.related) from None
             except (KeyboardInterrupt, RenderInterrupted):
                 _remove_stale_locks(out, shards)
                 raise

@@ -315,6 +315,10 @@ def test_render_never_resumes_or_deletes_a_partial_file_it_did_not_begin(rendere
             line = one_error_line(run_cli("render", "--out", tmp_path / f"{name}.h5", "--num", 2, "-q", *SMALL, *flag))
             assert says in line and "not an interrupted render" in line, (name, flag, line)
     assert tree(tmp_path) == before
+    (tmp_path / "empty.h5.partial").write_bytes(b"")  # a render killed as it created its file: ours
+    line = one_error_line(run_cli("render", "--out", tmp_path / "empty.h5", "--num", 2, "-q", *SMALL))
+    assert "an interrupted render exists" in line, line
+    assert run_cli("render", "--out", tmp_path / "empty.h5", "--num", 2, "-q", *SMALL, "--force").exit_code == 0
 
 
 def test_single_file_outputs_replace_only_regular_files_and_only_with_force(rendered: Path, tmp_path: Path) -> None:

@@ -266,7 +266,11 @@ def test_force_keeps_the_old_run_until_the_new_one_has_a_checkpoint(
     old.mkdir()
     (old / "train_config.json").write_text(QUICK.to_json())
     (old / "metrics.csv").write_text("old run")
-    for left in ["checkpoints/checkpoint.tmp5f3a", "checkpoints/ckpt-2_temp/part-00000-of-00001.index"]:
+    for left in [
+        "checkpoints/checkpoint.tmp5f3a",
+        "checkpoints/ckpt-2_temp/part-00000-of-00001.index",
+        "checkpoints/ckpt-2_temp/part-00000-of-00001.data-00000-of-00001.tempstate2839247869088279901",
+    ]:
         (old / left).parent.mkdir(parents=True, exist_ok=True)
         (old / left).write_text("a save cut short")  # TensorFlow's own leftovers: the run's to replace
     monkeypatch.setattr(Trainer, "run_epoch", fake_epoch)

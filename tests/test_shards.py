@@ -10,6 +10,7 @@ import shutil
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -19,7 +20,7 @@ from conftest import run_cli
 from shapesgen import SceneConfig, engines
 from shapesgen.build import render_dataset
 from shapesgen.config import StorageConfig
-from shapesgen.errors import ConfigError, DatasetError, ValidationError
+from shapesgen.errors import ConfigError, DatasetError, FailedWrite, ValidationError
 from shapesgen.shards import MissingExtra, render_sharded, validate_sharded
 from shapesgen.storage.manifest import plan_shards
 from shapesgen.storage.reader import open_dataset, open_sharded
@@ -242,6 +243,37 @@ def test_a_users_file_named_like_a_shard_is_never_rendered_over(
     with pytest.raises(DatasetError, match=rf"holds other files \({name}\)"):
         render_sharded(tiny_config, folder, num_scenes=NUM, shard_size=SIZE)
     assert (folder / name).read_text() == "mine"
+
+
+def test_a_write_hdf5_could_not_end_in_a_shard_stays_a_failed_write(
+    tmp_path: Path, tiny_config: SceneConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CLI ends the process at once on a FailedWrite (HDF5's exit handler crashes after
+    one): the sharded render's own message, which adds what it kept, must keep that class."""
+    from shapesgen.storage.writer import DatasetWriter
+
+    append, calls = DatasetWriter.append, []
+
+    def failing_in_the_second_shard(self: Any, batch: Any) -> None:
+        calls.append(self.path.name)
+        if self.path.name.startswith("shard-00001"):
+            raise RuntimeError("Unable to flush dataset (errno = 28, error message = 'No space left on device')")
+        append(self, batch)
+
+    monkeypatch.setattr(DatasetWriter, "append", failing_in_the_second_shard)
+    with pytest.raises(FailedWrite) as caught:
+        render_sharded(tiny_config, tmp_path / "ds", num_scenes=NUM, shard_size=SIZE, workers=1)
+    assert "No space left on device" in str(caught.value) and "kept with 1 of 3 shards" in str(caught.value)
+    monkeypatch.undo()
+    render_sharded(tiny_config, tmp_path / "ds", num_scenes=NUM, shard_size=SIZE, workers=1)
+    assert validate_sharded(tmp_path / "ds", regenerate=0) == NUM
+
+
+def test_an_export_may_go_inside_a_sharded_folder(tmp_path: Path, tiny_config: SceneConfig) -> None:
+    folder = render_sharded(tiny_config, tmp_path / "ds", num_scenes=NUM, shard_size=SIZE)
+    result = run_cli("export", "coco", folder, "--out", folder / "coco", "-q")
+    assert result.exit_code == 0, result.stderr
+    assert (folder / "coco" / "annotations.json").is_file() and validate_sharded(folder, regenerate=0) == NUM
 
 
 def test_a_finished_folder_keeps_a_users_file_put_in_a_shards_place(tmp_path: Path, tiny_config: SceneConfig) -> None:
