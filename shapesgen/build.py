@@ -423,23 +423,27 @@ def _render_locked(
         warnings.warn(note, RenderNote, stacklevel=3)
 
     try:
-        writer = DatasetWriter(
-            partial,
-            config,
-            storage,
-            num_scenes,
-            progress,
-            split,
-            first_scene,
-            created,
-            verify=functools.partial(fresh_digests, config),
-        )
+        with _quiet_h5py_failures() if resuming else contextlib.nullcontext():  # a rebuild's write may fail
+            writer = DatasetWriter(
+                partial,
+                config,
+                storage,
+                num_scenes,
+                progress,
+                split,
+                first_scene,
+                created,
+                verify=functools.partial(fresh_digests, config),
+            )
     except KeyboardInterrupt:  # while checking a killed render's scenes: nothing was changed
         raise RenderInterrupted(f"interrupted while checking {partial}; it is kept: rerun with resume=True") from None
     except (OSError, RuntimeError) as exc:
         if not resuming:
             partial.unlink(missing_ok=True)
-        raise ResourceError(f"out={str(out)!r}: cannot create {partial} ({_reason(exc)})", param="out") from None
+            raise ResourceError(f"out={str(out)!r}: cannot create {partial} ({_reason(exc)})", param="out") from None
+        kind = ResourceError if isinstance(exc, NoSpace) else FailedWrite  # NoSpace: refused before any write
+        message = f"resuming {partial.name} failed ({_reason(exc)}); it is kept: rerun with resume=True"
+        raise kind(message, param="out") from None
     identity = _identity(partial)
     try:
         done = writer.scenes_written
@@ -522,15 +526,22 @@ def _stopped_by_system(
         raise _system_failure(writer, partial, num_scenes, doing, _reason(exc), resuming) from None
     except (OSError, RuntimeError) as exc:
         reason = _reason(exc)
-        # h5py prints each failed close of the broken file's objects (through both hooks): said below
-        hooks = sys.unraisablehook, sys.excepthook
-        sys.unraisablehook, sys.excepthook = _ignore_unraisable, _ignore_exception
-        try:
+        with _quiet_h5py_failures():
             traceback.clear_frames(exc.__traceback__)  # frees the failed write's h5py objects now
             failure = _system_failure(writer, partial, num_scenes, doing, reason, resuming)
-        finally:
-            sys.unraisablehook, sys.excepthook = hooks
         raise FailedWrite(str(failure), param=failure.param) from None
+
+
+@contextlib.contextmanager
+def _quiet_h5py_failures() -> Iterator[None]:
+    """No output from h5py's failed closes of a file a write broke (it prints each through
+    both hooks, a traceback apiece): the command says what failed in one line."""
+    hooks = sys.unraisablehook, sys.excepthook
+    sys.unraisablehook, sys.excepthook = _ignore_unraisable, _ignore_exception
+    try:
+        yield
+    finally:
+        sys.unraisablehook, sys.excepthook = hooks
 
 
 def _ignore_unraisable(unraisable: Any) -> None:

@@ -215,6 +215,29 @@ def test_a_disk_that_cannot_hold_the_next_batch_stops_before_writing_it(
     assert data_bytes(out) == data_bytes(whole)
 
 
+def test_resume_without_room_for_the_rebuild_leaves_the_partial_file_as_it_was(
+    tmp_path: Path, tiny_config: SceneConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Resuming rebuilds the partial file beside itself: where the disk cannot hold the copy,
+    the resume is refused before the file is opened (a rebuild cut short by a full disk
+    could leave it unreadable)."""
+    import shapesgen.storage.writer as writer
+
+    whole, out = stopped_after_six(tmp_path, tiny_config, "tight.h5")
+    partial = partial_path(out)
+    kept = partial.read_bytes()
+    with monkeypatch.context() as patched:
+        patched.setattr(writer, "free_bytes", lambda folder: len(kept))  # the copy fits, its headroom does not
+        with pytest.raises(ResourceError) as caught:
+            render_dataset(tiny_config, out, num_scenes=9, storage=PAIR, resume=True)
+    assert type(caught.value) is ResourceError
+    assert str(caught.value).startswith("resuming tight.h5.partial failed (No space left on device: resuming rebuilds")
+    assert str(caught.value).endswith("; it is kept: rerun with resume=True")
+    assert partial.read_bytes() == kept and not out.exists()
+    render_dataset(tiny_config, out, num_scenes=9, storage=PAIR, resume=True)
+    assert data_bytes(out) == data_bytes(whole)
+
+
 def test_a_write_hdf5_began_and_could_not_end_is_a_failed_write(
     tmp_path: Path, tiny_config: SceneConfig, monkeypatch: pytest.MonkeyPatch
 ) -> None:

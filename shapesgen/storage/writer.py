@@ -94,6 +94,16 @@ def check_space(path: Path, batch: EncodedBatch) -> None:
         raise NoSpace(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)}: {detail}", str(path))
 
 
+def _check_room_to_rebuild(path: Path) -> None:
+    """Refuse (:class:`NoSpace`), before the file is opened, to resume ``path`` where its disk
+    cannot hold the rebuilt copy beside it: the file is left as it is."""
+    size = path.stat().st_size if path.is_file() else 0
+    free = free_bytes(path.parent) if size else None
+    if free is not None and size + WRITE_HEADROOM_BYTES > free:
+        detail = f"resuming rebuilds it beside itself: {size_text(size)} needed, {size_text(free)} free"
+        raise NoSpace(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)}: {detail}", str(path))
+
+
 class DatasetWriter:
     """Appends scenes, in index order, to a new or resumed file."""
 
@@ -136,6 +146,7 @@ class DatasetWriter:
         self.batch = batch_scenes_for(config, storage.batch_scenes)
         rebuilt = rebuild_path(path)
         rebuilt.unlink(missing_ok=True)  # left by a resume killed while rebuilding: the file is intact
+        _check_room_to_rebuild(path)
         earlier = self._open(path)
         if "format" not in earlier.attrs:
             self.file = earlier
