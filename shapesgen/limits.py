@@ -78,11 +78,11 @@ def available_memory() -> int:
 
 
 def size_text(value: float) -> str:
-    """A byte count in the unit that shows it (``3.2 GiB``, ``180.0 KiB``)."""
+    """A byte count in the unit that shows it (``3.2 GiB``, ``180.0 KiB``, ``1000 bytes``)."""
     for unit, size in (("GiB", 2**30), ("MiB", 2**20)):
         if value >= size:
             return f"{value / size:.1f} {unit}"
-    return f"{value / 2**10:.1f} KiB"
+    return f"{value / 2**10:.1f} KiB" if value >= 2**10 else f"{int(value)} bytes"
 
 
 def free_bytes(folder: Path) -> int | None:
