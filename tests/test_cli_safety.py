@@ -484,11 +484,16 @@ def test_ctrl_c_inside_a_string_exec_still_exits_130_under_python_m(tmp_path: Pa
         "typer.main.get_command = lambda app: type('Command', (), {'main': stop})()\n"
         "main()\n"
     )
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
-    run = subprocess.run(
-        [sys.executable, "-m", "interrupted_cli"], capture_output=True, text=True, env=env, timeout=120, check=False
-    )
+    run = run_module(tmp_path, "interrupted_cli")
     assert (run.returncode, run.stderr) == (130, "error: interrupted\n")
+
+
+def run_module(folder: Path, name: str) -> subprocess.CompletedProcess[str]:
+    """``python -m name`` for a module written in ``folder``, run there."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(folder), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run(
+        [sys.executable, "-m", name], capture_output=True, text=True, env=env, cwd=folder, timeout=120, check=False
+    )
 
 
 def test_a_write_hdf5_could_not_end_ends_the_process_without_its_exit_handlers(tmp_path: Path) -> None:
@@ -505,10 +510,7 @@ def test_a_write_hdf5_could_not_end_ends_the_process_without_its_exit_handlers(t
         "sys.argv = ['shapesgen', 'render', '--out', 'd.h5', '--num', '3', '-q', '--instances', '1']\n"
         "main()\n"
     )
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
-    run = subprocess.run(
-        [sys.executable, "-m", "full_disk_cli"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120
-    )
+    run = run_module(tmp_path, "full_disk_cli")
     assert run.returncode == 1, run.stderr
     assert run.stderr == "error: writing d.h5.partial failed (No space left on device); nothing was kept\n"
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != "__pycache__") == ["full_disk_cli.py"]
