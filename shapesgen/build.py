@@ -588,12 +588,13 @@ def check_disk_for(
     num_scenes: int,
     sample: int = 0,
     asked: int | None = None,
+    files: int = 1,
 ) -> None:
-    """Refuse ``num_scenes`` scenes of ``config`` where ``folder``'s disk cannot hold them
-    (:class:`ConfigError` naming ``num_scenes``, ``asked`` if given), from the encoded size of
-    scene ``sample``."""
+    """Refuse ``num_scenes`` scenes of ``config``, in ``files`` files, where ``folder``'s disk
+    cannot hold them (:class:`ConfigError` naming ``num_scenes``, ``asked`` if given), from the
+    encoded size of scene ``sample``."""
     encoded = render_batch(config, sample, sample + 1, storage.compression_level)
-    check_disk(folder, num_scenes, _encoded_bytes(encoded), asked)
+    check_disk(folder, num_scenes, _encoded_bytes(encoded), asked, files)
 
 
 def _encoded_bytes(batch: EncodedBatch) -> float:

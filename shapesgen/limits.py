@@ -130,14 +130,15 @@ class DiskSpaceError(ConfigError):
         self.detail = detail
 
 
-def check_disk(folder: Path, num_scenes: int, bytes_per_scene: float, asked: int | None = None) -> None:
+def check_disk(folder: Path, num_scenes: int, bytes_per_scene: float, asked: int | None = None, files: int = 1) -> None:
     """Refuse a render whose estimated size exceeds the free space in ``folder`` (or its
-    nearest existing parent): ``num_scenes`` scenes still to write, of the ``asked`` (default:
-    the same) that the caller's ``num_scenes`` named."""
+    nearest existing parent): ``num_scenes`` scenes still to write, in ``files`` files (each
+    with its HDF5 metadata), of the ``asked`` (default: the same) that the caller's
+    ``num_scenes`` named."""
     free = free_bytes(folder)
     if free is None:
         return
-    need = num_scenes * bytes_per_scene * DISK_MARGIN + FILE_OVERHEAD_BYTES
+    need = num_scenes * bytes_per_scene * DISK_MARGIN + files * FILE_OVERHEAD_BYTES
     if need > free:
         asked = num_scenes if asked is None else asked
         what = "is too large" if asked == num_scenes else f"leaves {num_scenes} scenes to render, which is too much"

@@ -301,9 +301,10 @@ def render_sharded(
     config = _resolve_existing(out, config, num_scenes, shard_size, storage)
     config = resolve_seed(config)
     check_scene_fits(config, 1)
-    missing = sum(shard.count for shard in shards if not (out / shard.file).is_file())
-    if missing:
-        check_disk_for(config, storage, out, missing, asked=num_scenes)
+    absent = [shard for shard in shards if not (out / shard.file).is_file()]
+    if absent:
+        missing = sum(shard.count for shard in absent)
+        check_disk_for(config, storage, out, missing, asked=num_scenes, files=len(absent))
     try:
         created_dirs = make_parents(out)
     except OSError as exc:

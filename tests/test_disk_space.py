@@ -64,7 +64,12 @@ def test_resuming_a_sharded_render_checks_only_the_scenes_left(
 def test_a_disk_that_fills_during_a_sharded_render_fails_the_shard_not_num(
     tiny_config: SceneConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    free_space(monkeypatch, 1 << 40, 1 << 40, 1000)  # the run's check, shard 0's, then full
+    first = tmp_path / "big" / "shard-00000.h5"
+
+    def usage(path: Any) -> Usage:  # the disk is full once shard 0 is written
+        return Usage(1 << 40, 0, 1000 if first.exists() else 1 << 40)
+
+    monkeypatch.setattr(shutil, "disk_usage", usage)
     with pytest.raises(ResourceError) as caught:
         render_sharded(tiny_config, tmp_path / "big", num_scenes=9, shard_size=3)
     message = str(caught.value)
@@ -72,3 +77,16 @@ def test_a_disk_that_fills_during_a_sharded_render_fails_the_shard_not_num(
     assert "num_scenes" not in message
     assert caught.value.param is None
     assert (tmp_path / "big" / "shard-00000.h5").is_file() and not (tmp_path / "big" / "shard-00001.h5").exists()
+
+
+def test_each_file_counts_its_hdf5_metadata(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The estimate adds FILE_OVERHEAD_BYTES per file written: a sharded render of many small
+    shards needs it once per shard (a one-scene file is mostly metadata: ~50 KiB of ~65)."""
+    from shapesgen.limits import FILE_OVERHEAD_BYTES, check_disk
+
+    per_scene = 1000.0
+    need_one = 10 * per_scene * 1.05 + FILE_OVERHEAD_BYTES
+    free_space(monkeypatch, int(need_one) + 1)
+    check_disk(tmp_path, 10, per_scene)
+    with pytest.raises(ConfigError, match=r"num_scenes=10 is too large .* 138.3 KiB needed"):
+        check_disk(tmp_path, 10, per_scene, files=2)
