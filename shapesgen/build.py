@@ -594,14 +594,7 @@ def check_disk_for(
     cannot hold them (:class:`ConfigError` naming ``num_scenes``, ``asked`` if given), from the
     encoded size of scene ``sample``."""
     encoded = render_batch(config, sample, sample + 1, storage.compression_level)
-    check_disk(folder, num_scenes, _encoded_bytes(encoded), asked, files)
-
-
-def _encoded_bytes(batch: EncodedBatch) -> float:
-    """Bytes one encoded scene takes in the file (a disk-space estimate)."""
-    chunks = sum(len(chunk) for parts in batch.chunks.values() for chunk in parts)
-    rows = sum(data.nbytes for data in batch.vertex_rows.values())
-    return (chunks + rows + 16 * (len(batch.instance_counts) + len(batch.vertex_counts))) / max(batch.count, 1)
+    check_disk(folder, num_scenes, encoded.stored_bytes / max(encoded.count, 1), asked, files)
 
 
 def _is_complete_match(

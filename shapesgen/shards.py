@@ -336,9 +336,8 @@ def render_sharded(
                 _remove_stale_locks(out, shards)
                 if not any((out / shard.file).is_file() for shard in shards):
                     raise
-                kind = (
-                    FailedWrite if isinstance(exc, FailedWrite) else ResourceError
-                )  # the CLI ends a FailedWrite at once
+                # a FailedWrite stays one: the CLI then ends the process at once
+                kind = FailedWrite if isinstance(exc, FailedWrite) else ResourceError
                 raise kind(f"{exc}; {_kept(out, shards)}", param=exc.param, related=exc.related) from None
             except (KeyboardInterrupt, RenderInterrupted):
                 _remove_stale_locks(out, shards)

@@ -42,6 +42,13 @@ class EncodedBatch:
     instance_counts: np.ndarray
     vertex_counts: np.ndarray
 
+    @property
+    def stored_bytes(self) -> int:
+        """About the bytes the batch takes in a file: its chunks, its rows and 16 per offset."""
+        chunks = sum(len(chunk) for parts in self.chunks.values() for chunk in parts)
+        rows = sum(data.nbytes for data in self.vertex_rows.values())
+        return chunks + rows + 16 * (len(self.instance_counts) + len(self.vertex_counts))
+
 
 def encode_scenes(scenes: Sequence[Scene], compression_level: int) -> EncodedBatch:
     """Compress each scene's chunk of every per-scene dataset and hash each scene's slice of

@@ -87,8 +87,7 @@ def check_space(path: Path, batch: EncodedBatch) -> None:
     free = free_bytes(path.parent)
     if free is None:
         return
-    need = sum(len(chunk) for parts in batch.chunks.values() for chunk in parts)
-    need += sum(rows.nbytes for rows in batch.vertex_rows.values()) + 16 * (batch.count + len(batch.vertex_counts))
+    need = batch.stored_bytes
     if need + WRITE_HEADROOM_BYTES > free:
         detail = f"{size_text(need)} to write, {size_text(free)} free"
         raise NoSpace(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)}: {detail}", str(path))
