@@ -14,9 +14,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import tensorflow as tf
 
 from amodal_model.batching import Batch, blocked_batches
 from amodal_model.coco_source import ANNOTATIONS, coco_batches, describe_coco_export, is_coco_export
@@ -26,6 +26,9 @@ from shapesgen.errors import ConfigError, DatasetError, ShapesgenError, one_line
 from shapesgen.files import regular_input
 from shapesgen.limits import check_scene_fits
 from shapesgen.storage.manifest import VIRTUAL_FILE, is_sharded
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 LIVE_PREFIX = "render:"
 
@@ -316,13 +319,18 @@ def visible_targets(batch: Batch) -> Batch:
     return {**batch, "layers": np.where(keep, layers, 0), "class_layers": np.where(keep, batch["class_layers"], 0)}
 
 
-def to_model_input(image: np.ndarray | tf.Tensor) -> tf.Tensor:
-    """uint8 images -> float32 [0, 255]; the model scales them itself."""
-    return tf.cast(image, tf.float32)
+def to_model_input(image: Any) -> Any:
+    """uint8 images -> float32 [0, 255] tensors of the Keras backend; the model scales them itself."""
+    import keras
+
+    return keras.ops.cast(image, "float32")
 
 
 def tf_dataset(batches: Iterator[Batch], config: SceneConfig) -> tf.data.Dataset:
-    """Wrap a batch generator in tf.data with prefetching."""
+    """Wrap a batch generator in tf.data with prefetching (TensorFlow imported here: reading
+    data needs no backend)."""
+    import tensorflow as tf
+
     s, m, layers, n = config.image_size, config.mask_size, config.layers, config.num_instances
     signature = {
         "image": tf.TensorSpec((None, s, s, config.channels), tf.uint8),

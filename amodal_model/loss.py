@@ -1,100 +1,104 @@
-"""The discriminative loss over all layers jointly, vectorised over the batch.
+"""The discriminative loss over all layers jointly, vectorised over the batch, on ``keras.ops``.
 
 An instance's mean embedding spans its pixels in every layer (foreground and occluded
-alike). Per-instance sums use ``unsorted_segment_sum`` with segment ``b * (n + 1) +
-id``, so there is no Python loop over images or instances; images with zero or one
-instance give finite values and gradients.
+alike). Per-instance sums are products with each pixel's one-hot instance id
+(``(B, pixels, n + 1)``, small: n + 1 slots), so there is no Python loop over images or
+instances, no data-dependent shape, and the same code runs on every Keras backend
+(TensorFlow for ``shapesgen train``, JAX or PyTorch for ``Model.fit`` on an
+accelerator); images with zero or one instance give finite values and gradients.
 """
 
 from __future__ import annotations
 
-import tensorflow as tf
+from typing import Any
+
+import numpy as np
+from keras import ops
 
 from amodal_model.config import LossConfig
 
-
-def _hinge(x: tf.Tensor, squared: bool) -> tf.Tensor:
-    x = tf.nn.relu(x)
-    return tf.square(x) if squared else x
+Tensor = Any
+"""A backend tensor (tf.Tensor, jax.Array, torch.Tensor) or a NumPy array."""
 
 
-def _push(hinged: tf.Tensor, pairs: tf.Tensor, present: tf.Tensor, normalisation: str) -> tf.Tensor:
+def _hinge(x: Tensor, squared: bool) -> Tensor:
+    x = ops.relu(x)
+    return ops.square(x) if squared else x
+
+
+def _push(hinged: Tensor, pairs: Tensor, present: Tensor, normalisation: str) -> Tensor:
     """The distance term over ``pairs`` (B, n + 1, n + 1), per image. ``reference``: each
     group's pair sum divided by n(n - 1) + 1, summed over the groups (a pair's weight comes
     from the size of its first member's group: its class, or all instances); ``mean``: the
     mean over the pairs."""
     push = hinged * pairs
     if normalisation == "reference":
-        group_size = tf.reduce_sum(pairs, axis=2) + present  # a member's pairs in its group, plus itself
+        group_size = ops.sum(pairs, axis=2) + present  # a member's pairs in its group, plus itself
         weight = 1.0 / (group_size * (group_size - 1.0) + 1.0)
-        return tf.reduce_sum(push * weight[:, :, None], axis=[1, 2])
-    return tf.math.divide_no_nan(tf.reduce_sum(push, axis=[1, 2]), tf.reduce_sum(pairs, axis=[1, 2]))
+        return ops.sum(push * weight[:, :, None], axis=(1, 2))
+    return ops.divide_no_nan(ops.sum(push, axis=(1, 2)), ops.sum(pairs, axis=(1, 2)))
 
 
 def discriminative_loss(
-    embedding: tf.Tensor, instance_ids: tf.Tensor, instance_classes: tf.Tensor, config: LossConfig
-) -> dict[str, tf.Tensor]:
+    embedding: Tensor, instance_ids: Tensor, instance_classes: Tensor, config: LossConfig
+) -> dict[str, Tensor]:
     """Variance, distance and regularisation terms, each averaged over the batch.
 
     embedding ``(B, L, M, M, C)``; instance_ids ``(B, L, M, M)`` (0 = none);
     instance_classes ``(B, n + 1)`` class of each id (entry 0 unused).
     """
-    batch = tf.shape(embedding)[0]
-    slots = tf.shape(instance_classes)[1]
-    dim = tf.shape(embedding)[-1]
-    flat = tf.reshape(embedding, (batch, -1, dim))
-    ids = tf.reshape(tf.cast(instance_ids, tf.int32), (batch, -1))
-    segments = ids + slots * tf.range(batch)[:, None]
-    count = tf.math.unsorted_segment_sum(tf.ones_like(ids, tf.float32), segments, batch * slots)
-    total = tf.math.unsorted_segment_sum(flat, segments, batch * slots)
-    mean = tf.math.divide_no_nan(total, count[:, None])
-    present = tf.reshape(tf.cast(count > 0, tf.float32), (batch, slots)) * tf.concat(
-        [tf.zeros((batch, 1)), tf.ones((batch, slots - 1))], axis=1
-    )
-    n_instances = tf.reduce_sum(present, axis=1)
+    slots = int(instance_classes.shape[1])
+    dim = int(embedding.shape[-1])
+    pixels = int(np.prod(embedding.shape[1:-1]))
+    flat = ops.reshape(ops.cast(embedding, "float32"), (-1, pixels, dim))
+    ids = ops.reshape(ops.cast(instance_ids, "int32"), (-1, pixels))
+    member = ops.one_hot(ids, slots, dtype="float32")  # (B, pixels, slots)
+    count = ops.sum(member, axis=1)
+    mean = ops.divide_no_nan(ops.einsum("bps,bpc->bsc", member, flat), count[:, :, None])
+    is_instance = ops.convert_to_tensor(np.arange(slots) > 0, dtype="float32")  # slot 0 is background
+    present = ops.cast(count > 0, "float32") * is_instance[None]
+    n_instances = ops.sum(present, axis=1)
     squared = config.hinge == "squared"
 
-    pixel_mean = tf.gather(mean, segments)
-    pull = _hinge(tf.reduce_sum(tf.abs(flat - pixel_mean), axis=-1) - config.d_var, squared)
-    pull = pull * tf.cast(ids > 0, tf.float32)
-    per_instance = tf.math.divide_no_nan(tf.math.unsorted_segment_sum(pull, segments, batch * slots), count)
-    variance = tf.math.divide_no_nan(tf.reduce_sum(tf.reshape(per_instance, (batch, slots)), 1), n_instances)
+    pixel_mean = ops.einsum("bps,bsc->bpc", member, mean)
+    pull = _hinge(ops.sum(ops.abs(flat - pixel_mean), axis=-1) - config.d_var, squared)
+    pull = pull * ops.cast(ids > 0, "float32")
+    per_instance = ops.divide_no_nan(ops.einsum("bp,bps->bs", pull, member), count)
+    variance = ops.divide_no_nan(ops.sum(per_instance, axis=1), n_instances)
 
-    centres = tf.reshape(mean, (batch, slots, dim))
-    gap = tf.reduce_sum(tf.abs(centres[:, :, None, :] - centres[:, None, :, :]), axis=-1)
-    pairs = present[:, :, None] * present[:, None, :] * (1.0 - tf.eye(slots)[None])
+    gap = ops.sum(ops.abs(mean[:, :, None, :] - mean[:, None, :, :]), axis=-1)
+    every = present[:, :, None] * present[:, None, :] * (1.0 - ops.eye(slots, dtype="float32")[None])
+    pairs = every
     if config.distance_scope == "class":
-        same = tf.cast(tf.equal(instance_classes[:, :, None], instance_classes[:, None, :]), tf.float32)
-        pairs = pairs * same
+        same = ops.equal(instance_classes[:, :, None], instance_classes[:, None, :])
+        pairs = every * ops.cast(same, "float32")
     hinged = _hinge(2.0 * config.d_dist - gap, squared)
     distance = _push(hinged, pairs, present, config.loss_normalisation)
     if config.distance_scope == "class" and config.cross_class_weight > 0:
-        every = present[:, :, None] * present[:, None, :] * (1.0 - tf.eye(slots)[None])
         distance += config.cross_class_weight * _push(hinged, every, present, config.loss_normalisation)
 
-    norms = tf.reduce_sum(tf.abs(centres), axis=-1) * present
-    regulariser = tf.math.divide_no_nan(tf.reduce_sum(norms, axis=1), n_instances)
+    norms = ops.sum(ops.abs(mean), axis=-1) * present
+    regulariser = ops.divide_no_nan(ops.sum(norms, axis=1), n_instances)
     return {
-        "variance": tf.reduce_mean(variance),
-        "distance": tf.reduce_mean(distance),
-        "regularisation": tf.reduce_mean(regulariser),
+        "variance": ops.mean(variance),
+        "distance": ops.mean(distance),
+        "regularisation": ops.mean(regulariser),
     }
 
 
-def total_loss(
-    outputs: dict[str, tf.Tensor], targets: dict[str, tf.Tensor], config: LossConfig
-) -> dict[str, tf.Tensor]:
+def total_loss(outputs: dict[str, Tensor], targets: dict[str, Tensor], config: LossConfig) -> dict[str, Tensor]:
     """Weighted discriminative terms plus semantic cross-entropy; ``loss`` is the sum.
 
     The cross-entropy is the per-pixel mean within a layer, summed over the layers
     (``loss_normalisation='reference'``) or averaged over them (``'mean'``).
     """
     terms = discriminative_loss(outputs["embedding"], targets["layers"], targets["instance_classes"], config)
-    probabilities = tf.clip_by_value(outputs["semantic"], 1e-7, 1.0)
-    labels = tf.cast(targets["class_layers"], tf.int32)
-    cross_entropy = tf.reduce_mean(-tf.math.log(tf.gather(probabilities, labels, batch_dims=4)))
+    probabilities = ops.clip(ops.cast(outputs["semantic"], "float32"), 1e-7, 1.0)
+    classes = int(probabilities.shape[-1])
+    labels = ops.one_hot(ops.cast(targets["class_layers"], "int32"), classes, dtype="float32")
+    cross_entropy = -ops.mean(ops.sum(labels * ops.log(probabilities), axis=-1))
     if config.loss_normalisation == "reference":
-        cross_entropy = cross_entropy * tf.cast(tf.shape(labels)[1], cross_entropy.dtype)
+        cross_entropy = cross_entropy * float(probabilities.shape[1])
     terms["cross_entropy"] = cross_entropy
     terms["loss"] = (
         config.var_weight * terms["variance"]
