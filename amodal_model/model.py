@@ -18,8 +18,9 @@ import numpy as np
 from keras import layers
 
 from amodal_model.backbones import BACKBONES, conv_norm_relu
-from amodal_model.config import InferenceConfig, ModelConfig, TrainConfig
+from amodal_model.config import InferenceConfig, LossConfig, ModelConfig, TrainConfig
 from amodal_model.inference import clusterer
+from amodal_model.loss import total_loss
 from shapesgen.config import SceneConfig
 from shapesgen.errors import ConfigError, one_line
 
@@ -99,15 +100,32 @@ class AddPosition(layers.Layer):
         return {**super().get_config(), "scale": self.scale}
 
 
-def has_fast_bfloat16() -> bool:
-    """Whether this machine computes bfloat16 natively: a GPU, or a CPU with AVX512-BF16 or AMX."""
+def _backend_has_accelerator() -> bool:
+    """Whether the Keras backend runs on a GPU (or TPU), asked of that backend."""
+    backend = keras.backend.backend()
     try:
-        import tensorflow as tf
+        if backend == "tensorflow":
+            import tensorflow as tf
 
-        if tf.config.list_physical_devices("GPU"):
-            return True
-    except ImportError:  # pragma: no cover - the model needs TensorFlow anyway
-        pass
+            return bool(tf.config.list_physical_devices("GPU"))
+        if backend == "jax":
+            import jax
+
+            return jax.default_backend() in ("gpu", "tpu")
+        if backend == "torch":
+            import torch
+
+            return bool(torch.cuda.is_available())
+    except ImportError:  # pragma: no cover - the backend Keras runs on is installed
+        return False
+    return False
+
+
+def has_fast_bfloat16() -> bool:
+    """Whether this machine computes bfloat16 natively: an accelerator the Keras backend uses,
+    or a CPU with AVX512-BF16 or AMX."""
+    if _backend_has_accelerator():
+        return True
     try:
         with open("/proc/cpuinfo") as f:
             flags = f.read()
@@ -220,6 +238,25 @@ class LayeredEmbeddingModel(keras.Model):
         self.config_json = config.to_json()
         self.data_spec = spec
         self.scene_json = json.dumps(scene_config, sort_keys=True) if scene_config is not None else None
+
+    def compute_loss(
+        self,
+        x: Any = None,
+        y: Any = None,
+        y_pred: Any = None,
+        sample_weight: Any = None,
+        training: bool = True,
+    ) -> Any:
+        """The training objective for ``Model.fit`` on any Keras backend: the loss of the
+        model's own loss config plus the layers' L2 penalties. ``y`` holds the targets
+        (``layers``, ``class_layers``, ``instance_classes``), already visible-only where
+        the loss config says so (:func:`amodal_model.data.visible_targets`)."""
+        objective = total_loss(y_pred, y, self.loss_config)["loss"]
+        return objective + sum(self.losses) if self.losses else objective
+
+    @property
+    def loss_config(self) -> LossConfig:
+        return TrainConfig.from_json(self.config_json).loss
 
     @property
     def train_config(self) -> TrainConfig:

@@ -1,0 +1,181 @@
+"""Training with Keras ``Model.fit`` on whichever backend Keras runs: the route to an
+accelerator where TensorFlow is not installed (JAX on a GPU).
+
+``shapesgen train`` is the full trainer (TensorFlow: checkpoints, ``--resume``, validation
+AP per epoch, TensorBoard). This one is lean, for a run bounded by wall-clock time:
+scenes are rendered on the fly in worker processes (fresh images, as the paper trained;
+scene ``first_index + i`` is the i-th image seen), and the learning rate warms up, then
+follows a cosine over the time left. The rate is set between chunks of steps, so the
+compiled step is built once. There are no checkpoints: a run of minutes is cheaper to
+repeat than to resume.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from multiprocessing.pool import AsyncResult
+from typing import Any
+
+import numpy as np
+
+from amodal_model.data import live_batches, visible_targets
+from shapesgen.config import SceneConfig
+from shapesgen.errors import ConfigError, shown
+
+TARGET_KEYS = ("layers", "class_layers", "instance_classes")
+"""What :meth:`~amodal_model.model.LayeredEmbeddingModel.compute_loss` reads from ``y``."""
+
+
+@dataclass(frozen=True)
+class FitBudget:
+    """How long to train and how the learning rate moves: ``warmup_chunks`` chunks rising
+    linearly to the base rate, then a cosine from it down to ``final_fraction`` of it that
+    ends when ``seconds`` of training (compilation included) are spent, or at
+    ``max_images`` if that comes first."""
+
+    seconds: float
+    chunk_steps: int = 100
+    warmup_chunks: int = 2
+    final_fraction: float = 0.01
+    max_images: int | None = None
+
+    def __post_init__(self) -> None:
+        checks = (
+            ("seconds", self.seconds, isinstance(self.seconds, (int, float)) and self.seconds > 0, "a number > 0"),
+            ("chunk_steps", self.chunk_steps, _whole(self.chunk_steps, 1), "an integer >= 1"),
+            ("warmup_chunks", self.warmup_chunks, _whole(self.warmup_chunks, 0), "an integer >= 0"),
+            ("final_fraction", self.final_fraction, 0 <= self.final_fraction <= 1, "a number in [0, 1]"),
+            ("max_images", self.max_images, self.max_images is None or _whole(self.max_images, 1), "an integer >= 1"),
+        )
+        for name, value, ok, allowed in checks:
+            if not ok:
+                raise ConfigError(f"{name}={shown(value)} is invalid: must be {allowed}", param=name)
+
+
+def _whole(value: object, low: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def learning_rate_at(budget: FitBudget, base: float, chunk: int, elapsed: float, decay_start: float) -> float:
+    """The rate for chunk ``chunk`` (from 0), starting ``elapsed`` seconds into training;
+    the cosine runs from ``decay_start`` (when the warm-up ended) to ``budget.seconds``."""
+    if chunk < budget.warmup_chunks:
+        return base * (chunk + 1) / (budget.warmup_chunks + 1)
+    span = max(budget.seconds - decay_start, 1e-9)
+    progress = min(max((elapsed - decay_start) / span, 0.0), 1.0)
+    floor = budget.final_fraction
+    return base * (floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+_WORKER_CONFIG: tuple[SceneConfig, bool] | None = None
+
+
+def _start_worker(config_json: str, visible: bool) -> None:
+    global _WORKER_CONFIG
+    _WORKER_CONFIG = (SceneConfig.from_json(config_json), visible)
+
+
+def _render_batch(start: int, size: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    assert _WORKER_CONFIG is not None
+    config, visible = _WORKER_CONFIG
+    batch = next(live_batches(config, size, start, 1))
+    if visible:
+        batch = visible_targets(batch)
+    return batch["image"], {key: batch[key] for key in TARGET_KEYS}
+
+
+class RenderedBatches:
+    """Training batches ``(images float32, targets)`` of scenes ``first_index, first_index + 1,
+    ...`` rendered by ``workers`` processes, at most ``ahead`` batches in flight (spawned
+    processes: the backend's threads in this one are never forked)."""
+
+    def __init__(
+        self, config: SceneConfig, batch_size: int, visible: bool, workers: int, first_index: int = 0, ahead: int = 64
+    ) -> None:
+        if not _whole(workers, 1):
+            raise ConfigError(f"workers={shown(workers)} is invalid: must be an integer >= 1", param="workers")
+        self.batch_size, self.next_start, self.ahead = batch_size, first_index, ahead
+        self.images = 0
+        context = multiprocessing.get_context("spawn")
+        self.pool = context.Pool(workers, initializer=_start_worker, initargs=(config.to_json(), visible))
+        self.pending: deque[AsyncResult[tuple[np.ndarray, dict[str, np.ndarray]]]] = deque()
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
+        while True:
+            while len(self.pending) < self.ahead:
+                self.pending.append(self.pool.apply_async(_render_batch, (self.next_start, self.batch_size)))
+                self.next_start += self.batch_size
+            images, targets = self.pending.popleft().get()
+            self.images += len(images)
+            yield images.astype(np.float32), targets
+
+    def close(self) -> None:
+        self.pool.terminate()
+        self.pool.join()
+
+    def __enter__(self) -> RenderedBatches:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def fit_for(
+    model: Any,
+    batches: Iterator[tuple[np.ndarray, dict[str, np.ndarray]]],
+    base_learning_rate: float,
+    budget: FitBudget,
+    batch_size: int,
+    log: Callable[[dict[str, Any]], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Train ``model`` (a :class:`~amodal_model.model.LayeredEmbeddingModel`) on ``batches``
+    within ``budget``; returns one row per chunk (rate, mean loss, images, seconds,
+    images/s; the first chunk's time includes compiling the step)."""
+    import keras
+
+    optimizer = keras.optimizers.Adam(learning_rate=base_learning_rate)
+    model.compile(optimizer=optimizer, jit_compile=keras.backend.backend() == "jax")
+    rows: list[dict[str, Any]] = []
+    started = time.perf_counter()
+    decay_start = 0.0
+    images = 0
+    chunk = 0
+    while True:
+        elapsed = time.perf_counter() - started
+        if chunk == budget.warmup_chunks:
+            decay_start = elapsed
+        if elapsed >= budget.seconds or (budget.max_images is not None and images >= budget.max_images):
+            return rows
+        steps = budget.chunk_steps
+        if budget.max_images is not None:
+            steps = min(steps, math.ceil((budget.max_images - images) / batch_size))
+        rate = learning_rate_at(budget, base_learning_rate, chunk, elapsed, decay_start)
+        optimizer.learning_rate = rate
+        tick = time.perf_counter()
+        history = model.fit(batches, steps_per_epoch=steps, epochs=1, verbose=0, shuffle=False)
+        seconds = time.perf_counter() - tick
+        loss = float(history.history["loss"][-1])
+        if not math.isfinite(loss):
+            raise ConfigError(
+                f"learning_rate={shown(base_learning_rate)} is invalid here: the loss became {loss} in chunk "
+                f"{chunk + 1}; use a smaller one",
+                param="learning_rate",
+            )
+        images += steps * batch_size
+        row = {
+            "chunk": chunk + 1,
+            "learning_rate": float(f"{rate:.6g}"),
+            "loss": round(loss, 6),
+            "images": images,
+            "seconds": round(time.perf_counter() - started, 2),
+            "images_per_s": round(steps * batch_size / seconds, 2),
+        }
+        rows.append(row)
+        if log:
+            log(row)
+        chunk += 1
