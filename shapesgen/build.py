@@ -45,8 +45,7 @@ from shapesgen.limits import batch_scenes_for, check_disk, check_scene_fits
 from shapesgen.renderer import render_scenes
 from shapesgen.splits import Split, split_from_json
 from shapesgen.storage.encode import EncodedBatch, encode_scenes
-from shapesgen.storage.layout import FORMAT_NAME
-from shapesgen.storage.reader import has_hdf5_signature
+from shapesgen.storage.reader import not_ours
 from shapesgen.storage.writer import DatasetWriter, NoSpace
 
 ProgressCallback = Callable[[int, int], None]
@@ -163,17 +162,7 @@ def _check_own_partial(path: Path) -> None:
     """Refuse a ``<out>.partial`` that no render of ours began: neither resumed nor, with
     force=True, deleted. Ours is a plain HDF5 file that records the shapesgen format (or no
     longer reads, as a killed render can leave it)."""
-    foreign = None
-    if path.is_symlink() or not path.is_file():
-        foreign = "is not a plain file"
-    elif path.stat().st_size == 0:  # a render killed as it created the file
-        return
-    elif not has_hdf5_signature(path):
-        foreign = "is not an HDF5 file"
-    else:
-        with contextlib.suppress(OSError, KeyError, ValueError, TypeError), h5py.File(path, "r") as file:
-            if file.attrs.get("format") != FORMAT_NAME:
-                foreign = "is an HDF5 file that shapesgen did not write"
+    foreign = not_ours(path, empty_is_ours=True)
     if foreign is not None:
         raise DatasetError(
             f"{path} exists and {foreign}, not an interrupted render: move it away or write elsewhere", param="out"

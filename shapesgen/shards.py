@@ -59,7 +59,7 @@ from shapesgen.storage.manifest import (
     read_manifest,
     write_virtual,
 )
-from shapesgen.storage.reader import CorruptDatasetError, has_hdf5_signature, open_dataset
+from shapesgen.storage.reader import CorruptDatasetError, not_ours, open_dataset
 
 MAX_SHARDS = 100_000  # shard-NNNNN.h5; the manifest stays a few tens of MB
 MAX_TOTAL_SCENES = 10**11
@@ -149,10 +149,9 @@ def render_shard(
         except ConfigError as exc:  # another render's shard, copied in: not ours to delete
             raise ConfigError(f"{exc}; move it out of {folder} to render this shard again", param="out") from None
         except (ValidationError, DatasetError):  # damaged, or not a complete shapesgen file
-            if path.is_symlink() or not has_hdf5_signature(path):  # not even HDF5: a user's file, not ours to delete
-                raise DatasetError(
-                    f"{path} is not a shard (not an HDF5 file): move it out of {folder}", param="out"
-                ) from None
+            foreign = not_ours(path)
+            if foreign is not None:  # a user's file, not ours to delete
+                raise DatasetError(f"{path} {foreign}, not a shard: move it out of {folder}", param="out") from None
             path.unlink()
     written: list[WrittenBatch] = []  # what the chain needs of each batch, not its compressed chunks
 
@@ -438,8 +437,9 @@ OWN_ENTRY = re.compile(r"shard-\d{5,}\.h5(\.partial)?(\.lock)?|\.shapesgen-.*\.p
 
 def _is_ours(path: Path) -> bool:
     """Whether a sharded render may have written ``path`` (and so may replace it): its
-    manifest, its virtual file, and shards, which must be HDF5 (a user's text file named
-    ``shard-00000.h5`` is not rendered over)."""
+    manifest, its virtual file, and shards that shapesgen may have written
+    (:func:`~shapesgen.storage.reader.not_ours`: a user's file named ``shard-00000.h5`` is
+    not rendered over)."""
     name = path.name
     if name in (SHARD_MANIFEST, VIRTUAL_FILE, VIRTUAL_FILE + ".partial"):
         return True
@@ -447,9 +447,7 @@ def _is_ours(path: Path) -> bool:
         return False
     if name.endswith(".lock") or name.startswith(".shapesgen-"):
         return True
-    if path.is_symlink() or not path.is_file():
-        return False
-    return has_hdf5_signature(path) or (name.endswith(".partial") and path.stat().st_size == 0)  # killed at creation
+    return not_ours(path, empty_is_ours=name.endswith(".partial")) is None
 
 
 def _stored_config(path: Path) -> SceneConfig | None:

@@ -279,9 +279,16 @@ def test_an_export_may_go_inside_a_sharded_folder(tmp_path: Path, tiny_config: S
 def test_a_finished_folder_keeps_a_users_file_put_in_a_shards_place(tmp_path: Path, tiny_config: SceneConfig) -> None:
     folder = render_sharded(tiny_config, tmp_path / "ds", num_scenes=NUM, shard_size=SIZE)
     (folder / "shard-00001.h5").write_text("mine")
-    with pytest.raises(DatasetError, match="shard-00001.h5 is not a shard \\(not an HDF5 file\\)"):
+    with pytest.raises(DatasetError, match="shard-00001.h5 is not an HDF5 file, not a shard: move it out"):
         render_sharded(tiny_config, folder, num_scenes=NUM, shard_size=SIZE)
     assert (folder / "shard-00001.h5").read_text() == "mine"
+    (folder / "shard-00001.h5").unlink()
+    with h5py.File(folder / "shard-00001.h5", "w") as theirs:  # another program's HDF5 file
+        theirs["measurements"] = np.arange(5)
+    with pytest.raises(DatasetError, match="shard-00001.h5 is an HDF5 file that shapesgen did not write, not a shard"):
+        render_sharded(tiny_config, folder, num_scenes=NUM, shard_size=SIZE)
+    with h5py.File(folder / "shard-00001.h5", "r") as theirs:
+        assert theirs["measurements"][:].tolist() == [0, 1, 2, 3, 4]
     (folder / "shard-00001.h5").unlink()
     (folder / "shard-00002.h5.partial").write_bytes(b"")  # a task killed as it created its file
     render_sharded(tiny_config, folder, num_scenes=NUM, shard_size=SIZE)
@@ -541,3 +548,16 @@ def test_a_writer_whose_close_fails_is_closed_and_never_used_again(
         writer.close()
     assert not writer.file.id.valid
     writer.close()  # the render's error path closes again: nothing to do
+
+
+def test_a_users_hdf5_file_named_like_a_shard_in_an_unfinished_folder_is_kept(
+    tmp_path: Path, tiny_config: SceneConfig
+) -> None:
+    folder = tmp_path / "ds"
+    folder.mkdir()
+    with h5py.File(folder / "shard-00000.h5", "w") as theirs:
+        theirs["measurements"] = np.arange(3)
+    with pytest.raises(DatasetError, match=r"holds other files \(shard-00000.h5\)"):
+        render_sharded(tiny_config, folder, num_scenes=NUM, shard_size=SIZE)
+    with h5py.File(folder / "shard-00000.h5", "r") as theirs:
+        assert theirs["measurements"][:].tolist() == [0, 1, 2]

@@ -8,6 +8,7 @@ import dataclasses
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -221,3 +222,43 @@ def test_block_read_digests_equal_one_scene_at_a_time(
                 where = {"scene": i, "instance": rows, "vertex": slice(*vertex_offsets[[rows.start, rows.stop]])}
                 expected.append({d.name: digests.digest(f[d.name][where[d.axis]]) for d in DATASETS})
             assert list(digests.scene_digests(f, offsets, vertex_offsets, scenes)) == expected
+
+
+def _shapesgen_file(path: Path) -> None:
+    from shapesgen.build import render_dataset
+
+    render_dataset(SceneConfig(image_size=32, mask_size=16, instances_per_class=1, seed=1), path, num_scenes=2)
+
+
+def _foreign_hdf5(path: Path) -> None:
+    with h5py.File(path, "w") as file:
+        file["data"] = np.arange(3)
+
+
+def _damaged_shapesgen_file(path: Path) -> None:
+    _shapesgen_file(path)
+    path.write_bytes(path.read_bytes()[:1000])  # cut short, as a killed render leaves it
+
+
+@pytest.mark.parametrize(
+    ("make", "empty_is_ours", "reason"),
+    [
+        (_shapesgen_file, False, None),
+        (_damaged_shapesgen_file, False, None),
+        (lambda p: p.write_bytes(b""), True, None),
+        (lambda p: p.write_bytes(b""), False, "is not an HDF5 file"),
+        (lambda p: p.write_text("notes"), True, "is not an HDF5 file"),
+        (_foreign_hdf5, True, "is an HDF5 file that shapesgen did not write"),
+        (lambda p: p.mkdir(), True, "is not a plain file"),
+        (lambda p: p.symlink_to(p.with_name("elsewhere.h5")), True, "is not a plain file"),
+    ],
+)
+def test_not_ours_tells_a_file_shapesgen_may_have_written_from_a_users(
+    tmp_path: Path, make: Any, empty_is_ours: bool, reason: str | None
+) -> None:
+    from shapesgen.storage.reader import not_ours
+
+    (tmp_path / "elsewhere.h5").write_text("the link's target")
+    path = tmp_path / "data.h5"
+    make(path)
+    assert not_ours(path, empty_is_ours=empty_is_ours) == reason

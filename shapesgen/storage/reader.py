@@ -608,6 +608,27 @@ def has_hdf5_signature(path: Path) -> bool:
         return False
 
 
+def not_ours(path: Path, *, empty_is_ours: bool = False) -> str | None:
+    """Why shapesgen cannot have written ``path``, or ``None`` where it may have (so a render
+    may resume, replace or delete it). shapesgen writes plain HDF5 files that record its
+    format name; one that no longer opens is a render's cut short (a killed render leaves
+    such files), and with ``empty_is_ours`` an empty file is one killed as it was created.
+    Anything else (a link, a folder, a text file, another program's HDF5 file) is the user's."""
+    if path.is_symlink() or not path.is_file():
+        return "is not a plain file"
+    if empty_is_ours and path.stat().st_size == 0:
+        return None
+    if not has_hdf5_signature(path):
+        return "is not an HDF5 file"
+    try:
+        with h5py.File(path, "r") as file:
+            if file.attrs.get("format") != FORMAT_NAME:
+                return "is an HDF5 file that shapesgen did not write"
+    except (OSError, KeyError, ValueError, TypeError):  # damaged: what a render cut short leaves
+        return None
+    return None
+
+
 def open_dataset(path: str | Path, *, allow_incomplete: bool = False) -> ShapesDataset:
     """Open a shapesgen HDF5 file for reading (lazy; use as a context manager).
 
