@@ -143,6 +143,8 @@ def render_shard(
     from shapesgen.build import RenderNote, render_dataset
 
     path = Path(folder) / shard.file
+    if path.is_symlink():  # even one that points nowhere: rendering would replace the user's link
+        raise DatasetError(f"{path} is a symbolic link, not a shard: move it out of {folder}", param="out")
     if path.exists():
         try:
             return read_shard(path, config, shard)

@@ -561,3 +561,14 @@ def test_a_users_hdf5_file_named_like_a_shard_in_an_unfinished_folder_is_kept(
         render_sharded(tiny_config, folder, num_scenes=NUM, shard_size=SIZE)
     with h5py.File(folder / "shard-00000.h5", "r") as theirs:
         assert theirs["measurements"][:].tolist() == [0, 1, 2]
+
+
+def test_a_finished_folder_keeps_a_users_link_in_a_shards_place_even_a_dangling_one(
+    tmp_path: Path, tiny_config: SceneConfig
+) -> None:
+    folder = render_sharded(tiny_config, tmp_path / "ds", num_scenes=NUM, shard_size=SIZE)
+    (folder / "shard-00001.h5").unlink()
+    (folder / "shard-00001.h5").symlink_to(tmp_path / "nowhere.h5")
+    with pytest.raises(DatasetError, match="shard-00001.h5 is a symbolic link, not a shard: move it out"):
+        render_sharded(tiny_config, folder, num_scenes=NUM, shard_size=SIZE)
+    assert (folder / "shard-00001.h5").is_symlink() and not (tmp_path / "nowhere.h5").exists()

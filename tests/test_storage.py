@@ -262,3 +262,30 @@ def test_not_ours_tells_a_file_shapesgen_may_have_written_from_a_users(
     path = tmp_path / "data.h5"
     make(path)
     assert not_ours(path, empty_is_ours=empty_is_ours) == reason
+
+
+def test_an_hdf5_file_another_program_holds_open_is_not_ours(tmp_path: Path) -> None:
+    """HDF5's file lock makes a file open for writing elsewhere unreadable, as damage would:
+    it must not pass for a render cut short (which a render may delete)."""
+    import subprocess
+    import sys
+
+    from shapesgen.storage.reader import not_ours
+
+    path = tmp_path / "theirs.h5"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"import h5py, sys; f = h5py.File({str(path)!r}, 'w'); print('open', flush=True); sys.stdin.read()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "open"
+        assert not_ours(path) == "is an HDF5 file another program has open"
+    finally:
+        holder.communicate("")
+    assert not_ours(path) == "is an HDF5 file that shapesgen did not write"

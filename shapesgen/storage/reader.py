@@ -613,7 +613,8 @@ def not_ours(path: Path, *, empty_is_ours: bool = False) -> str | None:
     may resume, replace or delete it). shapesgen writes plain HDF5 files that record its
     format name; one that no longer opens is a render's cut short (a killed render leaves
     such files), and with ``empty_is_ours`` an empty file is one killed as it was created.
-    Anything else (a link, a folder, a text file, another program's HDF5 file) is the user's."""
+    Anything else (a link, a folder, a text file, another program's HDF5 file, an HDF5 file
+    a program holds open, whose lock makes it unreadable) is the user's."""
     if path.is_symlink() or not path.is_file():
         return "is not a plain file"
     if empty_is_ours and path.stat().st_size == 0:
@@ -624,7 +625,11 @@ def not_ours(path: Path, *, empty_is_ours: bool = False) -> str | None:
         with h5py.File(path, "r") as file:
             if file.attrs.get("format") != FORMAT_NAME:
                 return "is an HDF5 file that shapesgen did not write"
-    except (OSError, KeyError, ValueError, TypeError):  # damaged: what a render cut short leaves
+    except OSError as exc:
+        if "unable to lock" in str(exc).lower():  # another program holds it open: in use, whoever wrote it
+            return "is an HDF5 file another program has open"
+        return None  # damaged: what a render cut short leaves
+    except (KeyError, ValueError, TypeError):
         return None
     return None
 
