@@ -3,10 +3,11 @@ accelerator where TensorFlow is not installed (JAX on a GPU).
 
 ``shapesgen train`` is the full trainer (TensorFlow: checkpoints, ``--resume``, validation
 AP per epoch, TensorBoard). This one is lean, for a run bounded by wall-clock time:
-scenes are rendered on the fly in worker processes (fresh images, as the paper trained;
-scene ``first_index + i`` is the i-th image seen), and the learning rate warms up, then
-follows a cosine over the time left. The rate is set between chunks of steps, so the
-compiled step is built once. There are no checkpoints: a run of minutes is cheaper to
+scenes are rendered on the fly in worker processes, in scene order (fresh images, as the
+paper trained; the TensorFlow backend reads one batch ahead per chunk and skips it), and
+the learning rate warms up, then follows a cosine over what is left of the budget: the
+time or, if it ends first, the image count. The rate is set between chunks of steps, so
+the compiled step is built once. There are no checkpoints: a run of minutes is cheaper to
 repeat than to resume.
 """
 
@@ -17,15 +18,16 @@ import multiprocessing
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from multiprocessing.pool import AsyncResult
 from typing import Any
 
 import numpy as np
 
 from amodal_model.data import live_batches, visible_targets
 from shapesgen.config import SceneConfig
-from shapesgen.errors import ConfigError, shown
+from shapesgen.errors import ConfigError, ResourceError, shown
 
 TARGET_KEYS = ("layers", "class_layers", "instance_classes")
 """What :meth:`~amodal_model.model.LayeredEmbeddingModel.compute_loss` reads from ``y``."""
@@ -35,8 +37,8 @@ TARGET_KEYS = ("layers", "class_layers", "instance_classes")
 class FitBudget:
     """How long to train and how the learning rate moves: ``warmup_chunks`` chunks rising
     linearly to the base rate, then a cosine from it down to ``final_fraction`` of it that
-    ends when ``seconds`` of training (compilation included) are spent, or at
-    ``max_images`` if that comes first."""
+    ends when ``seconds`` of training (compilation included) are spent or ``max_images``
+    images are trained, whichever comes first."""
 
     seconds: float
     chunk_steps: int = 100
@@ -46,28 +48,43 @@ class FitBudget:
 
     def __post_init__(self) -> None:
         checks = (
-            ("seconds", self.seconds, isinstance(self.seconds, (int, float)) and self.seconds > 0, "a number > 0"),
+            ("seconds", self.seconds, _number(self.seconds) and 0 < self.seconds < math.inf, "a finite number > 0"),
             ("chunk_steps", self.chunk_steps, _whole(self.chunk_steps, 1), "an integer >= 1"),
             ("warmup_chunks", self.warmup_chunks, _whole(self.warmup_chunks, 0), "an integer >= 0"),
-            ("final_fraction", self.final_fraction, 0 <= self.final_fraction <= 1, "a number in [0, 1]"),
+            (
+                "final_fraction",
+                self.final_fraction,
+                _number(self.final_fraction) and 0 <= self.final_fraction <= 1,
+                "a number in [0, 1]",
+            ),
             ("max_images", self.max_images, self.max_images is None or _whole(self.max_images, 1), "an integer >= 1"),
         )
         for name, value, ok, allowed in checks:
             if not ok:
                 raise ConfigError(f"{name}={shown(value)} is invalid: must be {allowed}", param=name)
 
+    def progress(self, elapsed: float, images: int, decay_start: float, decay_images: int) -> float:
+        """How far the decay has come, from 0 to 1: by time or by images, whichever is further."""
+        by_time = (elapsed - decay_start) / max(self.seconds - decay_start, 1e-9)
+        by_images = 0.0
+        if self.max_images is not None:
+            by_images = (images - decay_images) / max(self.max_images - decay_images, 1)
+        return min(max(by_time, by_images, 0.0), 1.0)
+
 
 def _whole(value: object, low: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= low
 
 
-def learning_rate_at(budget: FitBudget, base: float, chunk: int, elapsed: float, decay_start: float) -> float:
-    """The rate for chunk ``chunk`` (from 0), starting ``elapsed`` seconds into training;
-    the cosine runs from ``decay_start`` (when the warm-up ended) to ``budget.seconds``."""
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+
+
+def learning_rate_at(budget: FitBudget, base: float, chunk: int, progress: float) -> float:
+    """The rate for chunk ``chunk`` (from 0): the warm-up's step, or the cosine at
+    ``progress`` (:meth:`FitBudget.progress`) of the decay."""
     if chunk < budget.warmup_chunks:
         return base * (chunk + 1) / (budget.warmup_chunks + 1)
-    span = max(budget.seconds - decay_start, 1e-9)
-    progress = min(max((elapsed - decay_start) / span, 0.0), 1.0)
     floor = budget.final_fraction
     return base * (floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
@@ -92,31 +109,41 @@ def _render_batch(start: int, size: int) -> tuple[np.ndarray, dict[str, np.ndarr
 class RenderedBatches:
     """Training batches ``(images float32, targets)`` of scenes ``first_index, first_index + 1,
     ...`` rendered by ``workers`` processes, at most ``ahead`` batches in flight (spawned
-    processes: the backend's threads in this one are never forked)."""
+    processes: the backend's threads in this one are never forked). A worker that dies
+    (killed, out of memory) ends the iteration with a :class:`ResourceError`, not a hang."""
 
     def __init__(
         self, config: SceneConfig, batch_size: int, visible: bool, workers: int, first_index: int = 0, ahead: int = 64
     ) -> None:
-        if not _whole(workers, 1):
-            raise ConfigError(f"workers={shown(workers)} is invalid: must be an integer >= 1", param="workers")
+        for name, value, low in (("workers", workers, 1), ("batch_size", batch_size, 1), ("ahead", ahead, 1)):
+            if not _whole(value, low):
+                raise ConfigError(f"{name}={shown(value)} is invalid: must be an integer >= {low}", param=name)
         self.batch_size, self.next_start, self.ahead = batch_size, first_index, ahead
         self.images = 0
-        context = multiprocessing.get_context("spawn")
-        self.pool = context.Pool(workers, initializer=_start_worker, initargs=(config.to_json(), visible))
-        self.pending: deque[AsyncResult[tuple[np.ndarray, dict[str, np.ndarray]]]] = deque()
+        self.pool = ProcessPoolExecutor(
+            workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_start_worker,
+            initargs=(config.to_json(), visible),
+        )
+        self.pending: deque[Future[tuple[np.ndarray, dict[str, np.ndarray]]]] = deque()
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
         while True:
-            while len(self.pending) < self.ahead:
-                self.pending.append(self.pool.apply_async(_render_batch, (self.next_start, self.batch_size)))
-                self.next_start += self.batch_size
-            images, targets = self.pending.popleft().get()
+            try:
+                while len(self.pending) < self.ahead:
+                    self.pending.append(self.pool.submit(_render_batch, self.next_start, self.batch_size))
+                    self.next_start += self.batch_size
+                images, targets = self.pending.popleft().result()
+            except BrokenProcessPool:
+                raise ResourceError(
+                    "a rendering worker died (out of memory?): use fewer render workers or a smaller batch"
+                ) from None
             self.images += len(images)
             yield images.astype(np.float32), targets
 
     def close(self) -> None:
-        self.pool.terminate()
-        self.pool.join()
+        self.pool.shutdown(wait=True, cancel_futures=True)
 
     def __enter__(self) -> RenderedBatches:
         return self
@@ -138,23 +165,29 @@ def fit_for(
     images/s; the first chunk's time includes compiling the step)."""
     import keras
 
+    if not _number(base_learning_rate) or not 0 <= base_learning_rate < math.inf:
+        raise ConfigError(
+            f"learning_rate={shown(base_learning_rate)} is invalid: must be a finite number >= 0",
+            param="learning_rate",
+        )
     optimizer = keras.optimizers.Adam(learning_rate=base_learning_rate)
     model.compile(optimizer=optimizer, jit_compile=keras.backend.backend() == "jax")
     rows: list[dict[str, Any]] = []
     started = time.perf_counter()
-    decay_start = 0.0
+    decay_start, decay_images = 0.0, 0
     images = 0
     chunk = 0
     while True:
         elapsed = time.perf_counter() - started
         if chunk == budget.warmup_chunks:
-            decay_start = elapsed
+            decay_start, decay_images = elapsed, images
         if elapsed >= budget.seconds or (budget.max_images is not None and images >= budget.max_images):
             return rows
         steps = budget.chunk_steps
         if budget.max_images is not None:
             steps = min(steps, math.ceil((budget.max_images - images) / batch_size))
-        rate = learning_rate_at(budget, base_learning_rate, chunk, elapsed, decay_start)
+        progress = budget.progress(elapsed, images, decay_start, decay_images)
+        rate = learning_rate_at(budget, base_learning_rate, chunk, progress)
         optimizer.learning_rate = rate
         tick = time.perf_counter()
         history = model.fit(batches, steps_per_epoch=steps, epochs=1, verbose=0, shuffle=False)

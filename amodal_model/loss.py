@@ -4,8 +4,8 @@ An instance's mean embedding spans its pixels in every layer (foreground and occ
 alike). Per-instance sums are products with each pixel's one-hot instance id
 (``(B, pixels, n + 1)``, small: n + 1 slots), so there is no Python loop over images or
 instances, no data-dependent shape, and the same code runs on every Keras backend
-(TensorFlow for ``shapesgen train``, JAX or PyTorch for ``Model.fit`` on an
-accelerator); images with zero or one instance give finite values and gradients.
+(TensorFlow for ``shapesgen train``, JAX for ``Model.fit`` on a GPU: the two tested);
+images with zero or one instance give finite values and gradients.
 """
 
 from __future__ import annotations

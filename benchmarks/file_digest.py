@@ -24,6 +24,26 @@ from shapesgen.config import build_config
 CREATED = "2020-01-01T00:00:00+00:00"
 
 
+def versions() -> dict[str, str]:
+    """What the bytes may depend on besides the config: Python and the libraries that
+    draw, compress and lay out the file."""
+    import h5py
+    import numpy
+    import PIL
+    import shapely
+    import zlib_ng
+
+    return {
+        "python": platform.python_version(),
+        "numpy": numpy.__version__,
+        "h5py": h5py.__version__,
+        "hdf5": h5py.version.hdf5_version,
+        "pillow": PIL.__version__,
+        "shapely": shapely.__version__,
+        "zlib_ng": getattr(zlib_ng, "__version__", "unknown"),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--instances", type=int, default=6)
@@ -57,6 +77,7 @@ def main() -> None:
                 "workers": args.workers,
                 "seconds": round(seconds, 2),
                 "cpu": cpu or platform.processor(),
+                "versions": versions(),
             }
         )
     )

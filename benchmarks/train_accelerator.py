@@ -13,7 +13,9 @@ Then the model predicts the validation scenes once per ``--settings`` candidate 
 list of inference overrides), keeps the best by AP, and predicts and evaluates the test
 scenes with it. Prints one JSON line per training chunk and per evaluation, and writes
 ``--out/metrics.json`` (training rows, chosen settings, validation and test metrics,
-device, wall times). Nothing is downloaded; the backbone trains from scratch.
+device, wall times) and ``--out/model.keras``. The settings and the validation and test
+files are checked before training starts. Nothing is downloaded; the backbone trains from
+scratch.
 """
 
 from __future__ import annotations
@@ -29,11 +31,12 @@ from typing import Any
 
 import numpy as np
 
-from amodal_model.config import build_train_config
+from amodal_model.config import InferenceConfig, build_train_config
 from amodal_model.fit import FitBudget, RenderedBatches, fit_for
 from amodal_model.inference import clusterer, default_workers
 from shapesgen import open_dataset
-from shapesgen.config import build_config
+from shapesgen.config import SceneConfig, build_config
+from shapesgen.errors import ConfigError, ShapesgenError
 from shapesgen.evaluate import evaluate, ground_truth_from_hdf5
 from shapesgen.files import write_atomically
 
@@ -57,11 +60,39 @@ def _device() -> str:
 
 
 def model_outputs(model: Any, path: Path, batch_size: int) -> tuple[dict[str, np.ndarray], int]:
-    """The model's outputs for every scene of an HDF5 file, and their number."""
+    """The model's outputs for every scene of an HDF5 file (read ``batch_size`` images at a
+    time), and their number."""
+    parts: dict[str, list[np.ndarray]] = {}
     with open_dataset(path) as ds:
-        images = ds.images[:].astype(np.float32)
-    outputs = model.predict(images, batch_size=batch_size, verbose=0)
-    return {key: np.asarray(value) for key, value in outputs.items()}, len(images)
+        count = len(ds)
+        for start in range(0, count, batch_size):
+            images = ds.images[start : start + batch_size].astype(np.float32)
+            for key, value in model.predict_on_batch(images).items():
+                parts.setdefault(key, []).append(np.asarray(value))
+    return {key: np.concatenate(values) for key, values in parts.items()}, count
+
+
+def checked_inputs(args: argparse.Namespace, scene: SceneConfig, inference: InferenceConfig) -> list[InferenceConfig]:
+    """The inference candidates, and the validation and test files checked against the
+    training scenes, before any training time is spent: a typo must not cost a GPU lease."""
+    try:
+        changes = json.loads(args.settings)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"settings={args.settings!r} is invalid: not JSON ({exc.msg})", param="settings") from None
+    if not isinstance(changes, list) or not changes or not all(isinstance(c, dict) for c in changes):
+        raise ConfigError(f"settings={args.settings!r} is invalid: must be a JSON list of objects", param="settings")
+    candidates = [inference.replace(**change) for change in changes]
+    for name, path in (("val", args.val), ("test", args.test)):
+        with open_dataset(path) as ds:
+            theirs = ds.config
+        for field in ("image_size", "channels", "mask_size", "class_names"):
+            if getattr(theirs, field) != getattr(scene, field):
+                raise ConfigError(
+                    f"{name}={str(path)!r}: {field} {getattr(theirs, field)!r} differs from the training scenes' "
+                    f"{getattr(scene, field)!r}",
+                    param=name,
+                )
+    return candidates
 
 
 def scored(
@@ -104,9 +135,17 @@ def main() -> None:
     parser.add_argument("--val", type=Path, required=True)
     parser.add_argument("--test", type=Path, required=True)
     parser.add_argument("--settings", default="[{}]", help="JSON list of inference overrides to choose from")
-    parser.add_argument("--out", type=Path, required=True, help="folder for metrics.json")
+    parser.add_argument("--out", type=Path, required=True, help="folder for metrics.json and model.keras")
+    parser.add_argument("--no-save", action="store_true", help="do not save the trained model")
     args = parser.parse_args()
+    try:
+        run(args)
+    except ShapesgenError as exc:
+        raise SystemExit(f"error: {exc}") from None
 
+
+def run(args: argparse.Namespace) -> None:
+    """Train, choose the inference settings on validation, evaluate on test; write the figures."""
     started = time.perf_counter()
     import keras
 
@@ -123,8 +162,10 @@ def main() -> None:
     config = build_train_config(
         args.preset, batch_size=args.batch_size, learning_rate=args.learning_rate, precision=args.precision
     )
+    candidates = checked_inputs(args, scene, config.inference)
     keras.utils.set_random_seed(config.optimiser.seed)
     model = build_model(config, DataSpec.from_scene(scene), scene)
+    ready = time.perf_counter()
     device = _device()
     print(json.dumps({"device": device, "backend": keras.backend.backend(), "parameters": model.count_params()}))
     budget = FitBudget(args.seconds, args.chunk_steps, args.warmup_chunks, max_images=args.max_images)
@@ -138,8 +179,9 @@ def main() -> None:
             log=lambda r: print(json.dumps(r), flush=True),
         )
     trained = time.perf_counter()
-
-    candidates = [config.inference.replace(**change) for change in json.loads(args.settings)]
+    if not args.no_save:
+        args.out.mkdir(parents=True, exist_ok=True)
+        model.save(args.out / "model.keras")
     outputs, count = model_outputs(model, args.val, args.predict_batch)
     truth = ground_truth_from_hdf5(args.val)
     chosen, best = candidates[0], -1.0
@@ -164,7 +206,8 @@ def main() -> None:
         "scene_config": json.loads(scene.to_json()),
         "training": rows,
         "images_trained": rows[-1]["images"] if rows else 0,
-        "training_seconds": round(trained - started, 1),
+        "setup_seconds": round(ready - started, 1),
+        "training_seconds": round(trained - ready, 1),
         "validation": validation,
         "chosen_settings": chosen.to_dict(),
         "test": {**row(test), "detections": detections, "scenes": count},

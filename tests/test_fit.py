@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -21,7 +22,7 @@ from amodal_model.loss import total_loss
 from amodal_model.model import DataSpec, build_model
 from shapesgen.build import render_dataset
 from shapesgen.config import build_config
-from shapesgen.errors import ConfigError
+from shapesgen.errors import ConfigError, ResourceError
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENE = build_config("paper", instances_per_class=2, layers=2, seed=1, image_size=64, mask_size=16)
@@ -30,16 +31,32 @@ TINY = build_train_config("tiny", batch_size=2)
 
 def test_the_rate_warms_up_then_follows_a_cosine_to_the_floor() -> None:
     budget = FitBudget(100.0, warmup_chunks=3, final_fraction=0.1)
-    warm = [learning_rate_at(budget, 1.0, chunk, 0.0, 0.0) for chunk in range(3)]
+    warm = [learning_rate_at(budget, 1.0, chunk, 0.0) for chunk in range(3)]
     assert warm == pytest.approx([0.25, 0.5, 0.75])
-    decay = [learning_rate_at(budget, 1.0, 3, t, 20.0) for t in (20.0, 60.0, 100.0, 150.0)]
-    assert decay == pytest.approx([1.0, 0.55, 0.1, 0.1])
-    assert learning_rate_at(FitBudget(10.0, warmup_chunks=0), 2e-3, 0, 0.0, 0.0) == pytest.approx(2e-3)
+    progress = [budget.progress(t, 0, 20.0, 0) for t in (20.0, 60.0, 100.0, 150.0)]
+    assert progress == pytest.approx([0.0, 0.5, 1.0, 1.0])
+    assert [learning_rate_at(budget, 1.0, 3, p) for p in progress] == pytest.approx([1.0, 0.55, 0.1, 0.1])
+    assert learning_rate_at(FitBudget(10.0, warmup_chunks=0), 2e-3, 0, 0.0) == pytest.approx(2e-3)
+
+
+def test_the_decay_ends_with_the_image_budget_when_it_comes_first() -> None:
+    budget = FitBudget(1000.0, max_images=1100)
+    assert budget.progress(20.0, 600, 10.0, 100) == pytest.approx(0.5)  # by images; by time only 0.01
+    assert budget.progress(990.0, 200, 10.0, 100) == pytest.approx(0.98 / 0.99, rel=1e-3)  # by time
 
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("seconds", 0), ("chunk_steps", 0), ("warmup_chunks", -1), ("final_fraction", 1.5), ("max_images", True)],
+    [
+        ("seconds", 0),
+        ("seconds", math.inf),
+        ("seconds", True),
+        ("chunk_steps", 0),
+        ("warmup_chunks", -1),
+        ("final_fraction", 1.5),
+        ("final_fraction", "0.1"),
+        ("max_images", True),
+    ],
 )
 def test_a_bad_budget_is_one_clear_error(field: str, value: object) -> None:
     kwargs: dict[str, object] = {"seconds": 10.0, field: value}
@@ -102,9 +119,27 @@ def test_rendered_batches_are_the_live_scenes_in_order() -> None:
     assert np.array_equal(np.concatenate([t["layers"] for _, t in got]), expected["layers"])
 
 
-def test_rendered_batches_refuse_a_bad_worker_count() -> None:
-    with pytest.raises(ConfigError, match="^workers=0 is invalid"):
-        RenderedBatches(SCENE, 2, True, workers=0)
+@pytest.mark.parametrize(("field", "kwargs"), [("workers", {"workers": 0}), ("ahead", {"workers": 1, "ahead": 0})])
+def test_rendered_batches_refuse_a_bad_count(field: str, kwargs: dict[str, int]) -> None:
+    with pytest.raises(ConfigError, match=f"^{field}=0 is invalid: must be an integer >= 1"):
+        RenderedBatches(SCENE, 2, True, **kwargs)
+
+
+def test_a_rendering_worker_that_dies_ends_the_stream_with_one_error() -> None:
+    with RenderedBatches(SCENE, 2, False, workers=1, ahead=2) as rendered:
+        stream = iter(rendered)
+        next(stream)
+        for process in list(rendered.pool._processes.values()):
+            process.kill()
+        with pytest.raises(ResourceError, match="a rendering worker died"):
+            for _ in range(10):
+                next(stream)
+
+
+def test_fit_for_refuses_a_bad_learning_rate() -> None:
+    model = build_model(TINY, DataSpec.from_scene(SCENE), SCENE)
+    with pytest.raises(ConfigError, match="^learning_rate=-0.001 is invalid: must be a finite number >= 0"):
+        fit_for(model, _stream(), -1e-3, FitBudget(10.0), 2)
 
 
 def test_the_accelerator_script_trains_chooses_settings_and_evaluates(tmp_path: Path) -> None:
@@ -131,3 +166,32 @@ def test_the_accelerator_script_trains_chooses_settings_and_evaluates(tmp_path: 
     assert metrics["test"]["scenes"] == 5
     assert 0.0 <= metrics["test"]["AP"] <= 1.0
     assert metrics["test_metrics"]["ground_truth"]["images"] == 5
+    assert metrics["training_seconds"] > 0 and metrics["setup_seconds"] > 0
+    saved = keras.saving.load_model(tmp_path / "run" / "model.keras")
+    assert saved.train_config.model.backbone == "tiny"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (["--settings", "[{"], "settings='\\[{' is invalid: not JSON"),
+        (["--settings", '[{"bandwidth": -1}]'], "bandwidth=-1 is invalid"),
+        (["--test", "missing.h5"], "missing.h5"),
+    ],
+)
+def test_the_accelerator_script_checks_its_inputs_before_training(
+    tmp_path: Path, change: list[str], message: str
+) -> None:
+    scene = build_config("paper", instances_per_class=2, layers=2, seed=2, image_size=64, mask_size=16)
+    render_dataset(scene, tmp_path / "val.h5", num_scenes=2)
+    command = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "train_accelerator.py"),
+        *("--preset", "tiny", "--instances", "2", "--seconds", "600", "--image-size", "64", "--mask-size", "16"),
+        *("--val", str(tmp_path / "val.h5"), "--test", str(tmp_path / "val.h5"), "--out", str(tmp_path / "run")),
+        *change,
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=300, check=False)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert re.search(message, done.stderr.strip().splitlines()[-1]), done.stderr[-500:]
+    assert not (tmp_path / "run").exists()
