@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from amodal_model.config import _invalid, _is_int, _is_number
 from amodal_model.data import live_batches, visible_targets
 from shapesgen.config import SceneConfig
 from shapesgen.errors import ConfigError, ResourceError, shown
@@ -48,20 +49,19 @@ class FitBudget:
 
     def __post_init__(self) -> None:
         checks = (
-            ("seconds", self.seconds, _number(self.seconds) and 0 < self.seconds < math.inf, "a finite number > 0"),
-            ("chunk_steps", self.chunk_steps, _whole(self.chunk_steps, 1), "an integer >= 1"),
-            ("warmup_chunks", self.warmup_chunks, _whole(self.warmup_chunks, 0), "an integer >= 0"),
+            ("seconds", _is_number(self.seconds) and self.seconds > 0, "a finite number > 0"),
+            ("chunk_steps", _is_int(self.chunk_steps) and self.chunk_steps >= 1, "an integer >= 1"),
+            ("warmup_chunks", _is_int(self.warmup_chunks) and self.warmup_chunks >= 0, "an integer >= 0"),
+            ("final_fraction", _is_number(self.final_fraction) and 0 <= self.final_fraction <= 1, "a number in [0, 1]"),
             (
-                "final_fraction",
-                self.final_fraction,
-                _number(self.final_fraction) and 0 <= self.final_fraction <= 1,
-                "a number in [0, 1]",
+                "max_images",
+                self.max_images is None or _is_int(self.max_images) and self.max_images >= 1,
+                "an integer >= 1",
             ),
-            ("max_images", self.max_images, self.max_images is None or _whole(self.max_images, 1), "an integer >= 1"),
         )
-        for name, value, ok, allowed in checks:
+        for name, ok, allowed in checks:
             if not ok:
-                raise ConfigError(f"{name}={shown(value)} is invalid: must be {allowed}", param=name)
+                raise _invalid(name, getattr(self, name), allowed)
 
     def progress(self, elapsed: float, images: int, decay_start: float, decay_images: int) -> float:
         """How far the decay has come, from 0 to 1: by time or by images, whichever is further."""
@@ -70,14 +70,6 @@ class FitBudget:
         if self.max_images is not None:
             by_images = (images - decay_images) / max(self.max_images - decay_images, 1)
         return min(max(by_time, by_images, 0.0), 1.0)
-
-
-def _whole(value: object, low: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= low
-
-
-def _number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
 
 
 def learning_rate_at(budget: FitBudget, base: float, chunk: int, progress: float) -> float:
@@ -115,9 +107,9 @@ class RenderedBatches:
     def __init__(
         self, config: SceneConfig, batch_size: int, visible: bool, workers: int, first_index: int = 0, ahead: int = 64
     ) -> None:
-        for name, value, low in (("workers", workers, 1), ("batch_size", batch_size, 1), ("ahead", ahead, 1)):
-            if not _whole(value, low):
-                raise ConfigError(f"{name}={shown(value)} is invalid: must be an integer >= {low}", param=name)
+        for name, value in (("workers", workers), ("batch_size", batch_size), ("ahead", ahead)):
+            if not _is_int(value) or value < 1:
+                raise _invalid(name, value, "an integer >= 1")
         self.batch_size, self.next_start, self.ahead = batch_size, first_index, ahead
         self.images = 0
         self.pool = ProcessPoolExecutor(
@@ -165,11 +157,8 @@ def fit_for(
     images/s; the first chunk's time includes compiling the step)."""
     import keras
 
-    if not _number(base_learning_rate) or not 0 <= base_learning_rate < math.inf:
-        raise ConfigError(
-            f"learning_rate={shown(base_learning_rate)} is invalid: must be a finite number >= 0",
-            param="learning_rate",
-        )
+    if not _is_number(base_learning_rate) or base_learning_rate < 0:
+        raise _invalid("learning_rate", base_learning_rate, "a finite number >= 0")
     optimizer = keras.optimizers.Adam(learning_rate=base_learning_rate)
     model.compile(optimizer=optimizer, jit_compile=keras.backend.backend() == "jax")
     rows: list[dict[str, Any]] = []

@@ -256,7 +256,7 @@ class LayeredEmbeddingModel(keras.Model):
 
     @property
     def loss_config(self) -> LossConfig:
-        return TrainConfig.from_json(self.config_json).loss
+        return self.train_config.loss
 
     @property
     def train_config(self) -> TrainConfig:
