@@ -25,6 +25,7 @@ import dataclasses
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -140,8 +141,9 @@ def main() -> None:
     args = parser.parse_args()
     try:
         run(args)
-    except ShapesgenError as exc:
-        raise SystemExit(f"error: {exc}") from None
+    except ShapesgenError as exc:  # one line, and the CLI's exit code: 2 for bad input, 1 for resources
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(exc.exit_code) from None
 
 
 def run(args: argparse.Namespace) -> None:
@@ -181,7 +183,9 @@ def run(args: argparse.Namespace) -> None:
     trained = time.perf_counter()
     if not args.no_save:
         args.out.mkdir(parents=True, exist_ok=True)
-        model.save(args.out / "model.keras")
+        staged = args.out / f".model-{os.getpid()}.keras"  # renamed when whole: never a half-written model
+        model.save(staged)
+        staged.replace(args.out / "model.keras")
     outputs, count = model_outputs(model, args.val, args.predict_batch)
     truth = ground_truth_from_hdf5(args.val)
     chosen, best = candidates[0], -1.0

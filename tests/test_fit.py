@@ -192,6 +192,6 @@ def test_the_accelerator_script_checks_its_inputs_before_training(
         *change,
     ]
     done = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=300, check=False)
-    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.returncode == 2 and "Traceback" not in done.stderr
     assert re.search(message, done.stderr.strip().splitlines()[-1]), done.stderr[-500:]
     assert not (tmp_path / "run").exists()
