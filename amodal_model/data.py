@@ -340,3 +340,23 @@ def tf_dataset(batches: Iterator[Batch], config: SceneConfig) -> tf.data.Dataset
         "index": tf.TensorSpec((None,), tf.int64),
     }
     return tf.data.Dataset.from_generator(lambda: batches, output_signature=signature).prefetch(tf.data.AUTOTUNE)
+
+
+def check_compatible(path: str | Path, scenes: SceneConfig, model_scenes: SceneConfig, param: str) -> None:
+    """Refuse, in one line naming ``param``, scenes of ``path`` that a model trained on
+    ``model_scenes`` cannot predict or be scored on: another image size or channel count
+    (the network's input), other classes or mask size (its class ids and outputs)."""
+    expected = (model_scenes.image_size, model_scenes.channels)
+    if (scenes.image_size, scenes.channels) != expected:
+        raise ConfigError(
+            f"{param}={str(path)!r}: images are {scenes.image_size} px x {scenes.channels} channel(s), "
+            f"the model takes {expected[0]} px x {expected[1]}",
+            param=param,
+        )
+    if scenes.class_names != model_scenes.class_names or scenes.mask_size != model_scenes.mask_size:
+        raise ConfigError(
+            f"{param}={str(path)!r}: classes {list(scenes.class_names)} at {scenes.mask_size} px masks, but the "
+            f"model was trained on {list(model_scenes.class_names)} at {model_scenes.mask_size} px: its class "
+            "ids and mask size would not mean the same",
+            param=param,
+        )

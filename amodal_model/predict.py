@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from amodal_model import pretrained
 from amodal_model.config import CONCERNS, MAX_BATCH, MAX_COUNT, InferenceConfig, TrainConfig
-from amodal_model.data import DataFile, open_file, source_text, to_model_input
+from amodal_model.data import DataFile, check_compatible, open_file, source_text, to_model_input
 from amodal_model.inference import MAX_WORKERS, clusterer
 from amodal_model.pretrained import resolve_model
 from shapesgen.config import SceneConfig, parse_json
@@ -240,22 +240,9 @@ def _predict(
     settings: InferenceConfig | None,
     workers: int | None,
 ) -> list[dict[str, Any]]:
-    path, other, count = source.path, source.scene_config, source.num_scenes
+    path, count = source.path, source.num_scenes
     total = count if limit is None else min(limit, count)
-    expected = (scene_config.image_size, scene_config.channels)
-    if (other.image_size, other.channels) != expected:
-        raise ConfigError(
-            f"{param}={str(path)!r}: images are {other.image_size} px x {other.channels} channel(s), "
-            f"the model takes {expected[0]} px x {expected[1]}",
-            param=param,
-        )
-    if other.class_names != scene_config.class_names or other.mask_size != scene_config.mask_size:
-        raise ConfigError(
-            f"{param}={str(path)!r}: classes {list(other.class_names)} at {other.mask_size} px masks, but the "
-            f"model was trained on {list(scene_config.class_names)} at {scene_config.mask_size} px: its class "
-            "ids and mask size would not mean the same",
-            param=param,
-        )
+    check_compatible(path, source.scene_config, scene_config, param)
     forward = infer_fn(model)
     records: list[dict[str, Any]] = []
     done = 0

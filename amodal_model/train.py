@@ -25,6 +25,7 @@ from amodal_model.coco_source import is_coco_export
 from amodal_model.config import RESUME_MAY_CHANGE, OptimiserConfig, TrainConfig
 from amodal_model.data import (
     Source,
+    check_compatible,
     dataset_file,
     file_batches,
     live_batches,
@@ -48,7 +49,7 @@ from amodal_model.predict import (
 )
 from shapesgen import open_dataset
 from shapesgen.errors import ConfigError, DatasetError, ShapesgenError, ShapesgenNote, one_line, shown
-from shapesgen.evaluate import GroundTruth, evaluate, load_ground_truth
+from shapesgen.evaluate import GroundTruth, evaluate, load_ground_truth, paper_columns
 from shapesgen.files import (
     check_output_path,
     contains,
@@ -291,19 +292,7 @@ def _validation(val: Path | None, source: Source, config: TrainConfig) -> Ground
         ds.images[:used]  # the images evaluation predicts: a damaged chunk fails now, not after an epoch
     if scenes == 0:
         raise DatasetError(f"val={str(val)!r} has no scenes", param="val")
-    ours = source.scene_config
-    if (scene.image_size, scene.channels) != (ours.image_size, ours.channels):
-        raise ConfigError(
-            f"val={str(val)!r}: image size/channels {(scene.image_size, scene.channels)} differ from "
-            f"the training data's {(ours.image_size, ours.channels)}",
-            param="val",
-        )
-    if scene.class_names != ours.class_names:
-        raise ConfigError(
-            f"val={str(val)!r}: classes {list(scene.class_names)} differ from the training data's "
-            f"{list(ours.class_names)}",
-            param="val",
-        )
+    check_compatible(val, scene, source.scene_config, "val")
     with reading(val, "val"):
         gt = load_ground_truth(val)
     keep = {image["id"] for image in gt.images[: config.evaluation.eval_scenes]}
@@ -463,10 +452,7 @@ class Trainer:
             limit=self.config.evaluation.eval_scenes,
             param="val",
         )
-        metrics = evaluate(gt, records)
-        row = {k: round(metrics["all"][k], 4) for k in ("AP", "AP50", "AP75", "AR100")}
-        row.update({f"AR_{b}": round(metrics["bands"][b]["AR100"], 4) for b in ("none", "partial", "heavy")})
-        return row
+        return paper_columns(evaluate(gt, records))
 
     def fit(
         self,

@@ -33,15 +33,14 @@ from typing import Any
 import numpy as np
 
 from amodal_model.config import InferenceConfig, build_train_config
+from amodal_model.data import check_compatible
 from amodal_model.fit import FitBudget, RenderedBatches, fit_for
 from amodal_model.inference import clusterer, default_workers
 from shapesgen import open_dataset
 from shapesgen.config import SceneConfig, build_config
 from shapesgen.errors import ConfigError, ShapesgenError
-from shapesgen.evaluate import evaluate, ground_truth_from_hdf5
+from shapesgen.evaluate import evaluate, ground_truth_from_hdf5, paper_columns
 from shapesgen.files import write_atomically
-
-SUMMARY = ("AP", "AP50", "AP75", "AR100")
 
 
 def _device() -> str:
@@ -85,14 +84,7 @@ def checked_inputs(args: argparse.Namespace, scene: SceneConfig, inference: Infe
     candidates = [inference.replace(**change) for change in changes]
     for name, path in (("val", args.val), ("test", args.test)):
         with open_dataset(path) as ds:
-            theirs = ds.config
-        for field in ("image_size", "channels", "mask_size", "class_names"):
-            if getattr(theirs, field) != getattr(scene, field):
-                raise ConfigError(
-                    f"{name}={str(path)!r}: {field} {getattr(theirs, field)!r} differs from the training scenes' "
-                    f"{getattr(scene, field)!r}",
-                    param=name,
-                )
+            check_compatible(path, ds.config, scene, name)
     return candidates
 
 
@@ -107,8 +99,7 @@ def scored(
 
 def row(metrics: dict[str, Any]) -> dict[str, Any]:
     """The paper's columns and ours (order accuracy, invisible-mask AP)."""
-    out = {key: round(metrics["all"][key], 4) for key in SUMMARY}
-    out.update({f"AR_{band}": round(metrics["bands"][band]["AR100"], 4) for band in ("none", "partial", "heavy")})
+    out: dict[str, Any] = dict(paper_columns(metrics))
     order, invisible = metrics.get("occlusion_order") or {}, metrics.get("invisible") or {}
     out["order_accuracy"] = None if order.get("accuracy") is None else round(order["accuracy"], 4)
     out["invisible_AP"] = None if invisible.get("AP") is None else round(invisible["AP"], 4)

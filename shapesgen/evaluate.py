@@ -81,6 +81,14 @@ def _in_band(rates: np.ndarray, band: str) -> np.ndarray:
     return (rates >= low) & (rates <= high)
 
 
+def paper_columns(metrics: dict[str, Any]) -> dict[str, float]:
+    """The paper's columns of an :func:`evaluate` result, rounded to 4 places: AP, AP50,
+    AP75, AR100 over all instances, then AR100 of each occlusion band (``AR_none`` ...)."""
+    row = {key: round(float(metrics["all"][key]), 4) for key in ("AP", "AP50", "AP75", "AR100")}
+    row.update({f"AR_{band}": round(float(metrics["bands"][band]["AR100"]), 4) for band in OCCLUSION_BANDS})
+    return row
+
+
 def in_band(rate: float, band: str) -> bool:
     """Whether an occlusion rate falls in a band, bounds included as in the COCO-Amodal API."""
     return bool(_in_band(np.array([rate], dtype=np.float64), band)[0])

@@ -23,6 +23,7 @@ from shapesgen.evaluate import (
     in_band,
     load_ground_truth,
     oracle_predictions,
+    paper_columns,
 )
 
 
@@ -101,6 +102,15 @@ def test_dropping_half_the_instances_halves_recall(gt) -> None:
     metrics = evaluate(gt, kept)
     assert metrics["all"]["AR100"] == pytest.approx(len(kept) / len(gt.annotations), abs=0.03)
     assert metrics["all"]["AP"] < 0.7
+
+
+def test_paper_columns_are_the_results_summary_and_band_recalls(gt) -> None:
+    metrics = evaluate(gt, oracle_predictions(gt, 1))
+    row = paper_columns(metrics)
+    assert list(row) == ["AP", "AP50", "AP75", "AR100", "AR_none", "AR_partial", "AR_heavy"]
+    assert row["AP50"] == round(metrics["all"]["AP50"], 4)
+    assert row["AR_heavy"] == round(metrics["bands"]["heavy"]["AR100"], 4)
+    assert row["AR_none"] == 1.0 and row["AR_heavy"] < 1.0  # one layer finds every unoccluded instance, not all hidden parts
 
 
 def test_band_filter_ignores_out_of_band_ground_truth(gt) -> None:

@@ -646,3 +646,18 @@ def test_predict_opens_the_data_file_once(
     monkeypatch.setattr(data_module, "open_dataset", counting)
     predict_run(run_dir, tiny_dataset, tmp_path / "r.json", limit=4, batch_size=2, workers=1)
     assert opened == [tiny_dataset]
+
+
+def test_a_validation_file_at_another_mask_size_is_refused_before_training(
+    sharded: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its mask size was not checked until the first validation, after an epoch of training."""
+    from conftest import TINY
+    from shapesgen.build import render_dataset
+
+    val = render_dataset(TINY.replace(mask_size=TINY.mask_size * 2), tmp_path / "val.h5", num_scenes=2)
+    epochs: list[int] = []
+    monkeypatch.setattr(Trainer, "run_epoch", lambda self, *a, **k: epochs.append(1))
+    with pytest.raises(ConfigError, match=r"^val='.*val\.h5': classes .* at 64 px masks, but the model was trained on .* at 32 px"):
+        train(sharded[1], tmp_path / "run", QUICK.replace(eval_every=1, eval_scenes=2), val=val)
+    assert epochs == [] and not (tmp_path / "run").exists()
