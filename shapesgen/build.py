@@ -39,12 +39,14 @@ from shapesgen.files import (
     make_parents,
     partial_path,
     refuse_overwriting_inputs,
+    refuse_run_files,
     remove_empty,
 )
 from shapesgen.limits import batch_scenes_for, check_disk, check_scene_fits
 from shapesgen.renderer import render_scenes
 from shapesgen.splits import Split, split_from_json
 from shapesgen.storage.encode import EncodedBatch, encode_scenes
+from shapesgen.storage.layout import SHARD_FILE
 from shapesgen.storage.reader import not_ours
 from shapesgen.storage.writer import DatasetWriter, NoSpace
 
@@ -321,6 +323,7 @@ def render_dataset(
     storage = storage or StorageConfig()
     out = check_output_path(out, "out")
     refuse_overwriting_inputs(out, "out", inputs or {})
+    refuse_run_files(out, "out", in_datasets=not SHARD_FILE.fullmatch(out.name))  # a shard task writes its shard
     partial = partial_path(out)
     parents = _prepare_output(out)
     try:

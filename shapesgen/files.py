@@ -59,6 +59,11 @@ RUN_OWNED = (
     "tensorboard",
     "MODEL_CARD.md",
 )
+# Folders shapesgen writes as a whole, declared here for the same reason: a sharded dataset
+# (shapesgen.shards; its manifest names it) and a COCO export (shapesgen.coco; its checksum
+# list and annotations name it). A file written into one would be taken for part of it.
+SHARDED_MARKER = "manifest.json"
+EXPORT_MARKERS = ("SHA256SUMS", "annotations.json")
 
 
 def resolved(path: Path) -> Path:
@@ -253,12 +258,24 @@ def check_file_output(path: str | Path, param: str, force: bool) -> Path:
     return path
 
 
-def refuse_run_files(path: Path, param: str) -> None:
+def refuse_run_files(path: Path, param: str, *, in_datasets: bool = True) -> None:
     """Refuse an output that is, or is inside, one of the entries ``train`` writes in a run
     folder (:data:`RUN_OWNED`; a run folder holds :data:`TRAIN_CONFIG_FILE`): ``--force``
-    there would destroy a trained model. Results beside them are fine."""
+    there would destroy a trained model. Results beside them are fine.
+
+    With ``in_datasets``, also an output inside a sharded dataset or a COCO export folder
+    (:data:`SHARDED_MARKER`, :data:`EXPORT_MARKERS`): ``--force`` there replaces one of their
+    files, and any new file breaks the folder's checksums or its next render."""
     target = resolved(path.absolute())
     for folder in target.parents:
+        if in_datasets and (folder / SHARDED_MARKER).is_file():
+            raise ConfigError(
+                f"{param}={str(path)!r} is inside the sharded dataset {folder}: give a path outside it", param=param
+            )
+        if in_datasets and all((folder / name).is_file() for name in EXPORT_MARKERS):
+            raise ConfigError(
+                f"{param}={str(path)!r} is inside the export {folder}: give a path outside it", param=param
+            )
         if (folder / TRAIN_CONFIG_FILE).is_file():
             entry = target.relative_to(folder).parts[0]
             if entry in RUN_OWNED:

@@ -49,8 +49,9 @@ from shapesgen.files import check_output_path, exclusive_lock, make_parents, rem
 from shapesgen.limits import DiskSpaceError, batch_scenes_for, check_scene_fits
 from shapesgen.storage.digests import PER_SCENE_HASHED, DigestChain, checksums, scene_digests
 from shapesgen.storage.encode import EncodedBatch
-from shapesgen.storage.layout import OFFSETS, SHARD_MANIFEST
+from shapesgen.storage.layout import OFFSETS, SHARD_FILE, SHARD_MANIFEST
 from shapesgen.storage.manifest import (
+    MANIFEST_FORMAT,
     VIRTUAL_FILE,
     Shard,
     build_manifest,
@@ -299,19 +300,25 @@ def render_sharded(
             raise _interrupted(out, shards) from None
         if scheduler is not None:
             check_scheduler(scheduler)
-    config = _resolve_existing(out, config, num_scenes, shard_size, storage)
-    config = resolve_seed(config)
-    check_scene_fits(config, 1)
-    absent = [shard for shard in shards if not (out / shard.file).is_file()]
-    if absent:
-        missing = sum(shard.count for shard in absent)
-        check_disk_for(config, storage, out, missing, asked=num_scenes, files=len(absent))
     try:
-        created_dirs = make_parents(out)
+        created_dirs = make_parents(out.parent)
     except OSError as exc:
         raise DatasetError(f"out={str(out)!r}: cannot create the folder ({exc.strerror})", param="out") from None
     try:
-        with exclusive_lock(out, "out"):
+        with exclusive_lock(out, "out"):  # first: a render of this folder still running is named as one
+            config = _resolve_existing(out, config, num_scenes, shard_size, storage)
+            config = resolve_seed(config)
+            check_scene_fits(config, 1)
+            absent = [shard for shard in shards if not (out / shard.file).is_file()]
+            if absent:
+                missing = sum(shard.count for shard in absent)
+                check_disk_for(config, storage, out, missing, asked=num_scenes, files=len(absent))
+            try:
+                created_dirs = make_parents(out) + created_dirs  # deepest first
+            except OSError as exc:
+                raise DatasetError(
+                    f"out={str(out)!r}: cannot create the folder ({exc.strerror})", param="out"
+                ) from None
             created = _kept_created(out, shards) or created_time()
             try:
                 pooled = min(workers, usable_cores()) if engine == "local" else 1
@@ -396,6 +403,10 @@ def _resolve_existing(
         try:
             manifest = read_manifest(out)
         except DatasetError as exc:
+            if not _manifest_is_ours(manifest_path):
+                raise DatasetError(
+                    f"{exc}: this folder is not a sharded render's; give a new folder", param="out"
+                ) from None
             raise DatasetError(
                 f"{exc}: delete it and rerun, the render checks every shard and writes it again", param="out"
             ) from None
@@ -433,7 +444,7 @@ def _resolve_existing(
     return config
 
 
-OWN_ENTRY = re.compile(r"shard-\d{5,}\.h5(\.partial)?(\.lock)?|\.shapesgen-.*\.partial")
+OWN_ENTRY = re.compile(rf"{SHARD_FILE.pattern}(\.partial)?(\.lock)?|\.shapesgen-.*\.partial")
 """A shard, the file a shard task builds, their locks, a temporary file of ours."""
 
 
@@ -443,13 +454,43 @@ def _is_ours(path: Path) -> bool:
     (:func:`~shapesgen.storage.reader.not_ours`: a user's file named ``shard-00000.h5`` is
     not rendered over)."""
     name = path.name
-    if name in (SHARD_MANIFEST, VIRTUAL_FILE, VIRTUAL_FILE + ".partial"):
-        return True
+    if name == SHARD_MANIFEST:
+        return path.is_file() and not path.is_symlink()
+    if name == VIRTUAL_FILE:
+        return _is_our_virtual_file(path)
+    if name == VIRTUAL_FILE + ".partial":
+        return _is_our_virtual_file(path, partial=True)
     if not OWN_ENTRY.fullmatch(name):
         return False
     if name.endswith(".lock") or name.startswith(".shapesgen-"):
         return True
     return not_ours(path, empty_is_ours=name.endswith(".partial")) is None
+
+
+def _manifest_is_ours(path: Path) -> bool:
+    """Whether a manifest that does not read as one was still written by shapesgen (it names
+    the manifest format): damaged, not a user's file."""
+    try:
+        with path.open("rb") as file:
+            return f'"format": "{MANIFEST_FORMAT}"'.encode() in file.read(1 << 20)
+    except OSError:
+        return False
+
+
+def _is_our_virtual_file(path: Path, partial: bool = False) -> bool:
+    """Whether ``path`` is a sharded render's single-file view: a shapesgen file whose scenes
+    are virtual datasets (a user's own dataset copied in under that name is not) or, for
+    the ``partial`` one, what writing it leaves when cut short (empty, damaged, unfinished)."""
+    import h5py
+
+    if not_ours(path, empty_is_ours=partial) is not None:
+        return False
+    try:
+        with h5py.File(path, "r") as file:
+            images = file.get("images")
+            return bool(images.is_virtual) if images is not None else partial
+    except (OSError, TypeError, AttributeError):
+        return partial
 
 
 def _stored_config(path: Path) -> SceneConfig | None:

@@ -110,7 +110,9 @@ def test_paper_columns_are_the_results_summary_and_band_recalls(gt) -> None:
     assert list(row) == ["AP", "AP50", "AP75", "AR100", "AR_none", "AR_partial", "AR_heavy"]
     assert row["AP50"] == round(metrics["all"]["AP50"], 4)
     assert row["AR_heavy"] == round(metrics["bands"]["heavy"]["AR100"], 4)
-    assert row["AR_none"] == 1.0 and row["AR_heavy"] < 1.0  # one layer finds every unoccluded instance, not all hidden parts
+    assert (
+        row["AR_none"] == 1.0 and row["AR_heavy"] < 1.0
+    )  # one layer finds every unoccluded instance, not all hidden parts
 
 
 def test_band_filter_ignores_out_of_band_ground_truth(gt) -> None:

@@ -177,7 +177,10 @@ def test_the_accelerator_script_trains_chooses_settings_and_evaluates(tmp_path: 
         (["--settings", "[{"], "settings='\\[{' is invalid: not JSON"),
         (["--settings", '[{"bandwidth": -1}]'], "bandwidth=-1 is invalid"),
         (["--test", "missing.h5"], "missing.h5"),
-        (["--mask-size", "32"], r"val='.*val\.h5': classes .* at 16 px masks, but the model was trained on .* at 32 px"),
+        (
+            ["--mask-size", "32"],
+            r"val='.*val\.h5': classes .* at 16 px masks, but the model was trained on .* at 32 px",
+        ),
     ],
 )
 def test_the_accelerator_script_checks_its_inputs_before_training(

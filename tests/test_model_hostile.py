@@ -658,6 +658,8 @@ def test_a_validation_file_at_another_mask_size_is_refused_before_training(
     val = render_dataset(TINY.replace(mask_size=TINY.mask_size * 2), tmp_path / "val.h5", num_scenes=2)
     epochs: list[int] = []
     monkeypatch.setattr(Trainer, "run_epoch", lambda self, *a, **k: epochs.append(1))
-    with pytest.raises(ConfigError, match=r"^val='.*val\.h5': classes .* at 64 px masks, but the model was trained on .* at 32 px"):
+    with pytest.raises(
+        ConfigError, match=r"^val='.*val\.h5': classes .* at 64 px masks, but the model was trained on .* at 32 px"
+    ):
         train(sharded[1], tmp_path / "run", QUICK.replace(eval_every=1, eval_scenes=2), val=val)
     assert epochs == [] and not (tmp_path / "run").exists()

@@ -53,3 +53,42 @@ def test_every_entry_train_writes_is_protected(run_dir: Path) -> None:
 
     assert {name for name in RUN_ENTRIES if ".partial" not in name} <= set(RUN_OWNED)
     assert {p.name for p in run_dir.iterdir()} <= set(RUN_OWNED)
+
+
+def test_render_refuses_a_runs_files_even_with_force(other_run: Path) -> None:
+    """``render --out run/train_config.json --force`` replaced the run's config with a dataset."""
+    before = snapshot(other_run)
+    for entry in ("train_config.json", "model.keras", "checkpoints/x.h5"):
+        result = run_cli("render", "--num", 2, "--image-size", 64, "--out", other_run / entry, "--force", "-q")
+        assert result.exit_code == 2 and "of the training run" in result.stderr, result.output
+    assert snapshot(other_run) == before
+
+
+def test_no_output_lands_inside_a_sharded_dataset_or_an_export(
+    tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """``evaluate --gt ds/dataset.h5 --json ds/shard-00001.h5 --force`` overwrote a shard, and
+    ``--json export/images/000000.png --force`` an exported image; render and preview too."""
+    from shapesgen.coco import export_coco
+    from shapesgen.shards import render_sharded
+    from shapesgen.storage.reader import open_dataset
+
+    root = tmp_path_factory.mktemp("owned")
+    with open_dataset(tiny_dataset) as ds:
+        config = ds.config
+    sharded = render_sharded(config, root / "ds", num_scenes=4, shard_size=2)
+    export = export_coco(tiny_dataset, root / "export")
+    png = next((export / "images").iterdir())
+    kept = {**snapshot(sharded), **{f"export/{k}": v for k, v in snapshot(export).items()}}
+    commands = [
+        ("evaluate", "--gt", sharded / "dataset.h5", "--oracle-layers", 1, "--json", sharded / "shard-00001.h5"),
+        ("evaluate", "--gt", export, "--oracle-layers", 1, "--json", png),
+        ("evaluate", "--gt", tiny_dataset, "--oracle-layers", 1, "--json", export / "SHA256SUMS"),
+        ("render", "--num", 2, "--image-size", 64, "--out", sharded / "extra.h5", "-q"),
+        ("preview", tiny_dataset, "--out", png, "-q"),
+    ]
+    for command in commands:
+        result = run_cli(*command, "--force")
+        assert result.exit_code == 2, (command, result.output)
+        assert "is inside the" in result.stderr and "give a path outside it" in result.stderr, result.stderr
+    assert {**snapshot(sharded), **{f"export/{k}": v for k, v in snapshot(export).items()}} == kept

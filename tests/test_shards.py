@@ -245,6 +245,70 @@ def test_a_users_file_named_like_a_shard_is_never_rendered_over(
     assert (folder / name).read_text() == "mine"
 
 
+@pytest.mark.parametrize("name", ["dataset.h5", "dataset.h5.partial"])
+def test_a_users_file_named_like_the_single_file_view_is_kept(
+    tmp_path: Path, tiny_config: SceneConfig, name: str
+) -> None:
+    """``dataset.h5`` (and its ``.partial``) were taken for ours by name and replaced: a text
+    file, and a user's own complete dataset (not a view of shards), are refused and kept."""
+    own = render_dataset(tiny_config, tmp_path / "mine.h5", num_scenes=2)
+    for content in (b"mine", own.read_bytes()):
+        folder = tmp_path / f"ds-{len(content)}"
+        folder.mkdir()
+        (folder / name).write_bytes(content)
+        with pytest.raises(DatasetError, match=rf"holds other files \({name}\)"):
+            render_sharded(tiny_config, folder, num_scenes=NUM, shard_size=SIZE)
+        assert (folder / name).read_bytes() == content
+
+
+@pytest.mark.parametrize("name", ["dataset.h5", "dataset.h5.partial"])
+def test_a_link_at_the_single_file_views_name_never_reaches_its_target(
+    tmp_path: Path, tiny_config: SceneConfig, name: str
+) -> None:
+    """A link at ``dataset.h5.partial`` made the render truncate and overwrite a file outside the folder."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("victim data")
+    folder = tmp_path / "ds"
+    folder.mkdir()
+    (folder / name).symlink_to(victim)
+    with pytest.raises(DatasetError, match=rf"holds other files \({name}\)"):
+        render_sharded(tiny_config, folder, num_scenes=NUM, shard_size=SIZE)
+    assert victim.read_text() == "victim data" and (folder / name).is_symlink()
+
+
+def test_a_rerun_replaces_its_own_single_file_view(tmp_path: Path, tiny_config: SceneConfig) -> None:
+    """The checks above still let a render finish a folder whose view it wrote (a rerun of a finished
+    render, whose manifest is then removed, rebuilds both)."""
+    folder = render_sharded(tiny_config, tmp_path / "ds", num_scenes=NUM, shard_size=SIZE)
+    view = (folder / "dataset.h5").read_bytes()
+    (folder / "manifest.json").unlink()
+    render_sharded(tiny_config, folder, num_scenes=NUM, shard_size=SIZE)
+    assert (folder / "dataset.h5").read_bytes() == view and (folder / "manifest.json").is_file()
+
+
+def test_a_users_manifest_is_not_to_be_deleted(tmp_path: Path, tiny_config: SceneConfig) -> None:
+    """The advice for a manifest that is not ours was to delete it."""
+    folder = tmp_path / "ds"
+    folder.mkdir()
+    (folder / "manifest.json").write_text('{"my": "manifest"}')
+    with pytest.raises(DatasetError, match="not a shapesgen shard manifest.*give a new folder") as caught:
+        render_sharded(tiny_config, folder, num_scenes=NUM, shard_size=SIZE)
+    assert "delete" not in str(caught.value)
+
+
+def test_a_render_of_a_folder_being_rendered_is_told_so(tmp_path: Path, tiny_config: SceneConfig) -> None:
+    """A second render of the same folder was told the folder "holds other files" (the first's
+    shard being written), exit 2, instead of the lock's "being written by another process"."""
+    from shapesgen.errors import ResourceError
+    from shapesgen.files import exclusive_lock
+
+    folder = tmp_path / "ds"
+    folder.mkdir()
+    (folder / "shard-00001.h5.partial").write_text("being written")
+    with exclusive_lock(folder, "out"), pytest.raises(ResourceError, match="being written by another process"):
+        render_sharded(tiny_config, folder, num_scenes=NUM, shard_size=SIZE)
+
+
 def test_a_write_hdf5_could_not_end_in_a_shard_stays_a_failed_write(
     tmp_path: Path, tiny_config: SceneConfig, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -7,6 +7,7 @@ declarations. Bump ``FORMAT_VERSION`` whenever a layout or an ordering rule chan
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
@@ -15,13 +16,15 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from shapesgen.config import SceneConfig
+from shapesgen.files import SHARDED_MARKER
 
 FORMAT_NAME = "shapesgen-hdf5"
 FORMAT_VERSION = "1.3"
 VERTEX_CHUNK = 4096  # rows of a vertex-axis dataset's chunk
 OFFSET_CHUNK = 1024  # rows of an offset array's chunk
-SHARD_MANIFEST = "manifest.json"  # names a sharded dataset's folder (shapesgen.storage.manifest)
+SHARD_MANIFEST = SHARDED_MARKER  # names a sharded dataset's folder (shapesgen.storage.manifest)
 SHARD_VIRTUAL = "dataset.h5"  # its shards as one file of virtual datasets
+SHARD_FILE = re.compile(r"shard-\d{5,}\.h5")  # a shard's name (Shard.file)
 
 Axis = Literal["scene", "instance", "vertex"]
 AXIS_ROWS: dict[str, str] = {"scene": "scenes", "instance": "instances", "vertex": "vertices"}  # rows along each

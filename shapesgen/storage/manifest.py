@@ -102,7 +102,8 @@ def write_virtual(folder: Path, config: SceneConfig, shards: tuple[Shard, ...], 
     n, per_scene = shards[-1].stop, config.num_instances
     vertex_rows: list[int] = []
     partial = folder / (VIRTUAL_FILE + ".partial")
-    with h5py.File(partial, "w") as out:
+    partial.unlink(missing_ok=True)  # an earlier run's (checked as ours); a link goes, never its target
+    with h5py.File(partial, "x") as out:
         vertex_offsets = out.create_dataset("vertex_offsets", shape=(1,), maxshape=(None,), dtype=np.int64)
         attrs: dict[str, Any] = {}
         base = 0
