@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import sys
+import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -175,6 +176,38 @@ def run(ctx: typer.Context, call: Callable[[], T], aliases: Mapping[str, str] | 
             f"it with the command (rerun with {DEBUG_ENV}=1 for the traceback)",
             EXIT_INTERNAL,
         ) from None
+
+
+NATIVE_CHATTER = re.compile(r"WARNING: All log messages before absl::InitializeLog\(\)|[IW]\d{4} \d\d:\d\d:")
+"""TensorFlow's start-up lines, which its native logging writes whatever TF_CPP_MIN_LOG_LEVEL
+says (it reads the level only once absl logging starts): absl's notice and its info and warning
+records. Its errors (``E``) and fatal records (``F``) are not chatter."""
+
+
+@contextmanager
+def native_chatter_hidden() -> Iterator[None]:
+    """Hide :data:`NATIVE_CHATTER` that native libraries write to the process's standard error
+    while the block runs (importing TensorFlow); whatever else is written there meanwhile is
+    shown once the block ends. ``SHAPESGEN_TRACEBACK=1`` shows everything as it comes."""
+    if _debug() or "tensorflow" in sys.modules:
+        yield
+        return
+    sys.stderr.flush()
+    with tempfile.TemporaryFile() as captured:
+        saved = os.dup(2)
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            kept = [
+                line for line in captured.read().decode(errors="replace").splitlines() if not NATIVE_CHATTER.match(line)
+            ]
+            if kept:
+                sys.stderr.write("\n".join(kept) + "\n")
 
 
 @contextmanager

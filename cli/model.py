@@ -25,7 +25,7 @@ from amodal_model.config import (
 )
 from shapesgen.errors import ResourceError
 
-from .common import Force, Quiet, err, finished, progress_bar, run
+from .common import Force, Quiet, err, finished, native_chatter_hidden, progress_bar, run
 
 BackboneOption = Annotated[
     Backbone | None, typer.Option("--backbone", help="The image encoder (overrides the preset's).")
@@ -36,7 +36,8 @@ def _model_module(name: str) -> ModuleType:
     """``amodal_model.<name>``, or one line saying how to install TensorFlow, which the
     model needs and a plain ``pip install shapesgen`` leaves out."""
     try:
-        return importlib.import_module(f"amodal_model.{name}")
+        with native_chatter_hidden():
+            return importlib.import_module(f"amodal_model.{name}")
     except ImportError as exc:
         raise ResourceError(
             f"the model needs TensorFlow and Keras ({exc.name} is not installed): "

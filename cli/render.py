@@ -24,7 +24,7 @@ from shapesgen.config import (
 )
 from shapesgen.errors import ConfigError
 
-from .common import Quiet, console, dask_chatter_hidden, err, finished, flag_names, progress_bar, run
+from .common import Quiet, Updater, console, dask_chatter_hidden, err, finished, flag_names, progress_bar, run
 
 PresetOption = Annotated[
     PresetName,
@@ -154,7 +154,7 @@ def render(
 ) -> None:
     """Render a dataset of occlusion scenes into a self-describing HDF5 file (or, with
     --shard-size, a folder of HDF5 shards and a manifest)."""
-    from shapesgen.build import render_dataset
+    from shapesgen.build import RenderInterrupted, render_dataset
     from shapesgen.coco import check_export_target, export_coco
 
     if dataset is not None:
@@ -245,12 +245,18 @@ def render(
     if not quiet:
         err.print(f"wrote {path}")
     if coco is not None:
+
+        def export(update: Updater | None) -> Path:
+            try:
+                return export_coco(path, coco, force=force, progress=update, inputs={"config": config})
+            except KeyboardInterrupt:  # the dataset is complete: say so, and how to export it alone
+                raise RenderInterrupted(
+                    f"interrupted while exporting; {path} is complete and no export was left: "
+                    f"export it with `shapesgen export coco {path} --out {coco}`"
+                ) from None
+
         with progress_bar("export", quiet) as update:
-            folder = run(
-                ctx,
-                lambda: export_coco(path, coco, force=force, progress=update, inputs={"config": config}),
-                aliases={"out": "coco"},
-            )
+            folder = run(ctx, lambda: export(update), aliases={"out": "coco"})
         finished()
         if not quiet:
             err.print(f"wrote {folder}")

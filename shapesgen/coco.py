@@ -36,6 +36,7 @@ from shapesgen.files import (
     partial_path,
     refuse_overwriting_inputs,
     remove_empty,
+    resolved,
 )
 from shapesgen.geometry import front_overlaps
 from shapesgen.metadata import DEFAULT_LICENSE, LICENSES, croissant, hf_front_matter, license_of
@@ -660,6 +661,10 @@ def check_export_target(
     """
     out = check_output_path(out, "out")
     source = Path(source)
+    if resolved(out) == resolved(source):
+        raise ConfigError(
+            f"out={str(out)!r} is {source}, the dataset it exports: an export is a folder of its own", param="out"
+        )
     if contains(out, source):
         raise ConfigError(
             f"out={str(out)!r} contains the input {source}: an export replaces its folder, choose another one",
@@ -671,7 +676,11 @@ def check_export_target(
         )
     refuse_overwriting_inputs(out, "out", inputs or {})
     if out.exists() or out.is_symlink():
-        if not out.is_dir() or out.is_symlink():
+        if out.is_symlink():
+            raise DatasetError(
+                f"out={str(out)!r} is a symbolic link: give the folder itself (a link is never replaced)", param="out"
+            )
+        if not out.is_dir():
             raise DatasetError(f"out={str(out)!r} exists and is not a folder: an export is a folder", param="out")
         empty = not any(out.iterdir())  # nothing to lose: taken as it is
         if not force and not empty:

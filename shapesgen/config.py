@@ -90,7 +90,8 @@ class ShapeSpec:
             raise _fail("shape name", self.name, "must be a string")
         arity = SHAPE_KINDS[self.kind].size_arity
         if len(self.size) != arity:
-            raise _fail(f"size of {self.kind}", self.size, f"must have {arity} number(s), see SHAPE_KINDS")
+            what = "width and height, e.g. 0.3x0.2" if arity == 2 else "one number, e.g. 0.25"
+            raise _fail(f"size of {self.kind}", self.size, f"a {self.kind} takes {what}")
         for value in self.size:
             if not _is_number(value) or not MIN_SHAPE_SIZE <= value <= 1.0:
                 raise _fail(
@@ -272,7 +273,10 @@ def shape_specs(class_names: list[str], sizes: dict[str, tuple[float, ...]] | No
     specs = []
     for name in class_names:
         if name not in SHAPE_KINDS:
-            raise _fail("class", name, f"must be one of {', '.join(SHAPE_KINDS)}")
+            raise ConfigError(
+                f"classes={shown(class_names, 80)} is invalid: class {name!r} is not one of {', '.join(SHAPE_KINDS)}",
+                param="classes",
+            )
         specs.append(ShapeSpec(kind=name, size=sizes.get(name, DEFAULT_SIZES[name])))
     return tuple(specs)
 

@@ -50,7 +50,7 @@ def test_export_into_the_folder_holding_its_input_is_refused(rendered: Path) -> 
     before = tree(rendered.parent)
     for out in (rendered.parent, rendered.parent.parent, rendered):
         line = one_error_line(run_cli("export", "coco", rendered, "--out", out, "--force", "-q"))
-        assert "--out" in line and ("contains the input" in line or "not a folder" in line)
+        assert "--out" in line and ("contains the input" in line or "the dataset it exports" in line)
     assert tree(rendered.parent) == before
 
 
@@ -76,7 +76,7 @@ def test_render_coco_problems_are_found_before_rendering(tmp_path: Path) -> None
     (out / "keep.txt").write_text("keep")
     cases = [
         (["--out", out / "data.h5", "--coco", out, "--force"], "contains the input"),
-        (["--out", out / "data.h5", "--coco", out / "data.h5"], "contains the input"),
+        (["--out", out / "data.h5", "--coco", out / "data.h5"], "the dataset it exports"),
         (["--out", tmp_path / "d.h5", "--coco", out], "exists"),
         (["--out", tmp_path / "d.h5", "--coco", out, "--force"], "not a shapesgen export"),
         (["--out", tmp_path / "d.h5", "--coco", ""], "--coco"),

@@ -160,3 +160,31 @@ def test_a_file_name_that_is_not_utf8_is_shown_as_its_own_bytes(tmp_path: Path) 
     result = subprocess.run([*map(os.fsencode, SHAPESGEN), *args], capture_output=True, timeout=120)
     assert result.returncode == 0 and result.stderr == b"wrote " + out + b"\n", result.stderr
     assert os.path.exists(out)
+
+
+def test_render_coco_stopped_while_exporting_says_the_dataset_is_complete(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It said only "interrupted"; rerunning the command then asked for --force, a render again."""
+    import shapesgen.coco
+
+    def stopped(*args: object, **kwargs: object) -> Path:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(shapesgen.coco, "export_coco", stopped)
+    out, coco = tmp_path / "d.h5", tmp_path / "export"
+    result = run_cli("render", "--num", 2, "--image-size", 64, "--out", out, "--coco", coco, "-q")
+    assert result.exit_code == 130
+    assert result.stderr.count("\n") == 1 and f"{out} is complete" in result.stderr
+    assert f"shapesgen export coco {out} --out {coco}" in result.stderr
+    assert run_cli("validate", out).exit_code == 0 and not coco.exists()
+
+
+def test_predict_shows_nothing_of_tensorflows_start_up(tiny_dataset: Path, run_dir: Path, tmp_path: Path) -> None:
+    """TensorFlow's native logging wrote two notices (absl's, oneDNN's) twice at import, whatever
+    TF_CPP_MIN_LOG_LEVEL said: a quiet, successful predict now writes nothing to stderr."""
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "SHAPESGEN_TRACEBACK")}
+    command = [*SHAPESGEN, "predict", "--model", str(run_dir), "--data", str(tiny_dataset), "--out", "r.json", "-q"]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300, check=False)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert json.loads((tmp_path / "r.json").read_text()) is not None

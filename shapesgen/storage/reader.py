@@ -198,7 +198,8 @@ class ShapesDataset:
     def __init__(self, path: str | Path, *, allow_incomplete: bool = False) -> None:
         self.path = Path(path)
         if not self.path.exists():
-            raise DatasetError(f"{self.path}: no such file", param="path")
+            why = "a symbolic link to nothing (or a link loop)" if self.path.is_symlink() else "no such file"
+            raise DatasetError(f"{self.path}: {why}", param="path")
         if (self.path / SHARD_MANIFEST).is_file():  # a sharded dataset: read it through its virtual-dataset file
             if not (self.path / SHARD_VIRTUAL).is_file():
                 raise DatasetError(
