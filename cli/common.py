@@ -178,15 +178,31 @@ def run(ctx: typer.Context, call: Callable[[], T], aliases: Mapping[str, str] | 
         ) from None
 
 
-NATIVE_CHATTER = re.compile(r"WARNING: All log messages before absl::InitializeLog\(\)|[IW]\d{4} \d\d:\d\d:")
-"""TensorFlow's start-up lines, which its native logging writes whatever TF_CPP_MIN_LOG_LEVEL
-says (it reads the level only once absl logging starts): absl's notice and its info and warning
-records. Its errors (``E``) and fatal records (``F``) are not chatter."""
+ABSL_RECORD = re.compile(r"([IWEF])\d{4} \d\d:\d\d:")  # a native log record's first line; F is fatal
+ABSL_NOTICE = "WARNING: All log messages before absl::InitializeLog()"
+
+
+def without_native_chatter(text: str) -> list[str]:
+    """The lines of ``text`` that are not TensorFlow's start-up chatter, which its native logging
+    writes whatever TF_CPP_MIN_LOG_LEVEL says (it reads the level only once absl logging
+    starts): absl's notice, and info and warning records with their continuation lines.
+    Error and fatal records, and anything else, are kept."""
+    kept: list[str] = []
+    chatter = False
+    for line in text.splitlines():
+        record = ABSL_RECORD.match(line)
+        if record:
+            chatter = record.group(1) in "IW"
+        elif line.startswith(ABSL_NOTICE):
+            chatter = True
+        if not chatter:  # a record's continuation lines go with it
+            kept.append(line)
+    return kept
 
 
 @contextmanager
 def native_chatter_hidden() -> Iterator[None]:
-    """Hide :data:`NATIVE_CHATTER` that native libraries write to the process's standard error
+    """Hide the chatter (:func:`without_native_chatter`) that native libraries write to the process's standard error
     while the block runs (importing TensorFlow); whatever else is written there meanwhile is
     shown once the block ends. ``SHAPESGEN_TRACEBACK=1`` shows everything as it comes."""
     if _debug() or "tensorflow" in sys.modules:
@@ -203,9 +219,7 @@ def native_chatter_hidden() -> Iterator[None]:
             os.dup2(saved, 2)
             os.close(saved)
             captured.seek(0)
-            kept = [
-                line for line in captured.read().decode(errors="replace").splitlines() if not NATIVE_CHATTER.match(line)
-            ]
+            kept = without_native_chatter(captured.read().decode(errors="replace"))
             if kept:
                 sys.stderr.write("\n".join(kept) + "\n")
 

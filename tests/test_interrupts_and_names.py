@@ -188,3 +188,22 @@ def test_predict_shows_nothing_of_tensorflows_start_up(tiny_dataset: Path, run_d
     done = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300, check=False)
     assert done.returncode == 0 and done.stderr == "", done.stderr
     assert json.loads((tmp_path / "r.json").read_text()) is not None
+
+
+def test_native_chatter_is_dropped_with_its_continuation_lines_and_errors_are_kept() -> None:
+    from shapesgen_cli.common import without_native_chatter
+
+    text = (
+        "a line of ours\n"
+        "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
+        "I0000 00:00:1795744402.266827   25722 cpu_feature_guard.cc:227] This TensorFlow binary is optimized\n"
+        "To enable the following instructions: AVX2 AVX512F, rebuild TensorFlow with the appropriate flags.\n"
+        "W0000 00:00:1795744404.482690   25722 port.cc:153] oneDNN custom operations are on.\n"
+        "E0000 00:00:1795744404.482690   25722 cuda_dnn.cc:8] Unable to register cuDNN factory\n"
+        "  its detail\n"
+    )
+    assert without_native_chatter(text) == [
+        "a line of ours",
+        "E0000 00:00:1795744404.482690   25722 cuda_dnn.cc:8] Unable to register cuDNN factory",
+        "  its detail",
+    ]
