@@ -17,6 +17,12 @@ Compares the model's outputs with the dataset's exact layer maps (an HDF5 file) 
    cluster that holds most of its predicted layer-1 pixels also holds its predicted
    layer-2 pixels, and what the others became (another cluster, another class, a cluster
    with no layer-1 pixel); how many clusters hold no layer-1 pixel.
+4. **Embedding separation**: per occlusion band, the median over instances of the share
+   of an instance's pixels (all layers) within ``d_var`` and within the bandwidth of its
+   mean embedding (L1, as the loss and the clustering measure), the gap between the mean
+   of its layer-1 pixels and that of its deeper ones, and the distance from its mean to
+   the nearest other instance's (of any class, and of its class), against the ``2 d_dist``
+   the loss asks for: what the clustering has to work with.
 
 Ground truth counts only visible instances (as ``shapesgen evaluate`` does), so the maps
 are the visible-only maps training uses. The forward pass is run once and may be cached
@@ -234,6 +240,33 @@ def join_figures(
     }
 
 
+def separation_figures(embedding: np.ndarray, truth: Truth, d_var: float, bandwidth: float) -> dict[str, Any]:
+    """Per band, medians over instances of how tight and how far apart the embeddings are (see the module docs)."""
+    rows: dict[str, list[list[float]]] = {band: [] for band in BANDS}
+    for scene in range(len(embedding)):
+        ids, classes, vectors = truth.ids[scene], truth.classes[scene], embedding[scene]
+        present = [int(i) for i in np.unique(ids) if i > 0]
+        means = {i: vectors[ids == i].mean(axis=0) for i in present}
+        class_of = {i: int(classes[ids == i][0]) for i in present}
+        for i in present:
+            spread = np.abs(vectors[ids == i] - means[i]).sum(axis=1)
+            front, deeper = vectors[0][ids[0] == i], vectors[1:][ids[1:] == i]
+            gap = np.abs(front.mean(axis=0) - deeper.mean(axis=0)).sum() if len(front) and len(deeper) else np.nan
+            others = [(np.abs(means[j] - means[i]).sum(), class_of[j] == class_of[i]) for j in present if j != i]
+            nearest = min((d for d, _ in others), default=np.nan)
+            same = min((d for d, alike in others if alike), default=np.nan)
+            figures = [(spread <= d_var).mean(), (spread <= bandwidth).mean(), gap, nearest, same]
+            for band in band_of(float(truth.rates[scene][i])):
+                rows[band].append([float(v) for v in figures])
+    names = ("within_d_var", "within_bandwidth", "front_to_deeper", "nearest_other", "nearest_same_class")
+    out: dict[str, Any] = {}
+    for band, values in rows.items():
+        table = np.array(values, dtype=np.float64).reshape(-1, len(names))
+        medians = [float(np.nanmedian(column)) if np.isfinite(column).any() else None for column in table.T]
+        out[band] = {"instances": len(values), **dict(zip(names, medians, strict=True))}
+    return out
+
+
 def records_for(count: int, make: Callable[[int], list[Instance]]) -> list[dict[str, Any]]:
     return [record for scene in range(count) for record in records_of(make(scene), scene)]
 
@@ -337,6 +370,13 @@ def main() -> None:
         f"clusters {join['clusters']}, kept (>= min pixels) {join['clusters_kept']}; without a layer-1 pixel "
         f"{join['clusters_without_layer1']}, of them kept {join['clusters_without_layer1_kept']}"
     )
+    loss = config.loss
+    report["separation"] = separation_figures(embedding, truth, loss.d_var, settings.bandwidth)
+    print(f"\n4. embedding separation (medians over instances; the loss asks for >= {2 * loss.d_dist:g} apart)")
+    print("band | instances | within d_var | within bandwidth | layer 1 to deeper | nearest other | same class")
+    for band, row in report["separation"].items():
+        cells = [f"{row[k]:.3f}" if row[k] is not None else "-" for k in list(row)[1:]]
+        print(f"{band} | {row['instances']} | " + " | ".join(cells))
     if args.json is not None:
         args.json.write_text(json.dumps(report, indent=1) + "\n")
 
