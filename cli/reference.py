@@ -29,8 +29,9 @@ an input, never when it is a link, FIFO or device, and an export folder only if 
 a shapesgen export exactly as written (every file matches its `SHA256SUMS`). No output
 goes into a folder shapesgen wrote as a whole, even with `--force`: a training run's own
 entries (model, configs, checkpoints, logs; results may sit beside them), a sharded
-dataset's folder (it holds only its shards, manifest and `dataset.h5`) or a COCO export's
-folder (its `SHA256SUMS` lists every file). An output's name may not end in `.partial` or
+dataset's folder (it holds its shards, manifest and `dataset.h5`; only an export may go
+there, in a subfolder of its own) or a COCO export's folder (its `SHA256SUMS` lists every
+file). An output's name may not end in `.partial` or
 `.lock`: those are the names of the files made beside an output, which a later command
 may delete. A sharded render replaces only files it can have written: shards, and a
 `dataset.h5` that is a view of shards; a user's file under those names, or a link, is
