@@ -653,6 +653,7 @@ def test_a_validation_file_at_another_mask_size_is_refused_before_training(
 ) -> None:
     """Its mask size was not checked until the first validation, after an epoch of training."""
     from conftest import TINY
+
     from shapesgen.build import render_dataset
 
     val = render_dataset(TINY.replace(mask_size=TINY.mask_size * 2), tmp_path / "val.h5", num_scenes=2)
