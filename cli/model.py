@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 from pathlib import Path
 from types import ModuleType
 from typing import Annotated, Any
@@ -351,7 +352,7 @@ def predict(
 
 
 def models() -> None:
-    """List the trained models shipped with shapesgen (usable as `predict --model NAME`)."""
+    """List the trained models shipped with shapesgen (usable as `predict --model NAME`), with their test AP."""
     predicting = _model_module("pretrained")
     names = predicting.shipped_models()
     if not names:
@@ -363,4 +364,16 @@ def models() -> None:
         if card.is_file():
             lines = [line.strip() for line in card.read_text().splitlines() if line.strip()]
             summary = next((line for line in lines if not line.startswith(("#", "---", "|"))), "")
-        typer.echo(f"{name}\t{summary}")
+        typer.echo(f"{name}\t{_test_figures(predicting.PRETRAINED / name / 'metrics.json')}\t{summary}")
+
+
+def _test_figures(path: Path) -> str:
+    """A shipped model's test AP and AR heavy from its ``metrics.json`` (``-`` where it has none)."""
+    try:
+        metrics = json.loads(path.read_text())
+        figures = [f"test AP {metrics['all']['AP']:.4f}"]
+        if "bands" in metrics:
+            figures.append(f"AR heavy {metrics['bands']['heavy']['AR100']:.4f}")
+        return ", ".join(figures)
+    except (OSError, ValueError, KeyError, TypeError):
+        return "-"

@@ -110,7 +110,7 @@ def test_a_shipped_model_is_found_by_name(
     )
     assert result.exit_code == 0, result.stderr
     listed = run_cli("models")
-    assert listed.exit_code == 0 and listed.stdout.startswith("tiny-test\tA model for tests.")
+    assert listed.exit_code == 0 and listed.stdout.startswith("tiny-test\t-\tA model for tests.")
     unknown = run_cli("predict", "--model", "no-such-model", "--data", tiny_dataset, "--out", tmp_path / "x.json")
     assert unknown.exit_code == 2 and "not a shipped model (shipped: tiny-test)" in unknown.stderr
     assert not (tmp_path / "x.json").exists()
@@ -199,3 +199,15 @@ def test_a_shipped_model_with_the_old_flat_config_loads_and_predicts_as_when_sav
     assert [w.path for w in again.weights] == [w.path for w in model.weights]
     images = np.stack([s.image for s in render_scenes(scene.replace(seed=5), range(2))])
     assert again.predict_instances(images) == model.predict_instances(images)
+
+
+def test_models_lists_each_shipped_models_test_figures() -> None:
+    from amodal_model import pretrained
+
+    listed = run_cli("models")
+    assert listed.exit_code == 0
+    rows = [line.split("\t") for line in listed.stdout.splitlines()]
+    assert [row[0] for row in rows] == pretrained.shipped_models() and all(len(row) == 3 for row in rows)
+    for name, figures, _ in rows:
+        metrics = json.loads((pretrained.PRETRAINED / name / "metrics.json").read_text())
+        assert figures == (f"test AP {metrics['all']['AP']:.4f}, AR heavy {metrics['bands']['heavy']['AR100']:.4f}")
