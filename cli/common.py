@@ -13,9 +13,9 @@ import logging
 import os
 import re
 import sys
-import tempfile
+import threading
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, Protocol, TypeVar
@@ -180,48 +180,61 @@ def run(ctx: typer.Context, call: Callable[[], T], aliases: Mapping[str, str] | 
 
 ABSL_RECORD = re.compile(r"([IWEF])\d{4} \d\d:\d\d:")  # a native log record's first line; F is fatal
 ABSL_NOTICE = "WARNING: All log messages before absl::InitializeLog()"
+CHATTER_CONTINUATION = "To enable the following instructions:"  # the CPU-feature notice's second line
 
 
-def without_native_chatter(text: str) -> list[str]:
-    """The lines of ``text`` that are not TensorFlow's start-up chatter, which its native logging
-    writes whatever TF_CPP_MIN_LOG_LEVEL says (it reads the level only once absl logging
-    starts): absl's notice, and info and warning records with their continuation lines.
-    Error and fatal records, and anything else, are kept."""
-    kept: list[str] = []
-    chatter = False
-    for line in text.splitlines():
+def without_native_chatter(lines: Iterable[str]) -> Iterator[str]:
+    """``lines`` less TensorFlow's start-up chatter, which its native logging writes whatever
+    TF_CPP_MIN_LOG_LEVEL says (it reads the level only once absl logging starts): absl's
+    notice, info and warning records, and the CPU-feature notice's second line. Error and
+    fatal records, and anything else, pass."""
+    dropped = False
+    for line in lines:
         record = ABSL_RECORD.match(line)
         if record:
-            chatter = record.group(1) in "IW"
+            dropped = record.group(1) in "IW"
         elif line.startswith(ABSL_NOTICE):
-            chatter = True
-        if not chatter:  # a record's continuation lines go with it
-            kept.append(line)
-    return kept
+            dropped = True
+        else:
+            dropped = dropped and line.startswith(CHATTER_CONTINUATION)
+        if not dropped:
+            yield line
 
 
 @contextmanager
 def native_chatter_hidden() -> Iterator[None]:
-    """Hide the chatter (:func:`without_native_chatter`) that native libraries write to the process's standard error
-    while the block runs (importing TensorFlow); whatever else is written there meanwhile is
-    shown once the block ends. ``SHAPESGEN_TRACEBACK=1`` shows everything as it comes."""
-    if _debug() or "tensorflow" in sys.modules:
+    """Filter what is written to the process's standard error while the block runs (importing
+    TensorFlow) through :func:`without_native_chatter`, line by line as it comes, so that what
+    precedes a crash is still shown. ``SHAPESGEN_TRACEBACK=1`` (or a closed stderr) shows
+    everything untouched."""
+    if _debug() or "tensorflow" in sys.modules or sys.stderr is None:
         yield
         return
-    sys.stderr.flush()
-    with tempfile.TemporaryFile() as captured:
+    try:
+        sys.stderr.flush()
         saved = os.dup(2)
-        os.dup2(captured.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            captured.seek(0)
-            kept = without_native_chatter(captured.read().decode(errors="replace"))
-            if kept:
-                sys.stderr.write("\n".join(kept) + "\n")
+        read, write = os.pipe()
+    except (OSError, ValueError):
+        yield
+        return
+
+    def forward() -> None:
+        with open(read, "rb") as source, open(os.dup(saved), "wb", buffering=0) as target:
+            lines = (raw.decode(errors="replace") for raw in source)
+            for line in without_native_chatter(lines):
+                target.write(line.encode(errors="replace"))
+
+    thread = threading.Thread(target=forward, name="native-stderr-filter", daemon=True)
+    thread.start()
+    try:
+        os.dup2(write, 2)
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)  # the pipe's last writer goes: the filter reads to its end and stops
+        os.close(write)
+        thread.join(timeout=10)
+        os.close(saved)
 
 
 @contextmanager

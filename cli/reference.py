@@ -24,18 +24,18 @@ cleans up); 70 an unexpected error (one line; check edited inputs with
 
 Outputs are written to a temporary path and renamed on success. While a command writes
 `X`, it holds `X.lock`: a second command writing `X` is refused. An existing output is
-replaced only with `--force`, only by a complete new one, never when it is (or holds)
-an input, never when it is a link, FIFO or device, and an export folder only if it is
-a shapesgen export exactly as written (every file matches its `SHA256SUMS`). No output
-goes into a folder shapesgen wrote as a whole, even with `--force`: a training run's own
-entries (model, configs, checkpoints, logs; results may sit beside them), a sharded
-dataset's folder (it holds its shards, manifest and `dataset.h5`; only an export may go
-there, in a subfolder of its own) or a COCO export's folder (its `SHA256SUMS` lists every
-file). An output's name may not end in `.partial` or
-`.lock`: those are the names of the files made beside an output, which a later command
-may delete. A sharded render replaces only files it can have written: shards, and a
-`dataset.h5` that is a view of shards; a user's file under those names, or a link, is
-refused and kept.
+replaced only with `--force`, only by a complete new one, never when it is (or holds) an
+input, never when it is a link, FIFO or device, and an export folder only if it is a
+shapesgen export exactly as written (every file matches its `SHA256SUMS`). The files
+`render`, `predict`, `evaluate --json` and `preview` write never go into what shapesgen
+wrote as a whole, even with `--force`: a training run's own entries (model, configs,
+checkpoints, logs; results may sit beside them), a sharded dataset's folder (its
+`manifest.json` names shapesgen's format; an export may go in a subfolder of it) or a COCO
+export's folder or its `images/` (its `SHA256SUMS` lists its `annotations.json`). An
+output's name may not end in `.partial` or `.lock`: those are the names of the files made
+beside an output, which a later command may delete. A sharded render replaces only files
+it can have written: shards, and a `dataset.h5` that is a view of shards; a user's file
+under those names, or a link, is refused and kept.
 """
 
 

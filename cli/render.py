@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Annotated
 
@@ -245,14 +246,17 @@ def render(
     if not quiet:
         err.print(f"wrote {path}")
     if coco is not None:
+        kept = coco.exists()  # an earlier export, which --force replaces only once the new one is whole
 
         def export(update: Updater | None) -> Path:
             try:
                 return export_coco(path, coco, force=force, progress=update, inputs={"config": config})
             except KeyboardInterrupt:  # the dataset is complete: say so, and how to export it alone
+                again = f"shapesgen export coco {shlex.quote(str(path))} --out {shlex.quote(str(coco))}"
+                left = "the earlier export there is kept as it was" if kept else "no export was left"
                 raise RenderInterrupted(
-                    f"interrupted while exporting; {path} is complete and no export was left: "
-                    f"export it with `shapesgen export coco {path} --out {coco}`"
+                    f"interrupted while exporting; {path} is complete and {left}: export it with "
+                    f"`{again}{' --force' if kept else ''}`"
                 ) from None
 
         with progress_bar("export", quiet) as update:

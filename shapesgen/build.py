@@ -46,7 +46,6 @@ from shapesgen.limits import batch_scenes_for, check_disk, check_scene_fits
 from shapesgen.renderer import render_scenes
 from shapesgen.splits import Split, split_from_json
 from shapesgen.storage.encode import EncodedBatch, encode_scenes
-from shapesgen.storage.layout import SHARD_FILE
 from shapesgen.storage.reader import not_ours
 from shapesgen.storage.writer import DatasetWriter, NoSpace
 
@@ -271,6 +270,7 @@ def render_dataset(
     first_scene: int = 0,
     created: str | None = None,
     on_batch: Callable[[EncodedBatch], None] | None = None,
+    shard_task: bool = False,
 ) -> Path:
     """Render ``num_scenes`` scenes of ``config`` into the HDF5 file ``out``.
 
@@ -293,6 +293,8 @@ def render_dataset(
     bytes depend only on the config, seed, ``num_scenes``, ``first_scene``, storage and
     ``created``: not on the worker count, timing, or an interruption resumed (see
     :class:`DatasetWriter`).
+    ``shard_task=True`` is a sharded render's task writing its shard (:mod:`shapesgen.shards`):
+    only it may write into a sharded dataset's folder.
     ``on_batch(batch)`` sees each encoded batch once it is written (its per-scene digests,
     e.g.); a resumed render does not show it the scenes an earlier run wrote.
     """
@@ -323,7 +325,7 @@ def render_dataset(
     storage = storage or StorageConfig()
     out = check_output_path(out, "out")
     refuse_overwriting_inputs(out, "out", inputs or {})
-    refuse_run_files(out, "out", in_datasets=not SHARD_FILE.fullmatch(out.name))  # a shard task writes its shard
+    refuse_run_files(out, "out", in_datasets=not shard_task)
     partial = partial_path(out)
     parents = _prepare_output(out)
     try:

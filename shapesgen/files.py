@@ -63,7 +63,8 @@ RUN_OWNED = (
 # (shapesgen.shards; its manifest names it) and a COCO export (shapesgen.coco; its checksum
 # list and annotations name it). A file written into one would be taken for part of it.
 SHARDED_MARKER = "manifest.json"
-EXPORT_MARKERS = ("SHA256SUMS", "annotations.json")
+SHARDED_FORMAT = "shapesgen-shards"  # the manifest's format name: a user's manifest.json is not one
+EXPORT_CHECKSUMS = "SHA256SUMS"  # an export lists its annotations.json in it
 
 
 def resolved(path: Path) -> Path:
@@ -263,19 +264,24 @@ def refuse_run_files(path: Path, param: str, *, in_datasets: bool = True) -> Non
     folder (:data:`RUN_OWNED`; a run folder holds :data:`TRAIN_CONFIG_FILE`): ``--force``
     there would destroy a trained model. Results beside them are fine.
 
-    With ``in_datasets``, also an output inside a sharded dataset or a COCO export folder
-    (:data:`SHARDED_MARKER`, :data:`EXPORT_MARKERS`): ``--force`` there replaces one of their
-    files, and any new file breaks the folder's checksums or its next render."""
+    With ``in_datasets``, also an output in a sharded dataset's folder or in a COCO export's
+    folder (or its ``images/``): ``--force`` there replaces one of their files, and any new
+    file breaks the folder's checksums or its next render. Each is known by its contents (a
+    manifest naming shapesgen's format, a checksum list naming ``annotations.json``), not by
+    its file names alone: a web app's ``manifest.json`` is not a dataset."""
     target = resolved(path.absolute())
+    if in_datasets:
+        if is_sharded_folder(target.parent):
+            raise ConfigError(
+                f"{param}={str(path)!r} is inside the sharded dataset {target.parent}: give a path outside it",
+                param=param,
+            )
+        for folder in target.parents[:2]:
+            if _is_export_folder(folder):
+                raise ConfigError(
+                    f"{param}={str(path)!r} is inside the export {folder}: give a path outside it", param=param
+                )
     for folder in target.parents:
-        if in_datasets and (folder / SHARDED_MARKER).is_file():
-            raise ConfigError(
-                f"{param}={str(path)!r} is inside the sharded dataset {folder}: give a path outside it", param=param
-            )
-        if in_datasets and all((folder / name).is_file() for name in EXPORT_MARKERS):
-            raise ConfigError(
-                f"{param}={str(path)!r} is inside the export {folder}: give a path outside it", param=param
-            )
         if (folder / TRAIN_CONFIG_FILE).is_file():
             entry = target.relative_to(folder).parts[0]
             if entry in RUN_OWNED:
@@ -285,6 +291,27 @@ def refuse_run_files(path: Path, param: str, *, in_datasets: bool = True) -> Non
                     param=param,
                 )
             return
+
+
+def _head(path: Path, size: int = 1 << 20) -> bytes:
+    """The first ``size`` bytes of a regular file (nothing for anything else)."""
+    try:
+        if not path.is_file():
+            return b""
+        with path.open("rb") as file:
+            return file.read(size)
+    except OSError:
+        return b""
+
+
+def is_sharded_folder(folder: Path) -> bool:
+    """Whether ``folder`` holds a manifest naming shapesgen's sharded format (even a damaged one)."""
+    return f'"format": "{SHARDED_FORMAT}"'.encode() in _head(folder / SHARDED_MARKER)
+
+
+def _is_export_folder(folder: Path) -> bool:
+    """Whether ``folder`` holds a checksum list naming an ``annotations.json``, as an export's does."""
+    return any(line.endswith(b"  annotations.json") for line in _head(folder / EXPORT_CHECKSUMS).splitlines())
 
 
 def _check_replaceable(path: Path, param: str, force: bool) -> None:

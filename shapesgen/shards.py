@@ -45,13 +45,19 @@ from shapesgen.engines import (
 )
 from shapesgen.engines import MissingExtra as MissingExtra
 from shapesgen.errors import ConfigError, DatasetError, FailedWrite, ResourceError, ShapesgenError, ValidationError
-from shapesgen.files import check_output_path, exclusive_lock, make_parents, remove_empty, write_atomically
+from shapesgen.files import (
+    check_output_path,
+    exclusive_lock,
+    is_sharded_folder,
+    make_parents,
+    remove_empty,
+    write_atomically,
+)
 from shapesgen.limits import DiskSpaceError, batch_scenes_for, check_scene_fits
 from shapesgen.storage.digests import PER_SCENE_HASHED, DigestChain, checksums, scene_digests
 from shapesgen.storage.encode import EncodedBatch
 from shapesgen.storage.layout import OFFSETS, SHARD_FILE, SHARD_MANIFEST
 from shapesgen.storage.manifest import (
-    MANIFEST_FORMAT,
     VIRTUAL_FILE,
     Shard,
     build_manifest,
@@ -175,6 +181,7 @@ def render_shard(
                 first_scene=shard.start,
                 created=created,
                 on_batch=keep,
+                shard_task=True,
             )
         except DiskSpaceError as exc:  # the disk filled since the render's own check: not a bad --num
             raise ResourceError(
@@ -403,7 +410,7 @@ def _resolve_existing(
         try:
             manifest = read_manifest(out)
         except DatasetError as exc:
-            if not _manifest_is_ours(manifest_path):
+            if not is_sharded_folder(out):
                 raise DatasetError(
                     f"{exc}: this folder is not a sharded render's; give a new folder", param="out"
                 ) from None
@@ -465,16 +472,6 @@ def _is_ours(path: Path) -> bool:
     if name.endswith(".lock") or name.startswith(".shapesgen-"):
         return True
     return not_ours(path, empty_is_ours=name.endswith(".partial")) is None
-
-
-def _manifest_is_ours(path: Path) -> bool:
-    """Whether a manifest that does not read as one was still written by shapesgen (it names
-    the manifest format): damaged, not a user's file."""
-    try:
-        with path.open("rb") as file:
-            return f'"format": "{MANIFEST_FORMAT}"'.encode() in file.read(1 << 20)
-    except OSError:
-        return False
 
 
 def _is_our_virtual_file(path: Path, partial: bool = False) -> bool:

@@ -178,6 +178,13 @@ def test_render_coco_stopped_while_exporting_says_the_dataset_is_complete(
     assert result.stderr.count("\n") == 1 and f"{out} is complete" in result.stderr
     assert f"shapesgen export coco {out} --out {coco}" in result.stderr
     assert run_cli("validate", out).exit_code == 0 and not coco.exists()
+    monkeypatch.undo()
+    assert run_cli("export", "coco", out, "--out", coco, "-q").exit_code == 0
+    before = (coco / "annotations.json").read_bytes()
+    monkeypatch.setattr(shapesgen.coco, "export_coco", stopped)
+    again = run_cli("render", "--num", 2, "--image-size", 64, "--out", out, "--coco", coco, "--force", "-q")
+    assert again.exit_code == 130 and "the earlier export there is kept as it was" in again.stderr
+    assert f"--out {coco} --force`" in again.stderr and (coco / "annotations.json").read_bytes() == before
 
 
 def test_predict_shows_nothing_of_tensorflows_start_up(tiny_dataset: Path, run_dir: Path, tmp_path: Path) -> None:
@@ -190,7 +197,7 @@ def test_predict_shows_nothing_of_tensorflows_start_up(tiny_dataset: Path, run_d
     assert json.loads((tmp_path / "r.json").read_text()) is not None
 
 
-def test_native_chatter_is_dropped_with_its_continuation_lines_and_errors_are_kept() -> None:
+def test_native_chatter_is_dropped_and_everything_else_kept() -> None:
     from shapesgen_cli.common import without_native_chatter
 
     text = (
@@ -199,11 +206,39 @@ def test_native_chatter_is_dropped_with_its_continuation_lines_and_errors_are_ke
         "I0000 00:00:1795744402.266827   25722 cpu_feature_guard.cc:227] This TensorFlow binary is optimized\n"
         "To enable the following instructions: AVX2 AVX512F, rebuild TensorFlow with the appropriate flags.\n"
         "W0000 00:00:1795744404.482690   25722 port.cc:153] oneDNN custom operations are on.\n"
+        "UserWarning: a Python warning printed right after a record\n"
         "E0000 00:00:1795744404.482690   25722 cuda_dnn.cc:8] Unable to register cuDNN factory\n"
         "  its detail\n"
     )
-    assert without_native_chatter(text) == [
+    assert list(without_native_chatter(text.splitlines())) == [
         "a line of ours",
+        "UserWarning: a Python warning printed right after a record",
         "E0000 00:00:1795744404.482690   25722 cuda_dnn.cc:8] Unable to register cuDNN factory",
         "  its detail",
     ]
+
+
+def test_what_precedes_a_crash_while_hidden_is_still_shown(tmp_path: Path) -> None:
+    """The filter forwards each line as it comes: a fatal record before an abort is not lost;
+    with standard error closed the block is a no-op."""
+    script = (
+        "import os, sys, time\n"
+        "from shapesgen_cli.common import native_chatter_hidden\n"
+        "with native_chatter_hidden():\n"
+        "    os.write(2, b'I0000 00:00:1.0   1 x.cc:1] chatter\\nF0000 00:00:1.0   1 x.cc:2] fatal\\n')\n"
+        "    time.sleep(0.5)\n"
+        "    os.abort()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode != 0 and "fatal" in done.stderr and "chatter" not in done.stderr
+    program = "from shapesgen_cli.common import native_chatter_hidden\nwith native_chatter_hidden(): pass\nprint(1)"
+    closed = subprocess.run(
+        [sys.executable, "-c", program],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        timeout=60,
+        check=False,
+        preexec_fn=lambda: os.close(2),
+    )
+    assert closed.returncode == 0 and closed.stdout.strip() == "1"

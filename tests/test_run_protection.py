@@ -85,6 +85,7 @@ def test_no_output_lands_inside_a_sharded_dataset_or_an_export(
         ("evaluate", "--gt", export, "--oracle-layers", 1, "--json", png),
         ("evaluate", "--gt", tiny_dataset, "--oracle-layers", 1, "--json", export / "SHA256SUMS"),
         ("render", "--num", 2, "--image-size", 64, "--out", sharded / "extra.h5", "-q"),
+        ("render", "--num", 2, "--image-size", 64, "--seed", 99, "--out", sharded / "shard-00001.h5", "-q"),
         ("preview", tiny_dataset, "--out", png, "-q"),
     ]
     for command in commands:
@@ -92,3 +93,18 @@ def test_no_output_lands_inside_a_sharded_dataset_or_an_export(
         assert result.exit_code == 2, (command, result.output)
         assert "is inside the" in result.stderr and "give a path outside it" in result.stderr, result.stderr
     assert {**snapshot(sharded), **{f"export/{k}": v for k, v in snapshot(export).items()}} == kept
+
+
+def test_a_folder_named_like_a_dataset_by_its_files_alone_takes_outputs(tiny_dataset: Path, tmp_path: Path) -> None:
+    """A web app's manifest.json, or a folder with a SHA256SUMS and an annotations.json of its
+    own, is not a sharded dataset or an export: outputs anywhere in it were refused."""
+    (tmp_path / "manifest.json").write_text('{"name": "my-web-app"}')
+    (tmp_path / "SHA256SUMS").write_text("0" * 64 + "  notes.txt\n")
+    (tmp_path / "annotations.json").write_text("{}")
+    for command in (
+        ("render", "--num", 2, "--image-size", 64, "--out", tmp_path / "train.h5", "-q"),
+        ("preview", tiny_dataset, "--out", tmp_path / "p.png", "-q"),
+        ("evaluate", "--gt", tiny_dataset, "--oracle-layers", 1, "--json", tmp_path / "m.json"),
+    ):
+        result = run_cli(*command)
+        assert result.exit_code == 0, (command, result.stderr)

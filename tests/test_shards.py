@@ -286,6 +286,30 @@ def test_a_rerun_replaces_its_own_single_file_view(tmp_path: Path, tiny_config: 
     assert (folder / "dataset.h5").read_bytes() == view and (folder / "manifest.json").is_file()
 
 
+def test_a_render_stopped_while_writing_the_single_file_view_finishes_on_a_rerun(
+    tmp_path: Path, tiny_config: SceneConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stop inside write_virtual left a valid HDF5 dataset.h5.partial without shapesgen's format
+    attribute, which the rerun the message asks for refused as another program's file."""
+    from shapesgen.storage import manifest
+
+    original, calls = manifest._virtual_dataset, []
+
+    def stopped(*args: Any, **kwargs: Any) -> None:
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        original(*args, **kwargs)
+
+    monkeypatch.setattr(manifest, "_virtual_dataset", stopped)
+    with pytest.raises(Exception, match="rerun the same command to finish it"):
+        render_sharded(tiny_config, tmp_path / "ds", num_scenes=NUM, shard_size=SIZE)
+    assert not (tmp_path / "ds" / "dataset.h5.partial").exists()
+    monkeypatch.undo()
+    render_sharded(tiny_config, tmp_path / "ds", num_scenes=NUM, shard_size=SIZE)
+    assert validate_sharded(tmp_path / "ds", regenerate=0) == NUM
+
+
 def test_a_users_manifest_is_not_to_be_deleted(tmp_path: Path, tiny_config: SceneConfig) -> None:
     """The advice for a manifest that is not ours was to delete it."""
     folder = tmp_path / "ds"

@@ -16,12 +16,13 @@ from h5py import h5d, h5p, h5s, h5t
 
 from shapesgen.config import SceneConfig, StorageConfig
 from shapesgen.errors import ConfigError, DatasetError, one_line
+from shapesgen.files import SHARDED_FORMAT
 from shapesgen.storage.layout import DATASETS, SHARD_MANIFEST, SHARD_VIRTUAL
 
 if TYPE_CHECKING:
     from shapesgen.storage.reader import ShapesDataset
 
-MANIFEST_FORMAT = "shapesgen-shards"
+MANIFEST_FORMAT = SHARDED_FORMAT
 MANIFEST_VERSION = "1.0"
 VIRTUAL_FILE = SHARD_VIRTUAL  # the shards as one file of HDF5 virtual datasets
 
@@ -103,28 +104,32 @@ def write_virtual(folder: Path, config: SceneConfig, shards: tuple[Shard, ...], 
     vertex_rows: list[int] = []
     partial = folder / (VIRTUAL_FILE + ".partial")
     partial.unlink(missing_ok=True)  # an earlier run's (checked as ours); a link goes, never its target
-    with h5py.File(partial, "x") as out:
-        vertex_offsets = out.create_dataset("vertex_offsets", shape=(1,), maxshape=(None,), dtype=np.int64)
-        attrs: dict[str, Any] = {}
-        base = 0
-        for shard in shards:
-            with h5py.File(folder / shard.file, "r") as source:
-                if not attrs:
-                    attrs = {key: source.attrs[key] for key in source.attrs if key != "first_scene"}
-                offsets = source["vertex_offsets"][1:] + base
-            vertex_offsets.resize(len(vertex_offsets) + len(offsets), axis=0)  # every shard has instance rows
-            vertex_offsets[-len(offsets) :] = offsets
-            vertex_rows.append(int(offsets[-1]) - base)
-            base = int(offsets[-1])
-        out.create_dataset("instance_offsets", data=np.arange(n + 1, dtype=np.int64) * per_scene)
-        for field in DATASETS:
-            record = field.record_shape(config)
-            rows = [s.count * field.scene_rows(config) if field.per_scene else vertex_rows[s.index] for s in shards]
-            _virtual_dataset(out, field.name, field.dtype, record, [s.file for s in shards], rows)
-        for key, value in attrs.items():
-            out.attrs[key] = value
-        out.attrs["num_scenes"] = out.attrs["scenes_written"] = np.int64(n)
-        out.attrs["checksums"] = json.dumps(sums, sort_keys=True)
+    try:
+        with h5py.File(partial, "x") as out:
+            vertex_offsets = out.create_dataset("vertex_offsets", shape=(1,), maxshape=(None,), dtype=np.int64)
+            attrs: dict[str, Any] = {}
+            base = 0
+            for shard in shards:
+                with h5py.File(folder / shard.file, "r") as source:
+                    if not attrs:
+                        attrs = {key: source.attrs[key] for key in source.attrs if key != "first_scene"}
+                    offsets = source["vertex_offsets"][1:] + base
+                vertex_offsets.resize(len(vertex_offsets) + len(offsets), axis=0)  # every shard has instance rows
+                vertex_offsets[-len(offsets) :] = offsets
+                vertex_rows.append(int(offsets[-1]) - base)
+                base = int(offsets[-1])
+            out.create_dataset("instance_offsets", data=np.arange(n + 1, dtype=np.int64) * per_scene)
+            for field in DATASETS:
+                record = field.record_shape(config)
+                rows = [s.count * field.scene_rows(config) if field.per_scene else vertex_rows[s.index] for s in shards]
+                _virtual_dataset(out, field.name, field.dtype, record, [s.file for s in shards], rows)
+            for key, value in attrs.items():
+                out.attrs[key] = value
+            out.attrs["num_scenes"] = out.attrs["scenes_written"] = np.int64(n)
+            out.attrs["checksums"] = json.dumps(sums, sort_keys=True)
+    except BaseException:  # cut short (Ctrl-C, a full disk): a file a rerun would not take for ours
+        partial.unlink(missing_ok=True)
+        raise
     return partial.replace(folder / VIRTUAL_FILE)
 
 
