@@ -307,10 +307,7 @@ def render_sharded(
             raise _interrupted(out, shards) from None
         if scheduler is not None:
             check_scheduler(scheduler)
-    try:
-        created_dirs = make_parents(out.parent)
-    except OSError as exc:
-        raise DatasetError(f"out={str(out)!r}: cannot create the folder ({exc.strerror})", param="out") from None
+    created_dirs = _made_folders(out.parent, out)
     try:
         with exclusive_lock(out, "out"):  # first: a render of this folder still running is named as one
             config = _resolve_existing(out, config, num_scenes, shard_size, storage)
@@ -320,12 +317,7 @@ def render_sharded(
             if absent:
                 missing = sum(shard.count for shard in absent)
                 check_disk_for(config, storage, out, missing, asked=num_scenes, files=len(absent))
-            try:
-                created_dirs = make_parents(out) + created_dirs  # deepest first
-            except OSError as exc:
-                raise DatasetError(
-                    f"out={str(out)!r}: cannot create the folder ({exc.strerror})", param="out"
-                ) from None
+            created_dirs = _made_folders(out, out) + created_dirs  # deepest first
             created = _kept_created(out, shards) or created_time()
             try:
                 pooled = min(workers, usable_cores()) if engine == "local" else 1
@@ -368,6 +360,15 @@ def render_sharded(
         remove_empty(created_dirs)
         raise
     return out
+
+
+def _made_folders(folder: Path, out: Path) -> list[Path]:
+    """Create ``folder`` (the output ``out`` or its parent) and its missing parents; those
+    created, deepest first (:func:`~shapesgen.files.make_parents`), or one line naming ``out``."""
+    try:
+        return make_parents(folder)
+    except OSError as exc:
+        raise DatasetError(f"out={str(out)!r}: cannot create the folder ({exc.strerror})", param="out") from None
 
 
 def _interrupted(out: Path, shards: tuple[Shard, ...]) -> ShapesgenError:
