@@ -30,6 +30,7 @@ from shapesgen.files import (
     SCENE_CONFIG_FILE,
     TRAIN_CONFIG_FILE,
     check_output_path,
+    check_replaceable,
     contains,
     refuse_run_files,
     regular_input,
@@ -281,7 +282,7 @@ def _predict(
 def write_results(records: list[dict[str, Any]], path: str | Path, force: bool = False) -> Path:
     """COCO results JSON, written atomically (nothing is left at ``path`` on failure)."""
     return write_atomically(
-        path, (json.dumps(records, separators=(",", ":")) + "\n").encode(), param="out", force=force
+        path, (json.dumps(records, separators=(",", ":")) + "\n").encode(), param="out", force=force, kind="JSON"
     )
 
 
@@ -439,7 +440,6 @@ def _check_output(out: str | Path, source: DataFile, run_path: Path, force: bool
             param="out",
         )
     refuse_run_files(out_path, "out")  # and those of any other run
-    if out_path.exists() and not force:
-        raise DatasetError(f"out={str(out_path)!r} exists: pass force=True to replace it", param="out")
+    check_replaceable(out_path, "out", force, "JSON")
     check_writable(out_path, "out")
     return out_path

@@ -250,12 +250,12 @@ def _names(fd: int, path: Path) -> bool:
         return False
 
 
-def check_file_output(path: str | Path, param: str, force: bool) -> Path:
+def check_file_output(path: str | Path, param: str, force: bool, kind: str | None = None) -> Path:
     """Refuse, before any work, a single-file output :func:`write_atomically` would refuse,
     or one that is a training run's own file."""
     path = check_output_path(path, param)
     refuse_run_files(path, param)
-    _check_replaceable(path, param, force)
+    check_replaceable(path, param, force, kind)
     return path
 
 
@@ -314,7 +314,28 @@ def _is_export_folder(folder: Path) -> bool:
     return any(line.endswith(b"  annotations.json") for line in _head(folder / EXPORT_CHECKSUMS).splitlines())
 
 
-def _check_replaceable(path: Path, param: str, force: bool) -> None:
+# What an output of each kind starts with, and what other files start with, to name them.
+OUTPUT_KINDS = {"JSON": (b"[", b"{"), "PNG": (b"\x89PNG\r\n\x1a\n",)}
+KNOWN_SIGNATURES = {
+    b"\x89HDF\r\n\x1a\n": "an HDF5 file (a dataset?)",
+    b"PK\x03\x04": "a zip file (a .keras model?)",
+    b"\x89PNG\r\n\x1a\n": "a PNG image",
+}
+
+
+def _kind_of(head: bytes) -> str:
+    """What a file starting with ``head`` looks like, for a message."""
+    for signature, name in KNOWN_SIGNATURES.items():
+        if head.startswith(signature):
+            return name
+    return "a JSON file" if head.lstrip()[:1] in (b"[", b"{") else "another kind of file"
+
+
+def check_replaceable(path: Path, param: str, force: bool, kind: str | None = None) -> None:
+    """Refuse what ``path`` holds unless it may be replaced: nothing but a regular file,
+    only with ``force``, and (``kind`` given, a key of :data:`OUTPUT_KINDS`) only a file of
+    that kind or an empty one, since ``--force`` is meant for an earlier output of the same
+    command, not for a dataset or model that happens to sit at the path."""
     if path.is_symlink() or (path.exists() and not path.is_file()):
         raise ConfigError(
             f"{param}={str(path)!r} exists and is not a regular file (a folder, link, FIFO or device): "
@@ -323,24 +344,36 @@ def _check_replaceable(path: Path, param: str, force: bool) -> None:
         )
     if path.exists() and not force:
         raise DatasetError(f"{param}={str(path)!r} exists: pass force=True to replace it", param=param)
+    if kind is not None and path.exists():
+        head = _head(path, 64)
+        starts = OUTPUT_KINDS[kind]
+        if head and not any((head.lstrip() if kind == "JSON" else head).startswith(s) for s in starts):
+            raise ConfigError(
+                f"{param}={str(path)!r} exists and is {_kind_of(head)}, not a {kind} file: force=True replaces "
+                f"only an earlier {kind} output; give another path (or delete the file yourself)",
+                param=param,
+            )
 
 
-def write_atomically(path: str | Path, data: bytes, *, param: str = "out", force: bool = False) -> Path:
+def write_atomically(
+    path: str | Path, data: bytes, *, param: str = "out", force: bool = False, kind: str | None = None
+) -> Path:
     """Write ``data`` to ``path`` all at once: to a new temporary file beside it, then
     renamed into place (parents are created), under ``<path>.lock``.
 
-    An existing file is replaced only with ``force=True``; a symbolic link, FIFO,
-    device or folder at ``path`` is never replaced. The temporary name is unique, so
+    An existing file is replaced only with ``force=True``, and with ``kind`` only a file
+    of that kind (:func:`check_replaceable`); a symbolic link, FIFO, device or folder at
+    ``path`` is never replaced. The temporary name is unique, so
     nothing another program writes is touched. On failure nothing is left behind.
     """
     path = check_output_path(path, param)
-    _check_replaceable(path, param, force)
+    check_replaceable(path, param, force, kind)
     created: list[Path] = []
     tmp: Path | None = None
     try:
         created = make_parents(path.parent)
         with exclusive_lock(path, param):
-            _check_replaceable(path, param, force)  # again, now that no other shapesgen writer can change it
+            check_replaceable(path, param, force, kind)  # again, now that no other shapesgen writer can change it
             fd, name = tempfile.mkstemp(dir=path.parent, prefix=".shapesgen-", suffix=".partial")
             tmp = Path(name)
             with os.fdopen(fd, "wb") as file:

@@ -101,7 +101,7 @@ def _check_preview_output(
     if not isinstance(count, int) or not 1 <= count <= MAX_ROWS:
         raise ConfigError(f"count={count!r} is invalid: must be an integer in [1, {MAX_ROWS}]", param="count")
     refuse_overwriting_inputs(Path(out), "out", {"path": path, "results": results})
-    out = check_file_output(out, "out", force)
+    out = check_file_output(out, "out", force, "PNG")
     if out.suffix.lower() != ".png":
         raise ConfigError(f"out={str(out)!r} is invalid: the preview is a PNG, give a path ending in .png", param="out")
     return out
@@ -122,7 +122,7 @@ def _check_start(ds: ShapesDataset, start: int, count: int) -> None:
 def _write_png(out: Path, grid: Image.Image, force: bool) -> Path:
     png = io.BytesIO()
     grid.save(png, format="PNG")
-    return write_atomically(out, png.getvalue(), force=force)
+    return write_atomically(out, png.getvalue(), force=force, kind="PNG")
 
 
 def write_preview(path: str | Path, out: str | Path, *, count: int = 4, start: int = 0, force: bool = False) -> Path:

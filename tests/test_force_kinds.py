@@ -1,0 +1,69 @@
+"""``--force`` replaces an earlier output of the command's own kind, never another file that
+happens to sit at the path: ``predict --out d.h5 --force`` and ``evaluate --json d.h5 --force``
+turned a dataset into a 3-byte ``[]`` and a metrics JSON before."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import run_cli
+
+from shapesgen.errors import ConfigError
+from shapesgen.files import write_atomically
+
+
+@pytest.mark.parametrize(
+    ("head", "kind", "named"),
+    [
+        (b"\x89HDF\r\n\x1a\n" + bytes(40), "JSON", "an HDF5 file"),
+        (b"PK\x03\x04" + bytes(40), "JSON", "a zip file"),
+        (b"\x89PNG\r\n\x1a\n" + bytes(40), "JSON", "a PNG image"),
+        (b"epoch,steps,seconds\n1,2,3\n", "JSON", "another kind of file"),
+        (b'{"AP": 0.5}\n', "PNG", "a JSON file"),
+    ],
+)
+def test_another_kind_of_file_is_kept(tmp_path: Path, head: bytes, kind: str, named: str) -> None:
+    target = tmp_path / "out"
+    target.write_bytes(head)
+    with pytest.raises(ConfigError, match=f"is {named}.*, not a {kind} file"):
+        write_atomically(target, b"new", force=True, kind=kind)
+    assert target.read_bytes() == head
+
+
+@pytest.mark.parametrize(
+    ("old", "kind"),
+    [(b"", "JSON"), (b'  [{"image_id": 1}]\n', "JSON"), (b'{"AP": 1}', "JSON"), (b"\x89PNG\r\n\x1a\nrest", "PNG")],
+)
+def test_an_earlier_output_of_the_kind_or_an_empty_file_is_replaced(tmp_path: Path, old: bytes, kind: str) -> None:
+    target = tmp_path / "out"
+    target.write_bytes(old)
+    write_atomically(target, b"new", force=True, kind=kind)
+    assert target.read_bytes() == b"new"
+
+
+def test_evaluate_and_preview_keep_a_dataset_at_their_output(tiny_dataset: Path, tmp_path: Path) -> None:
+    victim = tmp_path / "victim.h5"
+    shutil.copyfile(tiny_dataset, victim)
+    result = run_cli("evaluate", "--gt", tiny_dataset, "--oracle-layers", 2, "--json", victim, "--force")
+    assert result.exit_code == 2, result.output
+    assert "--json" in result.stderr and "is an HDF5 file" in result.stderr and "Traceback" not in result.stderr
+    png = tmp_path / "victim.png"
+    shutil.copyfile(tiny_dataset, png)
+    result = run_cli("preview", tiny_dataset, "--out", png, "--force")
+    assert result.exit_code == 2 and "is an HDF5 file" in result.stderr, result.output
+    assert victim.read_bytes() == png.read_bytes() == tiny_dataset.read_bytes()
+    earlier = tmp_path / "metrics.json"
+    earlier.write_text("{}\n")
+    assert run_cli("evaluate", "--gt", tiny_dataset, "--oracle-layers", 2, "--json", earlier, "--force").exit_code == 0
+    assert '"AP"' in earlier.read_text()
+
+
+def test_predict_keeps_a_dataset_at_its_output(tiny_dataset: Path, run_dir: Path, tmp_path: Path) -> None:
+    victim = tmp_path / "victim.h5"
+    shutil.copyfile(tiny_dataset, victim)
+    result = run_cli("predict", "--model", run_dir, "--data", tiny_dataset, "--out", victim, "--force", "-q")
+    assert result.exit_code == 2, result.output
+    assert "is an HDF5 file" in result.stderr and "Traceback" not in result.stderr
+    assert victim.read_bytes() == tiny_dataset.read_bytes()
