@@ -56,6 +56,7 @@ from shapesgen.files import (
     exclusive_lock,
     make_parents,
     partial_path,
+    refuse_run_files,
     regular_input,
     remove_empty,
     write_atomically,
@@ -214,6 +215,7 @@ def _plan(out: Path, resume: bool, force: bool, inputs: list[Path]) -> str:
         raise DatasetError(f"out={str(out)!r} is a broken symbolic link: remove it or give another path", param="out")
     if out.exists() and not out.is_dir():
         raise DatasetError(f"out={str(out)!r} is a file, not a run folder: give another path", param="out")
+    refuse_run_files(out, "out")
     for path in inputs:
         if contains(out, path) and not resume:
             raise ConfigError(f"out={str(out)!r} holds the input {path}: give another path", param="out")
@@ -255,7 +257,8 @@ def _check_resume(out: Path, config: TrainConfig, source: Source) -> None:
             param="resume",
             related=tuple(names),
         )
-    trained_on = dataclasses.asdict(DataSpec.from_scene(load_scene_config(out / SCENE_CONFIG_FILE, "out")))
+    scene = load_scene_config(out / SCENE_CONFIG_FILE, "out")
+    trained_on = dataclasses.asdict(DataSpec.from_scene(scene))
     given = dataclasses.asdict(DataSpec.from_scene(source.scene_config))
     differ = [k for k in given if given[k] != trained_on[k]]
     if differ:
@@ -265,6 +268,19 @@ def _check_resume(out: Path, config: TrainConfig, source: Source) -> None:
             + f" but {out} was trained on "
             + ", ".join(f"{k}={trained_on[k]}" for k in differ)
             + ": a resumed run needs data of the same shapes (the same layers, sizes and classes)",
+            param="train_source",
+        )
+    # The same shapes but another dataset (another seed, split or generator setting): the run's
+    # scene_config.json would then misstate what it was trained on.
+    trained_dict, given_dict = scene.to_dict(), source.scene_config.to_dict()
+    other = [k for k in given_dict if given_dict[k] != trained_dict.get(k)]
+    if other:
+        key = other[0]
+        more = f" (and {len(other) - 1} more setting(s))" if len(other) > 1 else ""
+        raise ConfigError(
+            f"resume=True: the training data is another dataset than {out} was trained on: its {key}="
+            f"{shown(given_dict[key])}, the run's {key}={shown(trained_dict.get(key))}{more}; resume with the "
+            "same data (more scenes of it are fine), or train a new run",
             param="train_source",
         )
 

@@ -271,16 +271,7 @@ def refuse_run_files(path: Path, param: str, *, in_datasets: bool = True) -> Non
     its file names alone: a web app's ``manifest.json`` is not a dataset."""
     target = resolved(path.absolute())
     if in_datasets:
-        if is_sharded_folder(target.parent):
-            raise ConfigError(
-                f"{param}={str(path)!r} is inside the sharded dataset {target.parent}: give a path outside it",
-                param=param,
-            )
-        for folder in target.parents[:2]:
-            if _is_export_folder(folder):
-                raise ConfigError(
-                    f"{param}={str(path)!r} is inside the export {folder}: give a path outside it", param=param
-                )
+        refuse_dataset_folders(path, param)
     for folder in target.parents:
         if (folder / TRAIN_CONFIG_FILE).is_file():
             entry = target.relative_to(folder).parts[0]
@@ -291,6 +282,24 @@ def refuse_run_files(path: Path, param: str, *, in_datasets: bool = True) -> Non
                     param=param,
                 )
             return
+
+
+def refuse_dataset_folders(path: Path, param: str) -> None:
+    """Refuse an output (a file, or a folder a command fills) directly in a sharded
+    dataset's folder, or in a COCO export's folder or its ``images/``: ``--force`` there
+    replaces one of their files, and any new file breaks the folder's checksums or its
+    next render."""
+    target = resolved(path.absolute())
+    if is_sharded_folder(target.parent):
+        raise ConfigError(
+            f"{param}={str(path)!r} is inside the sharded dataset {target.parent}: give a path outside it",
+            param=param,
+        )
+    for folder in target.parents[:2]:
+        if _is_export_folder(folder):
+            raise ConfigError(
+                f"{param}={str(path)!r} is inside the export {folder}: give a path outside it", param=param
+            )
 
 
 def _head(path: Path, size: int = 1 << 20) -> bytes:
