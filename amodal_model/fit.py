@@ -28,6 +28,7 @@ import numpy as np
 from amodal_model.config import _invalid, _is_int, _is_number
 from amodal_model.data import live_batches, visible_targets
 from shapesgen.config import SceneConfig
+from shapesgen.engines import interrupts_held, leave_interrupts_to_parent
 from shapesgen.errors import ConfigError, ResourceError, shown
 
 TARGET_KEYS = ("layers", "class_layers", "instance_classes")
@@ -86,6 +87,7 @@ _WORKER_CONFIG: tuple[SceneConfig, bool] | None = None
 
 def _start_worker(config_json: str, visible: bool) -> None:
     global _WORKER_CONFIG
+    leave_interrupts_to_parent()
     _WORKER_CONFIG = (SceneConfig.from_json(config_json), visible)
 
 
@@ -124,7 +126,8 @@ class RenderedBatches:
         while True:
             try:
                 while len(self.pending) < self.ahead:
-                    self.pending.append(self.pool.submit(_render_batch, self.next_start, self.batch_size))
+                    with interrupts_held():  # a worker the submit spawns starts with Ctrl-C held
+                        self.pending.append(self.pool.submit(_render_batch, self.next_start, self.batch_size))
                     self.next_start += self.batch_size
                 images, targets = self.pending.popleft().result()
             except BrokenProcessPool:

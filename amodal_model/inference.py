@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import signal
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor
 from contextlib import contextmanager
@@ -21,6 +20,7 @@ import numpy as np
 
 from amodal_model.cluster import Instance, cluster_instances
 from amodal_model.config import InferenceConfig
+from shapesgen.engines import interrupts_held, leave_interrupts_to_parent
 from shapesgen.errors import ConfigError, shown
 
 MAX_WORKERS = 256
@@ -109,7 +109,8 @@ class Clusterer:
         if self.pool is None:
             done = [record for job in jobs for record in _job(job)]
             return lambda: done
-        futures = [self.pool.submit(_job, job) for job in jobs]
+        with interrupts_held():  # the workers a submit spawns start with Ctrl-C held, then ignore it
+            futures = [self.pool.submit(_job, job) for job in jobs]
         return lambda: [record for future in futures for record in future.result()]
 
 
@@ -127,8 +128,7 @@ def clusterer(settings: InferenceConfig, workers: int | None = None) -> Iterator
     pool = ProcessPoolExecutor(
         count,
         mp_context=multiprocessing.get_context("spawn"),
-        initializer=signal.signal,
-        initargs=(signal.SIGINT, signal.SIG_IGN),  # Ctrl-C is the parent's to handle: one line, no worker tracebacks
+        initializer=leave_interrupts_to_parent,
     )
     try:
         yield Clusterer(settings, count, pool)

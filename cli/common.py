@@ -27,7 +27,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from shapesgen.errors import FailedWrite, ShapesgenError, ShapesgenNote, one_line
 
-from .entry import ignore_interrupts
+from .entry import STOPPED_BY, ignore_interrupts
 
 
 class _Console(Console):
@@ -132,6 +132,15 @@ def _debug() -> bool:
     return os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
 
 
+def _stop_reported() -> None:
+    """After a Ctrl-C or SIGTERM, an unexpected failure is its consequence (TensorFlow turns an
+    interrupt inside a tensor conversion into a TypeError): it is reported as the stop, exit
+    130, not as a bug. shapesgen's own errors keep their lines (an interrupted render says
+    what it kept)."""
+    if STOPPED_BY:
+        raise fail("interrupted", EXIT_INTERRUPTED) from None
+
+
 def run(ctx: typer.Context, call: Callable[[], T], aliases: Mapping[str, str] | None = None) -> T:
     """Run one library call. Its errors become one line naming this command's flags and
     their exit code; notes print as they happen; nothing ever shows a traceback unless
@@ -159,15 +168,18 @@ def run(ctx: typer.Context, call: Callable[[], T], aliases: Mapping[str, str] | 
     except typer.Exit:
         raise
     except MemoryError:
+        _stop_reported()
         if _debug():
             raise
         raise fail("out of memory: use a smaller config, fewer workers or a smaller batch", EXIT_ENVIRONMENT) from None
     except OSError as exc:
+        _stop_reported()
         if _debug():
             raise
         where = f"{exc.filename}: " if exc.filename else ""
         raise fail(f"{where}{exc.strerror or exc}", EXIT_ENVIRONMENT) from None
     except Exception as exc:
+        _stop_reported()
         if _debug():
             raise
         raise fail(

@@ -117,11 +117,19 @@ def main() -> None:
     status = code if isinstance(code, int) else 1 if code else 0
     if status == EXIT_INTERRUPTED and STOPPED_BY[:1] == [signal.SIGTERM]:
         status = EXIT_TERMINATED
-    if _failed_write():  # HDF5 crashes in its exit handler after a write it began failed: skip the handlers
+    if _failed_write() or _killed_pool():  # exit handlers that would crash or wait for ever: skip them
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(status)
     sys.exit(status)
+
+
+def _killed_pool() -> bool:
+    """Whether a local pool's workers were killed (tasks that did not stop in time): Python's
+    exit would join the pool's manager thread, which may wait for ever on a result a killed
+    worker was sending (see ``shapesgen.engines.KILLED_POOLS``)."""
+    engines = sys.modules.get("shapesgen.engines")
+    return bool(engines is not None and engines.KILLED_POOLS)
 
 
 def _failed_write() -> bool:

@@ -128,26 +128,38 @@ def run_here(tasks: Sequence[Task], accept: Accept, progress: ProgressCallback |
 
 
 _COUNTS: Any = None  # in a pool worker: the shared array its tasks write their counts into (see run_in_pool)
+_STOP: Any = None  # in a pool worker: the shared flag the parent raises on Ctrl-C
+STOP_GRACE_S = 10.0  # how long stopped tasks may take to end before their workers are killed
+KILLED_POOLS: list[int] = []
+"""Workers killed by :func:`run_in_pool` (tasks that did not stop in time): the pool's manager
+thread may then wait for ever on a result a killed worker was sending, and with it Python's
+exit; the command line's entry point then ends the process at once, its outputs settled."""
 
 
-def _pool_worker_init(counts: Any, pids: Any, slots: Any) -> None:
+class TaskStopped(Exception):
+    """Raised in a pool task at its next progress report once the parent asked to stop."""
+
+
+def _pool_worker_init(counts: Any, pids: Any, slots: Any, stop: Any) -> None:
     """A pool worker's start: the renderer's worker set-up (signals, death with the parent),
     its pid recorded in the next free slot of ``pids``."""
     from shapesgen.build import _worker_init
 
-    global _COUNTS
+    global _COUNTS, _STOP
     _worker_init()
-    _COUNTS = counts
+    _COUNTS, _STOP = counts, stop
     with slots.get_lock():
         pids[slots.value] = os.getpid()
         slots.value += 1
 
 
 def _in_pool(function: Callable[..., Any], args: tuple[Any, ...], position: int) -> Any:
-    counts = _COUNTS
+    counts, stop = _COUNTS, _STOP
 
     def report(done: int) -> None:
         counts[position] = done
+        if stop.value:
+            raise TaskStopped("stopped by the parent")
 
     return function(*args, report=report)
 
@@ -158,11 +170,14 @@ def run_in_pool(
     """The tasks on ``workers`` local processes (the renderer's pool: forked on Linux,
     workers ignore Ctrl-C and die with this process); progress moves scene by scene (each
     task writes its count into shared memory, read every :data:`REPORT_EVERY_S` seconds: a
-    worker never waits on this process). The first failure cancels the tasks not started
-    and is raised once the running ones end; Ctrl-C (or SIGTERM) kills the running ones at
-    once, so a long task (a shard of 10,000 scenes) does not hold the interrupt up. Their
-    outputs are what their tasks leave on a kill (a render's ``.partial`` shard, rendered
-    again by the next run)."""
+    worker never waits on this process). The first failure cancels the tasks not started,
+    stops the running ones as below, and is raised once they end. Ctrl-C (or SIGTERM) cancels the tasks not
+    started and raises a shared flag that makes each running task stop at its next progress
+    report (a batch of scenes, or one exported scene), so a long task (a shard of 10,000
+    scenes) does not hold the interrupt up; their outputs are what a failed task leaves (a
+    render's ``.partial`` shard, rendered again by the next run). Workers are killed only if
+    their tasks have not ended within :data:`STOP_GRACE_S`: a worker killed while it sends a
+    result can leave the pool waiting for the rest of it for ever (see :data:`KILLED_POOLS`)."""
     from shapesgen.build import _pool_context
 
     context = _pool_context()
@@ -170,6 +185,7 @@ def run_in_pool(
     counts = context.Array("q", len(tasks), lock=False)
     pids = context.Array("q", processes, lock=False)
     slots = context.Value("i", 0)
+    stop = context.Value("b", 0, lock=False)
     tally = Tally(tasks, progress)
 
     def read_counts() -> None:
@@ -177,33 +193,44 @@ def run_in_pool(
             tally.set(task.index, counts[position])
 
     tally.show()
-    with ProcessPoolExecutor(
-        processes, mp_context=context, initializer=_pool_worker_init, initargs=(counts, pids, slots)
-    ) as pool:
-        futures: dict[Future[Any], Task] = {
-            pool.submit(_in_pool, task.function, task.args, position): task for position, task in enumerate(tasks)
-        }
+    pool = ProcessPoolExecutor(
+        processes, mp_context=context, initializer=_pool_worker_init, initargs=(counts, pids, slots, stop)
+    )
+    futures: dict[Future[Any], Task] = {}
+    pending: set[Future[Any]] = set()
+    killed: list[int] = []
+    try:
+        with interrupts_held():  # the workers the first submit forks start with Ctrl-C held, then ignore it
+            for position, task in enumerate(tasks):
+                futures[pool.submit(_in_pool, task.function, task.args, position)] = task
         pending = set(futures)
-        try:
-            while pending:
-                finished, pending = wait(pending, timeout=REPORT_EVERY_S, return_when=FIRST_COMPLETED)
-                read_counts()
-                for future in sorted(finished, key=lambda f: futures[f].index):
-                    task = futures[future]
-                    accept(task, future.result())
-                    tally.set(task.index, task.scenes)
-                tally.show()
-        except BrokenProcessPool:
-            raise ResourceError(f"a {what} worker died (killed, or out of memory)", param="workers") from None
-        except KeyboardInterrupt:
+        while pending:
+            finished, pending = wait(pending, timeout=REPORT_EVERY_S, return_when=FIRST_COMPLETED)
+            read_counts()
+            for future in sorted(finished, key=lambda f: futures[f].index):
+                task = futures[future]
+                accept(task, future.result())
+                tally.set(task.index, task.scenes)
+            tally.show()
+    except BrokenProcessPool:
+        raise ResourceError(f"a {what} worker died (killed, or out of memory)", param="workers") from None
+    except KeyboardInterrupt:
+        stop.value = 1
+        for future in pending:
+            future.cancel()
+        running = {future for future in pending if not future.done()}
+        if running and wait(running, timeout=STOP_GRACE_S).not_done:
             killed = list(pids)[: slots.value]
-            _kill(killed)  # else leaving the pool would wait for the running tasks
-            if killed:  # the broken pool fails the waiting tasks (cancelling them too: a traceback on 3.11)
-                pending = set()
-            raise
-        finally:
-            for future in pending:
-                future.cancel()
+            KILLED_POOLS.extend(killed)
+            _kill(killed)
+        raise
+    except Exception:
+        stop.value = 1  # the run fails: the running tasks need not finish
+        raise
+    finally:
+        for future in pending:
+            future.cancel()
+        pool.shutdown(wait=not killed, cancel_futures=True)
 
 
 INTERRUPTS = (signal.SIGINT, signal.SIGTERM)
@@ -220,6 +247,17 @@ def interrupts_held() -> Iterator[None]:
     finally:
         if mask:
             mask(signal.SIG_SETMASK, held)
+
+
+def leave_interrupts_to_parent() -> None:
+    """A spawned pool worker's first act: Ctrl-C is the parent's to handle (one line, no
+    worker tracebacks), and the interrupts the parent held while it started this worker
+    (:func:`interrupts_held`, inherited through exec) are let through, a pending Ctrl-C
+    dropped. Without the hold, a Ctrl-C during a spawned Python's start-up printed its
+    import traceback ("Fatal Python error: init_import_site")."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, INTERRUPTS)
 
 
 def _kill(pids: Sequence[int]) -> None:

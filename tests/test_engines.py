@@ -87,6 +87,48 @@ def test_a_failed_task_fails_the_run_while_others_keep_reporting() -> None:
         run_in_pool(tasks, lambda task, result: None, None, 2, "test")
 
 
+def _long_count(scenes: int, *, report: object) -> int:
+    for done in range(1, scenes + 1):
+        time.sleep(0.05)
+        report(done)  # type: ignore[operator]
+    return scenes
+
+
+def _silent(seconds: float, *, report: object) -> float:
+    time.sleep(seconds)  # never reports, so never sees the stop
+    return seconds
+
+
+def _interrupt_at_first_result(task: Task, result: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def test_ctrl_c_stops_running_tasks_at_their_next_report_without_killing_workers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Ctrl-C killed the workers: one killed while it sent an export's result left the pool,
+    and the command, waiting for ever. Now the tasks stop themselves: 1,000 reports of 0.05 s
+    would outlast the grace period, so a kill would show in KILLED_POOLS."""
+    import shapesgen.engines as engines
+
+    monkeypatch.setattr(engines, "KILLED_POOLS", [])
+    tasks = [Task(0, "quick", 1, _square, (3,)), *(Task(k, f"long {k}", 1000, _long_count, (1000,)) for k in (1, 2))]
+    with pytest.raises(KeyboardInterrupt):
+        run_in_pool(tasks, _interrupt_at_first_result, None, 2, "test")
+    assert engines.KILLED_POOLS == []
+
+
+def test_tasks_that_never_report_are_killed_after_the_grace_period(monkeypatch: pytest.MonkeyPatch) -> None:
+    import shapesgen.engines as engines
+
+    monkeypatch.setattr(engines, "KILLED_POOLS", [])
+    monkeypatch.setattr(engines, "STOP_GRACE_S", 0.5)
+    tasks = [Task(0, "quick", 1, _square, (3,)), Task(1, "silent", 1, _silent, (60.0,))]
+    with pytest.raises(KeyboardInterrupt):
+        run_in_pool(tasks, _interrupt_at_first_result, None, 2, "test")
+    assert len(engines.KILLED_POOLS) == 2
+
+
 def test_a_local_cluster_never_starts_more_workers_than_tasks(monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("distributed")
     from shapesgen import engines

@@ -210,9 +210,10 @@ def test_score_threshold_hides_low_scores(tiny_dataset: Path, tmp_path: Path) ->
 def test_existing_output_needs_force_and_inputs_are_never_replaced(tiny_dataset: Path, tmp_path: Path) -> None:
     results = write_json(tmp_path / "results.json", gt_results(tiny_dataset))
     out = tmp_path / "compare.png"
-    out.write_bytes(b"mine")
+    earlier = b"\x89PNG\r\n\x1a\nan earlier preview"
+    out.write_bytes(earlier)
     refused = run_cli("preview", tiny_dataset, "--results", results, "--out", out)
-    assert refused.exit_code == 2 and "--force" in refused.stderr and out.read_bytes() == b"mine"
+    assert refused.exit_code == 2 and "--force" in refused.stderr and out.read_bytes() == earlier
     replaced = run_cli("preview", tiny_dataset, "--results", results, "--out", out, "--force")
     assert replaced.exit_code == 0 and out.read_bytes().startswith(b"\x89PNG")
     onto = run_cli("preview", tiny_dataset, "--results", results, "--out", results, "--force")
