@@ -51,7 +51,9 @@ DEBUG_ENV = "SHAPESGEN_TRACEBACK"
 
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 Force = Annotated[bool, typer.Option("--force", help="Replace an existing output (never an input).")]
-DatasetPath = Annotated[Path, typer.Argument(help="A shapesgen HDF5 file.", show_default=False)]
+DatasetPath = Annotated[
+    Path, typer.Argument(help="A shapesgen HDF5 file or a sharded dataset folder.", show_default=False)
+]
 
 
 def flag_names(ctx: typer.Context, aliases: Mapping[str, str] | None = None) -> dict[str, tuple[str, bool]]:

@@ -11,14 +11,10 @@ from rich.table import Table
 
 from .common import DatasetPath, Force, Quiet, console, err, fail, finished, progress_bar, run, warn
 
-AnyDatasetPath = Annotated[
-    Path, typer.Argument(help="A shapesgen HDF5 file or a sharded dataset folder.", show_default=False)
-]
-
 
 def info(
     ctx: typer.Context,
-    path: AnyDatasetPath,
+    path: DatasetPath,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
     workers: Annotated[
         int, typer.Option("--workers", min=1, help="Shards of a sharded folder read in parallel (processes).")
@@ -113,7 +109,7 @@ def preview(
 
 def validate(
     ctx: typer.Context,
-    path: AnyDatasetPath,
+    path: DatasetPath,
     regenerate: Annotated[
         int,
         typer.Option(

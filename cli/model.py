@@ -11,6 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from amodal_model.config import (
+    TRAIN_PRESETS,
     Backbone,
     ClusterScope,
     DistanceScope,
@@ -27,6 +28,19 @@ from amodal_model.config import (
 from shapesgen.errors import ResourceError
 
 from .common import Force, Quiet, err, finished, native_chatter_hidden, progress_bar, run
+
+
+def preset_default(field: str) -> str:
+    """The default of a training setting as the help shows it: one value if every preset
+    has it, else each preset's (read from the presets, so the help cannot drift)."""
+    values: dict[str, list[str]] = {}
+    for name, config in TRAIN_PRESETS.items():
+        value = next(v for k, v in config.settings().items() if k.split(".")[1] == field)
+        values.setdefault(f"{value:g}" if isinstance(value, float) else str(value), []).append(name)
+    if len(values) == 1:
+        return f"default: {next(iter(values))}"
+    return "default: the preset's, " + "; ".join(f"{value} ({', '.join(names)})" for value, names in values.items())
+
 
 BackboneOption = Annotated[
     Backbone | None, typer.Option("--backbone", help="The image encoder (overrides the preset's).")
@@ -76,18 +90,22 @@ def train(
             "same speed), cpu (small encoder, separate heads), tiny (tests).",
         ),
     ] = "paper",
-    epochs: Annotated[int | None, typer.Option("--epochs", help="Epochs (paper: 100).")] = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", help=f"Epochs ({preset_default('epochs')}).")] = None,
     steps_per_epoch: Annotated[
         int | None, typer.Option("--steps-per-epoch", help="Steps per epoch (default: one pass, or 1000 images live).")
     ] = None,
-    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Batch size (paper: 2).")] = None,
-    learning_rate: Annotated[float | None, typer.Option("--lr", help="Adam learning rate (paper: 1e-4).")] = None,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", help=f"Batch size ({preset_default('batch_size')}).")
+    ] = None,
+    learning_rate: Annotated[
+        float | None, typer.Option("--lr", help=f"Adam learning rate ({preset_default('learning_rate')}).")
+    ] = None,
     backbone: BackboneOption = None,
     backbone_weights: Annotated[
         Path | None, typer.Option("--backbone-weights", help="Local weights file to start from (never downloaded).")
     ] = None,
     embedding_dim: Annotated[
-        int | None, typer.Option("--embedding-dim", help="Embedding dimension C (paper: 6).")
+        int | None, typer.Option("--embedding-dim", help=f"Embedding dimension C ({preset_default('embedding_dim')}).")
     ] = None,
     position_scale: Annotated[
         float | None,
@@ -148,12 +166,19 @@ def train(
         typer.Option("--score", help="Detection score saved with the model (predict can override it)."),
     ] = None,
     eval_every: Annotated[
-        int | None, typer.Option("--eval-every", help="Evaluate on --val every N epochs (0 = never).")
+        int | None,
+        typer.Option(
+            "--eval-every", help=f"Evaluate on --val every N epochs, 0 = never ({preset_default('eval_every')})."
+        ),
     ] = None,
     eval_scenes: Annotated[
-        int | None, typer.Option("--eval-scenes", help="Validation scenes used per evaluation.")
+        int | None,
+        typer.Option("--eval-scenes", help=f"Validation scenes used per evaluation ({preset_default('eval_scenes')})."),
     ] = None,
-    seed: Annotated[int | None, typer.Option("--seed", help="Seed for weights, shuffling and clustering.")] = None,
+    seed: Annotated[
+        int | None,
+        typer.Option("--seed", help=f"Seed for weights, shuffling and clustering ({preset_default('seed')})."),
+    ] = None,
     resume: Annotated[
         bool,
         typer.Option(

@@ -1362,7 +1362,11 @@ def evaluate_files(
         detections = load_predictions(dt, truth, warnings)
         last = max((int(d["image_id"]) for d in detections), default=0)
         after = sum(image_id > last for image_id in truth.image_ids)
-        if after >= max(2, len(truth.images) // 100):  # not a model that found nothing in the last image
+        if not detections:
+            warnings.append(
+                f"{dt} holds no predictions: every ground-truth instance counts as missed (AP and AR are 0)"
+            )
+        elif after >= max(2, len(truth.images) // 100):  # not a model that found nothing in the last image
             warnings.append(
                 f"the predictions stop at image id {last}: the {after} ground-truth images after it have none, and "
                 "their instances count as missed (predicted with --limit, or for another dataset?)"

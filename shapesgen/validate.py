@@ -182,8 +182,8 @@ def validate_file(
     try:
         with open_dataset(path, allow_incomplete=True) as ds:
             return validate_dataset(ds, regenerate=regenerate, progress=progress)
-    except CorruptDatasetError as exc:
-        raise ValidationError(exc.problem) from None
+    except CorruptDatasetError as exc:  # one that cannot be opened: named, as no scene is
+        raise ValidationError(f"{path}: {exc.problem}") from None
 
 
 def _validate(ds: ShapesDataset, regenerate: int, progress: Callable[[int, int], None] | None) -> int:

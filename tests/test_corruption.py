@@ -319,15 +319,19 @@ def test_files_that_are_not_hdf5(tiny_dataset: Path, tmp_path: Path) -> None:
     truncated.write_bytes(data[: len(data) // 2])
     with pytest.raises(ValidationError, match="damaged or truncated HDF5"):
         validate_file(truncated)
-    assert "damaged or truncated" in assert_one_line_failure(run_cli("validate", truncated), (1,))
+    line = assert_one_line_failure(run_cli("validate", truncated), (1,))
+    assert f"{truncated}: damaged or truncated" in line  # the file is named, as info names it
     assert "damaged or truncated" in assert_one_line_failure(run_cli("info", truncated), (2,))
     garbage = tmp_path / "garbage.h5"
     garbage.write_bytes(np.random.default_rng(0).bytes(4096))
     with pytest.raises(DatasetError, match="not a readable HDF5 file"):
         validate_file(garbage)
     assert "not a readable HDF5" in assert_one_line_failure(run_cli("validate", garbage), (2,))
-    with pytest.raises(DatasetError, match="not a regular file"):
+    with pytest.raises(DatasetError, match="is a folder, not a shapesgen dataset"):
         validate_file(tmp_path)
+    (tmp_path / "annotations.json").write_text("{}")
+    line = assert_one_line_failure(run_cli("preview", tmp_path, "--out", tmp_path.parent / "p.png"), (2,))
+    assert "is a COCO export, not a shapesgen dataset" in line and "the one it was exported from" in line
 
 
 def test_a_file_another_process_writes_is_not_called_corrupt(tiny_dataset: Path, tmp_path: Path) -> None:

@@ -121,6 +121,11 @@ def test_evaluate_warns_when_the_predictions_stop_early(tmp_path: Path) -> None:
     gt = tmp_path / "gt.h5"
     assert run_cli("render", "--out", gt, "--num", 10, "-q", *SMALL).exit_code == 0
     records = oracle_predictions(load_ground_truth(gt, keep_layers=True, band_rate="pixel"), 2)
+    (tmp_path / "none.json").write_text("[]")
+    _, warnings = evaluate_files(gt, dt=tmp_path / "none.json")
+    assert warnings == [
+        f"{tmp_path / 'none.json'} holds no predictions: every ground-truth instance counts as missed (AP and AR are 0)"
+    ]
     for name, kept in (("all.json", records), ("first3.json", [r for r in records if r["image_id"] <= 3])):
         (tmp_path / name).write_text(json.dumps(kept, default=lambda v: v.decode() if isinstance(v, bytes) else v))
         _, warnings = evaluate_files(gt, dt=tmp_path / name)

@@ -208,6 +208,14 @@ class ShapesDataset:
                     param="path",
                 )
             self.path = self.path / SHARD_VIRTUAL
+        if self.path.is_dir():
+            export = (self.path / "annotations.json").is_file()
+            what, source = ("a COCO export", " (the one it was exported from)") if export else ("a folder", "")
+            raise DatasetError(
+                f"{self.path} is {what}, not a shapesgen dataset: give a shapesgen HDF5 file{source} or a sharded "
+                "dataset's folder",
+                param="path",
+            )
         if not self.path.is_file():
             raise DatasetError(f"{self.path}: not a regular file", param="path")
         try:
