@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import warnings
 import weakref
 import zipfile
 from collections.abc import Callable
@@ -22,7 +23,7 @@ from amodal_model.data import DataFile, check_compatible, open_file, source_text
 from amodal_model.inference import MAX_WORKERS, clusterer
 from amodal_model.pretrained import resolve_model
 from shapesgen.config import SceneConfig, parse_json
-from shapesgen.errors import ConfigError, DatasetError, ResourceError, ShapesgenError, one_line, shown
+from shapesgen.errors import ConfigError, DatasetError, ResourceError, ShapesgenError, ShapesgenNote, one_line, shown
 from shapesgen.files import (
     BEST_MODEL_FILE,
     MODEL_FILE,
@@ -380,6 +381,14 @@ def predict_run(
             settings=settings,
             workers=workers,
         )
+        if not records:
+            changed = ", ".join(f"{k}={shown(v)}" for k, v in overrides.items() if v is not None) or "the model's"
+            warnings.warn(
+                f"no instance was predicted in any image (inference settings: {changed}): "
+                "the results file is an empty list",
+                ShapesgenNote,
+                stacklevel=2,
+            )
     return write_results(records, out_path, force=force)
 
 

@@ -122,3 +122,13 @@ def test_a_merge_radius_without_a_merge_is_refused(scenes: Path, tmp_path: Path)
     assert lines[0].startswith("error: --merge-radius 5.0 has no effect") and "'merge'" in lines[0], lines[0]
     assert not out.exists()
     assert predict(scenes, out, "--small-clusters", "drop", "--merge-radius", "5")  # hidden clusters still merge
+
+
+def test_settings_that_drop_every_instance_are_noted(run_dir: Path, tiny_dataset: Path, tmp_path: Path) -> None:
+    """``--min-pixels 99999999`` wrote ``[]`` with exit 0 and not a word."""
+    out = tmp_path / "none.json"
+    result = run_cli("predict", "--model", run_dir, "--data", tiny_dataset, "--out", out, "--min-pixels", 1024, "-q")
+    assert result.exit_code == 0, result.output
+    assert json.loads(out.read_text()) == []
+    assert "note: no instance was predicted in any image (inference settings: " in result.stderr
+    assert "1024): the results file is an empty list" in result.stderr
