@@ -300,7 +300,8 @@ def _images(images: list[Any], folder: Path, config: SceneConfig) -> dict[int, P
             raise DatasetError(f"{where}: file_name {shown(name)} must be a path inside the export folder")
         file = folder / relative
         if not file.is_file():
-            raise DatasetError(f"{where}: image {shown(name)} is missing")
+            what = "is missing" if not file.exists() else "is not a file (a folder, link to nothing or device)"
+            raise DatasetError(f"{where}: image {shown(name)} {what}")
         found[index] = file
     return found
 

@@ -277,6 +277,9 @@ def test_files_that_are_missing_or_not_an_export_are_refused(exported: Exporter,
     with pytest.raises(DatasetError, match=r"images\[4\]: image 'images/000004.png' is missing") as info:
         open_coco_export(copy, "val")
     assert info.value.param == "val"
+    (copy / "images" / "000004.png").mkdir()
+    with pytest.raises(DatasetError, match=r"image 'images/000004.png' is not a file \(a folder"):
+        open_coco_export(copy, "val")
 
 
 def test_damaged_pixels_are_refused_when_read(exported: Exporter, tmp_path: Path) -> None:
