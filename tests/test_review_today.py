@@ -51,7 +51,7 @@ def test_a_merge_radius_refusal_names_the_values_and_the_flags(
         "merge_radius=2.0 has no effect: small_clusters='drop' (the model's) and hidden_clusters='drop'; "
         "pass small_clusters='merge' or hidden_clusters='merge'"
     )
-    out.write_text("kept")
+    out.write_text("[]")  # an earlier results file: --force may replace it, the refusal must not
     result = run_cli(
         "predict", "--model", run_dir, "--data", tiny_dataset, "--out", out, "--small-clusters", "drop",
         "--merge-radius", "2", "--force", "-q",
@@ -61,7 +61,7 @@ def test_a_merge_radius_refusal_names_the_values_and_the_flags(
         "error: --merge-radius 2.0 has no effect: --small-clusters 'drop' and --hidden-clusters 'keep' (the model's); "
         "pass --small-clusters 'merge' or --hidden-clusters 'merge'\n"
     )
-    assert out.read_text() == "kept" and sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]
+    assert out.read_text() == "[]" and sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]
 
 
 @settings(max_examples=40, deadline=None)
