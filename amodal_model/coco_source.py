@@ -300,7 +300,7 @@ def _images(images: list[Any], folder: Path, config: SceneConfig) -> dict[int, P
             raise DatasetError(f"{where}: file_name {shown(name)} must be a path inside the export folder")
         file = folder / relative
         if not file.is_file():
-            what = "is missing" if not file.exists() else "is not a file (a folder, link to nothing or device)"
+            what = "is missing" if not file.exists() else "is not a file (a folder or device)"
             raise DatasetError(f"{where}: image {shown(name)} {what}")
         found[index] = file
     return found

@@ -323,26 +323,29 @@ def _is_export_folder(folder: Path) -> bool:
     return any(line.endswith(b"  annotations.json") for line in _head(folder / EXPORT_CHECKSUMS).splitlines())
 
 
-# What an output of each kind starts with, and what other files start with, to name them.
-OUTPUT_KINDS = {"JSON": (b"[", b"{"), "PNG": (b"\x89PNG\r\n\x1a\n",)}
-KNOWN_SIGNATURES = {
-    b"\x89HDF\r\n\x1a\n": "an HDF5 file (a dataset?)",
-    b"PK\x03\x04": "a zip file (a .keras model?)",
-    b"\x89PNG\r\n\x1a\n": "a PNG image",
+# The kinds of file named in --force's refusals: their signatures, and how a message names them.
+SIGNATURES = {b"\x89HDF\r\n\x1a\n": "HDF5", b"PK\x03\x04": "zip", b"\x89PNG\r\n\x1a\n": "PNG"}
+DESCRIBED = {
+    "HDF5": "an HDF5 file (a dataset?)",
+    "zip": "a zip file (a .keras model?)",
+    "PNG": "a PNG image",
+    "JSON": "a JSON file",
+    None: "another kind of file",
 }
 
 
-def _kind_of(head: bytes) -> str:
-    """What a file starting with ``head`` looks like, for a message."""
-    for signature, name in KNOWN_SIGNATURES.items():
+def _kind_of(head: bytes) -> str | None:
+    """The kind of a file starting with ``head`` (a JSON file starts with ``[`` or ``{`` after
+    blanks), or None for any other."""
+    for signature, kind in SIGNATURES.items():
         if head.startswith(signature):
-            return name
-    return "a JSON file" if head.lstrip()[:1] in (b"[", b"{") else "another kind of file"
+            return kind
+    return "JSON" if head.lstrip()[:1] in (b"[", b"{") else None
 
 
 def check_replaceable(path: Path, param: str, force: bool, kind: str | None = None) -> None:
     """Refuse what ``path`` holds unless it may be replaced: nothing but a regular file,
-    only with ``force``, and (``kind`` given, a key of :data:`OUTPUT_KINDS`) only a file of
+    only with ``force``, and (``kind`` given, ``"JSON"`` or ``"PNG"``) only a file of
     that kind or an empty one, since ``--force`` is meant for an earlier output of the same
     command, not for a dataset or model that happens to sit at the path."""
     if path.is_symlink() or (path.exists() and not path.is_file()):
@@ -355,10 +358,10 @@ def check_replaceable(path: Path, param: str, force: bool, kind: str | None = No
         raise DatasetError(f"{param}={str(path)!r} exists: pass force=True to replace it", param=param)
     if kind is not None and path.exists():
         head = _head(path, 64)
-        starts = OUTPUT_KINDS[kind]
-        if head and not any((head.lstrip() if kind == "JSON" else head).startswith(s) for s in starts):
+        found = _kind_of(head)
+        if head and found != kind:
             raise ConfigError(
-                f"{param}={str(path)!r} exists and is {_kind_of(head)}, not a {kind} file: force=True replaces "
+                f"{param}={str(path)!r} exists and is {DESCRIBED[found]}, not a {kind} file: force=True replaces "
                 f"only an earlier {kind} output; give another path (or delete the file yourself)",
                 param=param,
             )
