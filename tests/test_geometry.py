@@ -14,7 +14,7 @@ from shapesgen.geometry import box_xywh, clip_to_frame, visible_geometry
 from shapesgen.raster import layer_maps, rasterize_convex
 from shapesgen.renderer import render_scenes
 from shapesgen.shapes import SHAPE_KINDS
-from shapesgen.visibility import boundary_visibility, solid_box, visibility
+from shapesgen.visibility import boundary_visibility, overlay_visibility, solid_box, visibility
 
 
 @st.composite
@@ -181,6 +181,26 @@ def test_grazing_crossings_are_measured_by_overlays() -> None:
     assert boundary_visibility(rings, np.array([0]), 64)[1]
     area, visible = reference_visibility(rings, np.array([0]), 64)
     assert np.allclose(visibility(rings, np.array([0]), 64).area, area, rtol=1e-12)
+
+
+def test_overlays_keep_a_part_bordered_by_two_copies_of_one_polygon() -> None:
+    """Hypothesis's counterexample: two identical triangles in front of one that juts out
+    past their shared side. Subtracting them one at a time, GEOS dropped the part left
+    after the first copy (area 0); the visible part is 109.96 px^2."""
+    front = [(0.0, 0.0), (-8.5, 45.01179027557373), (73.99999904632568, -9.0)]
+    hulls = [
+        [(0.0, 0.0), (0.0, 36.0), (13.0, 0.0)],
+        front,
+        [(0.0, 0.0), (0.0, 0.5), (0.5, 0.0)],
+        [(0.0, 0.0), (0.0, 35.5), (71.0, 0.0)],
+        front,
+    ]
+    rings = [positive_ring(shapely.Polygon(h))[None] for h in hulls]
+    depth = np.array([0, 1, 2, 4, 3])
+    area, _ = reference_visibility(rings, depth, 64)
+    assert area[3] > 100
+    assert np.allclose(overlay_visibility(rings, depth, 64).area, area, rtol=1e-9, atol=1e-7)
+    assert np.allclose(visibility(rings, depth, 64).area, area, rtol=1e-9, atol=1e-7)
 
 
 def square(x: float, y: float, side: float) -> np.ndarray:
