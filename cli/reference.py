@@ -27,9 +27,9 @@ Outputs are written to a temporary path and renamed on success. While a command 
 replaced only with `--force`, only by a complete new one, never when it is (or holds) an
 input, never when it is a link, FIFO or device, and an export folder only if it is a
 shapesgen export exactly as written (every file matches its `SHA256SUMS`). A single-file
-output is replaced only if it is an earlier output of the same kind or empty: a JSON file
-for `predict --out` and `evaluate --json`, a PNG for `preview` (a dataset, a model or any
-other file there is kept, with one line). The files
+output is replaced only if it is an earlier output of the same kind or empty: an HDF5 file
+for `render --out`, a JSON file for `predict --out` and `evaluate --json`, a PNG for
+`preview` (a model, notes or any other file there is kept, with one line). The files
 `render`, `predict`, `evaluate --json` and `preview` write never go into what shapesgen
 wrote as a whole, even with `--force`: a training run's own entries (model, configs,
 checkpoints, logs; results may sit beside them), a sharded dataset's folder (its

@@ -35,6 +35,7 @@ from shapesgen.engines import INTERRUPTS, interrupts_held
 from shapesgen.errors import ConfigError, DatasetError, FailedWrite, ResourceError, ShapesgenError, ShapesgenNote
 from shapesgen.files import (
     check_output_path,
+    check_replaceable,
     exclusive_lock,
     make_parents,
     partial_path,
@@ -404,6 +405,7 @@ def _render_locked(
             if resume and _is_complete_match(out, config, split, num_scenes, verify, first_scene):
                 return out
             raise DatasetError(f"out={str(out)!r} exists: pass force=True to overwrite it", param="out")
+        check_replaceable(out, "out", force, "HDF5")  # force replaces an earlier dataset, not any file
         config = resolve_seed(config)
         if split is not None:
             config, split = split.apply(config)

@@ -334,6 +334,11 @@ DESCRIBED = {
 }
 
 
+def _a(kind: str) -> str:
+    """The article before a file kind's name as it is read out ("an HDF5", "a JSON")."""
+    return "an" if kind[0] in "AEFHILMNORSX" else "a"
+
+
 def _kind_of(head: bytes) -> str | None:
     """The kind of a file starting with ``head`` (a JSON file starts with ``[`` or ``{`` after
     blanks), or None for any other."""
@@ -345,7 +350,7 @@ def _kind_of(head: bytes) -> str | None:
 
 def check_replaceable(path: Path, param: str, force: bool, kind: str | None = None) -> None:
     """Refuse what ``path`` holds unless it may be replaced: nothing but a regular file,
-    only with ``force``, and (``kind`` given, ``"JSON"`` or ``"PNG"``) only a file of
+    only with ``force``, and (``kind`` given: ``"HDF5"``, ``"JSON"`` or ``"PNG"``) only a file of
     that kind or an empty one, since ``--force`` is meant for an earlier output of the same
     command, not for a dataset or model that happens to sit at the path."""
     if path.is_symlink() or (path.exists() and not path.is_file()):
@@ -361,7 +366,7 @@ def check_replaceable(path: Path, param: str, force: bool, kind: str | None = No
         found = _kind_of(head)
         if head and found != kind:
             raise ConfigError(
-                f"{param}={str(path)!r} exists and is {DESCRIBED[found]}, not a {kind} file: force=True replaces "
+                f"{param}={str(path)!r} exists and is {DESCRIBED[found]}, not {_a(kind)} {kind} file: force=True replaces "
                 f"only an earlier {kind} output; give another path (or delete the file yourself)",
                 param=param,
             )

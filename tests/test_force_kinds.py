@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import h5py
 import pytest
 from conftest import run_cli
 
@@ -67,3 +68,33 @@ def test_predict_keeps_a_dataset_at_its_output(tiny_dataset: Path, run_dir: Path
     assert result.exit_code == 2, result.output
     assert "is an HDF5 file" in result.stderr and "Traceback" not in result.stderr
     assert victim.read_bytes() == tiny_dataset.read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "named"),
+    [
+        ("notes.txt", b"precious\n", "another kind of file"),
+        ("model.keras", b"PK\x03\x04" + bytes(40), "a zip file"),
+        ("mine.json", b'{"mine": 1}\n', "a JSON file"),
+        ("picture.png", b"\x89PNG\r\n\x1a\n" + bytes(40), "a PNG image"),
+    ],
+)
+def test_render_force_keeps_a_file_that_is_not_a_dataset(tmp_path: Path, name: str, content: bytes, named: str) -> None:
+    victim = tmp_path / name
+    victim.write_bytes(content)
+    result = run_cli("render", "--num", 2, "--out", victim, "--force", "-q")
+    assert result.exit_code == 2, result.output
+    assert f"is {named}" in result.stderr and "not an HDF5 file" in result.stderr and "Traceback" not in result.stderr
+    assert victim.read_bytes() == content
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]
+
+
+def test_render_force_replaces_an_earlier_dataset_or_an_empty_file(tmp_path: Path) -> None:
+    earlier, empty = tmp_path / "d.h5", tmp_path / "empty.h5"
+    assert run_cli("render", "--num", 2, "--out", earlier, "-q").exit_code == 0
+    empty.write_bytes(b"")
+    for target in (earlier, empty):
+        result = run_cli("render", "--num", 3, "--out", target, "--force", "-q")
+        assert result.exit_code == 0, result.output
+        with h5py.File(target, "r") as file:
+            assert len(file["images"]) == 3
