@@ -366,8 +366,8 @@ def check_replaceable(path: Path, param: str, force: bool, kind: str | None = No
         found = _kind_of(head)
         if head and found != kind:
             raise ConfigError(
-                f"{param}={str(path)!r} exists and is {DESCRIBED[found]}, not {_a(kind)} {kind} file: force=True replaces "
-                f"only an earlier {kind} output; give another path (or delete the file yourself)",
+                f"{param}={str(path)!r} exists and is {DESCRIBED[found]}, not {_a(kind)} {kind} file: "
+                f"force=True replaces only an earlier {kind} output; give another path (or delete the file yourself)",
                 param=param,
             )
 
