@@ -310,7 +310,7 @@ def render_sharded(
     created_dirs = _made_folders(out.parent, out)
     try:
         with exclusive_lock(out, "out"):  # first: a render of this folder still running is named as one
-            config = _resolve_existing(out, config, num_scenes, shard_size, storage)
+            config = _resolve_existing(out, config, shards, shard_size, storage)
             config = resolve_seed(config)
             check_scene_fits(config, 1)
             absent = [shard for shard in shards if not (out / shard.file).is_file()]
@@ -400,10 +400,12 @@ def _kept(out: Path, shards: tuple[Shard, ...]) -> str:
 
 
 def _resolve_existing(
-    out: Path, config: SceneConfig, num_scenes: int, shard_size: int, storage: StorageConfig
+    out: Path, config: SceneConfig, shards: tuple[Shard, ...], shard_size: int, storage: StorageConfig
 ) -> SceneConfig:
     """The config asked for, checked against what an existing folder holds (its seed
-    taken when none was asked for); a different render is refused."""
+    taken when none was asked for); a different render is refused, an unfinished one of
+    more scenes (shards past this plan's) too: finishing it would leave them behind."""
+    num_scenes = shards[-1].stop
     if not out.is_dir():
         return config
     manifest_path = out / SHARD_MANIFEST
@@ -433,6 +435,19 @@ def _resolve_existing(
         raise DatasetError(
             f"out={str(out)!r} is a folder that holds other files ({', '.join(others[:3])}): give a new folder",
             param="out",
+        )
+    planned = {shard.file for shard in shards}
+    beyond = sorted(
+        p.name
+        for p in out.glob("shard-*.h5*")
+        if not p.name.endswith(".lock") and p.name.split(".")[0] + ".h5" not in planned
+    )
+    if beyond:
+        raise ConfigError(
+            f"out={str(out)!r} holds an unfinished render of more than num_scenes={num_scenes:,} scenes "
+            f"({', '.join(beyond[:3])} lie past this render's {len(shards):,} shard(s)): rerun it with its own "
+            "num_scenes to finish it, or choose another folder",
+            param="num_scenes",
         )
     for path in sorted(out.glob("shard-*.h5*")):
         if path.name.endswith(".lock"):

@@ -223,6 +223,28 @@ def test_a_folder_of_another_render_is_refused(tmp_path: Path, tiny_config: Scen
     assert "--out" in result.stderr and "another config" in result.stderr
 
 
+@pytest.mark.parametrize("partial", [False, True])
+def test_an_unfinished_render_of_more_scenes_is_not_finished_as_a_smaller_one(
+    tmp_path: Path, tiny_config: SceneConfig, partial: bool
+) -> None:
+    """Finishing it with a smaller num_scenes was accepted and left its later shards behind."""
+    folder = render_sharded(tiny_config, tmp_path / "ds", num_scenes=NUM, shard_size=SIZE)
+    (folder / "manifest.json").unlink()  # as a render stopped after its last shard
+    (folder / "dataset.h5").unlink()
+    if partial:
+        (folder / "shard-00002.h5").rename(folder / "shard-00002.h5.partial")
+    before = sorted(p.name for p in folder.iterdir())
+    with pytest.raises(ConfigError, match=r"more than num_scenes=10 .*shard-00002\.h5"):
+        render_sharded(tiny_config, folder, num_scenes=10, shard_size=SIZE)
+    assert sorted(p.name for p in folder.iterdir()) == before
+    result = run_cli("render", "--image-size", 64, "--mask-size", 32, "--instances", 3, "--seed", 11,
+                     "--layers", 3, "--num", 10, "--shard-size", SIZE, "--out", folder, "-q")  # fmt: skip
+    assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1, result.output
+    assert "--num" in result.stderr and "Traceback" not in result.stderr
+    render_sharded(tiny_config, folder, num_scenes=NUM, shard_size=SIZE)
+    assert validate_sharded(folder) == NUM
+
+
 def test_a_folder_of_other_files_is_refused(tmp_path: Path, tiny_config: SceneConfig) -> None:
     (tmp_path / "ds").mkdir()
     (tmp_path / "ds" / "notes.txt").write_text("mine")
