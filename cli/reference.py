@@ -29,9 +29,10 @@ input, never when it is a link, FIFO or device, and an export folder only if it 
 shapesgen export exactly as written (every file matches its `SHA256SUMS`). A single-file
 output is replaced only if it is an earlier output of the same kind or empty: an HDF5 file
 for `render --out`, a JSON file for `predict --out` and `evaluate --json`, a PNG for
-`preview` (a model, notes or any other file there is kept, with one line). The files
-`render`, `predict`, `evaluate --json` and `preview` write never go into what shapesgen
-wrote as a whole, even with `--force`: a training run's own entries (model, configs,
+`preview` (a model, notes or any other file there is kept, with one line). The files and
+folders `render` (sharded too), `predict`, `evaluate --json` and `preview` write never go
+into what shapesgen wrote as a whole, even with `--force`, nor does an export (except into
+a sharded dataset's folder): a training run's own entries (model, configs,
 checkpoints, logs; results may sit beside them), a sharded dataset's folder (its
 `manifest.json` names shapesgen's format; an export may go in a subfolder of it) or a COCO
 export's folder or its `images/` (its `SHA256SUMS` lists its `annotations.json`). An

@@ -34,7 +34,9 @@ from shapesgen.files import (
     exclusive_lock,
     make_parents,
     partial_path,
+    refuse_export_folders,
     refuse_overwriting_inputs,
+    refuse_run_files,
     remove_empty,
     resolved,
 )
@@ -675,6 +677,8 @@ def check_export_target(
             f"out={str(out)!r} is inside {source}, which is a file: choose a folder outside it", param="out"
         )
     refuse_overwriting_inputs(out, "out", inputs or {})
+    refuse_run_files(out, "out", in_datasets=False)
+    refuse_export_folders(out, "out")
     if out.exists() or out.is_symlink():
         if out.is_symlink():
             raise DatasetError(

@@ -295,6 +295,13 @@ def refuse_dataset_folders(path: Path, param: str) -> None:
             f"{param}={str(path)!r} is inside the sharded dataset {target.parent}: give a path outside it",
             param=param,
         )
+    refuse_export_folders(path, param)
+
+
+def refuse_export_folders(path: Path, param: str) -> None:
+    """Refuse an output directly in a COCO export's folder or in its ``images/`` (an export
+    may itself go in a sharded dataset's folder, not in another export)."""
+    target = resolved(path.absolute())
     for folder in target.parents[:2]:
         if _is_export_folder(folder):
             raise ConfigError(

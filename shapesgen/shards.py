@@ -50,6 +50,7 @@ from shapesgen.files import (
     exclusive_lock,
     is_sharded_folder,
     make_parents,
+    refuse_run_files,
     remove_empty,
     write_atomically,
 )
@@ -298,6 +299,7 @@ def render_sharded(
     out = check_output_path(out, "out")
     if out.exists() and not out.is_dir():
         raise DatasetError(f"out={str(out)!r} exists and is not a folder: give a new or sharded folder", param="out")
+    refuse_run_files(out, "out")
     if engine == "dask":
         try:
             if scheduler is None:

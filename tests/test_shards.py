@@ -386,6 +386,27 @@ def test_an_export_may_go_inside_a_sharded_folder(tmp_path: Path, tiny_config: S
     assert (folder / "coco" / "annotations.json").is_file() and validate_sharded(folder, regenerate=0) == NUM
 
 
+def test_no_sharded_render_or_export_goes_inside_an_export_or_a_sharded_folder(
+    tmp_path: Path, tiny_config: SceneConfig
+) -> None:
+    """A file added to an export breaks its checksums (a later --force over it is refused), one
+    added to a sharded folder its next render: both were written there without a word."""
+    folder = render_sharded(tiny_config, tmp_path / "ds", num_scenes=NUM, shard_size=SIZE)
+    assert run_cli("export", "coco", folder, "--out", tmp_path / "ex", "-q").exit_code == 0
+    before = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    attempts = [
+        ("render", "--num", 4, "--shard-size", 2, "--out", tmp_path / "ex" / "shards", "-q"),
+        ("render", "--num", 4, "--shard-size", 2, "--out", tmp_path / "ex" / "images" / "shards", "-q"),
+        ("render", "--num", 4, "--shard-size", 2, "--out", folder / "inner", "-q"),
+        ("export", "coco", folder, "--out", tmp_path / "ex" / "images" / "sub", "-q"),
+        ("export", "coco", folder, "--out", tmp_path / "ex" / "sub", "-q"),
+    ]
+    for args in attempts:
+        result = run_cli(*args)
+        assert result.exit_code == 2 and "is inside the" in result.stderr, (args, result.output)
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == before
+
+
 def test_a_finished_folder_keeps_a_users_file_put_in_a_shards_place(tmp_path: Path, tiny_config: SceneConfig) -> None:
     folder = render_sharded(tiny_config, tmp_path / "ds", num_scenes=NUM, shard_size=SIZE)
     (folder / "shard-00001.h5").write_text("mine")
