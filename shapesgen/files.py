@@ -99,7 +99,23 @@ def check_output_path(path: str | Path, param: str) -> Path:
                 f"(the file system allows {NAME_MAX}, and .partial/.lock files are made beside an output)",
                 param=param,
             )
+    for folder in candidate.absolute().parents:
+        if folder.exists() or folder.is_symlink():
+            if not folder.is_dir():
+                raise ConfigError(
+                    f"{param}={shown(text)} is invalid: {folder} is {_what_is(folder)}, not a folder: "
+                    "give a path under a folder",
+                    param=param,
+                )
+            break
     return candidate
+
+
+def _what_is(path: Path) -> str:
+    """What ``path`` (not a folder) is, for a message."""
+    if path.is_file():
+        return "a file"
+    return file_kind(path.stat().st_mode) if path.exists() else "a dangling link"
 
 
 def file_kind(mode: int) -> str:

@@ -514,3 +514,25 @@ def test_a_write_hdf5_could_not_end_ends_the_process_without_its_exit_handlers(t
     assert run.returncode == 1, run.stderr
     assert run.stderr == "error: writing d.h5.partial failed (No space left on device); nothing was kept\n"
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != "__pycache__") == ["full_disk_cli.py"]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("render", "--num", 2, "--out", "{under}/d.h5", "-q"),
+        ("render", "--num", 2, "--shard-size", 1, "--out", "{under}/shards", "-q"),
+        ("export", "coco", "{data}", "--out", "{under}/coco", "-q"),
+        ("evaluate", "--gt", "{data}", "--oracle-layers", 2, "--json", "{under}/m.json"),
+    ],
+)
+def test_an_output_under_a_file_is_a_usage_error_naming_it(
+    tmp_path: Path, tiny_dataset: Path, args: tuple[object, ...]
+) -> None:
+    """It was exit 1, 'cannot create <out>.lock (Not a directory)'."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine\n")
+    given = [str(a).format(under=notes, data=tiny_dataset) if isinstance(a, str) else a for a in args]
+    result = run_cli(*given)
+    assert result.exit_code == 2, result.output
+    assert f"{notes} is a file, not a folder" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert notes.read_text() == "mine\n" and sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
