@@ -668,7 +668,7 @@ def validate_sharded(
 ) -> int:
     """Validate every shard (as ``validate`` does a file, ``regenerate`` scenes each;
     ``workers`` shards at a time, in processes), each shard's checksums against the
-    manifest, and the whole-dataset checksums; return scenes checked. Raises
+    manifest, the whole-dataset checksums and the single-file view's presence; return scenes checked. Raises
     :class:`ValidationError` at the first violation (in shard order)."""
     from concurrent.futures import Future, ProcessPoolExecutor
 
@@ -712,4 +712,11 @@ def validate_sharded(
                     future.cancel()
     if chain.hexdigests() != manifest["checksums"]:
         raise ValidationError("the manifest's whole-dataset checksums do not match the shards")
+    view = Path(path) / VIRTUAL_FILE
+    if not _is_our_virtual_file(view):
+        state = "is missing" if not (view.exists() or view.is_symlink()) else "is not the shards' view"
+        raise ValidationError(
+            f"{view}, the single-file view that export and plain-h5py readers open, {state}: rerun the "
+            "render command to write it (the shards verify and are kept)"
+        )
     return total

@@ -442,6 +442,20 @@ def test_validate_finds_a_manifest_that_does_not_match(tmp_path: Path, tiny_conf
         validate_sharded(folder, regenerate=0, workers=2)
 
 
+def test_validate_finds_the_single_file_view_missing_and_a_rerun_writes_it(
+    tmp_path: Path, tiny_config: SceneConfig
+) -> None:
+    """validate said OK without it, while export refused the folder."""
+    folder = render_sharded(tiny_config, tmp_path / "ds", num_scenes=NUM, shard_size=SIZE)
+    (folder / "dataset.h5").unlink()
+    with pytest.raises(ValidationError, match=r"dataset\.h5, the single-file view .* is missing: rerun"):
+        validate_sharded(folder, regenerate=0)
+    result = run_cli("validate", folder, "-q")
+    assert result.exit_code == 1 and "is missing" in result.stderr, result.output
+    render_sharded(tiny_config, folder, num_scenes=NUM, shard_size=SIZE)
+    assert validate_sharded(folder, regenerate=0) == NUM
+
+
 def test_the_virtual_file_reads_as_the_single_file(tmp_path: Path, tiny_config: SceneConfig, single: Path) -> None:
     """dataset.h5 maps the shards' rows end to end: plain h5py sees the single file's arrays."""
     folder = render_sharded(tiny_config, tmp_path / "ds", num_scenes=NUM, shard_size=SIZE)
@@ -605,6 +619,8 @@ def test_dask_cluster_writes_the_same_data_and_fails_cleanly(
         # a folder whose shard 0 holds another scene range: the task refuses it, the run ends with that line
         bad = render_sharded(tiny_config, tmp_path / "bad", num_scenes=NUM, shard_size=2)
         (bad / "manifest.json").unlink()
+        for past_the_plan in range(len(plan_shards(NUM, SIZE)), len(plan_shards(NUM, 2))):
+            (bad / f"shard-{past_the_plan:05d}.h5").unlink()  # else refused before any task, as more scenes
         with pytest.raises(ConfigError, match=r"shard-0000\d.h5 holds scenes \d+\.\.\d+, the plan asks"):
             render_sharded(tiny_config, bad, num_scenes=NUM, shard_size=SIZE, engine="dask", scheduler=address)
 
