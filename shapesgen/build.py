@@ -406,6 +406,12 @@ def _render_locked(
                 return out
             raise DatasetError(f"out={str(out)!r} exists: pass force=True to overwrite it", param="out")
         check_replaceable(out, "out", force, "HDF5")  # force replaces an earlier dataset, not any file
+        if out.exists() and (why := not_ours(out, empty_is_ours=True)):
+            raise ConfigError(
+                f"out={str(out)!r} {why}: force=True replaces only an earlier shapesgen dataset; give another path "
+                "(or delete the file yourself)",
+                param="out",
+            )
         config = resolve_seed(config)
         if split is not None:
             config, split = split.apply(config)

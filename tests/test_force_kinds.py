@@ -98,3 +98,15 @@ def test_render_force_replaces_an_earlier_dataset_or_an_empty_file(tmp_path: Pat
         assert result.exit_code == 0, result.output
         with h5py.File(target, "r") as file:
             assert len(file["images"]) == 3
+
+
+def test_render_force_keeps_an_hdf5_file_shapesgen_did_not_write(tmp_path: Path) -> None:
+    """A user's own HDF5 data (or a Keras .h5 model) has the HDF5 signature too."""
+    victim = tmp_path / "mine.h5"
+    with h5py.File(victim, "w") as file:
+        file.create_dataset("x", data=[1, 2, 3])
+    before = victim.read_bytes()
+    result = run_cli("render", "--num", 2, "--out", victim, "--force", "-q")
+    assert result.exit_code == 2, result.output
+    assert "is an HDF5 file that shapesgen did not write" in result.stderr and "Traceback" not in result.stderr
+    assert victim.read_bytes() == before
