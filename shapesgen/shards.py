@@ -431,25 +431,20 @@ def _resolve_existing(
         if differs:
             detail = _config_difference(config, theirs) if "config" in differs else ", ".join(differs)
             raise ConfigError(f"out={str(out)!r} holds another sharded render ({detail}): choose another folder")
+        views = (out / VIRTUAL_FILE, out / (VIRTUAL_FILE + ".partial"))
+        foreign = [p.name for p in views if (p.exists() or p.is_symlink()) and not _is_ours(p)]
+        if foreign:
+            raise DatasetError(
+                f"out={str(out)!r}: {foreign[0]} is not a file a sharded render wrote (a user's file or a link), "
+                "and the render writes its single-file view there: move it out of the folder, then rerun",
+                param="out",
+            )
         return config
     others = sorted(p.name for p in out.iterdir() if not _is_ours(p))
     if others:
         raise DatasetError(
             f"out={str(out)!r} is a folder that holds other files ({', '.join(others[:3])}): give a new folder",
             param="out",
-        )
-    planned = {shard.file for shard in shards}
-    beyond = sorted(
-        p.name
-        for p in out.glob("shard-*.h5*")
-        if not p.name.endswith(".lock") and p.name.split(".")[0] + ".h5" not in planned
-    )
-    if beyond:
-        raise ConfigError(
-            f"out={str(out)!r} holds an unfinished render of more than num_scenes={num_scenes:,} scenes "
-            f"({', '.join(beyond[:3])} lie past this render's {len(shards):,} shard(s)): rerun it with its own "
-            "num_scenes to finish it, or choose another folder",
-            param="num_scenes",
         )
     for path in sorted(out.glob("shard-*.h5*")):
         if path.name.endswith(".lock"):
@@ -466,6 +461,20 @@ def _resolve_existing(
                 param="out",
             )
         break
+    planned = {shard.file for shard in shards}
+    beyond = sorted(
+        p.name
+        for p in out.glob("shard-*.h5*")
+        if not p.name.endswith(".lock") and p.name.split(".")[0] + ".h5" not in planned
+    )
+    if beyond:
+        raise ConfigError(
+            f"out={str(out)!r} holds an unfinished render with shards past the {len(shards):,} that "
+            f"num_scenes={num_scenes} and shard_size={shard_size} make ({', '.join(beyond[:3])}): it was started "
+            "with more scenes or smaller shards; rerun it as it was started to finish it, or choose another folder",
+            param="num_scenes",
+            related=("out", "shard_size"),
+        )
     return config
 
 
@@ -668,7 +677,8 @@ def validate_sharded(
 ) -> int:
     """Validate every shard (as ``validate`` does a file, ``regenerate`` scenes each;
     ``workers`` shards at a time, in processes), each shard's checksums against the
-    manifest, the whole-dataset checksums and the single-file view's presence; return scenes checked. Raises
+    manifest, the whole-dataset checksums and the single-file view (first: present, and of these shards); return scenes
+    checked. Raises
     :class:`ValidationError` at the first violation (in shard order)."""
     from concurrent.futures import Future, ProcessPoolExecutor
 
@@ -679,6 +689,7 @@ def validate_sharded(
     folder = str(path)
     config = SceneConfig.from_dict(manifest["config"])
     shards = plan_shards(int(manifest["num_scenes"]), int(manifest["shard_size"]))
+    _check_view(Path(path))  # first: a cheap check that needs no shard read
     total = shards[-1].stop
     chain = DatasetChain()
 
@@ -712,11 +723,31 @@ def validate_sharded(
                     future.cancel()
     if chain.hexdigests() != manifest["checksums"]:
         raise ValidationError("the manifest's whole-dataset checksums do not match the shards")
-    view = Path(path) / VIRTUAL_FILE
-    if not _is_our_virtual_file(view):
-        state = "is missing" if not (view.exists() or view.is_symlink()) else "is not the shards' view"
-        raise ValidationError(
-            f"{view}, the single-file view that export and plain-h5py readers open, {state}: rerun the "
-            "render command to write it (the shards verify and are kept)"
-        )
+    _check_view(Path(path), manifest)
     return total
+
+
+def _check_view(folder: Path, manifest: dict[str, Any] | None = None) -> None:
+    """Refuse a sharded folder whose single-file view is missing or is not a view a render
+    wrote (a user's file, a link); with the ``manifest`` (once the shards verified against
+    it), also one that is not the view of these shards (another render's, copied in)."""
+    import h5py
+
+    view = folder / VIRTUAL_FILE
+    if not (view.exists() or view.is_symlink()):
+        raise ValidationError(
+            f"{view}, the single-file view that export and plain-h5py readers open, is missing: rerun the "
+            "render command to write it (the shards are kept)"
+        )
+    ours = _is_our_virtual_file(view)
+    if ours and manifest is not None:
+        with h5py.File(view, "r") as file:
+            ours = (
+                int(file.attrs["num_scenes"]) == int(manifest["num_scenes"])
+                and json.loads(file.attrs["checksums"]) == manifest["checksums"]
+            )
+    if not ours:
+        raise ValidationError(
+            f"{view} is not the single-file view of these shards (a user's file, a link, or another render's "
+            "view): move it out of the folder, then rerun the render command to write the view"
+        )

@@ -234,13 +234,16 @@ def test_an_unfinished_render_of_more_scenes_is_not_finished_as_a_smaller_one(
     if partial:
         (folder / "shard-00002.h5").rename(folder / "shard-00002.h5.partial")
     before = sorted(p.name for p in folder.iterdir())
-    with pytest.raises(ConfigError, match=r"more than num_scenes=10 .*shard-00002\.h5"):
+    with pytest.raises(
+        ConfigError,
+        match=r"shards past the 2 that num_scenes=10 and shard_size=5 make \(shard-00002\.h5.*more scenes or smaller",
+    ):
         render_sharded(tiny_config, folder, num_scenes=10, shard_size=SIZE)
     assert sorted(p.name for p in folder.iterdir()) == before
     result = run_cli("render", "--image-size", 64, "--mask-size", 32, "--instances", 3, "--seed", 11,
                      "--layers", 3, "--num", 10, "--shard-size", SIZE, "--out", folder, "-q")  # fmt: skip
     assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1, result.output
-    assert "--num" in result.stderr and "Traceback" not in result.stderr
+    assert "--out" in result.stderr and "--num 10 and --shard-size 5 make" in result.stderr
     render_sharded(tiny_config, folder, num_scenes=NUM, shard_size=SIZE)
     assert validate_sharded(folder) == NUM
 
@@ -456,6 +459,38 @@ def test_validate_finds_the_single_file_view_missing_and_a_rerun_writes_it(
     assert validate_sharded(folder, regenerate=0) == NUM
 
 
+def test_a_view_that_is_not_the_shards_fails_validate_and_a_rerun_keeps_it(
+    tmp_path: Path, tiny_config: SceneConfig
+) -> None:
+    """validate checked only the shards; a rerun then replaced a user's file at dataset.h5."""
+    folder = render_sharded(tiny_config, tmp_path / "ds", num_scenes=NUM, shard_size=SIZE)
+    other = render_sharded(tiny_config.replace(seed=12), tmp_path / "other", num_scenes=NUM, shard_size=SIZE)
+    shutil.copyfile(other / "dataset.h5", folder / "dataset.h5")  # another render's view, same shard names
+    with pytest.raises(ValidationError, match="is not the single-file view of these shards"):
+        validate_sharded(folder, regenerate=0)
+    (folder / "dataset.h5").unlink()
+    with h5py.File(folder / "dataset.h5", "w") as file:
+        file.create_dataset("mine", data=[1, 2, 3])
+    before = (folder / "dataset.h5").read_bytes()
+    with pytest.raises(ValidationError, match="is not the single-file view of these shards"):
+        validate_sharded(folder, regenerate=0)
+    with pytest.raises(DatasetError, match="dataset.h5 is not a file a sharded render wrote .* move it out"):
+        render_sharded(tiny_config, folder, num_scenes=NUM, shard_size=SIZE)
+    assert (folder / "dataset.h5").read_bytes() == before
+
+
+def test_no_sharded_render_or_export_goes_into_a_training_runs_entries(
+    tmp_path: Path, run_dir: Path, tiny_dataset: Path
+) -> None:
+    before = sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*"))
+    for entry in ("checkpoints", "tensorboard"):
+        result = run_cli("render", "--num", 2, "--shard-size", 1, "--out", run_dir / entry / "shards", "-q")
+        assert result.exit_code == 2 and "--out" in result.stderr, result.output
+        result = run_cli("export", "coco", tiny_dataset, "--out", run_dir / entry / "coco", "-q")
+        assert result.exit_code == 2 and "--out" in result.stderr, result.output
+    assert sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*")) == before
+
+
 def test_the_virtual_file_reads_as_the_single_file(tmp_path: Path, tiny_config: SceneConfig, single: Path) -> None:
     """dataset.h5 maps the shards' rows end to end: plain h5py sees the single file's arrays."""
     folder = render_sharded(tiny_config, tmp_path / "ds", num_scenes=NUM, shard_size=SIZE)
@@ -620,7 +655,7 @@ def test_dask_cluster_writes_the_same_data_and_fails_cleanly(
         bad = render_sharded(tiny_config, tmp_path / "bad", num_scenes=NUM, shard_size=2)
         (bad / "manifest.json").unlink()
         for past_the_plan in range(len(plan_shards(NUM, SIZE)), len(plan_shards(NUM, 2))):
-            (bad / f"shard-{past_the_plan:05d}.h5").unlink()  # else refused before any task, as more scenes
+            (bad / f"shard-{past_the_plan:05d}.h5").unlink()  # else refused before any task starts
         with pytest.raises(ConfigError, match=r"shard-0000\d.h5 holds scenes \d+\.\.\d+, the plan asks"):
             render_sharded(tiny_config, bad, num_scenes=NUM, shard_size=SIZE, engine="dask", scheduler=address)
 
