@@ -446,9 +446,8 @@ def _resolve_existing(
             f"out={str(out)!r} is a folder that holds other files ({', '.join(others[:3])}): give a new folder",
             param="out",
         )
-    for path in sorted(out.glob("shard-*.h5*")):
-        if path.name.endswith(".lock"):
-            continue
+    entries = sorted(p for p in out.glob("shard-*.h5*") if not p.name.endswith(".lock"))  # shards, .partial ones
+    for path in entries:
         stored = _stored_config(path)
         if stored is None:
             continue
@@ -462,11 +461,7 @@ def _resolve_existing(
             )
         break
     planned = {shard.file for shard in shards}
-    beyond = sorted(
-        p.name
-        for p in out.glob("shard-*.h5*")
-        if not p.name.endswith(".lock") and p.name.split(".")[0] + ".h5" not in planned
-    )
+    beyond = [p.name for p in entries if p.name.split(".")[0] + ".h5" not in planned]
     if beyond:
         raise ConfigError(
             f"out={str(out)!r} holds an unfinished render with shards past the {len(shards):,} that "
@@ -677,8 +672,8 @@ def validate_sharded(
 ) -> int:
     """Validate every shard (as ``validate`` does a file, ``regenerate`` scenes each;
     ``workers`` shards at a time, in processes), each shard's checksums against the
-    manifest, the whole-dataset checksums and the single-file view (first: present, and of these shards); return scenes
-    checked. Raises
+    manifest, the whole-dataset checksums and the single-file view (first that it is one a
+    render wrote, last that it maps these shards); return scenes checked. Raises
     :class:`ValidationError` at the first violation (in shard order)."""
     from concurrent.futures import Future, ProcessPoolExecutor
 
