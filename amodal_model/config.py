@@ -35,6 +35,7 @@ HeadKind = Literal["separate", "shared"]
 Precision = Literal["auto", "float32", "mixed_bfloat16"]
 Schedule = Literal["constant", "cosine"]
 LossNormalisation = Literal["reference", "mean"]
+PullBalance = Literal["pixels", "layers"]
 Score = Literal["class", "completeness", "product"]
 SmallClusters = Literal["drop", "merge"]
 HiddenClusters = Literal["keep", "drop", "merge"]
@@ -48,6 +49,7 @@ HEAD_KINDS: tuple[str, ...] = ("separate", "shared")
 PRECISIONS: tuple[str, ...] = ("auto", "float32", "mixed_bfloat16")
 SCHEDULES: tuple[str, ...] = ("constant", "cosine")
 LOSS_NORMALISATIONS: tuple[str, ...] = ("reference", "mean")
+PULL_BALANCES: tuple[str, ...] = ("pixels", "layers")
 SCORES: tuple[str, ...] = ("class", "completeness", "product")
 SMALL_CLUSTERS: tuple[str, ...] = ("drop", "merge")
 HIDDEN_CLUSTERS: tuple[str, ...] = ("keep", "drop", "merge")
@@ -126,6 +128,7 @@ _CHOICES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("precision", PRECISIONS),
     ("schedule", SCHEDULES),
     ("loss_normalisation", LOSS_NORMALISATIONS),
+    ("pull_balance", PULL_BALANCES),
     ("score", SCORES),
     ("small_clusters", SMALL_CLUSTERS),
     ("hidden_clusters", HIDDEN_CLUSTERS),
@@ -307,6 +310,9 @@ class LossConfig(_Concern):
     earlier means over pairs and layers. ``cross_class_weight > 0`` (with
     ``distance_scope='class'``) adds the push over all instances at that weight: pairs of
     one class keep the full push, pairs of different classes get a weaker one.
+    ``pull_balance='layers'`` averages an instance's pull within each layer first, then
+    over its layers, so its few occluded (layer 2 and deeper) pixels weigh as much as its
+    many visible ones; ``'pixels'`` (the reference) averages over all its pixels.
     """
 
     LABEL: ClassVar[str] = "loss config"
@@ -321,6 +327,7 @@ class LossConfig(_Concern):
     hinge: Hinge = "squared"
     distance_scope: DistanceScope = "class"
     loss_normalisation: LossNormalisation = "reference"
+    pull_balance: PullBalance = "pixels"
     visible_targets: bool = True
 
 

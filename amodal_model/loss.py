@@ -1,8 +1,9 @@
 """The discriminative loss over all layers jointly, vectorised over the batch, on ``keras.ops``.
 
 An instance's mean embedding spans its pixels in every layer (foreground and occluded
-alike). Per-instance sums are products with each pixel's one-hot instance id
-(``(B, pixels, n + 1)``, small: n + 1 slots), so there is no Python loop over images or
+alike); its pull is the mean over those pixels, or the mean of its per-layer means.
+Per-instance sums are products with each pixel's one-hot instance id (``(B, pixels, n + 1)``,
+small: n + 1 slots), so there is no Python loop over images or
 instances, no data-dependent shape, and the same code runs on every Keras backend
 (TensorFlow for ``shapesgen train``, JAX for ``Model.fit`` on a GPU: the two tested);
 images with zero or one instance give finite values and gradients.
@@ -63,7 +64,15 @@ def discriminative_loss(
     pixel_mean = ops.einsum("bps,bsc->bpc", member, mean)
     pull = _hinge(ops.sum(ops.abs(flat - pixel_mean), axis=-1) - config.d_var, squared)
     pull = pull * ops.cast(ids > 0, "float32")
-    per_instance = ops.divide_no_nan(ops.einsum("bp,bps->bs", pull, member), count)
+    if config.pull_balance == "layers":
+        layers = int(embedding.shape[1])
+        by_layer = ops.reshape(member, (-1, layers, pixels // layers, slots))
+        layer_count = ops.sum(by_layer, axis=2)  # (B, L, slots)
+        layer_pull = ops.einsum("blp,blps->bls", ops.reshape(pull, (-1, layers, pixels // layers)), by_layer)
+        layers_held = ops.sum(ops.cast(layer_count > 0, "float32"), axis=1)
+        per_instance = ops.divide_no_nan(ops.sum(ops.divide_no_nan(layer_pull, layer_count), axis=1), layers_held)
+    else:
+        per_instance = ops.divide_no_nan(ops.einsum("bp,bps->bs", pull, member), count)
     variance = ops.divide_no_nan(ops.sum(per_instance, axis=1), n_instances)
 
     gap = ops.sum(ops.abs(mean[:, :, None, :] - mean[:, None, :, :]), axis=-1)

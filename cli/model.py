@@ -20,6 +20,7 @@ from amodal_model.config import (
     Hinge,
     LossNormalisation,
     Precision,
+    PullBalance,
     Schedule,
     Score,
     SmallClusters,
@@ -143,6 +144,14 @@ def train(
             help="reference (per class / (n(n-1)+1), cross-entropy summed over layers) or mean (over pairs, layers).",
         ),
     ] = None,
+    pull_balance: Annotated[
+        PullBalance | None,
+        typer.Option(
+            "--pull-balance",
+            help="pixels (reference: an instance's pull averaged over its pixels) or layers (per layer, then over "
+            "its layers, so occluded pixels weigh as much as visible ones).",
+        ),
+    ] = None,
     visible_targets: Annotated[
         bool | None,
         typer.Option(
@@ -218,6 +227,7 @@ def train(
                 d_var=d_var,
                 d_dist=d_dist,
                 loss_normalisation=loss_normalisation,
+                pull_balance=pull_balance,
                 visible_targets=visible_targets,
             ),
             optimiser=dict(

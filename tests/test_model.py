@@ -120,7 +120,22 @@ def naive_loss(emb: np.ndarray, ids: np.ndarray, classes: np.ndarray, config: Lo
         e, i = emb[b].reshape(-1, emb.shape[-1]), ids[b].ravel()
         present = [k for k in range(1, classes.shape[1]) if (i == k).any()]
         mu = {k: e[i == k].mean(0) for k in present}
-        v = [np.mean([hinge(np.abs(p - mu[k]).sum() - config.d_var) for p in e[i == k]]) for k in present]
+        if config.pull_balance == "layers":  # each layer's mean pull, then the mean over the instance's layers
+            per_layer = [
+                (emb[b, layer].reshape(-1, emb.shape[-1]), ids[b, layer].ravel()) for layer in range(emb.shape[1])
+            ]
+            v = [
+                np.mean(
+                    [
+                        np.mean([hinge(np.abs(p - mu[k]).sum() - config.d_var) for p in el[il == k]])
+                        for el, il in per_layer
+                        if (il == k).any()
+                    ]
+                )
+                for k in present
+            ]
+        else:
+            v = [np.mean([hinge(np.abs(p - mu[k]).sum() - config.d_var) for p in e[i == k]]) for k in present]
         pairs = [
             (a, c)
             for a in present
@@ -143,11 +158,18 @@ def naive_loss(emb: np.ndarray, ids: np.ndarray, classes: np.ndarray, config: Lo
 @pytest.mark.parametrize("normalisation", ["reference", "mean"])
 @pytest.mark.parametrize("hinge", ["squared", "linear"])
 @pytest.mark.parametrize(("scope", "cross"), [("class", 0.0), ("all", 0.0), ("class", 0.3)])
+@pytest.mark.parametrize("balance", ["pixels", "layers"])
 def test_vectorised_loss_equals_the_per_instance_reference(
-    hinge: str, scope: str, cross: float, normalisation: str
+    hinge: str, scope: str, cross: float, normalisation: str, balance: str
 ) -> None:
     rng = np.random.default_rng(1)
-    config = LossConfig(hinge=hinge, distance_scope=scope, loss_normalisation=normalisation, cross_class_weight=cross)
+    config = LossConfig(
+        hinge=hinge,
+        distance_scope=scope,
+        loss_normalisation=normalisation,
+        cross_class_weight=cross,
+        pull_balance=balance,
+    )
     emb = rng.normal(0, 1.5, (3, 2, 6, 6, 4)).astype(np.float32)
     ids = rng.integers(0, 6, (3, 2, 6, 6)).astype(np.int32)
     ids[2] = 0  # an image with no instance
@@ -300,3 +322,24 @@ def test_live_training_renders_fresh_scenes(tmp_path: Path) -> None:
     scene = json.loads((run_dir / "scene_config.json").read_text())
     assert scene["instances_per_class"] == 1 and scene["seed"] == 5
     assert (run_dir / "model.keras").exists()
+
+
+def test_layer_balanced_pull_weighs_an_instances_occluded_pixels_as_much_as_its_visible_ones() -> None:
+    """Three visible pixels at the centre-ish, one occluded pixel far off: by pixels the far
+    pixel is a quarter of the pull, by layers a half."""
+    emb = np.zeros((1, 2, 1, 4, 1), np.float32)
+    ids = np.zeros((1, 2, 1, 4), np.int32)
+    ids[0, 0, 0, :3] = 1
+    ids[0, 1, 0, 0] = 1
+    emb[0, 1, 0, 0, 0] = 4.0  # the instance's mean is 1.0: visible pixels 1.0 away, the occluded one 3.0
+    classes = np.array([[0, 1]], np.int32)
+    pull = {
+        balance: float(
+            discriminative_loss(
+                tf.constant(emb), tf.constant(ids), tf.constant(classes), LossConfig(d_var=0.5, pull_balance=balance)
+            )["variance"]
+        )
+        for balance in ("pixels", "layers")
+    }
+    assert pull["pixels"] == pytest.approx((3 * 0.5**2 + 2.5**2) / 4)
+    assert pull["layers"] == pytest.approx((0.5**2 + 2.5**2) / 2)
