@@ -23,6 +23,10 @@ Compares the model's outputs with the dataset's exact layer maps (an HDF5 file) 
    of its layer-1 pixels and that of its deeper ones, and the distance from its mean to
    the nearest other instance's (of any class, and of its class), against the ``2 d_dist``
    the loss asks for: what the clustering has to work with.
+5. **Nearest own centre**: per layer, the share of an instance's pixels whose embedding is
+   nearer (L1) its own instance's mean than any other instance's in the scene. With the
+   true means as the centres this is the best any grouping by nearest centre can do; a
+   pixel nearer another instance is lost to it whatever the clustering.
 
 Ground truth counts only visible instances (as ``shapesgen evaluate`` does), so the maps
 are the visible-only maps training uses. The forward pass is run once and may be cached
@@ -267,6 +271,31 @@ def separation_figures(embedding: np.ndarray, truth: Truth, d_var: float, bandwi
     return out
 
 
+def nearest_own_figures(embedding: np.ndarray, truth: Truth) -> dict[str, dict[str, float | int]]:
+    """Per layer, how many instance pixels there are and the share nearer their own instance's
+    mean embedding (over all its layers) than any other instance's (see the module docs)."""
+    layers = truth.ids.shape[1]
+    pixels, nearest = np.zeros(layers, np.int64), np.zeros(layers, np.int64)
+    for scene in range(len(embedding)):
+        ids, vectors = truth.ids[scene], embedding[scene]
+        present = np.array([int(i) for i in np.unique(ids) if i > 0])
+        if len(present) == 0:
+            continue
+        means = np.stack([vectors[ids == i].mean(axis=0) for i in present])
+        for layer in range(layers):
+            held = ids[layer] > 0
+            distances = np.abs(vectors[layer][held][:, None, :] - means[None]).sum(axis=2)
+            pixels[layer] += int(held.sum())
+            nearest[layer] += int((present[distances.argmin(axis=1)] == ids[layer][held]).sum())
+    return {
+        f"layer {layer + 1}": {
+            "pixels": int(pixels[layer]),
+            "nearest_own": float(nearest[layer] / pixels[layer]) if pixels[layer] else float("nan"),
+        }
+        for layer in range(layers)
+    }
+
+
 def records_for(count: int, make: Callable[[int], list[Instance]]) -> list[dict[str, Any]]:
     return [record for scene in range(count) for record in records_of(make(scene), scene)]
 
@@ -377,6 +406,11 @@ def main() -> None:
     for band, row in report["separation"].items():
         cells = [f"{row[k]:.3f}" if row[k] is not None else "-" for k in list(row)[1:]]
         print(f"{band} | {row['instances']} | " + " | ".join(cells))
+    report["nearest_own"] = nearest_own_figures(embedding, truth)
+    print("\n5. pixels nearer their own instance's mean embedding than any other's (the truth's means)")
+    print("layer | instance pixels | nearest own")
+    for name, row in report["nearest_own"].items():
+        print(f"{name} | {row['pixels']} | {row['nearest_own']:.4f}")
     if args.json is not None:
         args.json.write_text(json.dumps(report, indent=1) + "\n")
 

@@ -1,4 +1,4 @@
-"""benchmarks/diagnose_model.py's embedding-separation figures, on embeddings whose answer is known."""
+"""benchmarks/diagnose_model.py's embedding figures, on embeddings whose answer is known."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from diagnose_model import Truth, separation_figures  # noqa: E402
+from diagnose_model import Truth, nearest_own_figures, separation_figures  # noqa: E402
 
 
 def test_separation_figures_measure_spread_gaps_and_neighbours() -> None:
@@ -29,3 +29,17 @@ def test_separation_figures_measure_spread_gaps_and_neighbours() -> None:
     assert heavy["within_d_var"] == 1.0  # each pixel 0.5 from the mean (4, 0.5)
     assert none["nearest_other"] == pytest.approx(4.5) and heavy["nearest_same_class"] == pytest.approx(4.5)
     assert figures["partial"]["instances"] == 0 and figures["partial"]["nearest_other"] is None
+
+
+def test_nearest_own_counts_a_hidden_pixel_embedded_nearer_another_instance_as_lost() -> None:
+    ids = np.zeros((1, 2, 1, 4), np.int64)
+    ids[0, 0, 0, :2] = 1
+    ids[0, 0, 0, 2:] = 2
+    ids[0, 1, 0, :2] = 2  # instance 2's hidden part, behind instance 1
+    embedding = np.zeros((1, 2, 1, 4, 1), np.float32)
+    embedding[0, 0, 0, 2:] = 6.0
+    embedding[0, 1, 0, :2, 0] = (6.0, 0.5)  # one hidden pixel near its own instance, one at instance 1
+    truth = Truth(ids, np.where(ids > 0, 1, 0), [np.array([np.nan, 0.0, 0.5])])
+    figures = nearest_own_figures(embedding, truth)  # instance 2's mean: (6 + 6 + 6 + 0.5) / 4
+    assert figures["layer 1"] == {"pixels": 4, "nearest_own": 1.0}
+    assert figures["layer 2"] == {"pixels": 2, "nearest_own": 0.5}
