@@ -34,7 +34,8 @@ folders `render` (sharded too), `predict`, `evaluate --json` and `preview` write
 into what shapesgen wrote as a whole, even with `--force`, nor does an export (except into
 a sharded dataset's folder): a training run's own entries (model, configs,
 checkpoints, logs; results may sit beside them), a sharded dataset's folder (its
-`manifest.json` names shapesgen's format; an export may go in a subfolder of it) or a COCO
+`manifest.json` names shapesgen's format, or, before a stopped render has one, its shard files
+do; an export may go in a subfolder of it) or a COCO
 export's folder or its `images/` (its `SHA256SUMS` lists its `annotations.json`). An
 output's name may not end in `.partial` or `.lock`: those are the names of the files made
 beside an output, which a later command may delete. A sharded render replaces only files

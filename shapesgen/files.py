@@ -306,7 +306,7 @@ def refuse_dataset_folders(path: Path, param: str) -> None:
     replaces one of their files, and any new file breaks the folder's checksums or its
     next render."""
     target = resolved(path.absolute())
-    if is_sharded_folder(target.parent):
+    if holds_shards(target.parent):
         raise ConfigError(
             f"{param}={str(path)!r} is inside the sharded dataset {target.parent}: give a path outside it",
             param=param,
@@ -339,6 +339,22 @@ def _head(path: Path, size: int = 1 << 20) -> bytes:
 def is_sharded_folder(folder: Path) -> bool:
     """Whether ``folder`` holds a manifest naming shapesgen's sharded format (even a damaged one)."""
     return f'"format": "{SHARDED_FORMAT}"'.encode() in _head(folder / SHARDED_MARKER)
+
+
+def holds_shards(folder: Path) -> bool:
+    """Whether ``folder`` is a sharded dataset: finished (its manifest) or not yet (a shard
+    file shapesgen wrote, its format name in the file's first bytes, and no manifest yet:
+    a render stopped part-way, which its next run resumes)."""
+    if is_sharded_folder(folder):
+        return True
+    from shapesgen.storage.layout import FORMAT_NAME, SHARD_FILE  # layout imports this module
+
+    try:
+        with os.scandir(folder) as entries:
+            shards = [entry.name for entry in entries if SHARD_FILE.fullmatch(entry.name)]
+    except OSError:
+        return False
+    return any(FORMAT_NAME.encode() in _head(folder / name) for name in sorted(shards)[:4])
 
 
 def _is_export_folder(folder: Path) -> bool:

@@ -754,3 +754,35 @@ def test_a_finished_folder_keeps_a_users_link_in_a_shards_place_even_a_dangling_
     with pytest.raises(DatasetError, match="shard-00001.h5 is a symbolic link, not a shard: move it out"):
         render_sharded(tiny_config, folder, num_scenes=NUM, shard_size=SIZE)
     assert (folder / "shard-00001.h5").is_symlink() and not (tmp_path / "nowhere.h5").exists()
+
+
+def test_no_output_goes_inside_a_sharded_folder_whose_render_is_unfinished(
+    tmp_path: Path, tiny_config: SceneConfig, single: Path
+) -> None:
+    """Before its manifest exists a stopped render's folder holds only shards: an output put
+    there was accepted, and the resume then refused the folder for the stray file."""
+    folder = render_sharded(tiny_config, tmp_path / "ds", num_scenes=NUM, shard_size=SIZE)
+    finished = {p.name: p.read_bytes() for p in folder.iterdir()}
+    (folder / "manifest.json").unlink()
+    (folder / "dataset.h5").unlink()
+    before = sorted(p.name for p in folder.iterdir())
+    attempts = [
+        ("render", "--num", 4, "--shard-size", 2, "--out", folder / "inner", "-q"),
+        ("render", "--num", 4, "--out", folder / "one.h5", "-q"),
+        ("evaluate", "--gt", single, "--oracle-layers", 1, "--json", folder / "metrics.json"),
+    ]
+    for args in attempts:
+        result = run_cli(*args)
+        assert result.exit_code == 2 and "is inside the sharded dataset" in result.stderr, (args, result.output)
+    assert sorted(p.name for p in folder.iterdir()) == before
+    render_sharded(tiny_config, folder, num_scenes=NUM, shard_size=SIZE)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == finished
+
+
+def test_a_folder_with_a_users_file_named_like_a_shard_takes_outputs(tmp_path: Path, single: Path) -> None:
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    (folder / "shard-00000.h5").write_text("my notes")
+    result = run_cli("evaluate", "--gt", single, "--oracle-layers", 1, "--json", folder / "metrics.json")
+    assert result.exit_code == 0, result.stderr
+    assert (folder / "metrics.json").is_file() and (folder / "shard-00000.h5").read_text() == "my notes"
