@@ -283,7 +283,7 @@ def _predict(
 def write_results(records: list[dict[str, Any]], path: str | Path, force: bool = False) -> Path:
     """COCO results JSON, written atomically (nothing is left at ``path`` on failure)."""
     return write_atomically(
-        path, (json.dumps(records, separators=(",", ":")) + "\n").encode(), param="out", force=force, kind="JSON"
+        path, (json.dumps(records, separators=(",", ":")) + "\n").encode(), param="out", force=force, kind="results"
     )
 
 
@@ -449,6 +449,6 @@ def _check_output(out: str | Path, source: DataFile, run_path: Path, force: bool
             param="out",
         )
     refuse_run_files(out_path, "out")  # and those of any other run
-    check_replaceable(out_path, "out", force, "JSON")
+    check_replaceable(out_path, "out", force, "results")
     check_writable(out_path, "out")
     return out_path

@@ -28,7 +28,8 @@ replaced only with `--force`, only by a complete new one, never when it is (or h
 input, never when it is a link, FIFO or device, and an export folder only if it is a
 shapesgen export exactly as written (every file matches its `SHA256SUMS`). A single-file
 output is replaced only if it is an earlier output of the same kind or empty: a shapesgen
-dataset for `render --out`, a JSON file for `predict --out` and `evaluate --json`, a PNG for
+dataset for `render --out`, a COCO results list (a JSON list of records naming their `image_id`) for `predict --out`,
+evaluate's metrics (a JSON object whose first key is `all`) for `evaluate --json`, a PNG for
 `preview` (a model, notes or any other file there is kept, with one line). The files and
 folders `render` (sharded too), `predict`, `evaluate --json` and `preview` write never go
 into what shapesgen wrote as a whole, even with `--force`, nor does an export (except into

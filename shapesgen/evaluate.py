@@ -1339,7 +1339,7 @@ def evaluate_files(
             related=("oracle_layers",),
         )
     if json_out is not None:
-        check_file_output(json_out, "json_out", force, "JSON")
+        check_file_output(json_out, "json_out", force, "metrics")
         if resolved(Path(json_out)) in {resolved(Path(gt)), resolved(Path(dt)) if dt is not None else None}:
             raise ConfigError(f"json_out={str(json_out)!r} would overwrite an input", param="json_out")
         if is_sharded(gt) and contains(Path(gt), Path(json_out)):
@@ -1377,6 +1377,6 @@ def evaluate_files(
     metrics["band_rate"] = band_rate
     if json_out is not None:
         write_atomically(
-            json_out, (json.dumps(metrics, indent=2) + "\n").encode(), param="json_out", force=force, kind="JSON"
+            json_out, (json.dumps(metrics, indent=2) + "\n").encode(), param="json_out", force=force, kind="metrics"
         )
     return metrics, warnings

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import stat
 import tempfile
 from collections.abc import Iterator
@@ -368,14 +369,24 @@ DESCRIBED = {
     "HDF5": "an HDF5 file (a dataset?)",
     "zip": "a zip file (a .keras model?)",
     "PNG": "a PNG image",
+    "results": "a COCO results list",
+    "metrics": "a metrics file",
     "JSON": "a JSON file",
     None: "another kind of file",
 }
+# JSON outputs by what they hold: predictions (a list of records naming their image, or an
+# empty list) and evaluate's metrics (an object whose first key is "all", or an empty one).
+RESULTS_HEAD = re.compile(rb'\s*\[\s*(\]|\{.*?"image_id"\s*:)', re.DOTALL)
+METRICS_HEAD = re.compile(rb'\s*\{\s*(\}|"all"\s*:)')
 
 
-def _a(kind: str) -> str:
-    """The article before a file kind's name as it is read out ("an HDF5", "a JSON")."""
-    return "an" if kind[0] in "AEFHILMNORSX" else "a"
+WANTED = {
+    "HDF5": "an HDF5 file",
+    "PNG": "a PNG file",
+    "results": "a COCO results list",
+    "metrics": "a metrics file",
+    "JSON": "a JSON file",
+}
 
 
 def _kind_of(head: bytes) -> str | None:
@@ -384,14 +395,19 @@ def _kind_of(head: bytes) -> str | None:
     for signature, kind in SIGNATURES.items():
         if head.startswith(signature):
             return kind
+    if RESULTS_HEAD.match(head):
+        return "results"
+    if METRICS_HEAD.match(head):
+        return "metrics"
     return "JSON" if head.lstrip()[:1] in (b"[", b"{") else None
 
 
 def check_replaceable(path: Path, param: str, force: bool, kind: str | None = None) -> None:
     """Refuse what ``path`` holds unless it may be replaced: nothing but a regular file,
-    only with ``force``, and (``kind`` given: ``"HDF5"``, ``"JSON"`` or ``"PNG"``) only a file of
-    that kind or an empty one, since ``--force`` is meant for an earlier output of the same
-    command, not for a dataset or model that happens to sit at the path."""
+    only with ``force``, and (``kind`` given: ``"HDF5"``, ``"results"``, ``"metrics"``, ``"JSON"``
+    or ``"PNG"``) only a file of that kind or an empty one, since ``--force`` is meant for an
+    earlier output of the same command, not for a dataset, a model, notes or another
+    command's output that happens to sit at the path."""
     if path.is_symlink() or (path.exists() and not path.is_file()):
         raise ConfigError(
             f"{param}={str(path)!r} exists and is not a regular file (a folder, link, FIFO or device): "
@@ -401,12 +417,12 @@ def check_replaceable(path: Path, param: str, force: bool, kind: str | None = No
     if path.exists() and not force:
         raise DatasetError(f"{param}={str(path)!r} exists: pass force=True to replace it", param=param)
     if kind is not None and path.exists():
-        head = _head(path, 64)
+        head = _head(path, 4096)
         found = _kind_of(head)
         if head and found != kind:
             raise ConfigError(
-                f"{param}={str(path)!r} exists and is {DESCRIBED[found]}, not {_a(kind)} {kind} file: "
-                f"force=True replaces only an earlier {kind} output; give another path (or delete the file yourself)",
+                f"{param}={str(path)!r} exists and is {DESCRIBED[found]}, not {WANTED[kind]}: force=True replaces "
+                "only an earlier output of this command; give another path (or delete the file yourself)",
                 param=param,
             )
 

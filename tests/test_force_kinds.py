@@ -18,24 +18,39 @@ from shapesgen.files import write_atomically
 @pytest.mark.parametrize(
     ("head", "kind", "named"),
     [
-        (b"\x89HDF\r\n\x1a\n" + bytes(40), "JSON", "an HDF5 file"),
-        (b"PK\x03\x04" + bytes(40), "JSON", "a zip file"),
-        (b"\x89PNG\r\n\x1a\n" + bytes(40), "JSON", "a PNG image"),
-        (b"epoch,steps,seconds\n1,2,3\n", "JSON", "another kind of file"),
+        (b"\x89HDF\r\n\x1a\n" + bytes(40), "results", "an HDF5 file"),
+        (b"PK\x03\x04" + bytes(40), "metrics", "a zip file"),
+        (b"\x89PNG\r\n\x1a\n" + bytes(40), "results", "a PNG image"),
+        (b"epoch,steps,seconds\n1,2,3\n", "metrics", "another kind of file"),
         (b'{"AP": 0.5}\n', "PNG", "a JSON file"),
+        (b'{"user": "important notes"}\n', "results", "a JSON file"),
+        (b'{"user": "important notes"}\n', "metrics", "a JSON file"),
+        (b'["a", "list"]\n', "results", "a JSON file"),
+        (b'{\n  "all": {"AP": 0.5}}\n', "results", "a metrics file"),
+        (b'[{"image_id": 1, "score": 0.5}]\n', "metrics", "a COCO results list"),
+        (b'{"image_size": 256, "shapes": []}\n', "metrics", "a JSON file"),
     ],
 )
 def test_another_kind_of_file_is_kept(tmp_path: Path, head: bytes, kind: str, named: str) -> None:
     target = tmp_path / "out"
     target.write_bytes(head)
-    with pytest.raises(ConfigError, match=f"is {named}.*, not a {kind} file"):
+    wanted = {"results": "a COCO results list", "metrics": "a metrics file", "PNG": "a PNG file"}[kind]
+    with pytest.raises(ConfigError, match=f"is {named}.*, not {wanted}:"):
         write_atomically(target, b"new", force=True, kind=kind)
     assert target.read_bytes() == head
 
 
 @pytest.mark.parametrize(
     ("old", "kind"),
-    [(b"", "JSON"), (b'  [{"image_id": 1}]\n', "JSON"), (b'{"AP": 1}', "JSON"), (b"\x89PNG\r\n\x1a\nrest", "PNG")],
+    [
+        (b"", "results"),
+        (b'  [{"image_id": 1}]\n', "results"),
+        (b"[]\n", "results"),
+        (b'[{"category_id": 1, "segmentation": {"size": [4, 4], "counts": "16"}, "image_id": 2}]', "results"),
+        (b'{\n  "all": {\n    "AP": 1}}', "metrics"),
+        (b"{}\n", "metrics"),
+        (b"\x89PNG\r\n\x1a\nrest", "PNG"),
+    ],
 )
 def test_an_earlier_output_of_the_kind_or_an_empty_file_is_replaced(tmp_path: Path, old: bytes, kind: str) -> None:
     target = tmp_path / "out"
@@ -110,3 +125,30 @@ def test_render_force_keeps_an_hdf5_file_shapesgen_did_not_write(tmp_path: Path)
     assert result.exit_code == 2, result.output
     assert "is an HDF5 file that shapesgen did not write" in result.stderr and "Traceback" not in result.stderr
     assert victim.read_bytes() == before
+
+
+def test_predict_and_evaluate_keep_a_users_json_and_each_others_output(
+    tiny_dataset: Path, run_dir: Path, tmp_path: Path
+) -> None:
+    """``--force`` took any JSON file: notes, a scene config, evaluate's metrics under
+    predict's --out and predictions under evaluate's --json were all replaced."""
+    notes, results, metrics = tmp_path / "notes.json", tmp_path / "results.json", tmp_path / "metrics.json"
+    notes.write_text('{"user": "important notes"}\n')
+    predict = ("predict", "--model", run_dir, "--data", tiny_dataset, "-q")
+    assert run_cli(*predict, "--out", results).exit_code == 0
+    evaluate = ("evaluate", "--gt", tiny_dataset, "--dt", results)
+    assert run_cli(*evaluate, "--json", metrics).exit_code == 0
+    before = {path: path.read_bytes() for path in (notes, results, metrics)}
+    for args, victim in [
+        ((*predict, "--out", notes), notes),
+        ((*predict, "--out", metrics), metrics),
+        ((*evaluate, "--json", notes), notes),
+        ((*evaluate, "--json", results), results),
+    ]:
+        result = run_cli(*args, "--force")
+        assert result.exit_code == 2 and "force=True" not in result.stderr, result.output
+        assert "only an earlier output of this command" in result.stderr and "Traceback" not in result.stderr
+        assert victim.read_bytes() == before[victim]
+    assert {path: path.read_bytes() for path in before} == before
+    assert run_cli(*predict, "--out", results, "--force").exit_code == 0
+    assert run_cli(*evaluate, "--json", metrics, "--force").exit_code == 0
