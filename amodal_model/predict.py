@@ -147,7 +147,21 @@ def load_run(run_dir: str | Path) -> tuple[keras.Model, TrainConfig, SceneConfig
     scene = load_scene_config(run_dir / SCENE_CONFIG_FILE)
     model = _load_keras(model_path, "run_dir")
     _check_model(model, config, scene, model_path)
+    saved_with = getattr(model, "train_config", None)
+    if saved_with is not None and saved_with != config:
+        raise DatasetError(
+            f"run_dir={str(run_dir)!r}: its training was resumed and has not finished ({MODEL_FILE} is the model "
+            f"from before the resume, {TRAIN_CONFIG_FILE} holds the resumed settings): predict with {model_path} "
+            f"(the model from before){_or_best(run_dir)}, or finish it with "
+            f"`shapesgen train ... --out {run_dir} --resume`",
+            param="run_dir",
+        )
     return model, config, scene
+
+
+def _or_best(run_dir: Path) -> str:
+    best = run_dir / BEST_MODEL_FILE
+    return f", or its best model so far ({best})" if best.is_file() else ""
 
 
 def _unfinished(run_dir: Path) -> str:

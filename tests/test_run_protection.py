@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
-from conftest import run_cli
+from conftest import fake_epoch, quick_config, run_cli
 
+from shapesgen.errors import DatasetError
 from shapesgen.files import RUN_OWNED
 
 
@@ -108,3 +110,32 @@ def test_a_folder_named_like_a_dataset_by_its_files_alone_takes_outputs(tiny_dat
     ):
         result = run_cli(*command)
         assert result.exit_code == 0, (command, result.stderr)
+
+
+def test_a_run_whose_resume_was_stopped_is_unfinished_to_predict(
+    tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A resume rewrites train_config.json as it starts: stopped, the run held the old
+    model.keras beside the new settings, and predicting with the folder mixed the two."""
+    from amodal_model.predict import load_run
+    from amodal_model.train import Trainer, TrainingInterrupted, train
+
+    monkeypatch.setattr(Trainer, "run_epoch", fake_epoch)
+    run = train(tiny_dataset, tmp_path / "run", quick_config().replace(epochs=2))
+    assert load_run(run)[1].optimiser.epochs == 2
+
+    def stopped(self: Any, epoch: int, callbacks: Any) -> dict[str, Any]:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "run_epoch", stopped)
+    with pytest.raises(TrainingInterrupted):
+        train(tiny_dataset, run, quick_config().replace(epochs=5, score="completeness"), resume=True)
+    with pytest.raises(DatasetError, match="resumed and has not finished.*model from before.*--resume") as caught:
+        load_run(run)
+    assert caught.value.param == "run_dir"
+    _, before, _ = load_run(run / "model.keras")
+    assert before.optimiser.epochs == 2 and before.inference.score == "class"
+    monkeypatch.setattr(Trainer, "run_epoch", fake_epoch)
+    train(tiny_dataset, run, quick_config().replace(epochs=5, score="completeness"), resume=True)
+    _, finished, _ = load_run(run)
+    assert finished.optimiser.epochs == 5 and finished.inference.score == "completeness"
