@@ -20,7 +20,7 @@ import numpy as np
 
 from amodal_model.cluster import Instance, cluster_instances
 from amodal_model.config import InferenceConfig
-from shapesgen.engines import interrupts_held, leave_interrupts_to_parent
+from shapesgen.engines import die_with_parent, interrupts_held, leave_interrupts_to_parent
 from shapesgen.errors import ConfigError, shown
 
 MAX_WORKERS = 256
@@ -114,6 +114,13 @@ class Clusterer:
         return lambda: [record for future in futures for record in future.result()]
 
 
+def _start_cluster_worker() -> None:
+    """Ctrl-C is the parent's; the worker dies with the parent (a ``kill -9``'d predict left
+    its spawned clustering workers running)."""
+    leave_interrupts_to_parent()
+    die_with_parent()
+
+
 @contextmanager
 def clusterer(settings: InferenceConfig, workers: int | None = None) -> Iterator[Clusterer]:
     """A :class:`Clusterer` with its worker pool (spawned: TensorFlow in the parent is not forked)."""
@@ -128,7 +135,7 @@ def clusterer(settings: InferenceConfig, workers: int | None = None) -> Iterator
     pool = ProcessPoolExecutor(
         count,
         mp_context=multiprocessing.get_context("spawn"),
-        initializer=leave_interrupts_to_parent,
+        initializer=_start_cluster_worker,
     )
     try:
         yield Clusterer(settings, count, pool)

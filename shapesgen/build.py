@@ -31,7 +31,7 @@ from typing import Any
 import h5py
 
 from shapesgen.config import MAX_SEED, SceneConfig, StorageConfig
-from shapesgen.engines import INTERRUPTS, interrupts_held
+from shapesgen.engines import INTERRUPTS, die_with_parent, interrupts_held
 from shapesgen.errors import ConfigError, DatasetError, FailedWrite, ResourceError, ShapesgenError, ShapesgenNote
 from shapesgen.files import (
     check_output_path,
@@ -52,7 +52,6 @@ from shapesgen.storage.writer import DatasetWriter, NoSpace
 
 ProgressCallback = Callable[[int, int], None]
 Verifier = Callable[[dict[str, str]], None]
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 class RenderInterrupted(ShapesgenError):
@@ -100,13 +99,7 @@ def _worker_init() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if hasattr(signal, "pthread_sigmask"):  # held by the parent while it forked this worker
         signal.pthread_sigmask(signal.SIG_UNBLOCK, INTERRUPTS)
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() == 1:  # the parent died before the request took effect
-            os._exit(1)
+    die_with_parent()
 
 
 @contextlib.contextmanager

@@ -4,6 +4,7 @@ start-up tracebacks, and ``python -m shapesgen`` stopped while importing printed
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import signal
@@ -12,6 +13,7 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 import typer
@@ -73,3 +75,37 @@ def test_ctrl_c_while_python_m_shapesgen_starts_is_one_line(tmp_path: Path, dela
     _, err = process.communicate(timeout=60)
     lines = err.decode().strip().splitlines()
     assert (process.returncode, lines) in ((130, ["error: interrupted"]), (0, [])), err.decode()
+
+
+def test_predict_killed_leaves_no_clustering_worker_behind(run_dir: Path, tmp_path: Path) -> None:
+    """``kill -9`` of predict left its spawned clustering workers (and their resource tracker)
+    running for good, parented to init."""
+    from conftest import TINY
+
+    from shapesgen.build import render_dataset
+
+    psutil = pytest.importorskip("psutil")
+    data = render_dataset(TINY, tmp_path / "d.h5", num_scenes=400)
+    args = ["predict", "--model", str(run_dir), "--data", str(data), "--out", str(tmp_path / "r.json")]
+    proc = subprocess.Popen([sys.executable, "-m", "shapesgen", *args, "--workers", "2", "--batch-size", "1", "-q"])
+    parent, deadline = psutil.Process(proc.pid), time.monotonic() + 120
+
+    def spawned() -> list[Any]:
+        found = []
+        for child in parent.children():
+            with contextlib.suppress(psutil.Error):  # one ended while listed
+                if "spawn_main" in " ".join(child.cmdline()):
+                    found.append(child)
+        return found
+
+    while len(workers := spawned()) < 2:
+        assert proc.poll() is None and time.monotonic() < deadline, "predict ended before its workers were seen"
+        time.sleep(0.01)
+    family = parent.children(recursive=True)
+    proc.kill()
+    proc.wait(timeout=30)
+    _, alive = psutil.wait_procs(family, timeout=20)
+    for orphan in alive:  # not to outlive a failed test
+        with contextlib.suppress(psutil.Error):
+            orphan.kill()
+    assert workers and not alive, [orphan.pid for orphan in alive]
