@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import os
 import re
@@ -101,7 +102,7 @@ def package_run(run_dir: Path, name: str, card: str, metrics: dict[str, Any] | N
         staged = Path(tmp) / name
         staged.mkdir()
         keras.saving.save_model(model, staged / MODEL_FILE)
-        _make_reproducible(staged / MODEL_FILE)
+        make_reproducible(staged / MODEL_FILE)
         size = (staged / MODEL_FILE).stat().st_size
         if size > MAX_SHIPPED_BYTES:
             raise DatasetError(
@@ -118,13 +119,14 @@ def package_run(run_dir: Path, name: str, card: str, metrics: dict[str, Any] | N
     return target
 
 
-def _make_reproducible(path: Path) -> None:
-    """Rewrite a ``.keras`` zip without what changes between two saves of the same model
-    (the save date in ``metadata.json``, the entries' times), so a shipped file and the
-    checksum on its card depend on the weights and configs only."""
+def make_reproducible(path: Path) -> None:
+    """Rewrite a ``.keras`` zip, in place, without what changes between two saves of the
+    same model (the save date in ``metadata.json``, the entries' times), so a saved file
+    (and the checksum on a shipped model's card) depends on the weights and configs only.
+    ``path`` is a file not yet published (a staged or partial one): it is rewritten whole."""
     with zipfile.ZipFile(path) as archive:
         entries = [(info.filename, archive.read(info.filename)) for info in archive.infolist()]
-    rewritten = path.with_name(path.name + ".tmp")
+    rewritten = io.BytesIO()
     with zipfile.ZipFile(rewritten, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         for name, data in entries:
             if name == "metadata.json":
@@ -132,4 +134,4 @@ def _make_reproducible(path: Path) -> None:
                 metadata.pop("date_saved", None)
                 data = json.dumps(metadata, sort_keys=True).encode()
             archive.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), data, zipfile.ZIP_DEFLATED)
-    rewritten.replace(path)
+    path.write_bytes(rewritten.getvalue())

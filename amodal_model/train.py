@@ -47,6 +47,7 @@ from amodal_model.predict import (
     load_train_config,
     predict_hdf5,
 )
+from amodal_model.pretrained import make_reproducible
 from shapesgen import open_dataset
 from shapesgen.errors import ConfigError, DatasetError, ShapesgenError, ShapesgenNote, one_line, shown
 from shapesgen.evaluate import GroundTruth, evaluate, load_ground_truth, paper_columns
@@ -506,6 +507,7 @@ class Trainer:
         tmp = self.out / _partial_model(name)
         try:
             self.model.save(tmp)
+            make_reproducible(tmp)  # the same weights and configs give the same bytes
             tmp.replace(self.out / name)
         finally:
             tmp.unlink(missing_ok=True)

@@ -211,3 +211,16 @@ def test_models_lists_each_shipped_models_test_figures() -> None:
     for name, figures, _ in rows:
         metrics = json.loads((pretrained.PRETRAINED / name / "metrics.json").read_text())
         assert figures == (f"test AP {metrics['all']['AP']:.4f}, AR heavy {metrics['bands']['heavy']['AR100']:.4f}")
+
+
+def test_the_same_config_and_seed_train_a_byte_identical_model_file(tiny_dataset: Path, tmp_path: Path) -> None:
+    """model.keras differed between two runs of one command (its save date and zip times)."""
+    from conftest import quick_config
+
+    config = quick_config().replace(epochs=2, eval_every=1, eval_scenes=2)
+    first = train(tiny_dataset, tmp_path / "a", config, val=tiny_dataset)
+    second = train(tiny_dataset, tmp_path / "b", config, val=tiny_dataset)
+    for name in ("model.keras", "best.keras"):
+        assert (first / name).read_bytes() == (second / name).read_bytes(), name
+    model, saved, _ = load_run(first)
+    assert saved == config and model.train_config == config
