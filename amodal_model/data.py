@@ -49,21 +49,22 @@ class Source:
 
 
 _LIVE_VALUE = re.compile(r"-?[0-9]{1,20}")
-_LIVE_HELP = "use render:PRESET[,instances=N][,layers=L][,seed=S]"
+_LIVE_HELP = "use render:PRESET[,instances=N][,layers=L][,seed=S], each setting at most once"
 
 
 def parse_live_spec(spec: str) -> SceneConfig:
     """``render:paper,instances=6,layers=2,seed=1`` -> a SceneConfig with a seed."""
-    body = spec[len(LIVE_PREFIX) :]
-    preset_name, *pairs = [p.strip() for p in body.split(",") if p.strip()] or ["paper"]
+    preset_name, *pairs = [part.strip() for part in spec[len(LIVE_PREFIX) :].split(",")]
     names = {"instances": "instances_per_class", "layers": "layers", "seed": "seed"}
     overrides: dict[str, int] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         key, value = key.strip(), value.strip()
-        if not sep or key not in names or not _LIVE_VALUE.fullmatch(value):
+        if not sep or key not in names or not _LIVE_VALUE.fullmatch(value) or names[key] in overrides:
             raise ConfigError(f"train_source={shown(spec)} is invalid: {_LIVE_HELP}", param="train_source")
         overrides[names[key]] = int(value)
+    if not preset_name:
+        raise ConfigError(f"train_source={shown(spec)} is invalid: {_LIVE_HELP}", param="train_source")
     try:
         config = build_config(preset_name, **overrides)  # type: ignore[arg-type]
         check_scene_fits(config)  # the same limits as `render`: refused now, not after minutes of rendering

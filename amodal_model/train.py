@@ -624,6 +624,15 @@ def train(
             f"batch_size={batch_size} is invalid: train_source={str(source.path)!r} has only "
             f"{source.num_scenes} scene(s)",
             param="batch_size",
+            related=("train_source",),
+        )
+    scene = source.scene_config
+    if scene.layers > scene.num_instances:
+        raise ConfigError(
+            f"train_source={shown(str(train_source))}: its scenes have {scene.layers} layers but "
+            f"{scene.num_instances} instances, so layers past the {scene.num_instances}th are always empty: "
+            f"train on data with at most {scene.num_instances} layers",
+            param="train_source",
         )
     val_path = validation_file(val) if val is not None else None
     val_gt = _validation(val_path, source, config)

@@ -172,6 +172,13 @@ TRAIN_REFUSALS: dict[str, Any] = {
     "live-huge-number": lambda d, t: dict(train_source="render:paper,instances=" + "9" * 5000, out=t / "run"),
     "live-too-many-instances": lambda d, t: dict(train_source="render:paper,instances=99999", out=t / "run"),
     "live-impossible-layers": lambda d, t: dict(train_source="render:paper,layers=99999999", out=t / "run"),
+    "live-layers-past-the-instances": lambda d, t: dict(
+        train_source="render:paper,layers=3000,instances=2", out=t / "run"
+    ),
+    "live-empty": lambda d, t: dict(train_source="render:", out=t / "run"),
+    "live-no-preset": lambda d, t: dict(train_source="render:,instances=2", out=t / "run"),
+    "live-empty-setting": lambda d, t: dict(train_source="render:paper,,instances=2", out=t / "run"),
+    "live-setting-twice": lambda d, t: dict(train_source="render:paper,instances=2,instances=3", out=t / "run"),
     "foreign-val": lambda d, t: dict(train_source=d, out=t / "run", val=foreign_hdf5(t / "foreign.h5")),
     "out-is-a-file": lambda d, t: dict(train_source=d, out=t / "notes.txt"),
     "out-under-a-file": lambda d, t: dict(train_source=d, out=t / "notes.txt" / "run"),
@@ -628,3 +635,14 @@ def test_the_cli_puts_each_flag_in_its_concern(monkeypatch: pytest.MonkeyPatch, 
     bad = run_cli("train", "--train", "x.h5", "--out", tmp_path / "r", "--d-dist", -1)
     assert bad.exit_code == 2 and bad.stderr.count("\n") == 1, bad.stderr
     assert "--d-dist" in bad.stderr and "is invalid: must be a number > 0" in bad.stderr
+
+
+def test_cli_names_the_training_data_by_its_flag(tiny_dataset: Path, tmp_path: Path) -> None:
+    """Layers past the instance count hung training (a 3000-layer model); both refusals name
+    --train, not the library's train_source."""
+    result = run_cli("train", "--train", "render:paper,layers=3000,instances=2", "--out", tmp_path / "a")
+    assert result.exit_code == 2 and "--train 'render:paper,layers=3000,instances=2'" in result.stderr
+    assert "at most 6 layers" in result.stderr and "train_source" not in result.stderr
+    result = run_cli("train", "--train", tiny_dataset, "--out", tmp_path / "b", "--preset", "tiny", "--batch-size", 16)
+    assert result.exit_code == 2 and "--batch-size 16 is invalid: --train" in result.stderr, result.stderr
+    assert "has only 12 scene(s)" in result.stderr and not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
