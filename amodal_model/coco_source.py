@@ -287,8 +287,9 @@ def _images(images: list[Any], folder: Path, config: SceneConfig) -> dict[int, P
             raise DatasetError(
                 f"{where} is {extent} px, the config's image_size is {size}: "
                 + (
-                    f"a resolution='mask' export holds box-averaged {config.mask_size} px images and the model needs "
-                    f"the source's {size} px ones; export with resolution='image'"
+                    f"an export at mask resolution (`export coco --resolution mask`) holds box-averaged "
+                    f"{config.mask_size} px images and the model needs the source's {size} px ones; export it with "
+                    "`--resolution image`"
                     if image.get("height") == config.mask_size
                     else "not images of this dataset"
                 )

@@ -212,7 +212,7 @@ def _plan(out: Path, resume: bool, force: bool, inputs: list[Path]) -> str:
 
     Nothing is written; every refusal comes before any work.
     """
-    if out.is_symlink() and not out.is_dir():
+    if out.is_symlink() and not out.exists():
         raise DatasetError(f"out={str(out)!r} is a broken symbolic link: remove it or give another path", param="out")
     if out.exists() and not out.is_dir():
         raise DatasetError(f"out={str(out)!r} is a file, not a run folder: give another path", param="out")
@@ -233,6 +233,11 @@ def _plan(out: Path, resume: bool, force: bool, inputs: list[Path]) -> str:
             raise DatasetError(f"out={str(out)!r}: nothing to resume (no {RUN_MARKER} inside)", param="out")
         return "resume"
     if not force:
+        if not is_run_folder(out):
+            raise DatasetError(
+                f"out={str(out)!r} exists, is not empty and is not a training run: give a new or empty folder",
+                param="out",
+            )
         raise DatasetError(
             f"out={str(out)!r} exists and is not empty: pass resume=True to continue it or force=True to replace it",
             param="out",
@@ -251,8 +256,9 @@ def _check_resume(out: Path, config: TrainConfig, source: Source) -> None:
     if changed:
         key, name = changed[0], names[0]
         more = f" (and {len(names) - 1} more setting(s))" if len(names) > 1 else ""
+        now = f"{name}={shown(asked[key])}" if asked[key] is not None else f"{name} not given"
         raise ConfigError(
-            f"resume=True: {out} was trained with {name}={shown(saved[key])}, now {name}={shown(asked[key])}{more}: "
+            f"resume=True: {out} was trained with {name}={shown(saved[key])}, now {now}{more}: "
             "a resumed run keeps the settings that change training (only inference and evaluation settings and "
             "epochs may change)",
             param="resume",

@@ -1352,6 +1352,7 @@ def evaluate_files(
             f"oracle_layers={oracle_layers!r} needs an HDF5 ground truth (it reads the layer maps); "
             f"gt={str(gt)!r} is a JSON export",
             param="oracle_layers",
+            related=("gt",),
         )
     warnings: list[str] = []
     truth = load_ground_truth(gt, keep_layers=oracle_layers is not None, band_rate=band_rate)

@@ -179,7 +179,9 @@ def test_even_scale_rle_targets_differ_only_on_boundaries(sources: dict[str, Pat
 
 def test_a_mask_resolution_export_with_smaller_images_is_refused(exported: Exporter) -> None:
     export = exported("odd", resolution="mask", include_hidden=True)
-    with pytest.raises(DatasetError, match=r"resolution='mask' export .* export with resolution='image'") as info:
+    with pytest.raises(
+        DatasetError, match=r"mask resolution \(`export coco --resolution mask`\) .* `--resolution image`"
+    ) as info:
         open_coco_export(export, "train_source")
     assert info.value.param == "train_source"
     assert str(info.value).startswith(f"train_source={str(export)!r}: images[0] is 16x16 px")

@@ -646,3 +646,22 @@ def test_cli_names_the_training_data_by_its_flag(tiny_dataset: Path, tmp_path: P
     result = run_cli("train", "--train", tiny_dataset, "--out", tmp_path / "b", "--preset", "tiny", "--batch-size", 16)
     assert result.exit_code == 2 and "--batch-size 16 is invalid: --train" in result.stderr, result.stderr
     assert "has only 12 scene(s)" in result.stderr and not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_out_refusals_say_what_the_folder_is_and_what_to_do(data: Path, tmp_path: Path) -> None:
+    """A link to a file was called broken, a folder of other files was told to pass --resume
+    or --force (both then refused), and a default left out showed as None."""
+    (tmp_path / "file.txt").write_text("x")
+    (tmp_path / "link").symlink_to(tmp_path / "file.txt")
+    with pytest.raises(DatasetError, match="is a file, not a run folder"):
+        train(data, tmp_path / "link", QUICK)
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(DatasetError, match="is a broken symbolic link"):
+        train(data, tmp_path / "dangling", QUICK)
+    (tmp_path / "keep").mkdir()
+    (tmp_path / "keep" / "mine.txt").write_text("precious")
+    with pytest.raises(DatasetError, match="is not a training run: give a new or empty folder"):
+        train(data, tmp_path / "keep", QUICK)
+    run = stub_trained(data, tmp_path / "run", QUICK.replace(steps_per_epoch=3))
+    with pytest.raises(ConfigError, match="trained with steps_per_epoch=3, now steps_per_epoch not given"):
+        train(data, run, QUICK.replace(steps_per_epoch=None), resume=True)
