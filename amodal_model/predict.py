@@ -33,6 +33,7 @@ from shapesgen.files import (
     check_output_path,
     check_replaceable,
     contains,
+    file_kind,
     refuse_run_files,
     regular_input,
     write_atomically,
@@ -136,7 +137,11 @@ def load_run(run_dir: str | Path) -> tuple[keras.Model, TrainConfig, SceneConfig
     if run_dir.is_file() or (run_dir.suffix == ".keras" and not run_dir.is_dir()):
         return _self_contained(run_dir)
     if not run_dir.is_dir():
-        what = "is not a folder" if run_dir.exists() else "no such folder"
+        what = (
+            f"is {file_kind(run_dir.stat().st_mode)}, not a run folder or a .keras file"
+            if run_dir.exists()
+            else "no such folder"
+        )
         raise DatasetError(f"run_dir={str(run_dir)!r}: {what}", param="run_dir")
     model_path = run_dir / MODEL_FILE
     if not model_path.exists():

@@ -665,3 +665,9 @@ def test_out_refusals_say_what_the_folder_is_and_what_to_do(data: Path, tmp_path
     run = stub_trained(data, tmp_path / "run", QUICK.replace(steps_per_epoch=3))
     with pytest.raises(ConfigError, match="trained with steps_per_epoch=3, now steps_per_epoch not given"):
         train(data, run, QUICK.replace(steps_per_epoch=None), resume=True)
+
+
+def test_a_device_given_as_the_model_is_named_a_device(tiny_dataset: Path, tmp_path: Path) -> None:
+    result = run_cli("predict", "--model", "/dev/null", "--data", tiny_dataset, "--out", tmp_path / "r.json")
+    assert result.exit_code == 2 and "is a device, not a run folder or a .keras file" in result.stderr, result.stderr
+    assert not (tmp_path / "r.json").exists()
