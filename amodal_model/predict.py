@@ -34,6 +34,7 @@ from shapesgen.files import (
     check_replaceable,
     contains,
     file_kind,
+    locked_elsewhere,
     refuse_run_files,
     regular_input,
     write_atomically,
@@ -173,7 +174,10 @@ def _unfinished(run_dir: Path) -> str:
     """Why a folder without a model cannot predict, and what to use instead."""
     if not (run_dir / TRAIN_CONFIG_FILE).is_file():
         return f"no {MODEL_FILE} inside (is it a finished training run?)"
-    instead = [f"finish it with `shapesgen train ... --out {run_dir} --resume`"]
+    if locked_elsewhere(run_dir):
+        instead = ["wait until it ends (it is training now)"]
+    else:
+        instead = [f"finish it with `shapesgen train ... --out {run_dir} --resume`"]
     if (run_dir / BEST_MODEL_FILE).is_file():
         instead.insert(0, f"predict with its best model so far ({run_dir / BEST_MODEL_FILE})")
     return f"no {MODEL_FILE} inside (its training has not finished): " + ", or ".join(instead)

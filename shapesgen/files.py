@@ -39,6 +39,25 @@ def lock_path(path: Path) -> Path:
     return path.with_name(path.name + ".lock")
 
 
+def locked_elsewhere(path: Path) -> bool:
+    """Whether another process now holds ``<path>.lock`` (is building ``path``), found
+    without writing anything: a missing or unreadable lock file, or a free one, is no."""
+    lock = lock_path(path)
+    if fcntl is None or lock.is_symlink() or not lock.is_file():
+        return False
+    try:
+        fd = os.open(lock, os.O_RDONLY | NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
 NAME_MAX = 255  # bytes in one path component on Linux and macOS file systems
 SIDE_SUFFIX = len(".partial.lock")  # the longest name we add beside an output
 RESERVED_SUFFIXES = (".partial", ".lock")  # what we add beside an output: never an output's own name

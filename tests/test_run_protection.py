@@ -139,3 +139,17 @@ def test_a_run_whose_resume_was_stopped_is_unfinished_to_predict(
     train(tiny_dataset, run, quick_config().replace(epochs=5, score="completeness"), resume=True)
     _, finished, _ = load_run(run)
     assert finished.optimiser.epochs == 5 and finished.inference.score == "completeness"
+
+
+def test_predicting_with_a_run_that_is_training_says_so(run_dir: Path, tmp_path: Path) -> None:
+    """It advised `--resume`, which the running trainer's lock refuses."""
+    from amodal_model.predict import load_run
+    from shapesgen.files import exclusive_lock
+
+    run = Path(shutil.copytree(run_dir, tmp_path / "run"))
+    (run / "model.keras").unlink()
+    with pytest.raises(DatasetError, match="--resume"):
+        load_run(run)
+    with exclusive_lock(run, "out"), pytest.raises(DatasetError, match="it is training now") as caught:
+        load_run(run)
+    assert "--resume" not in str(caught.value)
