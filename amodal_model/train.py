@@ -351,7 +351,8 @@ class Trainer:
         self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer, epoch=self.epoch)
         if resume:
             try:
-                manager = tf.train.CheckpointManager(self.checkpoint, out / "checkpoints", max_to_keep=2)
+                with _tf_warnings_hidden():  # a damaged index logs ParseErrors before the one line below
+                    manager = tf.train.CheckpointManager(self.checkpoint, out / "checkpoints", max_to_keep=2)
                 latest = manager.latest_checkpoint
                 if latest is None:  # missing or unreadable index: resuming would silently start over
                     raise ValueError(f"no readable checkpoint in {out / 'checkpoints'}")
@@ -528,6 +529,18 @@ class Trainer:
             raise DatasetError(
                 f"{exc}; the checkpoints are kept: pass resume=True once it can be written", param="out"
             ) from None
+
+
+@contextmanager
+def _tf_warnings_hidden() -> Iterator[None]:
+    """TensorFlow's Python warnings (its ``tensorflow`` logger) held back for the block."""
+    logger = tf.get_logger()
+    level = logger.level
+    logger.setLevel("ERROR")
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 class _Staging:

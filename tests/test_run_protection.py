@@ -153,3 +153,25 @@ def test_predicting_with_a_run_that_is_training_says_so(run_dir: Path, tmp_path:
     with exclusive_lock(run, "out"), pytest.raises(DatasetError, match="it is training now") as caught:
         load_run(run)
     assert "--resume" not in str(caught.value)
+
+
+def test_a_damaged_checkpoint_index_on_resume_is_one_line(tiny_dataset: Path, tmp_path: Path) -> None:
+    """TensorFlow logged two ParseError warnings before the error line."""
+    import subprocess
+    import sys
+
+    from conftest import stub_trained
+
+    from amodal_model.config import TRAIN_PRESETS
+
+    config = TRAIN_PRESETS["tiny"].replace(epochs=1, steps_per_epoch=1, eval_every=0)
+    run = stub_trained(tiny_dataset, tmp_path / "run", config)
+    (run / "checkpoints" / "checkpoint").write_text("garbage {{\n")
+    args = ["train", "--train", str(tiny_dataset), "--out", str(run), "--preset", "tiny", "--resume", "-q"]
+    args += ["--epochs", "2", "--steps-per-epoch", "1", "--eval-every", "0"]
+    result = subprocess.run([sys.executable, "-m", "shapesgen", *args], capture_output=True, text=True)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines() == [
+        f"error: --out {str(run)!r}: its checkpoint cannot be restored (no readable checkpoint in "
+        f"{run / 'checkpoints'}); remove the folder or pass --force to start again"
+    ], result.stderr
