@@ -325,7 +325,7 @@ def test_single_file_outputs_replace_only_regular_files_and_only_with_force(rend
     fifo, link, notes = tmp_path / "fifo.png", tmp_path / "link.json", tmp_path / "notes.json"
     os.mkfifo(fifo)
     link.symlink_to(notes)
-    notes.write_text('{"notes": "precious"}')  # an earlier JSON: --force may replace it
+    notes.write_text('{"all": {"AP": 0.5}}')  # evaluate's earlier metrics: --force may replace them
     before = tree(tmp_path)
     cases = [
         (["preview", rendered, "--out", fifo, "--force"], 2, "not a regular file"),
