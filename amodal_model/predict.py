@@ -157,30 +157,31 @@ def load_run(run_dir: str | Path) -> tuple[keras.Model, TrainConfig, SceneConfig
     if saved_with is not None and saved_with != config:
         raise DatasetError(
             f"run_dir={str(run_dir)!r}: its training was resumed and has not finished ({MODEL_FILE} is the model "
-            f"from before the resume, {TRAIN_CONFIG_FILE} holds the resumed settings): predict with {model_path} "
-            f"(the model from before){_or_best(run_dir)}, or finish it with "
-            f"`shapesgen train ... --out {run_dir} --resume`",
+            f"from before the resume, {TRAIN_CONFIG_FILE} holds the resumed settings): "
+            + _instead(run_dir, f"predict with {model_path} (the model from before)"),
             param="run_dir",
         )
     return model, config, scene
 
 
-def _or_best(run_dir: Path) -> str:
-    best = run_dir / BEST_MODEL_FILE
-    return f", or its best model so far ({best})" if best.is_file() else ""
+def _instead(run_dir: Path, *first: str) -> str:
+    """What to do instead of predicting with an unfinished run: ``first``, its best model so
+    far, then finishing it (or waiting, while another process trains it)."""
+    options = list(first)
+    if (run_dir / BEST_MODEL_FILE).is_file():
+        options.append(f"predict with its best model so far ({run_dir / BEST_MODEL_FILE})")
+    if locked_elsewhere(run_dir):
+        options.append("wait until it ends (it is training now)")
+    else:
+        options.append(f"finish it with `shapesgen train ... --out {run_dir} --resume`")
+    return ", or ".join(options)
 
 
 def _unfinished(run_dir: Path) -> str:
     """Why a folder without a model cannot predict, and what to use instead."""
     if not (run_dir / TRAIN_CONFIG_FILE).is_file():
         return f"no {MODEL_FILE} inside (is it a finished training run?)"
-    if locked_elsewhere(run_dir):
-        instead = ["wait until it ends (it is training now)"]
-    else:
-        instead = [f"finish it with `shapesgen train ... --out {run_dir} --resume`"]
-    if (run_dir / BEST_MODEL_FILE).is_file():
-        instead.insert(0, f"predict with its best model so far ({run_dir / BEST_MODEL_FILE})")
-    return f"no {MODEL_FILE} inside (its training has not finished): " + ", or ".join(instead)
+    return f"no {MODEL_FILE} inside (its training has not finished): " + _instead(run_dir)
 
 
 def _self_contained(model_path: Path) -> tuple[keras.Model, TrainConfig, SceneConfig]:
