@@ -1,10 +1,15 @@
-"""The separable encoder's ``stem_norm`` switch and the ``cpu-deep`` preset built on it."""
+"""The separable encoder's switches (``stem_norm``, ``stem``, ``unit_norm``) and the presets built on them."""
 
 from __future__ import annotations
 
-import keras
-import pytest
+from pathlib import Path
 
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from amodal_model.backbones import space_to_depth
 from amodal_model.config import build_train_config
 from amodal_model.model import DataSpec, build_model
 from shapesgen import ConfigError
@@ -50,3 +55,64 @@ def test_stem_norm_is_ignored_by_other_encoders() -> None:
 def test_stem_norm_must_be_a_boolean(value: object) -> None:
     with pytest.raises(ConfigError, match=r"^stem_norm=.* is invalid: must be true or false$"):
         build_train_config("cpu-fast").replace(stem_norm=value)
+
+
+def test_space_to_depth_is_lossless_and_orders_channels_as_tensorflow_does() -> None:
+    """Each 4 x 4 patch becomes one position's channels, row-major within the patch."""
+    for channels in (1, 3):
+        inputs = keras.Input((16, 16, channels))
+        model = keras.Model(inputs, space_to_depth(inputs, 4, "s2d"))
+        x = np.random.default_rng(channels).uniform(size=(2, 16, 16, channels)).astype(np.float32)
+        out = model(x).numpy()
+        assert out.shape == (2, 4, 4, 16 * channels)
+        assert np.array_equal(out, tf.nn.space_to_depth(x, 4).numpy())
+        assert np.array_equal(np.sort(out.ravel()), np.sort(x.ravel()))
+
+
+def _unit_stack(model: keras.Model) -> keras.Model:
+    """The stride-8 stage of an 8-unit encoder: its input and the last residual unit's sum."""
+    ends = [model.get_layer(name).output for name in ("sep_down_pw_relu", "sep_unit8_add")]
+    return keras.Model(model.inputs, ends)
+
+
+def _unit_norms(model: keras.Model) -> list[str]:
+    return [name for name in _norm_layers(model) if name.startswith("sep_unit")]
+
+
+def test_unit_norm_off_drops_group_norm_from_the_units_and_starts_them_as_the_identity() -> None:
+    lean = build_train_config("cpu-deep", unit_norm=False, precision="float32")
+    model = build_model(lean, SPEC)
+    assert not [name for name in _norm_layers(model) if name.startswith("sep_unit")]
+    assert [
+        name for name in _norm_layers(build_model(build_train_config("cpu-deep"), SPEC)) if name.startswith("sep_unit")
+    ]
+    scales = [layer for layer in model.layers if layer.name.endswith("_scale")]
+    assert len(scales) == 8 and all(float(layer.scale.numpy()) == 0.0 for layer in scales)
+    x = np.random.default_rng(0).uniform(0, 255, (2, *[SPEC.image_size] * 2, 1)).astype(np.float32)
+    before, after = (out.numpy() for out in _unit_stack(model)(x))
+    assert np.array_equal(before, after), "SkipInit scales start at 0: the units add nothing"
+    for layer in scales:
+        layer.scale.assign(0.5)
+    before, after = (out.numpy() for out in _unit_stack(model)(x))
+    assert not np.array_equal(before, after)
+
+
+def test_cpu_lean_builds_saves_and_loads_to_the_same_outputs(tmp_path: Path) -> None:
+    lean = build_train_config("cpu-lean", precision="float32")
+    assert lean == build_train_config("cpu-deep", stem="space_to_depth", unit_norm=False, precision="float32")
+    model = build_model(lean, SPEC)
+    names = [layer.name for layer in model.layers]
+    assert "sep_s2d_stack" in names and "sep_entry_conv" not in names
+    for i, layer in enumerate(layer for layer in model.layers if layer.name.endswith("_scale")):
+        layer.scale.assign(0.1 * (i + 1))
+    model.save(tmp_path / "lean.keras")
+    loaded = keras.saving.load_model(tmp_path / "lean.keras")
+    x = np.random.default_rng(1).uniform(0, 255, (2, *[SPEC.image_size] * 2, 1)).astype(np.float32)
+    for key in ("semantic", "embedding"):
+        assert np.array_equal(model(x)[key].numpy(), loaded(x)[key].numpy())
+
+
+def test_stem_and_unit_norm_are_ignored_by_other_encoders() -> None:
+    tiny = build_model(build_train_config("tiny"), SPEC)
+    same = build_model(build_train_config("tiny", stem="space_to_depth", unit_norm=False), SPEC)
+    assert [layer.name for layer in tiny.layers] == [layer.name for layer in same.layers]

@@ -46,7 +46,9 @@ VALID: dict[str, st.SearchStrategy[Any]] = {
     "head": st.sampled_from(["separate", "shared"]),
     "head_conv": st.sampled_from(["standard", "separable"]),
     "separable_units": st.integers(1, 8),
+    "stem": st.sampled_from(["conv", "space_to_depth"]),
     "stem_norm": st.booleans(),
+    "unit_norm": st.booleans(),
     "output_kernel": st.integers(1, 7),
     "precision": st.sampled_from(["auto", "float32", "mixed_bfloat16"]),
     "position_scale": st.just(0.0) | st.floats(1e-6, 1e6),
@@ -95,6 +97,8 @@ BAD: list[tuple[str, Any, str]] = [
     ("head_conv", None, "head_conv=None is invalid"),
     ("separable_units", 9, "separable_units=9 is invalid"),
     ("stem_norm", 0, "stem_norm=0 is invalid: must be true or false"),
+    ("stem", "s2d", "stem='s2d' is invalid: must be one of 'conv', 'space_to_depth'"),
+    ("unit_norm", "no", "unit_norm='no' is invalid: must be true or false"),
     ("output_kernel", 0, "output_kernel=0 is invalid"),
     ("precision", "float16", "precision='float16' is invalid"),
     ("position_scale", -1, "position_scale=-1 is invalid: must be a number >= 0 and <= 1e+06"),
@@ -223,6 +227,7 @@ def test_presets_are_declared_once_and_round_trip() -> None:
         assert build_train_config(name) == preset
     deep, fast = TRAIN_PRESETS["cpu-deep"], TRAIN_PRESETS["cpu-fast"]
     assert deep == fast.replace(separable_units=8, stem_norm=False)
+    assert TRAIN_PRESETS["cpu-lean"] == deep.replace(stem="space_to_depth", unit_norm=False)
     assert build_train_config("tiny", epochs=3, seed=None, loss={"d_dist": None}) == TRAIN_PRESETS["tiny"].replace(
         epochs=3
     )
