@@ -17,9 +17,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shapesgen import SceneConfig, StorageConfig, open_dataset, preset, render_scenes
+from shapesgen.build import render_dataset
 from shapesgen.storage.encode import deflate, encode_scenes
 from shapesgen.storage.layout import DATASETS, INSTANCE_COLUMNS, INSTANCE_DTYPE, PER_SCENE, Scene, instance_table
 from shapesgen.storage.writer import DatasetWriter
+from shapesgen.validate import validate_file
 
 TINY = SceneConfig(image_size=64, mask_size=32, instances_per_class=3, layers=3, seed=11)
 CONFIGS = {"tiny": TINY, "extended": preset("extended").replace(instances_per_class=2, seed=3)}
@@ -289,3 +291,24 @@ def test_an_hdf5_file_another_program_holds_open_is_not_ours(tmp_path: Path) -> 
     finally:
         holder.communicate("")
     assert not_ours(path) == "is an HDF5 file that shapesgen did not write"
+
+
+@pytest.mark.parametrize(("batch", "level"), [(7, 2), (64, 2), (5, 0)])
+def test_vertex_rows_written_chunk_by_chunk_read_back_exactly(tmp_path: Path, batch: int, level: int) -> None:
+    """Vertex rows go to the file as whole chunks (compressed by the writer, as HDF5's gzip
+    filter reads them), the chunk being filled written again by each batch: whatever the
+    batch size, every row reads back and each chunk is stored once."""
+    config = preset("paper").replace(instances_per_class=2, seed=5)
+    path = tmp_path / "v.h5"
+    render_dataset(config, path, num_scenes=90, storage=StorageConfig(batch_scenes=batch, compression_level=level))
+    expected = np.concatenate([scene.vertices for scene in render_scenes(config, range(90))])
+    with h5py.File(path, "r") as f:
+        vertices = f["vertices"]
+        assert len(expected) > 2 * vertices.chunks[0], "the rows span several chunks"
+        assert np.array_equal(vertices[:], expected)
+        assert vertices.id.get_num_chunks() == -(-len(expected) // vertices.chunks[0])
+        assert (vertices.compression == "gzip") == bool(level)
+        if level:
+            stored = vertices.id.read_direct_chunk((0, 0))[1]
+            assert zlib.decompress(stored) == np.ascontiguousarray(expected[: vertices.chunks[0]]).tobytes()
+    assert validate_file(path, regenerate=-1) == 90
