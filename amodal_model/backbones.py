@@ -15,10 +15,11 @@
   normalising (a memory-bound pass over the largest maps) costs about a third of a
   training step; the stride-8 stage, where the residual units sum, keeps it.
   ``stem='space_to_depth'`` replaces the stride-2 convolution and stride-2 separable
-  layer by a lossless 4 x 4 space-to-depth and one 3x3 convolution; ``unit_norm=False``
-  drops GroupNorm from the residual units too (their branches scaled by SkipInit
-  scalars). Together about 1.8x the training images/s of ``cpu-deep`` on 2 cores:
-  GroupNorm's backward pass, not the convolutions, dominated the step.
+  layer by a lossless 4 x 4 space-to-depth and one 3x3 convolution; ``unit_norm``
+  keeps GroupNorm on ``both`` convolutions of each residual unit, the ``pointwise`` one
+  only, or ``none`` (branches scaled by SkipInit scalars). GroupNorm (about 9 ms forward
+  and backward per 32 x 32 x 128 batch of 8), not the convolutions, was half of
+  ``cpu-deep``'s training step.
 """
 
 from __future__ import annotations
@@ -75,9 +76,10 @@ def sep_norm_relu(
     stride: int = 1,
     rate: int = 1,
     norm: bool = True,
+    depthwise_norm: bool | None = None,
 ) -> keras.KerasTensor:
     """Depthwise 3x3 + GN + ReLU, pointwise 1x1 + GN + ReLU ("aligned" Xception unit);
-    ``norm=False`` leaves out both GroupNorms."""
+    ``norm=False`` leaves out both GroupNorms, ``depthwise_norm=False`` the first only."""
     x = layers.DepthwiseConv2D(
         3,
         strides=stride,
@@ -87,7 +89,7 @@ def sep_norm_relu(
         depthwise_regularizer=_reg(config),
         name=f"{name}_dw",
     )(x)
-    if norm:
+    if norm if depthwise_norm is None else depthwise_norm:  # depthwise_norm defaults to norm
         x = _norm(config, x.shape[-1], f"{name}_dw_gn")(x)
     x = layers.ReLU(name=f"{name}_dw_relu")(x)
     return conv_norm_relu(x, filters, config, f"{name}_pw", kernel=1, norm=norm)
@@ -189,8 +191,16 @@ def separable_features(x: keras.KerasTensor, config: ModelConfig) -> keras.Keras
         low = sep_norm_relu(x, width, config, "sep_low", stride=2, norm=fine)
     x = sep_norm_relu(low, 2 * width, config, "sep_down", stride=2)
     for i, rate in enumerate((1, 2, 4, 8, 1, 2, 4, 8)[: config.separable_units]):
-        y = sep_norm_relu(x, 2 * width, config, f"sep_unit{i + 1}", rate=rate, norm=config.unit_norm)
-        if not config.unit_norm:
+        y = sep_norm_relu(
+            x,
+            2 * width,
+            config,
+            f"sep_unit{i + 1}",
+            rate=rate,
+            norm=config.unit_norm != "none",
+            depthwise_norm=config.unit_norm == "both",
+        )
+        if config.unit_norm == "none":
             y = SkipInitScale(name=f"sep_unit{i + 1}_scale")(y)
         x = layers.Add(name=f"sep_unit{i + 1}_add")([x, y])
     x = layers.UpSampling2D(2, interpolation="bilinear", name="sep_up")(x)

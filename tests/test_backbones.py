@@ -79,8 +79,16 @@ def _unit_norms(model: keras.Model) -> list[str]:
     return [name for name in _norm_layers(model) if name.startswith("sep_unit")]
 
 
-def test_unit_norm_off_drops_group_norm_from_the_units_and_starts_them_as_the_identity() -> None:
-    lean = build_train_config("cpu-deep", unit_norm=False, precision="float32")
+def test_unit_norm_pointwise_keeps_one_group_norm_per_unit() -> None:
+    model = build_model(build_train_config("cpu-deep", unit_norm="pointwise"), SPEC)
+    assert sorted(_unit_norms(model)) == sorted(f"sep_unit{i}_pw_gn" for i in range(1, 9))
+    assert not [layer for layer in model.layers if layer.name.endswith("_scale")]
+    both = _unit_norms(build_model(build_train_config("cpu-deep"), SPEC))
+    assert sorted(both) == sorted(f"sep_unit{i}_{kind}_gn" for i in range(1, 9) for kind in ("dw", "pw"))
+
+
+def test_unit_norm_none_drops_group_norm_from_the_units_and_starts_them_as_the_identity() -> None:
+    lean = build_train_config("cpu-deep", unit_norm="none", precision="float32")
     model = build_model(lean, SPEC)
     assert not [name for name in _norm_layers(model) if name.startswith("sep_unit")]
     assert [
@@ -99,8 +107,8 @@ def test_unit_norm_off_drops_group_norm_from_the_units_and_starts_them_as_the_id
 
 def test_cpu_lean_builds_saves_and_loads_to_the_same_outputs(tmp_path: Path) -> None:
     lean = build_train_config("cpu-lean", precision="float32")
-    assert lean == build_train_config("cpu-deep", stem="space_to_depth", unit_norm=False, precision="float32")
-    model = build_model(lean, SPEC)
+    assert lean == build_train_config("cpu-deep", stem="space_to_depth", unit_norm="pointwise", precision="float32")
+    model = build_model(lean.replace(unit_norm="none"), SPEC)  # its SkipInit scales saved and loaded too
     names = [layer.name for layer in model.layers]
     assert "sep_s2d_stack" in names and "sep_entry_conv" not in names
     for i, layer in enumerate(layer for layer in model.layers if layer.name.endswith("_scale")):
@@ -114,5 +122,5 @@ def test_cpu_lean_builds_saves_and_loads_to_the_same_outputs(tmp_path: Path) -> 
 
 def test_stem_and_unit_norm_are_ignored_by_other_encoders() -> None:
     tiny = build_model(build_train_config("tiny"), SPEC)
-    same = build_model(build_train_config("tiny", stem="space_to_depth", unit_norm=False), SPEC)
+    same = build_model(build_train_config("tiny", stem="space_to_depth", unit_norm="none"), SPEC)
     assert [layer.name for layer in tiny.layers] == [layer.name for layer in same.layers]

@@ -48,7 +48,7 @@ VALID: dict[str, st.SearchStrategy[Any]] = {
     "separable_units": st.integers(1, 8),
     "stem": st.sampled_from(["conv", "space_to_depth"]),
     "stem_norm": st.booleans(),
-    "unit_norm": st.booleans(),
+    "unit_norm": st.sampled_from(["both", "pointwise", "none"]),
     "output_kernel": st.integers(1, 7),
     "precision": st.sampled_from(["auto", "float32", "mixed_bfloat16"]),
     "position_scale": st.just(0.0) | st.floats(1e-6, 1e6),
@@ -98,7 +98,7 @@ BAD: list[tuple[str, Any, str]] = [
     ("separable_units", 9, "separable_units=9 is invalid"),
     ("stem_norm", 0, "stem_norm=0 is invalid: must be true or false"),
     ("stem", "s2d", "stem='s2d' is invalid: must be one of 'conv', 'space_to_depth'"),
-    ("unit_norm", "no", "unit_norm='no' is invalid: must be true or false"),
+    ("unit_norm", False, "unit_norm=False is invalid: must be one of 'both', 'pointwise', 'none'"),
     ("output_kernel", 0, "output_kernel=0 is invalid"),
     ("precision", "float16", "precision='float16' is invalid"),
     ("position_scale", -1, "position_scale=-1 is invalid: must be a number >= 0 and <= 1e+06"),
@@ -227,7 +227,7 @@ def test_presets_are_declared_once_and_round_trip() -> None:
         assert build_train_config(name) == preset
     deep, fast = TRAIN_PRESETS["cpu-deep"], TRAIN_PRESETS["cpu-fast"]
     assert deep == fast.replace(separable_units=8, stem_norm=False)
-    assert TRAIN_PRESETS["cpu-lean"] == deep.replace(stem="space_to_depth", unit_norm=False)
+    assert TRAIN_PRESETS["cpu-lean"] == deep.replace(stem="space_to_depth", unit_norm="pointwise")
     assert build_train_config("tiny", epochs=3, seed=None, loss={"d_dist": None}) == TRAIN_PRESETS["tiny"].replace(
         epochs=3
     )

@@ -328,7 +328,7 @@ class DatasetWriter:
             dataset.id.write_direct_chunk(
                 (first + lo, *zeros), deflate(raw, self.level) if self.level else raw.tobytes()
             )
-        self.tails[name] = rows[len(rows) - len(rows) % size :]
+        self.tails[name] = rows[len(rows) - len(rows) % size :].copy()  # not a view pinning the batch
 
     def finish(self) -> None:
         """Record checksums and mark the file complete."""
