@@ -88,7 +88,7 @@ def train(
             "--preset",
             help="Model preset: paper (Xception DeepLabV3+, 47 M), light (MobileNetV2), cpu-deep (the CPU "
             "preset: separable encoder with 8 stride-8 units, shared head), cpu-lean (cpu-deep with a "
-            "space-to-depth stem and no GroupNorm in its units: about 1.5x to 1.9x the images/s), cpu-fast (its "
+            "space-to-depth stem and one GroupNorm per unit instead of two: about 1.3x the images/s), cpu-fast (its "
             "4-unit predecessor, same speed), cpu (small encoder, separate heads), tiny (tests).",
         ),
     ] = "paper",
