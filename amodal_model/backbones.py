@@ -78,8 +78,10 @@ def sep_norm_relu(
     norm: bool = True,
     depthwise_norm: bool | None = None,
 ) -> keras.KerasTensor:
-    """Depthwise 3x3 + GN + ReLU, pointwise 1x1 + GN + ReLU ("aligned" Xception unit);
-    ``norm=False`` leaves out both GroupNorms, ``depthwise_norm=False`` the first only."""
+    """Depthwise 3x3 + GN + ReLU, pointwise 1x1 + GN + ReLU ("aligned" Xception unit).
+
+    ``norm`` sets the pointwise GroupNorm and ``depthwise_norm`` the depthwise one (None:
+    as ``norm``), so ``norm=False`` leaves out both and ``depthwise_norm=False`` the first only."""
     x = layers.DepthwiseConv2D(
         3,
         strides=stride,
@@ -89,7 +91,8 @@ def sep_norm_relu(
         depthwise_regularizer=_reg(config),
         name=f"{name}_dw",
     )(x)
-    if norm if depthwise_norm is None else depthwise_norm:  # depthwise_norm defaults to norm
+    normalise_depthwise = norm if depthwise_norm is None else depthwise_norm
+    if normalise_depthwise:
         x = _norm(config, x.shape[-1], f"{name}_dw_gn")(x)
     x = layers.ReLU(name=f"{name}_dw_relu")(x)
     return conv_norm_relu(x, filters, config, f"{name}_pw", kernel=1, norm=norm)

@@ -544,7 +544,7 @@ TRAIN_PRESETS: dict[str, TrainConfig] = {
     # same images/s on a 2-core CPU (the norms saved pay for the units added).
     "cpu-deep": _CPU_FAST.replace(model={"separable_units": 8, "stem_norm": False}),
     # cpu-deep with a space-to-depth stem and one GroupNorm per residual unit (after its
-    # pointwise convolution) instead of two: about 1.5x its images/s on a 2-core CPU.
+    # pointwise convolution) instead of two: about 1.3x its images/s on a 2-core CPU.
     "cpu-lean": _CPU_FAST.replace(
         model={"separable_units": 8, "stem_norm": False, "stem": "space_to_depth", "unit_norm": "pointwise"}
     ),

@@ -87,9 +87,9 @@ def train(
         typer.Option(
             "--preset",
             help="Model preset: paper (Xception DeepLabV3+, 47 M), light (MobileNetV2), cpu-deep (the CPU "
-            "preset: separable encoder with 8 stride-8 units, shared head), cpu-lean (cpu-deep with a "
-            "space-to-depth stem and one GroupNorm per unit instead of two: about 1.3x the images/s), cpu-fast (its "
-            "4-unit predecessor, same speed), cpu (small encoder, separate heads), tiny (tests).",
+            "preset: separable encoder with 8 stride-8 units, shared head), cpu-fast (its 4-unit predecessor, "
+            "same speed), cpu-lean (cpu-deep with a space-to-depth stem and one GroupNorm per unit instead of two: "
+            "about 1.3x the images/s), cpu (small encoder, separate heads), tiny (tests).",
         ),
     ] = "paper",
     epochs: Annotated[int | None, typer.Option("--epochs", help=f"Epochs ({preset_default('epochs')}).")] = None,

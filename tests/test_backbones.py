@@ -105,7 +105,7 @@ def test_unit_norm_none_drops_group_norm_from_the_units_and_starts_them_as_the_i
     assert not np.array_equal(before, after)
 
 
-def test_cpu_lean_builds_saves_and_loads_to_the_same_outputs(tmp_path: Path) -> None:
+def test_space_to_depth_stem_and_skipinit_units_save_and_load_to_the_same_outputs(tmp_path: Path) -> None:
     lean = build_train_config("cpu-lean", precision="float32")
     assert lean == build_train_config("cpu-deep", stem="space_to_depth", unit_norm="pointwise", precision="float32")
     model = build_model(lean.replace(unit_norm="none"), SPEC)  # its SkipInit scales saved and loaded too

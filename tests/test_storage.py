@@ -312,3 +312,34 @@ def test_vertex_rows_written_chunk_by_chunk_read_back_exactly(tmp_path: Path, ba
             stored = vertices.id.read_direct_chunk((0, 0))[1]
             assert zlib.decompress(stored) == np.ascontiguousarray(expected[: vertices.chunks[0]]).tobytes()
     assert validate_file(path, regenerate=-1) == 90
+
+
+def test_a_batch_ending_on_a_vertex_chunk_boundary_leaves_no_chunk_to_rewrite(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With chunks exactly as long as the first batch's rows, that batch fills its chunks
+    and keeps no rows back; the next batch starts a new chunk, and everything reads back."""
+    import shapesgen.storage.writer as writer
+
+    config = preset("paper").replace(instances_per_class=2, seed=5)
+    scenes = render_scenes(config, range(12))
+    expected = np.concatenate([scene.vertices for scene in scenes])
+    first_batch_rows = sum(len(scene.vertices) for scene in scenes[:3])
+    monkeypatch.setattr(writer, "VERTEX_CHUNK", first_batch_rows)
+    path = tmp_path / "b.h5"
+    kept_back: list[int] = []
+    real_append_rows = writer.DatasetWriter._append_rows
+
+    def append_rows(self: writer.DatasetWriter, name: str, rows: np.ndarray) -> None:
+        real_append_rows(self, name, rows)
+        kept_back.append(len(self.vertex_tails[name]))
+
+    monkeypatch.setattr(writer.DatasetWriter, "_append_rows", append_rows)
+    render_dataset(config, path, num_scenes=12, storage=StorageConfig(batch_scenes=3))
+    assert kept_back[0] == 0, "the first batch ends on a chunk boundary"
+    with h5py.File(path, "r") as f:
+        vertices = f["vertices"]
+        assert vertices.chunks[0] == first_batch_rows
+        assert np.array_equal(vertices[:], expected)
+        assert vertices.id.get_num_chunks() == -(-len(expected) // vertices.chunks[0])
+    assert validate_file(path, regenerate=-1) == 12

@@ -32,7 +32,8 @@ class EncodedBatch:
     digests of every dataset, the raw rows of each vertex-axis dataset, and counts.
 
     Built in the worker that rendered the scenes so that compression and hashing
-    scale with the worker count; the writer only moves bytes.
+    scale with the worker count; the writer compresses only the vertex rows, whose
+    chunks span batches.
     """
 
     count: int

@@ -212,8 +212,8 @@ class DatasetWriter:
 
     def _start(self, storage: StorageConfig) -> None:
         self.chain = DigestChain()
-        self.level = storage.compression_level
-        self.tails = {
+        self.compression_level = storage.compression_level
+        self.vertex_tails = {
             field.name: np.zeros((0, *field.record_shape(self.config)), field.dtype)
             for field in DATASETS
             if not field.per_scene
@@ -311,11 +311,11 @@ class DatasetWriter:
         compressed here (zlib-ng, as the per-scene chunks are) and written directly, so no
         chunk passes through HDF5's cache and its zlib: the chunk being filled is written
         again, with the rows added, by each batch until it is full (its rows kept in
-        ``tails``). Through the cache, HDF5 compressed these rows with zlib on every flush,
+        ``vertex_tails``). Through the cache, HDF5 compressed these rows with zlib on every flush,
         about 7% of a paper scene's CPU time."""
         dataset = self.file[name]
         start = dataset.shape[0]
-        tail = self.tails[name]
+        tail = self.vertex_tails[name]
         rows = np.concatenate([tail, rows]) if len(tail) else rows
         dataset.resize(start + len(rows) - len(tail), axis=0)
         first, size = start - len(tail), dataset.chunks[0]
@@ -326,9 +326,9 @@ class DatasetWriter:
                 block = np.concatenate([block, np.zeros((size - len(block), *block.shape[1:]), block.dtype)])
             raw = np.ascontiguousarray(block).data
             dataset.id.write_direct_chunk(
-                (first + lo, *zeros), deflate(raw, self.level) if self.level else raw.tobytes()
+                (first + lo, *zeros), deflate(raw, self.compression_level) if self.compression_level else raw.tobytes()
             )
-        self.tails[name] = rows[len(rows) - len(rows) % size :].copy()  # not a view pinning the batch
+        self.vertex_tails[name] = rows[len(rows) - len(rows) % size :].copy()  # not a view pinning the batch
 
     def finish(self) -> None:
         """Record checksums and mark the file complete."""
