@@ -26,6 +26,12 @@ def deflate(raw: bytes | memoryview, level: int) -> bytes:
     return zlib_ng.compress(raw, level)
 
 
+def stored_chunk(raw: memoryview, level: int) -> bytes:
+    """A chunk's bytes as a file stores them: ``deflate`` at ``level``, or the raw bytes at 0
+    (the dataset then has no gzip filter)."""
+    return deflate(raw, level) if level else raw.tobytes()
+
+
 @dataclass(frozen=True)
 class EncodedBatch:
     """Scenes ready to append: compressed chunks of each per-scene dataset, per-scene
@@ -63,7 +69,7 @@ def encode_scenes(scenes: Sequence[Scene], compression_level: int) -> EncodedBat
                 raise TypeError(f"Scene.{field.attribute} is {data.dtype}, dataset {field.name} stores {field.dtype}")
             raw = np.ascontiguousarray(data).data  # compressed and hashed in place, not copied to bytes
             if field.per_scene:
-                chunks[field.name].append(deflate(raw, compression_level) if compression_level else raw.tobytes())
+                chunks[field.name].append(stored_chunk(raw, compression_level))
             digests[field.name].append(hashlib.sha256(raw).digest())
     return EncodedBatch(
         count=len(scenes),

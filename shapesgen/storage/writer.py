@@ -20,7 +20,7 @@ from shapesgen.errors import ConfigError, DatasetError
 from shapesgen.limits import WRITE_HEADROOM_BYTES, batch_scenes_for, free_bytes, size_text
 from shapesgen.splits import Split
 from shapesgen.storage.digests import DigestChain, checksums, scene_digests
-from shapesgen.storage.encode import EncodedBatch, deflate
+from shapesgen.storage.encode import EncodedBatch, stored_chunk
 from shapesgen.storage.layout import (
     DATASETS,
     FORMAT_NAME,
@@ -325,9 +325,7 @@ class DatasetWriter:
             if len(block) < size:
                 block = np.concatenate([block, np.zeros((size - len(block), *block.shape[1:]), block.dtype)])
             raw = np.ascontiguousarray(block).data
-            dataset.id.write_direct_chunk(
-                (first + lo, *zeros), deflate(raw, self.compression_level) if self.compression_level else raw.tobytes()
-            )
+            dataset.id.write_direct_chunk((first + lo, *zeros), stored_chunk(raw, self.compression_level))
         self.vertex_tails[name] = rows[len(rows) - len(rows) % size :].copy()  # not a view pinning the batch
 
     def finish(self) -> None:
