@@ -19,7 +19,8 @@
   keeps GroupNorm on ``both`` convolutions of each residual unit, the ``pointwise`` one
   only, or ``none`` (branches scaled by SkipInit scalars). GroupNorm (about 9 ms forward
   and backward per 32 x 32 x 128 batch of 8), not the convolutions, was half of
-  ``cpu-deep``'s training step.
+  ``cpu-deep``'s training step. ``norm_free_bias`` gives its convolutions that have
+  no GroupNorm after them a bias (the other encoders normalise after every one).
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def conv_norm_relu(
         strides=stride,
         dilation_rate=rate,
         padding="same",
-        use_bias=False,
+        use_bias=config.norm_free_bias and not norm,
         kernel_regularizer=_reg(config),
         name=f"{name}_conv",
     )(x)
@@ -82,16 +83,16 @@ def sep_norm_relu(
 
     ``norm`` sets the pointwise GroupNorm and ``depthwise_norm`` the depthwise one (None:
     as ``norm``), so ``norm=False`` leaves out both and ``depthwise_norm=False`` the first only."""
+    normalise_depthwise = norm if depthwise_norm is None else depthwise_norm
     x = layers.DepthwiseConv2D(
         3,
         strides=stride,
         dilation_rate=rate,
         padding="same",
-        use_bias=False,
+        use_bias=config.norm_free_bias and not normalise_depthwise,
         depthwise_regularizer=_reg(config),
         name=f"{name}_dw",
     )(x)
-    normalise_depthwise = norm if depthwise_norm is None else depthwise_norm
     if normalise_depthwise:
         x = _norm(config, x.shape[-1], f"{name}_dw_gn")(x)
     x = layers.ReLU(name=f"{name}_dw_relu")(x)

@@ -140,7 +140,7 @@ _CHOICES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("hidden_clusters", HIDDEN_CLUSTERS),
     ("cluster_scope", CLUSTER_SCOPES),
 )
-_BOOL_FIELDS = frozenset({"visible_targets", "stem_norm", "convex_hull"})
+_BOOL_FIELDS = frozenset({"visible_targets", "stem_norm", "norm_free_bias", "convex_hull"})
 
 
 def _is_int(value: object) -> bool:
@@ -270,6 +270,10 @@ class ModelConfig(_Concern):
     units normalise: ``both`` convolutions (depthwise and pointwise), the ``pointwise`` one
     only, or ``none``, each unit's branch then scaled by a learned scalar that starts at 0
     (SkipInit, De and Smith 2020) so the deep stack starts as the identity.
+    ``norm_free_bias=True`` gives the separable encoder's convolutions that have no
+    GroupNorm after them a bias, so the ReLU after each can learn its threshold (with a
+    norm, its offset plays that part); ``False`` keeps every convolution bias-free, as
+    the models trained before it.
     ``backbone_weights`` is a local weights file loaded into the new model.
     ``position_scale > 0`` adds each pixel's position (row and column, the mask spanning
     ``position_scale`` units) to the first two embedding dimensions: semi-convolutional
@@ -293,6 +297,7 @@ class ModelConfig(_Concern):
     stem: Stem = "conv"
     stem_norm: bool = True
     unit_norm: UnitNorm = "both"
+    norm_free_bias: bool = False
     output_kernel: int = 1
     precision: Precision = "float32"
     position_scale: float = 0.0

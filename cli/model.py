@@ -164,6 +164,15 @@ def train(
     head: Annotated[
         HeadKind | None, typer.Option("--head", help="shared: one head trunk for all outputs; separate: one each.")
     ] = None,
+    norm_free_bias: Annotated[
+        bool | None,
+        typer.Option(
+            "--norm-free-bias/--no-norm-free-bias",
+            help="Give the separable encoder's convolutions that have no GroupNorm after them a bias "
+            "(off in every preset).",
+            show_default=False,
+        ),
+    ] = None,
     precision: Annotated[
         Precision | None,
         typer.Option("--precision", help="auto: mixed_bfloat16 where the CPU or GPU computes it natively."),
@@ -215,6 +224,7 @@ def train(
                 embedding_dim=embedding_dim,
                 position_scale=position_scale,
                 head=head,
+                norm_free_bias=norm_free_bias,
                 precision=precision,
             ),
             loss=dict(

@@ -1,4 +1,5 @@
-"""The separable encoder's switches (``stem_norm``, ``stem``, ``unit_norm``) and the presets built on them."""
+"""The separable encoder's switches (``stem_norm``, ``stem``, ``unit_norm``, ``norm_free_bias``) and the
+presets built on them."""
 
 from __future__ import annotations
 
@@ -121,3 +122,38 @@ def test_stem_and_unit_norm_are_ignored_by_other_encoders() -> None:
     tiny = build_model(build_train_config("tiny"), SPEC)
     same = build_model(build_train_config("tiny", stem="space_to_depth", unit_norm="none"), SPEC)
     assert [layer.name for layer in tiny.layers] == [layer.name for layer in same.layers]
+
+
+def _encoder_convolutions(model: keras.Model) -> dict[str, bool]:
+    """The separable encoder's convolutions, each with whether it has a bias."""
+    kinds = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)
+    encoder = (layer for layer in model.layers if layer.name.startswith("sep_") and isinstance(layer, kinds))
+    return {layer.name: layer.use_bias for layer in encoder}
+
+
+@pytest.mark.parametrize("preset", ["cpu-deep", "cpu-lean"])
+def test_norm_free_bias_gives_a_bias_to_exactly_the_convolutions_without_a_norm(preset: str) -> None:
+    config = build_train_config(preset)
+    assert not any(_encoder_convolutions(build_model(config, SPEC)).values()), "every preset stays bias-free"
+    model = build_model(config.replace(norm_free_bias=True), SPEC)
+    names = {layer.name for layer in model.layers}
+    convolutions = _encoder_convolutions(model)
+    assert any(convolutions.values()) and not all(convolutions.values())
+    for name, has_bias in convolutions.items():
+        norm = name.removesuffix("_conv") + "_gn" if name.endswith("_conv") else name + "_gn"
+        assert has_bias == (norm not in names), name
+
+
+def test_norm_free_biases_save_and_load_to_the_same_outputs(tmp_path: Path) -> None:
+    model = build_model(build_train_config("cpu-lean", precision="float32", norm_free_bias=True), SPEC)
+    biased = [layer for layer in model.layers if layer.name in _encoder_convolutions(model) and layer.use_bias]
+    x = np.random.default_rng(2).uniform(0, 255, (2, *[SPEC.image_size] * 2, 1)).astype(np.float32)
+    before = model(x)["embedding"].numpy()
+    for i, layer in enumerate(biased):
+        layer.bias.assign(np.full(layer.bias.shape, 0.05 * (i + 1), dtype=np.float32))
+    assert not np.array_equal(before, model(x)["embedding"].numpy())
+    model.save(tmp_path / "biased.keras")
+    loaded = keras.saving.load_model(tmp_path / "biased.keras")
+    for key in ("semantic", "embedding"):
+        assert np.array_equal(model(x)[key].numpy(), loaded(x)[key].numpy())
+

@@ -625,10 +625,10 @@ def test_the_cli_puts_each_flag_in_its_concern(monkeypatch: pytest.MonkeyPatch, 
     received: dict[str, Any] = {}
     monkeypatch.setattr(train_module, "train", lambda source, out, config, **kw: received.update(config=config) or out)
     flags = ["--preset", "cpu-fast", "--embedding-dim", 4, "--d-dist", 2.0, "--lr", 0.01, "--epochs", 3]
-    flags += ["--eval-scenes", 9, "--score", "product", "--seed", 5, "--all-targets", "-q"]
+    flags += ["--eval-scenes", 9, "--score", "product", "--seed", 5, "--all-targets", "--norm-free-bias", "-q"]
     assert run_cli("train", "--train", "x.h5", "--out", tmp_path / "r", *flags).exit_code == 0
     config = received["config"]
-    assert config.model == TRAIN_PRESETS["cpu-fast"].model.replace(embedding_dim=4)
+    assert config.model == TRAIN_PRESETS["cpu-fast"].model.replace(embedding_dim=4, norm_free_bias=True)
     assert config.loss == LossConfig(d_dist=2.0, visible_targets=False)
     assert (config.optimiser.learning_rate, config.optimiser.epochs, config.optimiser.seed) == (0.01, 3, 5)
     assert (config.evaluation.eval_scenes, config.inference.score, config.inference.seed) == (9, "product", 5)
