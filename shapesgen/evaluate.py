@@ -56,7 +56,8 @@ MAX_DETS = (1, 10, 100, 1000)
 KEEP_PER_IMAGE = MAX_DETS[-1]  # detections kept per (image, category): COCOeval drops the rest itself
 MAX_RECORD_BYTES = 64 << 20  # one prediction record's JSON text
 SCENE_BLOCK = 256
-GROUND_TRUTH_READ = ("instances", "amodal_masks")  # the datasets ground truth is read from (and layers), checked
+# the datasets ground truth is read from (and layers), checked: visible masks give invisible-mask AP
+GROUND_TRUTH_READ = ("instances", "amodal_masks", "visible_masks")
 _READ_CHUNK = 1 << 20
 _NOT_SPACE = re.compile(r"[^ \t\n\r]")
 BandRate = Literal["pixel", "geometric"]
@@ -142,6 +143,7 @@ def ground_truth_from_hdf5(path: str | Path, keep_layers: bool = False, band_rat
             bounds = offsets[start : stop + 1] - offsets[start]
             hashers["instances"].update(segment_digests(table, bounds))
             hashers["amodal_masks"].update(segment_digests(all_masks, bounds))
+            hashers["visible_masks"].update(segment_digests(ds.visible_masks[rows], bounds))
             masks = all_masks[keep]
             for k, rle in zip(keep.tolist(), encode_rle(masks), strict=True):
                 row = table[k]

@@ -475,7 +475,10 @@ def test_rle_is_decoded_exactly_or_refused(size: tuple[int, int], counts: Any) -
     assert (mask_utils.decode(coco).astype(bool) == mask).all()
 
 
-@pytest.mark.parametrize(("dataset", "column"), [("amodal_masks", None), ("instances", "class_id"), ("layers", None)])
+DAMAGED = [("amodal_masks", None), ("visible_masks", None), ("instances", "class_id"), ("layers", None)]
+
+
+@pytest.mark.parametrize(("dataset", "column"), DAMAGED)
 def test_evaluate_refuses_ground_truth_that_no_longer_matches_its_checksums(
     tiny_dataset: Path, tmp_path: Path, dataset: str, column: str | None
 ) -> None:
