@@ -156,4 +156,3 @@ def test_norm_free_biases_save_and_load_to_the_same_outputs(tmp_path: Path) -> N
     loaded = keras.saving.load_model(tmp_path / "biased.keras")
     for key in ("semantic", "embedding"):
         assert np.array_equal(model(x)[key].numpy(), loaded(x)[key].numpy())
-
