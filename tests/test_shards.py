@@ -479,6 +479,31 @@ def test_a_view_that_is_not_the_shards_fails_validate_and_a_rerun_keeps_it(
     assert (folder / "dataset.h5").read_bytes() == before
 
 
+def test_a_plain_file_in_the_views_place_is_read_only_if_it_holds_the_manifests_scenes(
+    tmp_path: Path, tiny_config: SceneConfig, single: Path
+) -> None:
+    """Another render's single file copied over dataset.h5 was exported, scored and trained
+    on as the folder's data (only a virtual view was checked against the manifest)."""
+    folder = render_sharded(tiny_config, tmp_path / "ds", num_scenes=NUM, shard_size=SIZE)
+    render_dataset(tiny_config.replace(seed=12), tmp_path / "other.h5", num_scenes=NUM)
+    shutil.copyfile(tmp_path / "other.h5", folder / "dataset.h5")
+    with pytest.raises(DatasetError, match="a plain file in the place of the shards' view, of other scenes"):
+        open_dataset(folder)
+    for args in (
+        ["export", "coco", folder, "--out", tmp_path / "coco"],
+        ["evaluate", "--gt", folder, "--oracle-layers", 1],
+    ):
+        result = run_cli(*args, "-q") if args[0] == "export" else run_cli(*args)
+        assert result.exit_code == 2 and "move it out of the folder" in result.stderr, result.output
+        assert result.stderr.count("\n") == 1 and not (tmp_path / "coco").exists()
+    shutil.copyfile(single, folder / "dataset.h5")  # the same scenes as one file: the shards' bytes
+    with open_dataset(folder) as ds:
+        assert len(ds) == NUM
+    (folder / "manifest.json").write_text('{"format": "another tool"}')
+    with open_dataset(folder / "dataset.h5") as ds:  # beside another program's manifest.json: a plain file
+        assert len(ds) == NUM
+
+
 def test_no_sharded_render_or_export_goes_into_a_training_runs_entries(
     tmp_path: Path, run_dir: Path, tiny_dataset: Path
 ) -> None:

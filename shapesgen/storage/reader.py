@@ -430,23 +430,37 @@ class ShapesDataset:
                 where = where if where.is_absolute() or source.file_name == "." else self.path.parent / where
                 if not where.is_file():
                     raise self._corrupt(f"dataset {field.name} maps {source.file_name}, which is missing", field.name)
-        if self.file["images"].is_virtual and (self.path.parent / SHARD_MANIFEST).is_file():
-            self._check_shards()
+        virtual = bool(self.file["images"].is_virtual)
+        if (virtual or self.path.name == SHARD_VIRTUAL) and (self.path.parent / SHARD_MANIFEST).is_file():
+            self._check_shards(virtual)
 
-    def _check_shards(self) -> None:
+    def _check_shards(self, virtual: bool) -> None:
         """A sharded folder's virtual file: it and every shard it maps must be those the manifest
         lists (their recorded checksums), or a shard of another render copied over one of ours
-        would be read as this dataset's scenes. Data damaged inside a shard is found on read or
-        by ``shapesgen validate``, as in any file."""
+        would be read as this dataset's scenes. A plain file in the virtual file's place is read
+        only if it holds the manifest's scenes (its checksums), not another render's copied over
+        it. Data damaged inside a shard is found on read or by ``shapesgen validate``, as in any file."""
         folder = self.path.parent
-        manifest = read_manifest(folder)
+        try:
+            manifest = read_manifest(folder)
+        except DatasetError:
+            if virtual:
+                raise
+            return  # another program's manifest beside a plain file: nothing to be the view of
         hint = f"; `shapesgen validate {folder}` checks every shard, and its render command renders bad ones again"
         try:
             ours = json.loads(self._attrs["checksums"])
         except ValueError:
             ours = None
+        if not virtual and ours != manifest["checksums"]:
+            raise self._corrupt(
+                f"a plain file in the place of the shards' view, of other scenes than {SHARD_MANIFEST} lists (another "
+                "render's file?): move it out of the folder, then rerun the render command to write the view"
+            )
         if ours != manifest["checksums"]:
             raise self._corrupt(f"its checksums are not those of {SHARD_MANIFEST} (another render's file?){hint}")
+        if not virtual:
+            return  # a single file of the same scenes: the shards' bytes
         for entry in manifest["shards"]:
             try:
                 with h5py.File(folder / entry["file"], "r") as shard:
