@@ -88,6 +88,25 @@ def test_interrupted_render_leaves_no_output_and_resumes_to_the_same_data(
         assert a.attrs["checksums"] == b.attrs["checksums"]
 
 
+def test_an_unfinished_file_says_how_to_finish_it_under_either_name(tmp_path: Path, tiny_config: SceneConfig) -> None:
+    """A copy of a partial under another name was told to resume, which the render then
+    refused (its output exists): it must be renamed to ``<out>.partial`` first."""
+    storage = StorageConfig(batch_scenes=2)
+    out = tmp_path / "cut.h5"
+    with pytest.raises(RenderInterrupted):
+        render_dataset(tiny_config, out, num_scenes=7, storage=storage, progress=interrupt_after(2))
+    with pytest.raises(DatasetError, match=rf"2 of 7 scenes\); finish it by rerunning .* --resume --out {out}$"):
+        open_dataset(partial_path(out))
+    copy = tmp_path / "copy.h5"
+    partial_path(out).rename(copy)
+    with pytest.raises(DatasetError, match=rf"renaming it to copy.h5.partial and .* --resume --out {copy}$"):
+        open_dataset(copy)
+    copy.rename(partial_path(copy))  # as the message says
+    render_dataset(tiny_config, copy, num_scenes=7, storage=storage, resume=True)
+    whole = render_dataset(tiny_config, tmp_path / "whole.h5", num_scenes=7, storage=storage)
+    assert data_bytes(copy) == data_bytes(whole)
+
+
 def test_resume_after_a_hard_kill_keeps_only_the_intact_prefix(tmp_path: Path, tiny_config: SceneConfig) -> None:
     """A file not closed cleanly is checked scene by scene against fresh renders."""
     storage = StorageConfig(batch_scenes=2)

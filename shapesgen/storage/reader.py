@@ -7,6 +7,7 @@ import bisect
 import dataclasses
 import json
 import re
+import shlex
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -232,6 +233,19 @@ class ShapesDataset:
             self.file.close()
             raise
 
+    @property
+    def _finish(self) -> str:
+        """How to finish an unfinished render's file: a render resumes ``<out>.partial`` only."""
+        name = self.path.name
+        if name.endswith(".partial") and len(name) > len(".partial"):
+            out = shlex.quote(str(self.path.with_name(name.removesuffix(".partial"))))
+            return f"finish it by rerunning its render command with --resume --out {out}"
+        partial = shlex.quote(f"{name}.partial")
+        return (
+            f"finish it by renaming it to {partial} and rerunning its render command with --resume --out "
+            f"{shlex.quote(str(self.path))}"
+        )
+
     def _corrupt(self, problem: str, dataset: str | None = None) -> CorruptDatasetError:
         return CorruptDatasetError(self.path, problem, dataset=dataset)
 
@@ -258,10 +272,8 @@ class ShapesDataset:
         self.config = self._config(attrs["config"])
         self._check_attributes(attrs)
         if not allow_incomplete and not self._complete:
-            raise DatasetError(
-                f"{self.path}: incomplete render ({self._scenes} of {self._num_scenes} scenes); "
-                "finish it by rendering again with resume (`shapesgen render --resume`)"
-            )
+            done = f"{self._scenes} of {self._num_scenes} scenes"
+            raise DatasetError(f"{self.path}: incomplete render ({done}); {self._finish}")
         views = self._open_datasets()
         self.datasets: dict[str, DatasetView] = views  # every dataset of the schema, by name
         for name, view in views.items():
