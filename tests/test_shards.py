@@ -504,6 +504,26 @@ def test_a_plain_file_in_the_views_place_is_read_only_if_it_holds_the_manifests_
         assert len(ds) == NUM
 
 
+def test_an_unfinished_sharded_folder_is_named_as_one(tmp_path: Path, tiny_config: SceneConfig) -> None:
+    """A killed sharded render's folder (shards, no manifest yet) was called 'a folder, not a
+    shapesgen dataset'; a folder of other files still is."""
+    folder = render_sharded(tiny_config, tmp_path / "ds", num_scenes=NUM, shard_size=SIZE)
+    (folder / "manifest.json").unlink()
+    (folder / "dataset.h5").unlink()
+    (folder / "shard-00002.h5").rename(folder / "shard-00002.h5.partial")
+    for command in (["info", folder], ["validate", folder], ["export", "coco", folder, "--out", tmp_path / "x"]):
+        result = run_cli(*command)
+        assert result.exit_code == 2 and result.stderr.count("\n") == 1, result.output
+        assert "is an unfinished sharded render" in result.stderr and "rerun its render command" in result.stderr
+    for name in ("shard-00000.h5", "shard-00001.h5"):
+        (folder / name).unlink()
+    with pytest.raises(DatasetError, match="is an unfinished sharded render"):
+        open_dataset(folder)
+    (folder / "shard-00002.h5.partial").rename(folder / "shard-notes.h5")
+    with pytest.raises(DatasetError, match="is a folder, not a shapesgen dataset"):
+        open_dataset(folder)
+
+
 def test_no_sharded_render_or_export_goes_into_a_training_runs_entries(
     tmp_path: Path, run_dir: Path, tiny_dataset: Path
 ) -> None:

@@ -28,6 +28,7 @@ from shapesgen.storage.layout import (
     OFFSETS,
     PER_SCENE,
     ROOT_ATTRIBUTES,
+    SHARD_FILE,
     SHARD_MANIFEST,
     SHARD_VIRTUAL,
     Scene,
@@ -209,6 +210,12 @@ class ShapesDataset:
                     param="path",
                 )
             self.path = self.path / SHARD_VIRTUAL
+        if self.path.is_dir() and _has_shards(self.path):
+            raise DatasetError(
+                f"{self.path} is an unfinished sharded render (shard files but no {SHARD_MANIFEST} yet): rerun its "
+                "render command to finish it",
+                param="path",
+            )
         if self.path.is_dir():
             export = (self.path / "annotations.json").is_file()
             what, source = ("a COCO export", " (the one it was exported from)") if export else ("a folder", "")
@@ -632,6 +639,12 @@ class ShapesDataset:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _has_shards(folder: Path) -> bool:
+    """Whether ``folder`` holds a shard file, finished or ``.partial``."""
+    names = (path.name.removesuffix(".partial") for path in folder.glob("shard-*.h5*"))
+    return any(SHARD_FILE.fullmatch(name) for name in names)
 
 
 def has_hdf5_signature(path: Path) -> bool:
