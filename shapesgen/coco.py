@@ -39,6 +39,7 @@ from shapesgen.files import (
     refuse_run_files,
     remove_empty,
     resolved,
+    write_refusal,
 )
 from shapesgen.geometry import front_overlaps
 from shapesgen.metadata import DEFAULT_LICENSE, LICENSES, croissant, hf_front_matter, license_of
@@ -713,7 +714,7 @@ def _probe_writable(out: Path) -> None:
     try:
         created = make_parents(out.parent)
     except OSError as exc:
-        raise ResourceError(f"out={str(out)!r}: cannot create {out.parent} ({exc.strerror})", param="out") from None
+        raise write_refusal(f"out={str(out)!r}: cannot create {out.parent}", exc, "out") from None
     try:
         with exclusive_lock(out, "out"):
             pass

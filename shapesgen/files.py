@@ -201,6 +201,18 @@ class LockHeld(ResourceError):
     """Another live process holds the lock of an output."""
 
 
+REFUSED_BY_PERMISSIONS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
+
+
+def write_refusal(message: str, exc: OSError, param: str) -> DatasetError | ResourceError:
+    """The one-line error for a write the system refused, ``message`` plus its reason. A place
+    the user may not write (permissions, an immutable folder, a read-only file system) is bad
+    input (:class:`DatasetError`, exit 2), as a render's own check finds; anything else (a
+    full disk, an I/O error) is the system's (:class:`ResourceError`, exit 1)."""
+    kind = DatasetError if exc.errno in REFUSED_BY_PERMISSIONS else ResourceError
+    return kind(f"{message} ({exc.strerror or exc})", param=param)
+
+
 @contextmanager
 def exclusive_lock(target: Path, param: str) -> Iterator[Path]:
     """Hold ``<target>.lock`` exclusively for the block; refuse at once if another process holds it.
@@ -232,13 +244,9 @@ def exclusive_lock(target: Path, param: str) -> Iterator[Path]:
             except FileNotFoundError:  # its holder removed it meanwhile: try again
                 continue
             except OSError as exc:
-                raise ResourceError(
-                    f"{param}={str(target)!r}: cannot open {lock} ({exc.strerror})", param=param
-                ) from None
+                raise write_refusal(f"{param}={str(target)!r}: cannot open {lock}", exc, param) from None
         except OSError as exc:
-            raise ResourceError(
-                f"{param}={str(target)!r}: cannot create {lock} ({exc.strerror})", param=param
-            ) from None
+            raise write_refusal(f"{param}={str(target)!r}: cannot create {lock}", exc, param) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -475,7 +483,7 @@ def write_atomically(
         if tmp is not None:
             tmp.unlink(missing_ok=True)
         remove_empty(created)
-        raise ResourceError(f"{param}={str(path)!r}: cannot write ({exc.strerror or exc})", param=param) from None
+        raise write_refusal(f"{param}={str(path)!r}: cannot write", exc, param) from None
     except BaseException:
         if tmp is not None:
             tmp.unlink(missing_ok=True)

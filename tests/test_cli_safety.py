@@ -3,6 +3,7 @@ processes never write one output, and every refusal comes before any work."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -15,6 +16,7 @@ import h5py
 import pytest
 from conftest import run_cli
 
+from shapesgen import files
 from shapesgen.files import exclusive_lock, partial_path
 from shapesgen.validate import validate_file
 
@@ -536,3 +538,39 @@ def test_an_output_under_a_file_is_a_usage_error_naming_it(
     assert result.exit_code == 2, result.output
     assert f"{notes} is a file, not a folder" in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert notes.read_text() == "mine\n" and sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("render", "--num", 2, "--shard-size", 1, "--out", "{out}/shards", "-q"),
+        ("export", "coco", "{data}", "--out", "{out}/coco", "-q"),
+        ("preview", "{data}", "--out", "{out}/p.png"),
+        ("evaluate", "--gt", "{data}", "--oracle-layers", 2, "--json", "{out}/m.json"),
+    ],
+)
+@pytest.mark.parametrize(("number", "code"), [(errno.EPERM, 2), (errno.EACCES, 2), (errno.EROFS, 2), (errno.EIO, 1)])
+def test_a_folder_that_refuses_writes_is_a_usage_error_and_a_failing_disk_is_not(
+    tmp_path: Path,
+    tiny_dataset: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    args: tuple[object, ...],
+    number: int,
+    code: int,
+) -> None:
+    """An immutable folder gave exit 2 for `render --out FILE` (its own check) but exit 1
+    for every command that found it on taking its lock."""
+    real_open = os.open
+
+    def refusing_open(path: object, flags: int, *rest: int, **kw: object) -> int:
+        if str(path).endswith(".lock"):
+            raise OSError(number, os.strerror(number), str(path))
+        return real_open(path, flags, *rest, **kw)
+
+    monkeypatch.setattr(files.os, "open", refusing_open)
+    out = tmp_path / "out"
+    out.mkdir()
+    result = run_cli(*[str(a).format(out=out, data=tiny_dataset) if isinstance(a, str) else a for a in args])
+    assert result.exit_code == code, result.output
+    assert f"({os.strerror(number)})" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not any(out.iterdir())
