@@ -332,6 +332,9 @@ class LossConfig(_Concern):
     ``pull_balance='layers'`` averages an instance's pull within each layer first, then
     over its layers, so its few occluded (layer 2 and deeper) pixels weigh as much as its
     many visible ones; ``'pixels'`` (the reference) averages over all its pixels.
+    Refused together: ``d_dist <= d_var``, ``cross_class_weight > 0`` with
+    ``distance_scope='all'``, and all three of the variance, distance and cross-entropy
+    weights at 0.
     """
 
     LABEL: ClassVar[str] = "loss config"
@@ -348,6 +351,30 @@ class LossConfig(_Concern):
     loss_normalisation: LossNormalisation = "reference"
     pull_balance: PullBalance = "pixels"
     visible_targets: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.d_dist <= self.d_var:
+            raise ConfigError(
+                f"d_dist={shown(self.d_dist)} is invalid with d_var={shown(self.d_var)}: must be the greater of the "
+                "two (instances pushed apart less far than their pixels are pulled in cannot be told apart)",
+                param="d_dist",
+                related=("d_var",),
+            )
+        if self.cross_class_weight > 0 and self.distance_scope == "all":
+            raise ConfigError(
+                f"cross_class_weight={shown(self.cross_class_weight)} is invalid with distance_scope='all': must be 0 "
+                "(the push over all instances already covers pairs of different classes at full weight)",
+                param="cross_class_weight",
+                related=("distance_scope",),
+            )
+        if self.var_weight == self.dist_weight == self.ce_weight == 0:
+            raise ConfigError(
+                "var_weight=0, dist_weight=0 and ce_weight=0 are invalid together: at least one must be > 0 "
+                "(nothing would be trained)",
+                param="var_weight",
+                related=("dist_weight", "ce_weight"),
+            )
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -8,11 +8,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import assert_bad_value_refused, assert_round_trip, assert_unknown_field_refused, flat_train_config
-from hypothesis import given, settings
+from conftest import (
+    assert_bad_value_refused,
+    assert_round_trip,
+    assert_unknown_field_refused,
+    flat_train_config,
+    run_cli,
+)
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from amodal_model.config import (
@@ -141,7 +149,17 @@ BAD: list[tuple[str, Any, str]] = [
 def concern_configs(cls: type) -> st.SearchStrategy[Any]:
     """Any valid config of one concern: each field left at its default or drawn."""
     names = [f.name for f in dataclasses.fields(cls)]
-    return st.fixed_dictionaries({}, optional={name: VALID[name] for name in names}).map(lambda d: cls(**d))
+    return st.fixed_dictionaries({}, optional={name: VALID[name] for name in names}).map(lambda d: _built(cls, d))
+
+
+def _built(cls: type, fields: dict[str, Any]) -> Any:
+    """``cls(**fields)``; a draw whose fields are each valid but break a rule between fields
+    (e.g. ``d_dist <= d_var``) is discarded, any other refusal is a bug in ``VALID``."""
+    try:
+        return cls(**fields)
+    except ConfigError as exc:
+        assume(not exc.related)
+        raise
 
 
 TRAIN_CONFIGS = st.builds(TrainConfig, **{name: concern_configs(cls) for name, cls in CONCERNS.items()})
@@ -234,3 +252,35 @@ def test_presets_are_declared_once_and_round_trip() -> None:
         epochs=3
     )
     assert build_train_config("tiny", optimiser={"epochs": 3}).optimiser.epochs == 3
+
+
+@pytest.mark.parametrize(
+    ("fields", "message", "args"),
+    [
+        (
+            {"d_var": 2.0, "d_dist": 1.0},
+            "d_dist=1.0 is invalid with d_var=2.0: must be the greater of the two",
+            ("--d-var", 2.0, "--d-dist", 1.0),
+        ),
+        (
+            {"cross_class_weight": 0.3, "distance_scope": "all"},
+            "cross_class_weight=0.3 is invalid with distance_scope='all': must be 0",
+            ("--cross-class-weight", 0.3, "--distance-scope", "all"),
+        ),
+        (
+            {"var_weight": 0.0, "dist_weight": 0.0, "ce_weight": 0.0},
+            "var_weight=0, dist_weight=0 and ce_weight=0 are invalid together",
+            ("--var-weight", 0, "--dist-weight", 0, "--ce-weight", 0),
+        ),
+    ],
+)
+def test_loss_settings_that_cannot_train_together_are_refused_naming_their_flags(
+    fields: dict[str, Any], message: str, args: tuple[object, ...], tmp_path: Path
+) -> None:
+    """Each was accepted: margins that cannot separate instances, a push ignored, a loss of 0."""
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        LossConfig(**fields)
+    result = run_cli("train", "--train", "x.h5", "--out", tmp_path / "run", *args)
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1, result.output
+    assert all(flag in result.stderr for flag in args[:3:2]), result.stderr
+    assert not (tmp_path / "run").exists()
