@@ -416,3 +416,15 @@ def test_fresh_renders_are_byte_identical_to_the_pinned_checksums(tmp_path: Path
         path = render_dataset(config, tmp_path / f"{name}.h5", num_scenes=case["num_scenes"])
         with h5py.File(path, "r") as f:
             assert json.loads(f.attrs["checksums"]) == case["checksums"], name
+
+
+def test_a_json_file_given_as_a_dataset_is_named_as_one(tmp_path: Path) -> None:
+    """A COCO export's annotations.json was 'not a readable HDF5 file (...)'."""
+    annotations = tmp_path / "annotations.json"
+    annotations.write_text('\n  {"images": [], "annotations": []}')
+    with pytest.raises(DatasetError, match=r"annotations.json is a JSON file \(a COCO export's annotations\?\)"):
+        open_dataset(annotations)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("images: none\n")
+    with pytest.raises(DatasetError, match="notes.txt: not a readable HDF5 file"):
+        open_dataset(notes)

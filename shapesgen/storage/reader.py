@@ -233,6 +233,12 @@ class ShapesDataset:
                 raise DatasetError(f"{self.path}: cannot open for reading ({one_line(exc)})", param="path") from None
             if has_hdf5_signature(self.path):
                 raise CorruptDatasetError(self.path, f"damaged or truncated HDF5 ({one_line(exc)})") from None
+            if _starts_like_json(self.path):
+                raise DatasetError(
+                    f"{self.path} is a JSON file (a COCO export's annotations?), not a shapesgen dataset: give the "
+                    "shapesgen HDF5 file it came from",
+                    param="path",
+                ) from None
             raise DatasetError(f"{self.path}: not a readable HDF5 file ({one_line(exc)})", param="path") from None
         try:
             self._check_header(allow_incomplete)
@@ -639,6 +645,15 @@ class ShapesDataset:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _starts_like_json(path: Path) -> bool:
+    """Whether ``path``'s first non-blank byte opens a JSON object or array."""
+    try:
+        with path.open("rb") as file:
+            return file.read(4096).lstrip()[:1] in (b"{", b"[")
+    except OSError:
+        return False
 
 
 def _has_shards(folder: Path) -> bool:
