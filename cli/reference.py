@@ -17,7 +17,8 @@ format versions; `python -m shapesgen` is the same command.
 Exit codes: 0 success; 1 a failed check (`validate`) or a refusal by the system (a full
 disk, out of memory, a worker killed, an output another command is writing); 2 bad
 input (one line naming the flag and what is allowed, checked before any work, nothing
-written; an output folder you may not write, or on a read-only file system, counts as bad input); 130 Ctrl-C, 143 SIGTERM (`render` and `train` keep what can be resumed, the
+written; an output folder you may not write, or on a read-only file system, counts as
+bad input); 130 Ctrl-C, 143 SIGTERM (`render` and `train` keep what can be resumed, the
 rest is removed; the first one stops the command, later ones are ignored while it
 cleans up); 70 an unexpected error (one line; check edited inputs with
 `shapesgen validate`, otherwise set `SHAPESGEN_TRACEBACK=1` and report the traceback).

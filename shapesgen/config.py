@@ -352,6 +352,8 @@ def parse_sizes(items: list[str]) -> dict[str, tuple[float, ...]]:
             sizes[name.strip()] = tuple(float(v) for v in value.lower().split("x"))
         except ValueError:
             raise _fail("size", item, "must look like 'rectangle=0.1x0.8' or 'circle=0.25'") from None
+        if not all(MIN_SHAPE_SIZE <= v <= 1.0 for v in sizes[name.strip()]):  # NaN fails too
+            raise _fail("size", item, f"each number must be in [{MIN_SHAPE_SIZE:g}, 1], a fraction of the image side")
     return sizes
 
 

@@ -88,7 +88,8 @@ def test_render_passes_exactly_the_built_config(monkeypatch: pytest.MonkeyPatch,
         (["--classes", "circle,blob"], "--classes ['circle', 'blob'] is invalid: class 'blob' is not one of"),
         (["--classes", "circle,,circle"], "class '' is not one of"),
         (["--size", "rectangle=2x1"], "rectangle"),
-        (["--size", "rectangle=0.1x0.8x3"], "a rectangle takes width and height"),
+        (["--size", "rectangle=0.1x0.8x0.3"], "a rectangle takes width and height"),
+        (["--size", "circle=nan"], "--size 'circle=nan' is invalid: each number must be in [1e-06, 1]"),
         (["--num", "0"], "--num 0"),
         (["--workers", "0"], "--workers 0"),
         (["--anchor-range", "0.5"], "--anchor-range '0.5'"),
@@ -214,13 +215,13 @@ def test_train_builds_the_config_from_preset_and_options(monkeypatch: pytest.Mon
         "all",
         "--reg-weight",
         1.0,
-        "--cross-class-weight",
-        0.25,
+        "--d-dist",
+        2.0,
         "-q",
     )
     assert result.exit_code == 0, result.output
     assert received["config"] == TRAIN_PRESETS["cpu"].replace(
-        epochs=7, hinge="linear", distance_scope="all", reg_weight=1.0, cross_class_weight=0.25
+        epochs=7, hinge="linear", distance_scope="all", reg_weight=1.0, d_dist=2.0
     )
     assert received["source"] == "render:paper,instances=6" and received["resume"] is False
     bad = invoke("train", "--train", "x.h5", "--out", tmp_path / "r", "--hinge", "cubic")

@@ -389,7 +389,7 @@ def test_link_loops_long_names_and_unwritable_coco_folders_are_refused_up_front(
         (["render", "--num", 2, *SMALL, "--out", tmp_path / "new" / long_name], 2, "longer than"),
         (["render", "--num", 2, *SMALL, "--out", tmp_path / "x.h5", "--coco", "/proc/none/coco"], 1, "--coco"),
         (["render", "--num", 2, *SMALL, "--out", tmp_path / "x.h5", "--coco", "/proc/coco"], 1, "--coco"),
-        (["render", "--num", 2, *SMALL, "--out", tmp_path / "x.h5", "--size", "circle=1e-300"], 2, "size of circle"),
+        (["render", "--num", 2, *SMALL, "--out", tmp_path / "x.h5", "--size", "circle=1e-300"], 2, "'circle=1e-300'"),
     ]
     before = tree(tmp_path)
     for args, code, needle in cases:
