@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import stat
@@ -39,6 +40,7 @@ from shapesgen.files import (
     regular_input,
     write_atomically,
 )
+from shapesgen.storage.digests import digest
 
 MAX_CONFIG_BYTES = 1 << 20
 """A run's JSON configs are a few hundred bytes; a bigger file is not one of ours."""
@@ -272,6 +274,8 @@ def _predict(
     forward = infer_fn(model)
     records: list[dict[str, Any]] = []
     done = 0
+    # every image of a shapesgen file is read in order: check them against its checksums
+    images_hash = hashlib.sha256() if source.dataset is not None and total == count else None
     with clusterer(settings or config.inference, workers) as pool:
         pending: list[tuple[Callable[[], list[dict[str, Any]]], int]] = []
 
@@ -289,6 +293,8 @@ def _predict(
                 progress(done, total)
 
         for batch in source.batches(batch_size, seed=0, epoch=0, shuffle=False, limit=total, param=param):
+            if images_hash is not None:
+                images_hash.update(b"".join(digest(image) for image in batch["image"]))
             try:
                 outputs = {k: v.numpy() for k, v in forward(tf.constant(batch["image"])).items()}
             except tf.errors.ResourceExhaustedError:
@@ -301,6 +307,8 @@ def _predict(
                 collect()
         while pending:
             collect()
+    if images_hash is not None and source.dataset is not None:
+        source.dataset.check_read({"images": images_hash.hexdigest()}, param, "; no predictions were written")
     return records
 
 

@@ -671,3 +671,20 @@ def test_a_device_given_as_the_model_is_named_a_device(tiny_dataset: Path, tmp_p
     result = run_cli("predict", "--model", "/dev/null", "--data", tiny_dataset, "--out", tmp_path / "r.json")
     assert result.exit_code == 2 and "is a device, not a run folder or a .keras file" in result.stderr, result.stderr
     assert not (tmp_path / "r.json").exists()
+
+
+def test_predicting_a_whole_file_checks_its_images_against_the_checksums(
+    run_dir: Path, tiny_dataset: Path, tmp_path: Path
+) -> None:
+    """A file with an image zeroed after it was written was predicted without a word."""
+    damaged = tmp_path / "damaged.h5"
+    shutil.copyfile(tiny_dataset, damaged)
+    with h5py.File(damaged, "a") as f:
+        f["images"][3] = 0
+    with pytest.raises(
+        DatasetError, match=r"dataset images does not match the checksum .* no predictions were written"
+    ):
+        predict_run(run_dir, damaged, tmp_path / "r.json", workers=1)
+    assert not (tmp_path / "r.json").exists()
+    assert predict_run(run_dir, tiny_dataset, tmp_path / "whole.json", workers=1).is_file()
+    assert predict_run(run_dir, damaged, tmp_path / "first.json", limit=3, workers=1).is_file()  # scenes 0-2 only
