@@ -26,6 +26,7 @@ from shapesgen.errors import ConfigError, DatasetError, ShapesgenError, one_line
 from shapesgen.files import regular_input
 from shapesgen.limits import check_scene_fits
 from shapesgen.storage.manifest import VIRTUAL_FILE, is_sharded
+from shapesgen.storage.reader import unfinished_sharded_render
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -193,6 +194,8 @@ def _describe(spec: str | Path, param: str, keep_open: bool) -> DataFile:
     given = Path(text)
     if is_sharded(given):
         return _hdf5(regular_input(dataset_file(given, param), param), param, given, keep_open)
+    if (unfinished := unfinished_sharded_render(given, f"{param}={text!r}", param)) is not None:
+        raise unfinished
     if is_coco_export(given):
         path = given if given.is_dir() else regular_input(text, param)
         summary = describe_coco_export(path, param)

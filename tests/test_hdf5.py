@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +98,11 @@ def test_an_unfinished_file_says_how_to_finish_it_under_either_name(tmp_path: Pa
         render_dataset(tiny_config, out, num_scenes=7, storage=storage, progress=interrupt_after(2))
     with pytest.raises(DatasetError, match=rf"2 of 7 scenes\); finish it by rerunning .* --resume --out {out}$"):
         open_dataset(partial_path(out))
+    shard = tmp_path / "shards" / "shard-00003.h5.partial"  # a sharded render's unfinished shard
+    shard.parent.mkdir()
+    shutil.copyfile(partial_path(out), shard)
+    with pytest.raises(DatasetError, match=rf"rerunning the sharded render command \(--out {shard.parent}\)$"):
+        open_dataset(shard)
     copy = tmp_path / "copy.h5"
     partial_path(out).rename(copy)
     with pytest.raises(DatasetError, match=rf"renaming it to copy.h5.partial and .* --resume --out {copy}$"):

@@ -479,7 +479,7 @@ def test_a_view_that_is_not_the_shards_fails_validate_and_a_rerun_keeps_it(
     assert (folder / "dataset.h5").read_bytes() == before
 
 
-def test_a_plain_file_in_the_views_place_is_read_only_if_it_holds_the_manifests_scenes(
+def test_a_plain_file_in_the_views_place_is_refused_by_readers_as_by_validate(
     tmp_path: Path, tiny_config: SceneConfig, single: Path
 ) -> None:
     """Another render's single file copied over dataset.h5 was exported, scored and trained
@@ -487,7 +487,7 @@ def test_a_plain_file_in_the_views_place_is_read_only_if_it_holds_the_manifests_
     folder = render_sharded(tiny_config, tmp_path / "ds", num_scenes=NUM, shard_size=SIZE)
     render_dataset(tiny_config.replace(seed=12), tmp_path / "other.h5", num_scenes=NUM)
     shutil.copyfile(tmp_path / "other.h5", folder / "dataset.h5")
-    with pytest.raises(DatasetError, match="a plain file in the place of the shards' view, of other scenes"):
+    with pytest.raises(DatasetError, match="dataset.h5 is not the single-file view of the shards manifest.json"):
         open_dataset(folder)
     for args in (
         ["export", "coco", folder, "--out", tmp_path / "coco"],
@@ -496,9 +496,11 @@ def test_a_plain_file_in_the_views_place_is_read_only_if_it_holds_the_manifests_
         result = run_cli(*args, "-q") if args[0] == "export" else run_cli(*args)
         assert result.exit_code == 2 and "move it out of the folder" in result.stderr, result.output
         assert result.stderr.count("\n") == 1 and not (tmp_path / "coco").exists()
-    shutil.copyfile(single, folder / "dataset.h5")  # the same scenes as one file: the shards' bytes
-    with open_dataset(folder) as ds:
-        assert len(ds) == NUM
+    shutil.copyfile(single, folder / "dataset.h5")  # the same scenes, but not a view: validate refuses it too
+    with pytest.raises(DatasetError, match="is not the single-file view"):
+        open_dataset(folder)
+    with pytest.raises(ValidationError, match="is not the single-file view of these shards"):
+        validate_sharded(folder, regenerate=0)
     (folder / "manifest.json").write_text('{"format": "another tool"}')
     with open_dataset(folder / "dataset.h5") as ds:  # beside another program's manifest.json: a plain file
         assert len(ds) == NUM
@@ -511,7 +513,10 @@ def test_an_unfinished_sharded_folder_is_named_as_one(tmp_path: Path, tiny_confi
     (folder / "manifest.json").unlink()
     (folder / "dataset.h5").unlink()
     (folder / "shard-00002.h5").rename(folder / "shard-00002.h5.partial")
-    for command in (["info", folder], ["validate", folder], ["export", "coco", folder, "--out", tmp_path / "x"]):
+    commands = [["info", folder], ["validate", folder], ["export", "coco", folder, "--out", tmp_path / "x"]]
+    commands += [["predict", "--model", "paper6-2layers", "--data", folder, "--out", tmp_path / "p.json"]]
+    commands += [["train", "--train", folder, "--out", tmp_path / "run", "--preset", "tiny"]]
+    for command in commands:
         result = run_cli(*command)
         assert result.exit_code == 2 and result.stderr.count("\n") == 1, result.output
         assert "is an unfinished sharded render" in result.stderr and "rerun its render command" in result.stderr

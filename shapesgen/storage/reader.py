@@ -210,12 +210,8 @@ class ShapesDataset:
                     param="path",
                 )
             self.path = self.path / SHARD_VIRTUAL
-        if self.path.is_dir() and _has_shards(self.path):
-            raise DatasetError(
-                f"{self.path} is an unfinished sharded render (shard files but no {SHARD_MANIFEST} yet): rerun its "
-                "render command to finish it",
-                param="path",
-            )
+        if (unfinished := unfinished_sharded_render(self.path, str(self.path), "path")) is not None:
+            raise unfinished
         if self.path.is_dir():
             export = (self.path / "annotations.json").is_file()
             what, source = ("a COCO export", " (the one it was exported from)") if export else ("a folder", "")
@@ -250,6 +246,8 @@ class ShapesDataset:
     def _finish(self) -> str:
         """How to finish an unfinished render's file: a render resumes ``<out>.partial`` only."""
         name = self.path.name
+        if SHARD_FILE.fullmatch(name.removesuffix(".partial")):
+            return f"finish it by rerunning the sharded render command (--out {shlex.quote(str(self.path.parent))})"
         if name.endswith(".partial") and len(name) > len(".partial"):
             out = shlex.quote(str(self.path.with_name(name.removesuffix(".partial"))))
             return f"finish it by rerunning its render command with --resume --out {out}"
@@ -455,37 +453,30 @@ class ShapesDataset:
                 where = where if where.is_absolute() or source.file_name == "." else self.path.parent / where
                 if not where.is_file():
                     raise self._corrupt(f"dataset {field.name} maps {source.file_name}, which is missing", field.name)
-        virtual = bool(self.file["images"].is_virtual)
-        if (virtual or self.path.name == SHARD_VIRTUAL) and (self.path.parent / SHARD_MANIFEST).is_file():
-            self._check_shards(virtual)
+        beside_manifest = (self.path.parent / SHARD_MANIFEST).is_file()
+        if self.file["images"].is_virtual and beside_manifest:
+            self._check_shards()
+        elif self.path.name == SHARD_VIRTUAL and beside_manifest and _is_shard_manifest(self.path.parent):
+            raise DatasetError(  # as validate and a rerun of the render find it
+                f"{self.path} is not the single-file view of the shards {SHARD_MANIFEST} lists (a plain file, copied "
+                "in?): move it out of the folder, then rerun the render command to write the view",
+                param="path",
+            )
 
-    def _check_shards(self, virtual: bool) -> None:
+    def _check_shards(self) -> None:
         """A sharded folder's virtual file: it and every shard it maps must be those the manifest
         lists (their recorded checksums), or a shard of another render copied over one of ours
-        would be read as this dataset's scenes. A plain file in the virtual file's place is read
-        only if it holds the manifest's scenes (its checksums), not another render's copied over
-        it. Data damaged inside a shard is found on read or by ``shapesgen validate``, as in any file."""
+        would be read as this dataset's scenes. Data damaged inside a shard is found on read or
+        by ``shapesgen validate``, as in any file."""
         folder = self.path.parent
-        try:
-            manifest = read_manifest(folder)
-        except DatasetError:
-            if virtual:
-                raise
-            return  # another program's manifest beside a plain file: nothing to be the view of
+        manifest = read_manifest(folder)
         hint = f"; `shapesgen validate {folder}` checks every shard, and its render command renders bad ones again"
         try:
             ours = json.loads(self._attrs["checksums"])
         except ValueError:
             ours = None
-        if not virtual and ours != manifest["checksums"]:
-            raise self._corrupt(
-                f"a plain file in the place of the shards' view, of other scenes than {SHARD_MANIFEST} lists (another "
-                "render's file?): move it out of the folder, then rerun the render command to write the view"
-            )
         if ours != manifest["checksums"]:
             raise self._corrupt(f"its checksums are not those of {SHARD_MANIFEST} (another render's file?){hint}")
-        if not virtual:
-            return  # a single file of the same scenes: the shards' bytes
         for entry in manifest["shards"]:
             try:
                 with h5py.File(folder / entry["file"], "r") as shard:
@@ -647,6 +638,15 @@ class ShapesDataset:
         self.close()
 
 
+def _is_shard_manifest(folder: Path) -> bool:
+    """Whether ``folder``'s manifest is a shapesgen shard manifest (not another program's file of that name)."""
+    try:
+        read_manifest(folder)
+    except DatasetError:
+        return False
+    return True
+
+
 def _starts_like_json(path: Path) -> bool:
     """Whether ``path``'s first non-blank byte opens a JSON object or array."""
     try:
@@ -656,10 +656,19 @@ def _starts_like_json(path: Path) -> bool:
         return False
 
 
-def _has_shards(folder: Path) -> bool:
-    """Whether ``folder`` holds a shard file, finished or ``.partial``."""
+def unfinished_sharded_render(folder: Path, given: str, param: str) -> DatasetError | None:
+    """The error for ``folder`` (passed as ``given``) if it is a sharded render that has not
+    finished (a shard file, finished or ``.partial``, but no manifest yet), else None."""
+    if not folder.is_dir() or (folder / SHARD_MANIFEST).exists():
+        return None
     names = (path.name.removesuffix(".partial") for path in folder.glob("shard-*.h5*"))
-    return any(SHARD_FILE.fullmatch(name) for name in names)
+    if not any(SHARD_FILE.fullmatch(name) for name in names):
+        return None
+    return DatasetError(
+        f"{given} is an unfinished sharded render (shard files but no {SHARD_MANIFEST} yet): rerun its render "
+        "command to finish it",
+        param=param,
+    )
 
 
 def has_hdf5_signature(path: Path) -> bool:
