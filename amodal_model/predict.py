@@ -41,6 +41,7 @@ from shapesgen.files import (
     write_atomically,
 )
 from shapesgen.storage.digests import digest
+from shapesgen.storage.reader import ShapesDataset
 
 MAX_CONFIG_BYTES = 1 << 20
 """A run's JSON configs are a few hundred bytes; a bigger file is not one of ours."""
@@ -242,10 +243,13 @@ def predict_hdf5(
     param: str = "data",
     settings: InferenceConfig | None = None,
     workers: int | None = 1,
+    check_images: bool = True,
 ) -> list[dict[str, Any]]:
     """Predictions for the scenes of an HDF5 file, sharded dataset folder or COCO-amodal
     export (all, or the first ``limit``); ``data`` may be one already opened
     (:func:`amodal_model.data.open_file`), which is then read through its handle.
+    With ``check_images``, the images of a whole shapesgen file are checked against its
+    checksums as they are read (nothing is returned for a damaged one).
 
     ``settings`` defaults to the ones ``config`` was trained with. Clustering runs in
     ``workers`` processes (``None``: one per core) while the next batch's forward
@@ -253,7 +257,10 @@ def predict_hdf5(
     """
     with ExitStack() as stack:
         source = data if isinstance(data, DataFile) else stack.enter_context(open_file(data, param))
-        return _predict(model, config, scene_config, source, limit, batch_size, progress, param, settings, workers)
+        checked = source.dataset if check_images else None
+        return _predict(
+            model, config, scene_config, source, limit, batch_size, progress, param, settings, workers, checked
+        )
 
 
 def _predict(
@@ -267,6 +274,7 @@ def _predict(
     param: str,
     settings: InferenceConfig | None,
     workers: int | None,
+    checked: ShapesDataset | None,
 ) -> list[dict[str, Any]]:
     path, count = source.path, source.num_scenes
     total = count if limit is None else min(limit, count)
@@ -274,8 +282,8 @@ def _predict(
     forward = infer_fn(model)
     records: list[dict[str, Any]] = []
     done = 0
-    # every image of a shapesgen file is read in order: check them against its checksums
-    images_hash = hashlib.sha256() if source.dataset is not None and total == count else None
+    checked = checked if total == count else None  # every image is read, in order: hash them
+    images_hash = hashlib.sha256()
     with clusterer(settings or config.inference, workers) as pool:
         pending: list[tuple[Callable[[], list[dict[str, Any]]], int]] = []
 
@@ -293,7 +301,7 @@ def _predict(
                 progress(done, total)
 
         for batch in source.batches(batch_size, seed=0, epoch=0, shuffle=False, limit=total, param=param):
-            if images_hash is not None:
+            if checked is not None:
                 images_hash.update(b"".join(digest(image) for image in batch["image"]))
             try:
                 outputs = {k: v.numpy() for k, v in forward(tf.constant(batch["image"])).items()}
@@ -307,8 +315,8 @@ def _predict(
                 collect()
         while pending:
             collect()
-    if images_hash is not None and source.dataset is not None:
-        source.dataset.check_read({"images": images_hash.hexdigest()}, param, "; no predictions were written")
+    if checked is not None:
+        checked.check_read({"images": images_hash.hexdigest()}, param, "; no predictions were written")
     return records
 
 

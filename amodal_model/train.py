@@ -49,9 +49,10 @@ from amodal_model.predict import (
 )
 from amodal_model.pretrained import make_reproducible
 from shapesgen import open_dataset
-from shapesgen.errors import ConfigError, DatasetError, ShapesgenError, ShapesgenNote, one_line, shown
+from shapesgen.errors import ConfigError, DatasetError, ResourceError, ShapesgenError, ShapesgenNote, one_line, shown
 from shapesgen.evaluate import GroundTruth, evaluate, load_ground_truth, paper_columns
 from shapesgen.files import (
+    REFUSED_BY_PERMISSIONS,
     check_output_path,
     contains,
     exclusive_lock,
@@ -113,18 +114,22 @@ def learning_rate_schedule(
 
 @contextmanager
 def saving(out: Path) -> Iterator[None]:
-    """Turn a failure to write into the run folder (a full disk above all) into one DatasetError."""
+    """Turn a failure to write into the run folder into one line: a folder the user may not
+    write is bad input (DatasetError, exit 2), anything else, a full disk above all, the
+    system's (ResourceError, exit 1)."""
     try:
         yield
     except ShapesgenError:
         raise
     except (OSError, RuntimeError, tf.errors.OpError) as exc:
         text = str(getattr(exc, "message", "") or exc)
-        if getattr(exc, "errno", None) == errno.ENOSPC or "No space left" in text:
+        number = getattr(exc, "errno", None)
+        if number == errno.ENOSPC or "No space left" in text:
             reason = "no space left on device"
         else:
             reason = getattr(exc, "strerror", None) or one_line(text) or type(exc).__name__
-        raise DatasetError(f"out={str(out)!r}: cannot save the run ({reason})", param="out") from None
+        kind = DatasetError if number in REFUSED_BY_PERMISSIONS else ResourceError
+        raise kind(f"out={str(out)!r}: cannot save the run ({reason})", param="out") from None
 
 
 STEP_LOG_EVERY = 10
@@ -475,6 +480,7 @@ class Trainer:
             val,
             limit=self.config.evaluation.eval_scenes,
             param="val",
+            check_images=False,  # training does not check its inputs' checksums (the README says so)
         )
         return paper_columns(evaluate(gt, records))
 

@@ -247,7 +247,7 @@ def test_disk_full_at_the_first_checkpoint_leaves_no_run_folder(
     monkeypatch.setattr(Trainer, "run_epoch", fake_epoch)
     monkeypatch.setattr(tf.train.CheckpointManager, "save", no_space)
     before = snapshot(tmp_path)
-    with pytest.raises(DatasetError, match="no space left on device") as caught:
+    with pytest.raises(ResourceError, match="no space left on device") as caught:  # the system's: exit 1
         train(data, tmp_path / "runs" / "new", QUICK)
     one_line(caught.value)
     assert snapshot(tmp_path) == before  # no run, no runs/, no .partial, no .lock
@@ -283,7 +283,7 @@ def test_force_keeps_the_old_run_until_the_new_one_has_a_checkpoint(
     monkeypatch.setattr(Trainer, "run_epoch", fake_epoch)
     monkeypatch.setattr(tf.train.CheckpointManager, "save", no_space)
     before = snapshot(tmp_path)
-    with pytest.raises(DatasetError, match="no space left"):
+    with pytest.raises(ResourceError, match="no space left"):
         train(data, old, QUICK, force=True)
     assert snapshot(tmp_path) == before
     monkeypatch.undo()
@@ -465,12 +465,13 @@ def test_predict_disk_full_leaves_no_partial_results(
 
 
 def test_unwritable_folder_is_one_line_for_train_and_predict(run_dir: Path, data: Path, tmp_path: Path) -> None:
-    """``/sys`` refuses new entries even to root (EPERM), unlike a chmod-ed folder."""
+    """``/sys`` refuses new entries even to root (EPERM), unlike a chmod-ed folder: bad input
+    (exit 2), as for every command, not the system's failure."""
     before = snapshot(tmp_path)
-    with pytest.raises(ResourceError, match="not permitted|ermission denied") as caught:
+    with pytest.raises(DatasetError, match="not permitted|ermission denied") as caught:
         train(data, Path("/sys/shapesgen-test-run"), QUICK)
     one_line(caught.value)
-    with pytest.raises(ResourceError, match="not permitted|ermission denied") as caught:
+    with pytest.raises(DatasetError, match="not permitted|ermission denied") as caught:
         predict_run(run_dir, data, Path("/sys/shapesgen-test/results.json"))
     one_line(caught.value)
     assert snapshot(tmp_path) == before
@@ -688,3 +689,17 @@ def test_predicting_a_whole_file_checks_its_images_against_the_checksums(
     assert not (tmp_path / "r.json").exists()
     assert predict_run(run_dir, tiny_dataset, tmp_path / "whole.json", workers=1).is_file()
     assert predict_run(run_dir, damaged, tmp_path / "first.json", limit=3, workers=1).is_file()  # scenes 0-2 only
+
+
+def test_validation_during_training_does_not_throw_away_an_epoch_over_a_damaged_image(
+    data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """predict's image check, run by each validation on a small file, raised after the epoch
+    was trained and before it was saved; training checks no input's checksums (README)."""
+    val = tmp_path / "val.h5"
+    shutil.copyfile(data, val)
+    with h5py.File(val, "a") as f:
+        f["images"][0] = 0
+    monkeypatch.setattr(Trainer, "run_epoch", fake_epoch)
+    run = train(data, tmp_path / "run", QUICK.replace(eval_every=1, eval_scenes=50), val=val)
+    assert (run / "model.keras").is_file() and "AP" in (run / "metrics.csv").read_text().splitlines()[0]
