@@ -371,7 +371,7 @@ class LossConfig(_Concern):
         if self.var_weight == self.dist_weight == self.ce_weight == 0:
             raise ConfigError(
                 "var_weight=0, dist_weight=0 and ce_weight=0 are invalid together: at least one must be > 0 "
-                "(nothing would be trained)",
+                "(only the regulariser would be trained)",
                 param="var_weight",
                 related=("dist_weight", "ce_weight"),
             )

@@ -23,6 +23,7 @@ MAX_INSTANCES_PER_SCENE = 65535
 MAX_SEED = 2**63 - 1
 MAX_IMAGE_SIZE = 32768  # an RGB image chunk stays under HDF5's 4 GiB chunk limit
 MIN_SHAPE_SIZE = 1e-6  # smaller shapes underflow in geometry (1e-20 broke GEOS; 1e-15 still validated)
+SIZE_RANGE = f"each number must be in [{MIN_SHAPE_SIZE:g}, 1], a fraction of the image side"
 MAX_CIRCLE_SEGMENTS = 4096  # at 32768 px a 4096-gon circle is within 0.25 px of the true circle
 
 
@@ -94,11 +95,7 @@ class ShapeSpec:
             raise _fail(f"size of {self.kind}", self.size, f"a {self.kind} takes {what}")
         for value in self.size:
             if not _is_number(value) or not MIN_SHAPE_SIZE <= value <= 1.0:
-                raise _fail(
-                    f"size of {self.kind}",
-                    self.size,
-                    f"each number must be in [{MIN_SHAPE_SIZE:g}, 1], a fraction of the image side",
-                )
+                raise _fail(f"size of {self.kind}", self.size, SIZE_RANGE)
         if not self.name:
             object.__setattr__(self, "name", self.kind)
 
@@ -346,14 +343,15 @@ def parse_sizes(items: list[str]) -> dict[str, tuple[float, ...]]:
     sizes: dict[str, tuple[float, ...]] = {}
     for item in items:
         name, sep, value = item.partition("=")
+        name = name.strip()
         try:
             if not sep:
                 raise ValueError
-            sizes[name.strip()] = tuple(float(v) for v in value.lower().split("x"))
+            sizes[name] = tuple(float(v) for v in value.lower().split("x"))
         except ValueError:
             raise _fail("size", item, "must look like 'rectangle=0.1x0.8' or 'circle=0.25'") from None
-        if not all(MIN_SHAPE_SIZE <= v <= 1.0 for v in sizes[name.strip()]):  # NaN fails too
-            raise _fail("size", item, f"each number must be in [{MIN_SHAPE_SIZE:g}, 1], a fraction of the image side")
+        if not all(MIN_SHAPE_SIZE <= v <= 1.0 for v in sizes[name]):  # NaN fails too
+            raise _fail("size", item, SIZE_RANGE)
     return sizes
 
 
