@@ -37,6 +37,20 @@ def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+def damaged_copy(source: Path, copy: Path, dataset: str, row: int) -> Path:
+    """``copy``: ``source`` with one row of ``dataset`` inverted (booleans) or zeroed after it
+    was written, so the file still reads but no longer matches its checksums."""
+    import shutil
+
+    import h5py
+
+    shutil.copyfile(source, copy)
+    with h5py.File(copy, "a") as f:
+        value = f[dataset][row]
+        f[dataset][row] = ~value if value.dtype == bool else value * 0
+    return copy
+
+
 def run_cli(*args: object) -> Any:
     """Run ``shapesgen ARGS`` in-process; the result has ``exit_code``, ``stdout``, ``stderr``."""
     from typer.testing import CliRunner

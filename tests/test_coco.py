@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
 import pytest
-from conftest import run_cli
+from conftest import damaged_copy, run_cli
 from PIL import Image
 from pycocotools.coco import COCO
 
@@ -246,10 +245,9 @@ def test_export_engine_options_are_checked(tiny_dataset: Path, tmp_path: Path) -
 def test_export_refuses_a_source_whose_data_no_longer_matches_its_checksums(
     tiny_dataset: Path, tmp_path: Path, workers: int
 ) -> None:
-    damaged = tmp_path / "damaged.h5"
-    shutil.copyfile(tiny_dataset, damaged)
-    with h5py.File(damaged, "a") as f:
-        f["visible_masks"][int(f["instance_offsets"][7])] ^= True  # scene 7: decodable, but not what was written
+    with h5py.File(tiny_dataset, "r") as f:
+        row = int(f["instance_offsets"][7])  # scene 7's first instance: decodable, but not what was written
+    damaged = damaged_copy(tiny_dataset, tmp_path / "damaged.h5", "visible_masks", row)
     out = tmp_path / "export"
     result = run_cli("export", "coco", damaged, "--out", out, "--workers", workers)
     assert result.exit_code == 2, result.output

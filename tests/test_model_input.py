@@ -19,7 +19,7 @@ import h5py
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import fake_epoch, flat_train_config, run_cli, stub_trained
+from conftest import damaged_copy, fake_epoch, flat_train_config, run_cli, stub_trained
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -678,10 +678,7 @@ def test_predicting_a_whole_file_checks_its_images_against_the_checksums(
     run_dir: Path, tiny_dataset: Path, tmp_path: Path
 ) -> None:
     """A file with an image zeroed after it was written was predicted without a word."""
-    damaged = tmp_path / "damaged.h5"
-    shutil.copyfile(tiny_dataset, damaged)
-    with h5py.File(damaged, "a") as f:
-        f["images"][3] = 0
+    damaged = damaged_copy(tiny_dataset, tmp_path / "damaged.h5", "images", 3)
     with pytest.raises(
         DatasetError, match=r"dataset images does not match the checksum .* no predictions were written"
     ):
@@ -696,10 +693,7 @@ def test_validation_during_training_does_not_throw_away_an_epoch_over_a_damaged_
 ) -> None:
     """predict's image check, run by each validation on a small file, raised after the epoch
     was trained and before it was saved; training checks no input's checksums (README)."""
-    val = tmp_path / "val.h5"
-    shutil.copyfile(data, val)
-    with h5py.File(val, "a") as f:
-        f["images"][0] = 0
+    val = damaged_copy(data, tmp_path / "val.h5", "images", 0)
     monkeypatch.setattr(Trainer, "run_epoch", fake_epoch)
     run = train(data, tmp_path / "run", QUICK.replace(eval_every=1, eval_scenes=50), val=val)
     assert (run / "model.keras").is_file() and "AP" in (run / "metrics.csv").read_text().splitlines()[0]
