@@ -86,10 +86,10 @@ def train(
         TrainPresetName,
         typer.Option(
             "--preset",
-            help="Model preset: paper (Xception DeepLabV3+, 47 M), light (MobileNetV2), cpu-deep (the CPU "
-            "preset: separable encoder with 8 stride-8 units, shared head), cpu-fast (its 4-unit predecessor, "
-            "same speed), cpu-lean (cpu-deep with a space-to-depth stem and one GroupNorm per unit instead of two: "
-            "about 1.3x the images/s), cpu (small encoder, separate heads), tiny (tests).",
+            help="Model preset: paper (Xception DeepLabV3+, 47 M), light (MobileNetV2), cpu-lean (the CPU "
+            "preset: cpu-deep with a space-to-depth stem and one GroupNorm per unit instead of two, about 1.3x "
+            "its images/s), cpu-deep (separable encoder with 8 stride-8 units, shared head), cpu-fast (its 4-unit "
+            "predecessor, same speed), cpu (small encoder, separate heads), tiny (tests).",
         ),
     ] = "paper",
     epochs: Annotated[int | None, typer.Option("--epochs", help=f"Epochs ({preset_default('epochs')}).")] = None,
