@@ -18,6 +18,7 @@ from h5py import h5a, h5s, h5t
 
 from shapesgen.config import SceneConfig
 from shapesgen.errors import ConfigError, DatasetError, one_line, shown
+from shapesgen.files import partial_path
 from shapesgen.limits import MAX_CHUNK_BYTES  # no scene record this package writes is larger
 from shapesgen.splits import Split, split_from_json
 from shapesgen.storage.layout import (
@@ -251,7 +252,7 @@ class ShapesDataset:
         if name.endswith(".partial") and len(name) > len(".partial"):
             out = shlex.quote(str(self.path.with_name(name.removesuffix(".partial"))))
             return f"finish it by rerunning its render command with --resume --out {out}"
-        partial = shlex.quote(f"{name}.partial")
+        partial = shlex.quote(partial_path(self.path).name)
         return (
             f"finish it by renaming it to {partial} and rerunning its render command with --resume --out "
             f"{shlex.quote(str(self.path))}"
