@@ -43,7 +43,8 @@ def _push(hinged: Tensor, pairs: Tensor, present: Tensor, normalisation: str) ->
 def discriminative_loss(
     embedding: Tensor, instance_ids: Tensor, instance_classes: Tensor, config: LossConfig
 ) -> dict[str, Tensor]:
-    """Variance, distance and regularisation terms, each averaged over the batch.
+    """Variance, distance, regularisation and pixel-push terms, each averaged over the batch
+    (the pixel push is 0, and not computed, at ``pixel_push_weight=0``).
 
     embedding ``(B, L, M, M, C)``; instance_ids ``(B, L, M, M)`` (0 = none);
     instance_classes ``(B, n + 1)`` class of each id (entry 0 unused).
@@ -88,11 +89,37 @@ def discriminative_loss(
 
     norms = ops.sum(ops.abs(mean), axis=-1) * present
     regulariser = ops.divide_no_nan(ops.sum(norms, axis=1), n_instances)
+    pixel_push = ops.zeros(())
+    if config.pixel_push_weight > 0:
+        rivals = pairs
+        if config.distance_scope == "class" and config.cross_class_weight > 0:
+            rivals = pairs + config.cross_class_weight * every
+        pixel_push = ops.mean(_pixel_push(flat, mean, member, rivals, count, n_instances, config))
     return {
         "variance": ops.mean(variance),
         "distance": ops.mean(distance),
         "regularisation": ops.mean(regulariser),
+        "pixel_push": pixel_push,
     }
+
+
+def _pixel_push(
+    flat: Tensor, mean: Tensor, member: Tensor, rivals: Tensor, count: Tensor, n_instances: Tensor, config: LossConfig
+) -> Tensor:
+    """The pixel push, per image: each pixel's hinge on its distance to every rival instance's
+    mean (``rivals`` ``(B, n + 1, n + 1)``: the distance term's pair weights), averaged over
+    the instance's pixels, then over the instances.
+
+    The distance term pushes means apart; this pushes each pixel out of its rivals' reach,
+    the failure the mean-shift cannot undo. Its margin, ``2 d_dist - d_var``, is where a
+    pixel pulled within ``d_var`` of its mean lies from a rival ``2 d_dist`` away.
+    """
+    reach = ops.sum(ops.abs(flat[:, :, None, :] - mean[:, None, :, :]), axis=-1)  # (B, pixels, slots)
+    hinged = _hinge(2.0 * config.d_dist - config.d_var - reach, config.hinge == "squared")
+    weight = ops.einsum("bps,bst->bpt", member, rivals)  # each pixel's rivals, by its own instance
+    per_pixel = ops.sum(hinged * weight, axis=-1)
+    per_instance = ops.divide_no_nan(ops.einsum("bp,bps->bs", per_pixel, member), count)
+    return ops.divide_no_nan(ops.sum(per_instance, axis=1), n_instances)
 
 
 def total_loss(outputs: dict[str, Tensor], targets: dict[str, Tensor], config: LossConfig) -> dict[str, Tensor]:
@@ -113,6 +140,7 @@ def total_loss(outputs: dict[str, Tensor], targets: dict[str, Tensor], config: L
         config.var_weight * terms["variance"]
         + config.dist_weight * terms["distance"]
         + config.reg_weight * terms["regularisation"]
+        + config.pixel_push_weight * terms["pixel_push"]
         + config.ce_weight * cross_entropy
     )
     return terms

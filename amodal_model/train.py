@@ -64,7 +64,7 @@ from shapesgen.files import (
     write_atomically,
 )
 
-LOSS_TERMS = ("loss", "variance", "distance", "regularisation", "cross_entropy")
+LOSS_TERMS = ("loss", "variance", "distance", "regularisation", "cross_entropy", "pixel_push")
 EVAL_COLUMNS = ("AP", "AP50", "AP75", "AR100", "AR_none", "AR_partial", "AR_heavy")
 COLUMNS = ("epoch", "steps", "seconds", "images_per_s", *LOSS_TERMS, *EVAL_COLUMNS)
 LIVE_STEPS_DEFAULT_IMAGES = 1000

@@ -133,6 +133,14 @@ def train(
             help="With --distance-scope class: also push apart all instances, at this weight (0 = off).",
         ),
     ] = None,
+    pixel_push_weight: Annotated[
+        float | None,
+        typer.Option(
+            "--pixel-push-weight",
+            help="Also push every pixel out of reach (2 d_dist - d_var) of the other instances' means, at this "
+            "weight (0 = off; not in the paper).",
+        ),
+    ] = None,
     var_weight: Annotated[float | None, typer.Option("--var-weight", help="Variance term weight (1).")] = None,
     dist_weight: Annotated[float | None, typer.Option("--dist-weight", help="Distance term weight (1).")] = None,
     ce_weight: Annotated[float | None, typer.Option("--ce-weight", help="Cross-entropy weight (1).")] = None,
@@ -231,6 +239,7 @@ def train(
                 hinge=hinge,
                 distance_scope=distance_scope,
                 cross_class_weight=cross_class_weight,
+                pixel_push_weight=pixel_push_weight,
                 reg_weight=reg_weight,
                 var_weight=var_weight,
                 dist_weight=dist_weight,

@@ -343,3 +343,70 @@ def test_layer_balanced_pull_weighs_an_instances_occluded_pixels_as_much_as_its_
     }
     assert pull["pixels"] == pytest.approx((3 * 0.5**2 + 2.5**2) / 4)
     assert pull["layers"] == pytest.approx((0.5**2 + 2.5**2) / 2)
+
+
+def naive_pixel_push(emb: np.ndarray, ids: np.ndarray, classes: np.ndarray, config: LossConfig) -> float:
+    """Per image, per pixel Python reference of the pixel push."""
+    hinge = (lambda v: max(v, 0.0) ** 2) if config.hinge == "squared" else (lambda v: max(v, 0.0))
+    margin = 2 * config.d_dist - config.d_var
+    images = []
+    for b in range(len(emb)):
+        e, i = emb[b].reshape(-1, emb.shape[-1]), ids[b].ravel()
+        present = [k for k in range(1, classes.shape[1]) if (i == k).any()]
+        mu = {k: e[i == k].mean(0) for k in present}
+
+        def rival_weight(a: int, c: int, b: int = b) -> float:
+            if config.distance_scope == "all":
+                return 1.0
+            return float(classes[b, a] == classes[b, c]) + config.cross_class_weight
+
+        per_instance = [
+            np.mean(
+                [
+                    sum(rival_weight(k, r) * hinge(margin - np.abs(p - mu[r]).sum()) for r in present if r != k)
+                    for p in e[i == k]
+                ]
+            )
+            for k in present
+        ]
+        images.append(np.mean(per_instance) if per_instance else 0.0)
+    return float(np.mean(images))
+
+
+@pytest.mark.parametrize("hinge", ["squared", "linear"])
+@pytest.mark.parametrize(("scope", "cross"), [("class", 0.0), ("all", 0.0), ("class", 0.3)])
+def test_pixel_push_equals_the_per_pixel_reference_and_joins_the_total(hinge: str, scope: str, cross: float) -> None:
+    rng = np.random.default_rng(2)
+    config = LossConfig(hinge=hinge, distance_scope=scope, cross_class_weight=cross, pixel_push_weight=0.5)
+    emb = rng.normal(0, 1.0, (3, 2, 5, 5, 3)).astype(np.float32)
+    ids = rng.integers(0, 5, (3, 2, 5, 5)).astype(np.int32)
+    ids[2] = 0  # an image with no instance
+    ids[1] = np.where(ids[1] > 0, 2, 0)  # one instance: no rival, no push
+    classes = np.concatenate([np.zeros((3, 1), np.int32), rng.integers(1, 3, (3, 5)).astype(np.int32)], 1)
+    tensors = (tf.constant(emb), tf.constant(ids), tf.constant(classes))
+    terms = discriminative_loss(*tensors, config)
+    expected = naive_pixel_push(emb, ids, classes, config)
+    assert expected > 0
+    assert float(terms["pixel_push"]) == pytest.approx(expected, rel=1e-5, abs=1e-6)
+    off = discriminative_loss(*tensors, config.replace(pixel_push_weight=0))
+    assert float(off["pixel_push"]) == 0.0
+    for key in ("variance", "distance", "regularisation"):
+        assert float(off[key]) == pytest.approx(float(terms[key]))
+
+
+def test_pixel_push_is_zero_for_pixels_out_of_every_rivals_reach_and_pulls_a_stray_pixel_back() -> None:
+    """Two instances 4 apart with every pixel on its mean: no push. One pixel of instance 1
+    moved halfway to instance 2: it is pushed, with a gradient towards its own side."""
+    ids = np.zeros((1, 1, 1, 8), np.int32)
+    ids[0, 0, 0, :4], ids[0, 0, 0, 4:] = 1, 2
+    emb = np.where(ids[..., None] == 1, 0.0, 4.0).astype(np.float32)
+    classes = np.array([[0, 1, 1]], np.int32)
+    config = LossConfig(pixel_push_weight=1.0)
+    settled = discriminative_loss(tf.constant(emb), tf.constant(ids), tf.constant(classes), config)
+    assert float(settled["pixel_push"]) == 0
+    emb[0, 0, 0, 0, 0] = 2.0
+    stray = tf.Variable(emb)
+    with tf.GradientTape() as tape:
+        push = discriminative_loss(stray, tf.constant(ids), tf.constant(classes), config)["pixel_push"]
+    assert float(push) > 0
+    assert float(tape.gradient(push, stray)[0, 0, 0, 0, 0]) > 0  # descent moves it back towards 0
