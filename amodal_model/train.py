@@ -52,7 +52,7 @@ from shapesgen import open_dataset
 from shapesgen.errors import ConfigError, DatasetError, ResourceError, ShapesgenError, ShapesgenNote, one_line, shown
 from shapesgen.evaluate import GroundTruth, evaluate, load_ground_truth, paper_columns
 from shapesgen.files import (
-    REFUSED_BY_PERMISSIONS,
+    USER_REFUSALS,
     check_output_path,
     contains,
     exclusive_lock,
@@ -62,6 +62,7 @@ from shapesgen.files import (
     regular_input,
     remove_empty,
     write_atomically,
+    write_refusal,
 )
 
 LOSS_TERMS = ("loss", "variance", "distance", "regularisation", "cross_entropy", "pixel_push")
@@ -128,7 +129,7 @@ def saving(out: Path) -> Iterator[None]:
             reason = "no space left on device"
         else:
             reason = getattr(exc, "strerror", None) or one_line(text) or type(exc).__name__
-        kind = DatasetError if number in REFUSED_BY_PERMISSIONS else ResourceError
+        kind = DatasetError if number in USER_REFUSALS else ResourceError
         raise kind(f"out={str(out)!r}: cannot save the run ({reason})", param="out") from None
 
 
@@ -675,7 +676,7 @@ def train(
     try:
         created = make_parents(out.parent)
     except OSError as exc:
-        raise DatasetError(f"out={str(out)!r}: cannot create its folder ({exc.strerror})", param="out") from None
+        raise write_refusal(f"out={str(out)!r}: cannot create its folder", exc, "out") from None
     try:
         with ExitStack() as stack:
             with saving(out):

@@ -42,6 +42,7 @@ from shapesgen.files import (
     refuse_overwriting_inputs,
     refuse_run_files,
     remove_empty,
+    write_refusal,
 )
 from shapesgen.limits import batch_scenes_for, check_disk, check_scene_fits
 from shapesgen.renderer import render_scenes
@@ -216,9 +217,7 @@ def _prepare_output(out: Path) -> list[Path]:
     try:
         created = make_parents(out.parent)
     except OSError as exc:
-        raise DatasetError(
-            f"out={str(out)!r}: cannot create folder {out.parent} ({exc.strerror})", param="out"
-        ) from None
+        raise write_refusal(f"out={str(out)!r}: cannot create folder {out.parent}", exc, "out") from None
     if not os.access(out.parent, os.W_OK):
         raise DatasetError(f"out={str(out)!r}: folder {out.parent} is not writable", param="out")
     return created

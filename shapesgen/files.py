@@ -202,14 +202,19 @@ class LockHeld(ResourceError):
 
 
 REFUSED_BY_PERMISSIONS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
+REFUSED_BY_THE_PATH = frozenset({errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG, errno.ELOOP, errno.EEXIST})
+USER_REFUSALS = REFUSED_BY_PERMISSIONS | REFUSED_BY_THE_PATH
+"""Errors of a write that the user's choice of place causes: bad input, exit 2."""
 
 
 def write_refusal(message: str, exc: OSError, param: str) -> DatasetError | ResourceError:
-    """The one-line error for a write the system refused, ``message`` plus its reason. A place
-    the user may not write (permissions, an immutable folder, a read-only file system) is bad
-    input (:class:`DatasetError`, exit 2), as a render's own check finds; anything else (a
-    full disk, an I/O error) is the system's (:class:`ResourceError`, exit 1)."""
-    kind = DatasetError if exc.errno in REFUSED_BY_PERMISSIONS else ResourceError
+    """The one-line error for a write (a file or a folder) the system refused, ``message`` plus
+    its reason. A place the user may not write (permissions, an immutable folder, a read-only
+    file system) or a path that cannot be one (a file where a folder must be, a name too
+    long, a link loop) is bad input (:class:`DatasetError`, exit 2), as a render's own check
+    finds; anything else (a full disk, an I/O error) is the system's (:class:`ResourceError`,
+    exit 1)."""
+    kind = DatasetError if exc.errno in USER_REFUSALS else ResourceError
     return kind(f"{message} ({exc.strerror or exc})", param=param)
 
 

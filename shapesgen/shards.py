@@ -53,6 +53,7 @@ from shapesgen.files import (
     refuse_run_files,
     remove_empty,
     write_atomically,
+    write_refusal,
 )
 from shapesgen.limits import DiskSpaceError, batch_scenes_for, check_scene_fits
 from shapesgen.storage.digests import PER_SCENE_HASHED, DigestChain, checksums, scene_digests
@@ -370,7 +371,7 @@ def _made_folders(folder: Path, out: Path) -> list[Path]:
     try:
         return make_parents(folder)
     except OSError as exc:
-        raise DatasetError(f"out={str(out)!r}: cannot create the folder ({exc.strerror})", param="out") from None
+        raise write_refusal(f"out={str(out)!r}: cannot create the folder", exc, "out") from None
 
 
 def _interrupted(out: Path, shards: tuple[Shard, ...]) -> ShapesgenError:

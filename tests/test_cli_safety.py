@@ -256,6 +256,48 @@ def test_a_full_disk_during_render_or_export_leaves_nothing(
     assert tree(tmp_path) == before and not (tmp_path / "new").exists()
 
 
+@pytest.mark.parametrize(
+    ("number", "kind"),
+    [
+        (errno.EACCES, "DatasetError"),
+        (errno.EROFS, "DatasetError"),
+        (errno.ENOTDIR, "DatasetError"),
+        (errno.ENAMETOOLONG, "DatasetError"),
+        (errno.ENOSPC, "ResourceError"),
+        (errno.EDQUOT, "ResourceError"),
+        (errno.EIO, "ResourceError"),
+    ],
+)
+def test_a_refused_write_is_bad_input_only_when_the_place_is_the_users_choice(number: int, kind: str) -> None:
+    error = files.write_refusal("out='x': cannot create the folder", OSError(number, os.strerror(number)), "out")
+    assert type(error).__name__ == kind
+    assert str(error) == f"out='x': cannot create the folder ({os.strerror(number)})"
+
+
+@pytest.mark.parametrize("sharded", [False, True])
+def test_creating_the_output_folder_exits_1_on_a_full_disk_and_2_under_a_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sharded: bool
+) -> None:
+    import shapesgen.build
+    import shapesgen.shards
+
+    shards = ("--shard-size", 2) if sharded else ()
+    name = "set" if sharded else "d.h5"
+    blocker = tmp_path / "file"
+    blocker.write_text("mine")
+    line = one_error_line(run_cli("render", "--out", blocker / "sub" / name, "--num", 3, "-q", *SMALL, *shards))
+    assert "--out" in line and "is a file, not a folder" in line, line
+
+    def full(folder: Path) -> list[Path]:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(shapesgen.build, "make_parents", full)
+    monkeypatch.setattr(shapesgen.shards, "make_parents", full)
+    line = one_error_line(run_cli("render", "--out", tmp_path / "new" / name, "--num", 3, "-q", *SMALL, *shards), 1)
+    assert "--out" in line and "No space left" in line, line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"] and blocker.read_text() == "mine"
+
+
 def test_render_coco_never_replaces_a_folder_holding_its_config(rendered: Path, tmp_path: Path) -> None:
     export = tmp_path / "export"
     assert run_cli("export", "coco", rendered, "--out", export, "-q").exit_code == 0
