@@ -35,6 +35,7 @@ are equal.
 
 from __future__ import annotations
 
+import io
 import json
 import warnings
 from collections.abc import Iterator
@@ -47,7 +48,14 @@ import numpy as np
 from PIL import Image
 
 from amodal_model.batching import Batch, blocked_batches
-from shapesgen.coco import decode_segmentation, layer_file_name, pad_rings
+from shapesgen.coco import (
+    CHECKSUMS,
+    check_listed_digest,
+    decode_segmentation,
+    export_digests,
+    layer_file_name,
+    pad_rings,
+)
 from shapesgen.config import SceneConfig
 from shapesgen.errors import ConfigError, DatasetError, ShapesgenNote, one_line, shown
 from shapesgen.raster import layer_maps, rasterize_convex
@@ -80,6 +88,7 @@ class _Export:
     scenes: tuple[_Scene, ...]  # sorted by scene index
     layer_pngs: bool  # targets read from the layer PNGs (exact)
     notes: tuple[str, ...]  # why the targets are not exact (empty: exact)
+    digests: dict[str, str]  # SHA256SUMS: relative name -> digest (empty: none listed)
 
 
 @dataclass(frozen=True)
@@ -156,7 +165,7 @@ def coco_batches(
         chunk = scenes[start:stop]
         layers = np.stack([_scene_layers(export, scene, path, param) for scene in chunk]).astype(np.int32)
         return {
-            "image": np.stack([_image(export.config, scene, path, param) for scene in chunk]),
+            "image": np.stack([_image(export, scene, path, param) for scene in chunk]),
             "layers": layers,
             "class_layers": classes[layers],
             "instance_classes": np.broadcast_to(classes, (len(chunk), n + 1)).copy(),
@@ -170,7 +179,8 @@ def coco_batches(
 
 
 def _load(path: Path, param: str) -> _Export:
-    """The checked export (cached per ``annotations.json`` version: epochs read it once)."""
+    """The checked export (cached per version of ``annotations.json``, ``config.json`` and
+    ``SHA256SUMS``: epochs read them once)."""
     path = Path(path)
     where = f"{param}={str(path)!r}"
     file = path / ANNOTATIONS if path.is_dir() else path
@@ -182,9 +192,20 @@ def _load(path: Path, param: str) -> _Export:
     except OSError as exc:
         raise DatasetError(f"{where}: cannot read ({exc.strerror})", param=param) from None
     try:
-        return _parse(file.resolve(), status.st_mtime_ns, status.st_size)
+        resolved = file.resolve()
+        beside = tuple(_version(resolved.parent / name) for name in (CONFIG, CHECKSUMS))
+        return _parse(resolved, (status.st_mtime_ns, status.st_size), beside)
     except DatasetError as exc:
         raise DatasetError(f"{where}: {exc}", param=param) from None
+
+
+def _version(path: Path) -> tuple[int, int] | None:
+    """A file's (mtime in ns, size), or ``None`` if it is absent or unreadable: a cache key."""
+    try:
+        status = path.stat()
+    except OSError:
+        return None
+    return status.st_mtime_ns, status.st_size
 
 
 def _integer(value: Any) -> TypeGuard[int]:
@@ -192,24 +213,29 @@ def _integer(value: Any) -> TypeGuard[int]:
 
 
 @lru_cache(maxsize=4)
-def _parse(file: Path, mtime_ns: int, size: int) -> _Export:
-    """The export whose ``annotations.json`` is ``file`` (``mtime_ns`` and ``size`` key the cache)."""
-    del mtime_ns, size
+def _parse(file: Path, version: tuple[int, int], beside: tuple[tuple[int, int] | None, ...]) -> _Export:
+    """The export whose ``annotations.json`` is ``file`` (its ``version`` and those of the
+    files ``beside`` it key the cache)."""
+    del version, beside
     if not file.is_file():
         raise DatasetError(f"{file.name} is not a file: not a COCO export")
+    folder = file.parent
+    digests = export_digests(folder)
     try:
-        document = json.loads(file.read_bytes())
+        raw = file.read_bytes()
     except OSError as exc:
         raise DatasetError(f"{file.name} cannot be read ({exc.strerror})") from None
+    check_listed_digest(file.name, raw, digests)
+    try:
+        document = json.loads(raw)
     except (ValueError, RecursionError) as exc:  # JSON syntax, not UTF-8, huge numbers, deep nesting
         raise DatasetError(f"{file.name} is not readable JSON ({one_line(exc, 120)})") from None
     if not isinstance(document, dict) or not isinstance(document.get("images"), list):
         raise DatasetError(f"{file.name} is not a COCO file (needs 'images' and 'annotations' lists)")
     if not isinstance(document.get("annotations"), list):
         raise DatasetError(f"{file.name} is not a COCO file (needs 'images' and 'annotations' lists)")
-    folder = file.parent
     info: dict[str, Any] = document["info"] if isinstance(document.get("info"), dict) else {}
-    config = _config(info, folder)
+    config = _config(info, folder, digests)
     images = _images(document["images"], folder, config)
     records = _records(document["annotations"], images, config)
     scale = config.mask_scale
@@ -235,17 +261,19 @@ def _parse(file: Path, mtime_ns: int, size: int) -> _Export:
             )
         if missing:
             notes.append("instances with no visible pixel are not exported (include_hidden=False)")
-    return _Export(folder, config, tuple(scenes), layer_pngs, tuple(notes))
+    return _Export(folder, config, tuple(scenes), layer_pngs, tuple(notes), digests)
 
 
-def _config(info: dict[str, Any], folder: Path) -> SceneConfig:
+def _config(info: dict[str, Any], folder: Path, digests: dict[str, str]) -> SceneConfig:
     """The generator config of ``info.config``, or of ``config.json`` beside the annotations."""
     recorded = info.get("config")
     path = folder / CONFIG
     beside = None
     if path.is_file():
         try:
-            beside = json.loads(path.read_bytes())
+            raw = path.read_bytes()
+            check_listed_digest(CONFIG, raw, digests)
+            beside = json.loads(raw)
         except (OSError, ValueError, RecursionError) as exc:
             raise DatasetError(f"{CONFIG} is not readable JSON ({one_line(exc, 120)})") from None
     if recorded is None and beside is None:
@@ -374,10 +402,13 @@ def _has_layer_pngs(info: dict[str, Any], folder: Path, first: int) -> bool:
 # Pixels ---------------------------------------------------------------------------
 
 
-def _png(file: Path, size: int, modes: tuple[str, ...], what: str) -> np.ndarray:
-    """The pixels of a PNG of ``size`` x ``size`` in one of ``modes``."""
+def _png(export: _Export, file: Path, size: int, modes: tuple[str, ...], what: str) -> np.ndarray:
+    """The pixels of a PNG of ``size`` x ``size`` in one of ``modes``, checked against the
+    export's ``SHA256SUMS`` when it lists the file."""
     try:
-        with Image.open(file) as png:
+        data = file.read_bytes()
+        check_listed_digest(file.relative_to(export.folder).as_posix(), data, export.digests)
+        with Image.open(io.BytesIO(data)) as png:
             if png.format != "PNG" or png.mode not in modes or png.size != (size, size):
                 raise DatasetError(
                     f"{what} {file.name} is a {png.format} {png.mode} {png.size[0]}x{png.size[1]} image, "
@@ -390,11 +421,12 @@ def _png(file: Path, size: int, modes: tuple[str, ...], what: str) -> np.ndarray
         raise DatasetError(f"{what} {file.name} cannot be decoded ({one_line(exc, 120)})") from None
 
 
-def _image(config: SceneConfig, scene: _Scene, path: Path, param: str) -> np.ndarray:
+def _image(export: _Export, scene: _Scene, path: Path, param: str) -> np.ndarray:
     """Scene image ``(S, S, C)`` uint8 from its PNG."""
+    config = export.config
     modes = ("L",) if config.channels == 1 else ("RGB",)
     try:
-        pixels = _png(scene.image, config.image_size, modes, "image")
+        pixels = _png(export, scene.image, config.image_size, modes, "image")
     except DatasetError as exc:
         raise DatasetError(f"{param}={str(path)!r}: scene {scene.index}: {exc}", param=param) from None
     return pixels[:, :, None] if pixels.ndim == 2 else pixels
@@ -416,7 +448,13 @@ def _png_layers(export: _Export, scene: _Scene) -> np.ndarray:
     scale, offset = config.mask_scale, config.mask_scale // 2
     maps = np.stack(
         [
-            _png(export.folder / layer_file_name(scene.index, k), config.image_size, ("I;16", "I", "L"), "layer PNG")
+            _png(
+                export,
+                export.folder / layer_file_name(scene.index, k),
+                config.image_size,
+                ("I;16", "I", "L"),
+                "layer PNG",
+            )
             for k in range(1, config.layers + 1)
         ]
     )[:, offset::scale, offset::scale]

@@ -580,6 +580,36 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+CHECKSUMS = "SHA256SUMS"
+
+
+def _listed(text: str) -> dict[str, str]:
+    """``SHA256SUMS`` lines (``<digest>  <relative name>``) as name -> digest."""
+    return {name: digest for digest, name in (line.split("  ", 1) for line in text.splitlines() if "  " in line)}
+
+
+def export_digests(folder: Path) -> dict[str, str]:
+    """The SHA-256 digests an export folder's ``SHA256SUMS`` lists, by relative name; empty
+    when it has none (an export from another tool, or one whose list was removed)."""
+    try:
+        return _listed((folder / CHECKSUMS).read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{CHECKSUMS} cannot be read ({getattr(exc, 'strerror', None) or exc})") from None
+
+
+def check_listed_digest(name: str, data: bytes, digests: dict[str, str]) -> None:
+    """Refuse ``data``, the bytes of export file ``name``, when ``SHA256SUMS`` lists another digest
+    for it: the file was damaged or changed after the export wrote it."""
+    expected = digests.get(name)
+    if expected is not None and hashlib.sha256(data).hexdigest() != expected:
+        raise DatasetError(
+            f"{name} does not match its digest in {CHECKSUMS}: it was damaged or changed after the export was "
+            f"written; export it again, or remove {CHECKSUMS} to use the files as they are"
+        )
+
+
 EXPORT_FILES = frozenset({"annotations.json", "config.json", "croissant.json", "README.md", "SHA256SUMS"})
 EXPORT_FOLDERS = ("images", "layers")  # of PNGs only
 
@@ -630,12 +660,11 @@ def is_export_folder(folder: Path) -> bool:
     shapesgen card, and every file in it is listed in its ``SHA256SUMS`` with that
     digest (nothing added, edited or removed). Only such a folder is ever replaced."""
     try:
-        lines = (folder / "SHA256SUMS").read_text().splitlines()
+        listed = _listed((folder / CHECKSUMS).read_text())
         with (folder / "README.md").open() as card:
             ours = _card_title(card)
     except (OSError, UnicodeDecodeError):
         return False
-    listed = {name: digest for digest, name in (line.split("  ", 1) for line in lines if "  " in line)}
     if not ours or "annotations.json" not in listed or "README.md" not in listed:
         return False
     if _unlisted_file(folder, set(listed)) is not None:

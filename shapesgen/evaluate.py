@@ -44,7 +44,14 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval, Params
 
-from shapesgen.coco import MAX_MASK_PIXELS, decode_segmentation, encode_rle, rle_runs
+from shapesgen.coco import (
+    MAX_MASK_PIXELS,
+    check_listed_digest,
+    decode_segmentation,
+    encode_rle,
+    export_digests,
+    rle_runs,
+)
 from shapesgen.errors import ConfigError, DatasetError
 from shapesgen.files import check_file_output, contains, file_kind, regular_input, resolved, write_atomically
 from shapesgen.stats import HEAVY_MIN, NONE_MAX, OCCLUSION_BANDS
@@ -213,12 +220,17 @@ def _open_regular(path: Path) -> IO[bytes]:
 
 
 def _read_json(path: Path) -> Any:
-    """A whole JSON document; decoding errors, deep nesting and huge numbers become one line."""
+    """A whole JSON document; decoding errors, deep nesting and huge numbers become one line.
+    A file that a ``SHA256SUMS`` beside it lists (an export's) must match its digest."""
     with _open_regular(path) as file:
         try:
             data = file.read()
         except OSError as exc:
             raise DatasetError(f"{path}: cannot be read ({exc.strerror})") from None
+    try:
+        check_listed_digest(path.name, data, export_digests(path.parent))
+    except DatasetError as exc:
+        raise DatasetError(f"{path.parent}: {exc}") from None
     try:
         return json.loads(data)
     except RecursionError:

@@ -188,9 +188,11 @@ def test_a_mask_resolution_export_with_smaller_images_is_refused(exported: Expor
 
 
 def edited(export: Path, tmp_path: Path, change: Callable[[dict[str, Any]], Any]) -> Path:
-    """A copy of ``export`` whose annotations.json ``change`` edited in place."""
+    """A copy of ``export`` whose annotations.json ``change`` edited in place, without its
+    SHA256SUMS (which refuses edited files: a test of its own)."""
     copy = tmp_path / "copy"
     shutil.copytree(export, copy)
+    (copy / "SHA256SUMS").unlink()
     document = json.loads((copy / "annotations.json").read_text())
     change(document)
     (copy / "annotations.json").write_text(json.dumps(document))
@@ -301,6 +303,42 @@ def test_damaged_pixels_are_refused_when_read(exported: Exporter, tmp_path: Path
     (copy / layer_file_name(7, 2)).unlink()
     with pytest.raises(DatasetError, match=r"scene 7: layer PNG 000007_L2.png is missing"):
         list(coco_batches(copy, 4, 0, 0, False))
+
+
+def test_files_changed_after_the_export_are_refused_by_its_sha256sums(exported: Exporter, tmp_path: Path) -> None:
+    """A valid PNG with one pixel changed, a layer PNG with a byte added, or an edited
+    annotations.json is refused by training and evaluation while SHA256SUMS lists the file;
+    without SHA256SUMS the files are read as they are."""
+    from PIL import Image
+
+    from shapesgen.evaluate import load_ground_truth
+
+    export = exported("odd", layers_png=True)
+    scenes = open_coco_export(export, "val")[1]
+    copies = {}
+    for name in ("image", "layer", "annotations"):
+        copies[name] = tmp_path / name
+        shutil.copytree(export, copies[name])
+    image = copies["image"] / "images" / "000002.png"
+    pixels = np.array(Image.open(image))
+    pixels[0, 0] = 255 - pixels[0, 0]
+    Image.fromarray(pixels).save(image)
+    layer = copies["layer"] / layer_file_name(5, 1)
+    layer.write_bytes(layer.read_bytes() + b"\0")
+    annotations = copies["annotations"] / "annotations.json"
+    annotations.write_bytes(annotations.read_bytes() + b"\n")  # still the same JSON document
+    with pytest.raises(DatasetError, match=r"scene 2: images/000002.png does not match its digest in SHA256SUMS"):
+        list(coco_batches(copies["image"], 4, 0, 0, False))
+    with pytest.raises(DatasetError, match=rf"scene 5: {layer_file_name(5, 1)} does not match its digest"):
+        list(coco_batches(copies["layer"], 4, 0, 0, False))
+    for read in (lambda: open_coco_export(copies["annotations"], "val"), lambda: load_ground_truth(annotations)):
+        with pytest.raises(DatasetError, match="annotations.json does not match its digest in SHA256SUMS"):
+            read()
+    for copy in copies.values():
+        (copy / "SHA256SUMS").unlink()
+    assert open_coco_export(copies["annotations"], "val")[1] == scenes
+    assert len(load_ground_truth(annotations).images) == scenes
+    assert stacked(coco_batches(copies["image"], 4, 0, 0, False))["image"][2][0, 0, 0] == pixels[0, 0]
 
 
 @st.composite

@@ -327,6 +327,7 @@ def test_loss_settings_beyond_float32_are_refused(field: str) -> None:
 
 def edit_annotations(export: Path, change: Any) -> Path:
     path = export / "annotations.json"
+    (export / "SHA256SUMS").unlink()  # it would refuse the edit
     document = json.loads(path.read_text())
     change(document)
     path.write_text(json.dumps(document))
