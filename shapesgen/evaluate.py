@@ -57,7 +57,7 @@ from shapesgen.files import check_file_output, contains, file_kind, regular_inpu
 from shapesgen.stats import HEAVY_MIN, NONE_MAX, OCCLUSION_BANDS
 from shapesgen.storage.digests import digest, segment_digests
 from shapesgen.storage.manifest import is_sharded
-from shapesgen.storage.reader import ShapesDataset, open_dataset
+from shapesgen.storage.reader import open_dataset
 
 MAX_DETS = (1, 10, 100, 1000)
 KEEP_PER_IMAGE = MAX_DETS[-1]  # detections kept per (image, category): COCOeval drops the rest itself
@@ -106,10 +106,11 @@ def in_band(rate: float, band: str) -> bool:
 class GroundTruth:
     """Flat COCO ground truth at one resolution, with an occlusion rate per instance.
 
-    Optional annotation keys: ``depth`` (its depth order, smaller = nearer), and where its
-    visible mask can be read when invisible-mask AP needs it: ``visible_row`` (its row
-    in the HDF5 file ``source``) or ``visible_source`` (``(where, value)`` from a JSON
-    file, checked only when read).
+    Optional annotation keys: ``depth`` (its depth order, smaller = nearer); ``visible_row``
+    (its row in the HDF5 file ``source``); and what invisible-mask AP needs, either
+    ``hidden_part`` (its amodal mask minus its visible mask, ``(RLE, area)``, or ``None``
+    when empty: an HDF5 file's, made while its visible masks are read for their checksums)
+    or ``visible_source`` (``(where, value)`` from a JSON file, checked only when read).
     """
 
     images: list[dict[str, Any]]
@@ -150,9 +151,12 @@ def ground_truth_from_hdf5(path: str | Path, keep_layers: bool = False, band_rat
             bounds = offsets[start : stop + 1] - offsets[start]
             hashers["instances"].update(segment_digests(table, bounds))
             hashers["amodal_masks"].update(segment_digests(all_masks, bounds))
-            hashers["visible_masks"].update(segment_digests(ds.visible_masks[rows], bounds))
+            visible = ds.visible_masks[rows]
+            hashers["visible_masks"].update(segment_digests(visible, bounds))
             masks = all_masks[keep]
-            for k, rle in zip(keep.tolist(), encode_rle(masks), strict=True):
+            has_hidden, hidden_rles, hidden_areas = _hidden_parts(masks, visible[keep])
+            hidden_parts = iter(zip(hidden_rles, hidden_areas.tolist(), strict=True))
+            for k, rle, hides in zip(keep.tolist(), encode_rle(masks), has_hidden.tolist(), strict=True):
                 row = table[k]
                 annotations.append(
                     {
@@ -166,6 +170,7 @@ def ground_truth_from_hdf5(path: str | Path, keep_layers: bool = False, band_rat
                         "occlusion_rate": float(row[rate_column]),
                         "depth": float(row["depth"]),
                         "visible_row": rows.start + k,
+                        "hidden_part": next(hidden_parts) if hides else None,
                     }
                 )
         layers = ds.layers[:] if keep_layers else None
@@ -1223,7 +1228,7 @@ def _hidden_parts(amodal: np.ndarray, visible: np.ndarray) -> tuple[np.ndarray, 
 
 def _check_visible_sources(gt: GroundTruth) -> bool:
     """Whether every annotation says where its visible mask is (``False``: none does)."""
-    known = ["visible_row" in a or "visible_source" in a for a in gt.annotations]
+    known = ["hidden_part" in a or "visible_source" in a for a in gt.annotations]
     if gt.annotations and not any(known):
         return False
     if not all(known):
@@ -1234,31 +1239,20 @@ def _check_visible_sources(gt: GroundTruth) -> bool:
     return True
 
 
-def _read_visible(gt: GroundTruth, chunk: list[int], ds: ShapesDataset | None) -> np.ndarray:
-    """The visible masks ``(n, h, w)`` of annotations ``chunk`` (of one image size), checked."""
+def _read_visible(gt: GroundTruth, chunk: list[int]) -> np.ndarray:
+    """The visible masks ``(n, h, w)`` of annotations ``chunk`` (of one image size, each with
+    a ``visible_source``), checked."""
     h, w = gt.size_of(gt.annotations[chunk[0]]["image_id"])
     masks = np.zeros((len(chunk), h, w), dtype=bool)
-    rows = [(i, gt.annotations[k]["visible_row"]) for i, k in enumerate(chunk) if "visible_row" in gt.annotations[k]]
-    if rows:
-        assert ds is not None
-        low, high = min(r for _, r in rows), max(r for _, r in rows) + 1
-        if high - low <= 2 * len(rows):
-            block = ds.visible_masks[low:high]
-            for i, row in rows:
-                masks[i] = block[row - low]
-        else:
-            for i, row in rows:
-                masks[i] = ds.visible_masks[row]
     for i, k in enumerate(chunk):
-        if "visible_source" in gt.annotations[k]:
-            where, value = gt.annotations[k]["visible_source"]
-            try:
-                mask = decode_segmentation(value, h, w)
-            except DatasetError as exc:
-                raise DatasetError(f"{where}: {exc}") from None
-            if mask.shape != (h, w):
-                raise DatasetError(f"{where}: size {list(mask.shape)} is not its image's [{h}, {w}]")
-            masks[i] = mask
+        where, value = gt.annotations[k]["visible_source"]
+        try:
+            mask = decode_segmentation(value, h, w)
+        except DatasetError as exc:
+            raise DatasetError(f"{where}: {exc}") from None
+        if mask.shape != (h, w):
+            raise DatasetError(f"{where}: size {list(mask.shape)} is not its image's [{h}, {w}]")
+        masks[i] = mask
     return masks
 
 
@@ -1267,20 +1261,23 @@ def invisible_ground_truth(gt: GroundTruth) -> GroundTruth | None:
     mask, for the instances whose invisible region is not empty (the others have nothing
     to find); ``None`` when the ground truth has no visible masks.
 
-    Visible masks are read (and checked) a chunk at a time: memory holds one chunk of
-    masks, not the dataset's.
+    An HDF5 file's hidden parts were made when its ground truth was read
+    (``hidden_part``); a JSON file's visible masks are decoded (and checked) a chunk at a
+    time: memory holds one chunk of masks, not the dataset's.
     """
     if not _check_visible_sources(gt):
         return None
-    sizes = [gt.size_of(a["image_id"]) for a in gt.annotations]
     kept: list[tuple[int, dict[str, Any], int]] = []
-    from_file = any("visible_row" in a for a in gt.annotations)
-    with open_dataset(gt.source) if from_file else contextlib.nullcontext() as ds:
-        for chunk in _chunks(sizes):
-            amodal = _decode_many([gt.annotations[k]["segmentation"] for k in chunk])
-            present, rles, areas = _hidden_parts(amodal, _read_visible(gt, chunk, ds))
-            chosen = [k for k, keep in zip(chunk, present.tolist(), strict=True) if keep]
-            kept.extend(zip(chosen, rles, areas.tolist(), strict=True))
+    made = [k for k, a in enumerate(gt.annotations) if "hidden_part" in a]
+    kept.extend((k, *gt.annotations[k]["hidden_part"]) for k in made if gt.annotations[k]["hidden_part"] is not None)
+    to_read = [k for k, a in enumerate(gt.annotations) if "hidden_part" not in a]
+    sizes = [gt.size_of(gt.annotations[k]["image_id"]) for k in to_read]
+    for positions in _chunks(sizes):
+        chunk = [to_read[p] for p in positions]
+        amodal = _decode_many([gt.annotations[k]["segmentation"] for k in chunk])
+        present, rles, areas = _hidden_parts(amodal, _read_visible(gt, chunk))
+        chosen = [k for k, keep in zip(chunk, present.tolist(), strict=True) if keep]
+        kept.extend(zip(chosen, rles, areas.tolist(), strict=True))
     kept.sort(key=lambda item: item[0])
     boxes = mask_utils.toBbox([_bytes_rle(rle) for _, rle, _ in kept]) if kept else []
     annotations = [

@@ -257,11 +257,11 @@ def test_invisible_metrics_are_absent_without_visible_masks(gt: GroundTruth) -> 
     assert hidden["source"] is None and hidden["AP"] is None and "carry no 'visible_segmentation'" in hidden["note"]
     bare = GroundTruth(gt.images, [dict(a) for a in gt.annotations], gt.categories, gt.source)
     for a in bare.annotations:
-        del a["visible_row"]
+        del a["hidden_part"]
     hidden = evaluate(bare, as_results(gt, visible=True))["invisible"]
     assert hidden["source"] == "visible_segmentation" and hidden["AP"] is None and "no visible masks" in hidden["note"]
     partial = GroundTruth(gt.images, [dict(a) for a in gt.annotations], gt.categories, gt.source)
-    del partial.annotations[0]["visible_row"]  # one instance without, the others with: malformed
+    del partial.annotations[0]["hidden_part"]  # one instance without, the others with: malformed
     with pytest.raises(DatasetError, match="instance 1 has no visible mask"):
         evaluate(partial, as_results(gt, visible=True))
 
