@@ -51,7 +51,7 @@ from amodal_model.batching import Batch, blocked_batches
 from shapesgen.coco import (
     CHECKSUMS,
     check_listed_digest,
-    decode_segmentation,
+    decode_sized,
     export_digests,
     layer_file_name,
     pad_rings,
@@ -531,13 +531,7 @@ def decode_rles(rles: list[Any], size: int, wheres: list[str]) -> np.ndarray:
             fast.append(k)
             texts.append(counts.encode("ascii"))
             continue
-        try:
-            mask = decode_segmentation(rle, size, size)
-        except DatasetError as exc:
-            raise DatasetError(f"{where}: {exc}") from None
-        if mask.shape != (size, size):
-            raise DatasetError(f"{where}: mask size {list(mask.shape)} is not the image's [{size}, {size}]")
-        out[k] = mask
+        out[k] = decode_sized(rle, size, size, where, "mask")
     if not fast:
         return out
 

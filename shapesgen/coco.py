@@ -240,6 +240,18 @@ def decode_segmentation(segmentation: Any, height: int, width: int) -> np.ndarra
     return mask_utils.decode(rle).astype(bool)
 
 
+def decode_sized(segmentation: Any, height: int, width: int, where: str, what: str = "segmentation") -> np.ndarray:
+    """:func:`decode_segmentation` of a record's mask that must be ``height`` x ``width``: a
+    malformed one, or one of another size, raises one line starting with ``where``."""
+    try:
+        mask = decode_segmentation(segmentation, height, width)
+    except DatasetError as exc:
+        raise DatasetError(f"{where}: {exc}") from None
+    if mask.shape != (height, width):
+        raise DatasetError(f"{where}: {what} size {list(mask.shape)} is not its image's [{height}, {width}]")
+    return mask
+
+
 def pad_rings(vertices: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     """Ragged rings ``(V, 2)`` + offsets as one ``(n, max V, 2)`` array, for the rasteriser.
 

@@ -48,6 +48,7 @@ from shapesgen.coco import (
     MAX_MASK_PIXELS,
     check_listed_digest,
     decode_segmentation,
+    decode_sized,
     encode_rle,
     export_digests,
     rle_runs,
@@ -369,12 +370,7 @@ def _gt_annotation(
     if "segmentation" not in record:
         raise DatasetError(f"{where}: missing 'segmentation' (or the KINS 'a_segm', the aistron 'amodal_segm')")
     h, w = sizes[image_id]
-    try:
-        mask = decode_segmentation(record["segmentation"], h, w)
-    except DatasetError as exc:
-        raise DatasetError(f"{where}: {exc}") from None
-    if mask.shape != (h, w):
-        raise DatasetError(f"{where}: segmentation size {list(mask.shape)} is not its image's [{h}, {w}]")
+    mask = decode_sized(record["segmentation"], h, w, where)
     depth_key = next((k for k in _DEPTH_KEYS if k in record), None)
     depth = record[depth_key] if depth_key else None
     if depth_key and not _finite(depth):
@@ -1246,13 +1242,7 @@ def _read_visible(gt: GroundTruth, chunk: list[int]) -> np.ndarray:
     masks = np.zeros((len(chunk), h, w), dtype=bool)
     for i, k in enumerate(chunk):
         where, value = gt.annotations[k]["visible_source"]
-        try:
-            mask = decode_segmentation(value, h, w)
-        except DatasetError as exc:
-            raise DatasetError(f"{where}: {exc}") from None
-        if mask.shape != (h, w):
-            raise DatasetError(f"{where}: size {list(mask.shape)} is not its image's [{h}, {w}]")
-        masks[i] = mask
+        masks[i] = decode_sized(value, h, w, where, "visible mask")
     return masks
 
 
