@@ -916,6 +916,7 @@ class ExportPart:
     stop: int
     first_scene: int = 0
     shard: Shard | None = None
+    storage: dict[str, Any] | None = None  # the manifest's, for a shard
     checksums: str | None = None  # a single file's checksums as JSON: the file each task must find at ``file``
 
     @property
@@ -961,7 +962,15 @@ def plan_export(ds: ShapesDataset, engine: Engine, workers: int) -> list[ExportP
         ]
         folder = ds.path.parent.resolve()
         return [
-            ExportPart(index=k, file=str(folder / shard.file), start=lo, stop=hi, first_scene=shard.start, shard=shard)
+            ExportPart(
+                index=k,
+                file=str(folder / shard.file),
+                start=lo,
+                stop=hi,
+                first_scene=shard.start,
+                shard=shard,
+                storage=manifest["storage"],
+            )
             for k, (shard, lo, hi) in enumerate(pieces)
         ]
     bounds = [(0, count)] if engine == "local" and workers == 1 else _ranges(0, count, size)
@@ -1025,7 +1034,7 @@ def _export_scenes(
     digests: dict[str, list[bytes]] = {name: [] for name in PER_SCENE_HASHED}
     with open_dataset(part.file) as ds:
         if part.shard is not None:
-            check_shard_header(ds, config, part.shard)
+            check_shard_header(ds, config, part.shard, part.storage)
         if part.checksums is not None and json.dumps(ds.checksums, sort_keys=True) != part.checksums:
             raise DatasetError(
                 f"{part.file} was replaced by another dataset while it was exported: rerun the export", param="path"

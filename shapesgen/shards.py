@@ -22,7 +22,7 @@ import json
 import os
 import re
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -90,13 +90,16 @@ class ShardResult:
     rendered: bool
 
 
-def read_shard(path: Path, config: SceneConfig, shard: Shard, *, rendered: bool = False) -> ShardResult:
-    """Read shard ``path`` back and check it: the config and scene range asked for, and
-    every stored byte against the checksums it records. Raises :class:`ConfigError` for
-    a shard of another render and :class:`ValidationError` for damaged data."""
+def read_shard(
+    path: Path, config: SceneConfig, shard: Shard, storage: Mapping[str, Any], *, rendered: bool = False
+) -> ShardResult:
+    """Read shard ``path`` back and check it: the config, scene range and storage (as JSON)
+    asked for, and every stored byte against the checksums it records. Raises
+    :class:`ConfigError` for a shard of another render and :class:`ValidationError` for
+    damaged data."""
     try:
         with open_dataset(path) as ds:
-            check_shard_header(ds, config, shard)
+            check_shard_header(ds, config, shard, storage)
             chain, parts = DigestChain(), {name: bytearray() for name in PER_SCENE_HASHED}
             vertex_offsets = ds.vertex_offsets[:]
             for scene in scene_digests(ds.datasets, ds.instance_offsets, vertex_offsets):
@@ -156,7 +159,7 @@ def render_shard(
         raise DatasetError(f"{path} is a symbolic link, not a shard: move it out of {folder}", param="out")
     if path.exists():
         try:
-            return read_shard(path, config, shard)
+            return read_shard(path, config, shard, json.loads(storage.to_json()))
         except ConfigError as exc:  # another render's shard, copied in: not ours to delete
             raise ConfigError(f"{exc}; move it out of {folder} to render this shard again", param="out") from None
         except (ValidationError, DatasetError):  # damaged, or not a complete shapesgen file
@@ -461,6 +464,20 @@ def _resolve_existing(
                 param="out",
             )
         break
+    asked = json.loads(storage.to_json())
+    for path in entries:
+        stored_storage = _stored_storage(path) if path.suffix == ".h5" else None
+        if stored_storage is not None and stored_storage != asked:
+            differ = ", ".join(
+                f"{key}: {stored_storage.get(key)!r} there vs {asked.get(key)!r} asked"
+                for key in sorted(set(asked) | set(stored_storage))
+                if stored_storage.get(key) != asked.get(key)
+            )
+            raise ConfigError(
+                f"out={str(out)!r} holds an unfinished render with another storage ({differ}, in {path.name}): "
+                "rerun it with the storage it was started with (--compression), or choose another folder",
+                param="out",
+            )
     planned = {shard.file for shard in shards}
     beyond = [p.name for p in entries if p.name.split(".")[0] + ".h5" not in planned]
     if beyond:
@@ -521,6 +538,18 @@ def _stored_config(path: Path) -> SceneConfig | None:
             return SceneConfig.from_json(str(file.attrs["config"]))
     except (OSError, KeyError, ConfigError, ValueError, TypeError):
         return None
+
+
+def _stored_storage(path: Path) -> dict[str, Any] | None:
+    """The storage a shard file records (as JSON), or ``None`` if it cannot be read."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as file:
+            stored = json.loads(str(file.attrs["storage"]))
+    except (OSError, KeyError, ValueError, TypeError):
+        return None
+    return stored if isinstance(stored, dict) else None
 
 
 def _config_difference(ours: SceneConfig, theirs: SceneConfig) -> str:
@@ -609,7 +638,12 @@ def _run_dask(
 
 
 def _validate_shard(
-    folder: str, config: SceneConfig, spec: Shard, regenerate: int, progress: ProgressCallback | None = None
+    folder: str,
+    config: SceneConfig,
+    spec: Shard,
+    storage: dict[str, Any],
+    regenerate: int,
+    progress: ProgressCallback | None = None,
 ) -> ShardResult:
     """Validate one shard as ``validate`` does a file, and read its digests for the chain."""
     from shapesgen.validate import validate_dataset
@@ -619,16 +653,18 @@ def _validate_shard(
         raise ValidationError(f"shard {spec.file} is missing")
     try:
         with open_dataset(shard_path) as ds:
-            check_shard_header(ds, config, spec)
+            check_shard_header(ds, config, spec, storage)
             validate_dataset(ds, regenerate=regenerate, progress=progress)
     except CorruptDatasetError as exc:
         raise ValidationError(f"shard {spec.file}: {exc.problem}") from None
     except (ConfigError, DatasetError, ValidationError) as exc:
         raise ValidationError(f"shard {spec.file}: {exc}") from None
-    return read_shard(shard_path, config, spec)
+    return read_shard(shard_path, config, spec, storage)
 
 
-def _summarize_shard(folder: str, config: SceneConfig, spec: Shard, *, report: Report) -> dict[str, Any]:
+def _summarize_shard(
+    folder: str, config: SceneConfig, spec: Shard, storage: dict[str, Any], *, report: Report
+) -> dict[str, Any]:
     """One engine task of :func:`summarize_sharded`: the summary of shard ``spec``, checked
     against the manifest's config and plan. Errors are plain :class:`DatasetError` lines (a
     pool returns them pickled)."""
@@ -636,7 +672,7 @@ def _summarize_shard(folder: str, config: SceneConfig, spec: Shard, *, report: R
 
     try:
         with open_dataset(Path(folder) / spec.file) as ds:
-            check_shard_header(ds, config, spec)
+            check_shard_header(ds, config, spec, storage)
             return summarize(ds)
     except CorruptDatasetError as exc:
         raise DatasetError(f"shard {spec.file}: {exc.problem}") from None
@@ -655,7 +691,10 @@ def summarize_sharded(path: str | Path, *, workers: int = 1) -> dict[str, Any]:
     manifest = read_manifest(path)
     config = SceneConfig.from_dict(manifest["config"])
     shards = plan_shards(int(manifest["num_scenes"]), int(manifest["shard_size"]))
-    tasks = [Task(s.index, f"shard {s.file}", s.count, _summarize_shard, (str(path), config, s)) for s in shards]
+    tasks = [
+        Task(s.index, f"shard {s.file}", s.count, _summarize_shard, (str(path), config, s, manifest["storage"]))
+        for s in shards
+    ]
     parts: dict[int, dict[str, Any]] = {}
 
     def accept(task: Task, summary: dict[str, Any]) -> None:
@@ -703,13 +742,13 @@ def validate_sharded(
                 if progress:
                     progress(base + done, total)
 
-            accept(_validate_shard(folder, config, spec, regenerate, update), entry)
+            accept(_validate_shard(folder, config, spec, manifest["storage"], regenerate, update), entry)
     else:
         with ProcessPoolExecutor(
             min(workers, len(shards)), mp_context=_pool_context(), initializer=_worker_init
         ) as pool:
             futures: list[Future[ShardResult]] = [
-                pool.submit(_validate_shard, folder, config, spec, regenerate) for spec in shards
+                pool.submit(_validate_shard, folder, config, spec, manifest["storage"], regenerate) for spec in shards
             ]
             try:
                 for future, entry in zip(futures, manifest["shards"], strict=True):

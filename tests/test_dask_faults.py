@@ -5,6 +5,7 @@ resumes to the bytes of an uninterrupted render."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from shapesgen import SceneConfig
+from shapesgen import SceneConfig, StorageConfig
 from shapesgen.shards import read_shard, render_sharded
 from shapesgen.storage.manifest import plan_shards
 
@@ -76,7 +77,7 @@ def assert_only_whole_shards(out: Path) -> None:
     shards = {s.file: s for s in plan_shards(NUM, SIZE)}
     for name in names:
         if name.endswith(".h5"):
-            read_shard(out / name, CONFIG, shards[name])
+            read_shard(out / name, CONFIG, shards[name], json.loads(StorageConfig().to_json()))
 
 
 def assert_same_as(out: Path, reference: Path) -> None:

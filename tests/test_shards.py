@@ -729,6 +729,34 @@ def test_a_shard_of_another_render_copied_in_is_never_read_as_ours(tmp_path: Pat
         open_dataset(folder)
 
 
+def test_an_unfinished_render_is_not_finished_with_another_storage(tmp_path: Path, tiny_config: SceneConfig) -> None:
+    """Finishing it with another --compression wrote the rest at that level, and a manifest
+    saying every shard was; validate, the readers and info check each shard's storage too."""
+    folder = render_sharded(tiny_config, tmp_path / "ds", num_scenes=NUM, shard_size=SIZE)
+    for name in ("manifest.json", "dataset.h5", "shard-00002.h5"):
+        (folder / name).unlink()  # as a render stopped after two shards
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    with pytest.raises(
+        ConfigError,
+        match=r"unfinished render with another storage \(compression_level: 2 there vs 9 asked, in shard-00000",
+    ):
+        render_sharded(tiny_config, folder, num_scenes=NUM, shard_size=SIZE, storage=StorageConfig(compression_level=9))
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    result = run_cli("render", "--image-size", 64, "--mask-size", 32, "--instances", 3, "--seed", 11, "--layers", 3,
+                     "--num", NUM, "--shard-size", SIZE, "--compression", 9, "--out", folder, "-q")  # fmt: skip
+    assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1, result.output
+    assert "--out" in result.stderr and "another storage" in result.stderr
+    render_sharded(tiny_config, folder, num_scenes=NUM, shard_size=SIZE)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["storage"]["compression_level"] = 9  # a manifest that lies about its shards
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValidationError, match="shard shard-00000.h5: .* another storage"):
+        validate_sharded(folder)
+    with pytest.raises(ConfigError, match="another storage"):
+        with open_sharded(folder) as ds:
+            ds.shard(0)
+
+
 def test_a_damaged_manifest_says_how_to_rebuild_it(tmp_path: Path, tiny_config: SceneConfig) -> None:
     folder = render_sharded(tiny_config, tmp_path / "ds", num_scenes=NUM, shard_size=SIZE)
     expected = (folder / "manifest.json").read_bytes()

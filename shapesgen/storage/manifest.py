@@ -5,7 +5,7 @@ HDF5 virtual datasets."""
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -51,8 +51,11 @@ def plan_shards(num_scenes: int, shard_size: int) -> tuple[Shard, ...]:
     )
 
 
-def check_shard_header(ds: ShapesDataset, config: SceneConfig, shard: Shard) -> None:
-    """Refuse a shard file of another render: another config, or scenes the plan puts elsewhere."""
+def check_shard_header(
+    ds: ShapesDataset, config: SceneConfig, shard: Shard, storage: Mapping[str, Any] | None = None
+) -> None:
+    """Refuse a shard file of another render: another config, scenes the plan puts elsewhere,
+    or (given the ``storage`` the manifest or the render asks, as JSON) another storage."""
     if ds.config != config:
         ours, theirs = config.to_dict(), ds.config.to_dict()
         differ = ", ".join(f"{k}: {theirs[k]!r} there vs {ours[k]!r}" for k in sorted(ours) if ours[k] != theirs[k])
@@ -63,6 +66,13 @@ def check_shard_header(ds: ShapesDataset, config: SceneConfig, shard: Shard) -> 
             f"{ds.path} holds {held}, the plan asks {shard.start}..{shard.stop - 1} (another num_scenes or shard_size)",
             param="out",
         )
+    if storage is not None and ds.storage != dict(storage):
+        differ = ", ".join(
+            f"{k}: {ds.storage.get(k)!r} there vs {storage.get(k)!r}"
+            for k in sorted(set(storage) | set(ds.storage))
+            if ds.storage.get(k) != storage.get(k)
+        )
+        raise ConfigError(f"{ds.path} was written with another storage ({differ})", param="out")
 
 
 def build_manifest(

@@ -739,7 +739,7 @@ class ShardedDataset:
             spec = self.shards[k]
             ds = open_dataset(self.path / spec.file)
             try:
-                check_shard_header(ds, self.config, spec)
+                check_shard_header(ds, self.config, spec, self.manifest["storage"])
             except BaseException:
                 ds.close()
                 raise
