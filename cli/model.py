@@ -48,6 +48,10 @@ BackboneOption = Annotated[
 ]
 
 
+MODEL_DEPENDENCIES = frozenset({"tensorflow", "keras", "ml_dtypes", "tensorboard"})
+"""What the ``train-cpu`` and ``train`` extras add, by top-level module name."""
+
+
 def _model_module(name: str) -> ModuleType:
     """``amodal_model.<name>``, or one line saying how to install TensorFlow, which the
     model needs and a plain ``pip install shapesgen`` leaves out."""
@@ -55,6 +59,8 @@ def _model_module(name: str) -> ModuleType:
         with native_chatter_hidden():
             return importlib.import_module(f"amodal_model.{name}")
     except ImportError as exc:
+        if (exc.name or "").split(".")[0] not in MODEL_DEPENDENCIES:
+            raise  # not a missing dependency: the package itself is broken, an unexpected error
         raise ResourceError(
             f"the model needs TensorFlow and Keras ({exc.name} is not installed): "
             "pip install 'shapesgen[train-cpu]' (or 'shapesgen[train]' for a GPU)"

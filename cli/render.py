@@ -286,7 +286,13 @@ FIXED_BY_DATASET = (
 )
 
 
-NOT_WITH_SHARDS = ("dataset", "split", "coco", "force")
+NOT_WITH_SHARDS = {
+    "dataset": "render a registered dataset as a single file",
+    "split": "render a split as a single file",
+    "coco": "export the folder afterwards with `shapesgen export coco`",
+    "force": "rerunning the command resumes; delete the folder to start over",
+}
+"""Options a sharded render does not take yet, and what to do instead."""
 
 
 def _check_shard_options(ctx: typer.Context, shard_size: int | None, engine: str, scheduler: str | None) -> None:
@@ -297,11 +303,11 @@ def _check_shard_options(ctx: typer.Context, shard_size: int | None, engine: str
             if value != default:
                 raise ConfigError(f"{names[name][0]} needs --shard-size (a sharded render)", param=name)
         return
-    typed = [names[n][0] for n in NOT_WITH_SHARDS if _source(ctx, n) not in (None, "DEFAULT", "DEFAULT_MAP")]
+    typed = [n for n in NOT_WITH_SHARDS if _source(ctx, n) not in (None, "DEFAULT", "DEFAULT_MAP")]
     if typed:
         raise ConfigError(
-            f"--shard-size does not take {', '.join(typed)} yet (rerunning the command resumes; delete the folder "
-            "to start over)",
+            f"--shard-size does not take {', '.join(names[n][0] for n in typed)} yet "
+            f"({'; '.join(NOT_WITH_SHARDS[n] for n in typed)})",
             param="shard_size",
         )
 

@@ -291,7 +291,7 @@ def render_sharded(
     if engine not in ENGINES:
         raise ConfigError(f"engine={engine!r} is invalid: must be one of {', '.join(ENGINES)}", param="engine")
     if scheduler is not None and engine != "dask":
-        raise ConfigError(f"scheduler={scheduler!r} needs engine='dask'", param="scheduler")
+        raise ConfigError(f"scheduler={scheduler!r} needs engine='dask'", param="scheduler", related=("engine",))
     shards = plan_shards(num_scenes, shard_size)
     if len(shards) > MAX_SHARDS:
         raise ConfigError(

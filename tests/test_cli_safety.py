@@ -459,6 +459,19 @@ def test_train_and_predict_without_tensorflow_say_how_to_install_it(
     assert tree(tmp_path) == before
 
 
+def test_a_broken_install_is_not_reported_as_missing_tensorflow(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An ImportError of the package's own modules (a half-upgraded install) is an unexpected
+    error, not advice to install TensorFlow."""
+    import shapesgen_cli.model
+
+    def broken(name: str) -> None:
+        raise ImportError("cannot import name 'decode_sized' from 'shapesgen.coco'", name="shapesgen.coco")
+
+    monkeypatch.setattr(shapesgen_cli.model.importlib, "import_module", broken)
+    with pytest.raises(ImportError, match="decode_sized"):
+        shapesgen_cli.model._model_module("train")
+
+
 def test_hand_edited_values_are_one_line_pointing_at_validate(rendered: Path, tmp_path: Path) -> None:
     """Readers check structure at open, not every stored value; values a command would
     index with are checked where it uses them (evaluate's checksum check finds the edit first)."""

@@ -588,6 +588,12 @@ def test_cli_refuses_engine_options_without_shards(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "--engine needs --shard-size" in result.stderr
     result = run_cli("render", "--num", 3, "--shard-size", 2, "--split", "val", "--out", tmp_path / "x")
     assert result.exit_code == 2 and "--split" in result.stderr
+    result = run_cli("render", "--num", 3, "--shard-size", 2, "--coco", tmp_path / "c", "--out", tmp_path / "x")
+    assert result.exit_code == 2 and "does not take --coco yet (export the folder afterwards" in result.stderr
+    result = run_cli(
+        "render", "--num", 3, "--shard-size", 2, "--scheduler", "tcp://127.0.0.1:1", "--out", tmp_path / "x"
+    )
+    assert result.exit_code == 2 and "--scheduler 'tcp://127.0.0.1:1' needs --engine 'dask'" in result.stderr
     assert not (tmp_path / "x").exists() and not (tmp_path / "x.h5").exists()
 
 
