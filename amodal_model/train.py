@@ -376,6 +376,13 @@ class Trainer:
             self.writer = tf.summary.create_file_writer(str(out / "tensorboard"))
         self.step = tf.function(self._step, reduce_retracing=True)
         self.best_ap = _best_ap(out / "metrics.csv") if resume else -1.0
+        if resume and self.best_ap < 0 and (out / BEST_MODEL_FILE).exists():
+            raise DatasetError(
+                f"out={str(out)!r}: {BEST_MODEL_FILE} is kept but metrics.csv records no validation AP (it was removed "
+                "or edited), so the next validation would replace the best model whatever its AP: restore "
+                f"metrics.csv, or move {BEST_MODEL_FILE} out of the folder, to resume",
+                param="out",
+            )
 
     @property
     def completed_epochs(self) -> int:
