@@ -65,6 +65,16 @@ class RenderNote(ShapesgenNote):
     """The render adjusted something (e.g. lowered the worker count); the data is unchanged."""
 
 
+def empty_layers_note(config: SceneConfig) -> str | None:
+    """The note for layers that no pixel can fill (more layers than instances), or ``None``."""
+    if config.layers <= config.num_instances:
+        return None
+    return (
+        f"layers={config.layers} is more than the {config.num_instances} instances a scene holds: layers "
+        f"{config.num_instances + 1} to {config.layers} are always empty (and stored all the same)"
+    )
+
+
 MAX_SCENES = 10**8  # one file; the reader holds 8 bytes of offsets per scene in memory
 
 
@@ -410,6 +420,8 @@ def _render_locked(
     batch = batch_scenes_for(config, storage.batch_scenes)
     workers, note = effective_workers(workers, num_scenes, batch)
     check_scene_fits(config, workers)
+    if (empty := empty_layers_note(config)) is not None:
+        warnings.warn(empty, RenderNote, stacklevel=3)
     if not resuming:
         check_disk_for(config, storage, out.parent, num_scenes, first_scene)
         partial.unlink(missing_ok=True)

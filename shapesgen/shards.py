@@ -280,6 +280,7 @@ def render_sharded(
         RenderNote,
         check_disk_for,
         effective_workers,
+        empty_layers_note,
         lowered_note,
         resolve_seed,
         usable_cores,
@@ -319,6 +320,8 @@ def render_sharded(
             config = _resolve_existing(out, config, shards, shard_size, storage)
             config = resolve_seed(config)
             check_scene_fits(config, 1)
+            if (empty := empty_layers_note(config)) is not None:
+                warnings.warn(empty, RenderNote, stacklevel=2)
             absent = [shard for shard in shards if not (out / shard.file).is_file()]
             if absent:
                 missing = sum(shard.count for shard in absent)

@@ -256,6 +256,18 @@ def test_a_full_disk_during_render_or_export_leaves_nothing(
     assert tree(tmp_path) == before and not (tmp_path / "new").exists()
 
 
+@pytest.mark.parametrize("sharded", [False, True])
+def test_layers_beyond_the_instances_render_with_a_note(tmp_path: Path, sharded: bool) -> None:
+    shards = ("--shard-size", 2) if sharded else ()
+    args = ("--instances", 1, "--layers", 5, "--image-size", 64, "--mask-size", 32, "--seed", 3, *shards)
+    result = run_cli("render", "--out", tmp_path / ("set" if sharded else "d.h5"), "--num", 3, "-q", *args)
+    assert result.exit_code == 0, result.output
+    assert result.stderr.splitlines() == [
+        "note: --layers 5 is more than the 3 instances a scene holds: layers 4 to 5 are always empty (and stored all "
+        "the same)"
+    ]
+
+
 @pytest.mark.parametrize(
     ("number", "kind"),
     [
