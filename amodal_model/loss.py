@@ -107,8 +107,8 @@ def _pixel_push(
     flat: Tensor, mean: Tensor, member: Tensor, rivals: Tensor, count: Tensor, n_instances: Tensor, config: LossConfig
 ) -> Tensor:
     """The pixel push, per image: each pixel's hinge on its distance to every rival instance's
-    mean (``rivals`` ``(B, n + 1, n + 1)``: the distance term's pair weights), averaged over
-    the instance's pixels, then over the instances.
+    mean, weighted by ``rivals`` ``(B, n + 1, n + 1)`` (the distance term's pair weights) and
+    summed over the rivals, averaged over the instance's pixels, then over the instances.
 
     The distance term pushes means apart; this pushes each pixel out of its rivals' reach,
     the failure the mean-shift cannot undo. Its margin, ``2 d_dist - d_var``, is where a

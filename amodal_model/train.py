@@ -115,9 +115,9 @@ def learning_rate_schedule(
 
 @contextmanager
 def saving(out: Path) -> Iterator[None]:
-    """Turn a failure to write into the run folder into one line: a folder the user may not
-    write is bad input (DatasetError, exit 2), anything else, a full disk above all, the
-    system's (ResourceError, exit 1)."""
+    """Turn a failure to write into the run folder into one line: a place the user may not
+    write or a path that cannot be one (``files.USER_REFUSALS``) is bad input (DatasetError,
+    exit 2), anything else, a full disk above all, the system's (ResourceError, exit 1)."""
     try:
         yield
     except ShapesgenError:
@@ -348,6 +348,7 @@ class Trainer:
         config: TrainConfig,
         resume: bool,
         target: Path | None = None,
+        validating: bool = False,
     ) -> None:
         self.source, self.out, self.config, self.model = source, out, config, model
         self.target = target or out
@@ -370,13 +371,23 @@ class Trainer:
                     "remove the folder or pass force=True to start again",
                     param="out",
                 ) from None
+            self._keep_best_model(out, validating)
             _trim_log(out / "metrics.csv", self.completed_epochs)
         with saving(self.target):
             self.manager = tf.train.CheckpointManager(self.checkpoint, out / "checkpoints", max_to_keep=2)
             self.writer = tf.summary.create_file_writer(str(out / "tensorboard"))
         self.step = tf.function(self._step, reduce_retracing=True)
         self.best_ap = _best_ap(out / "metrics.csv") if resume else -1.0
-        if resume and self.best_ap < 0 and (out / BEST_MODEL_FILE).exists():
+
+    def _keep_best_model(self, out: Path, validating: bool) -> None:
+        """Refuse a resume whose validations would replace ``best.keras`` whatever its AP: its log
+        (metrics.csv, removed or edited) records no validation AP while the file is kept."""
+        due = (
+            validating
+            and self.config.evaluation.eval_every > 0
+            and self.completed_epochs < self.config.optimiser.epochs
+        )
+        if due and (out / BEST_MODEL_FILE).exists() and _best_ap(out / "metrics.csv") < 0:
             raise DatasetError(
                 f"out={str(out)!r}: {BEST_MODEL_FILE} is kept but metrics.csv records no validation AP (it was removed "
                 "or edited), so the next validation would replace the best model whatever its AP: restore "
@@ -714,7 +725,7 @@ def _resume(
     callbacks: Callbacks,
 ) -> None:
     _check_resume(out, config, source)
-    trainer = Trainer(model, source, out, config, resume=True)
+    trainer = Trainer(model, source, out, config, resume=True, validating=val is not None)
     text = json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n"
     write_atomically(out / TRAIN_CONFIG_FILE, text.encode(), force=True)  # the run's own file, under its lock
     epochs = config.optimiser.epochs

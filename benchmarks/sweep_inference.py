@@ -8,7 +8,10 @@ The forward pass runs once (``--cache`` keeps it); each setting then clusters ev
 scene and is scored by ``shapesgen evaluate``'s metrics (AP, AP50, AR100, AR heavy).
 Prints one row per setting, best AP first, and writes them as JSON: the file that
 docs/results.md cites as each model's ``*_val_sweep.json``. ``--settings`` holds the
-settings every row shares (default: both merges, as the shipped models use).
+settings every row shares (default: both merges, as the shipped models use); the grid's
+own keys win over it. The default grid (24 settings) is the one the N = 6 sweeps used
+(bandwidth 1.25 to 1.75, 18 settings) with bandwidth 2.0 added from `pp6x2` on; the N = 12
+sweeps used other min pixels (30, 45, 60), given with ``--min-pixels``.
 Settings are scored in parallel, one per process; figures are metrics, not timings.
 """
 
@@ -84,7 +87,7 @@ def main() -> None:
     _, config, _ = load_run(args.model)
     shared = json.loads(args.settings)
     grid = [
-        {"bandwidth": b, "min_pixels": p, "max_background": m, **shared}
+        {**shared, "bandwidth": b, "min_pixels": p, "max_background": m}
         for b, p, m in itertools.product(args.bandwidth, args.min_pixels, args.max_background)
     ]
     gt = _truth(args.data, len(outputs["semantic"]))

@@ -26,7 +26,7 @@ from amodal_model.config import (
     SmallClusters,
     TrainPresetName,
 )
-from shapesgen.errors import ResourceError
+from shapesgen.errors import ResourceError, one_line
 
 from .common import Force, Quiet, err, finished, native_chatter_hidden, progress_bar, run
 
@@ -48,8 +48,8 @@ BackboneOption = Annotated[
 ]
 
 
-MODEL_DEPENDENCIES = frozenset({"tensorflow", "keras", "ml_dtypes", "tensorboard"})
-"""What the ``train-cpu`` and ``train`` extras add, by top-level module name."""
+OWN_PACKAGES = frozenset({"shapesgen", "shapesgen_cli", "amodal_model"})
+"""Top-level modules of this distribution: an ImportError naming one is a broken install, not a missing extra."""
 
 
 def _model_module(name: str) -> ModuleType:
@@ -59,10 +59,11 @@ def _model_module(name: str) -> ModuleType:
         with native_chatter_hidden():
             return importlib.import_module(f"amodal_model.{name}")
     except ImportError as exc:
-        if (exc.name or "").split(".")[0] not in MODEL_DEPENDENCIES:
-            raise  # not a missing dependency: the package itself is broken, an unexpected error
+        if (exc.name or "").split(".")[0] in OWN_PACKAGES:
+            raise  # the package itself is broken (a half-upgraded install): an unexpected error
+        missing = f"{exc.name} is not installed" if exc.name else one_line(str(exc), 120)
         raise ResourceError(
-            f"the model needs TensorFlow and Keras ({exc.name} is not installed): "
+            f"the model needs TensorFlow and Keras ({missing}): "
             "pip install 'shapesgen[train-cpu]' (or 'shapesgen[train]' for a GPU)"
         ) from None
 
@@ -143,8 +144,8 @@ def train(
         float | None,
         typer.Option(
             "--pixel-push-weight",
-            help="Also push every pixel out of reach (2 d_dist - d_var) of the other instances' means, at this "
-            "weight (0 = off; not in the paper).",
+            help="Also push every pixel out of reach (2 d_dist - d_var) of its rivals' means (the instances the "
+            "distance term pushes from its own), at this weight (0 = off; not in the paper).",
         ),
     ] = None,
     var_weight: Annotated[float | None, typer.Option("--var-weight", help="Variance term weight (1).")] = None,

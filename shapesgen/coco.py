@@ -615,7 +615,7 @@ def check_listed_digest(name: str, data: bytes, digests: dict[str, str]) -> None
     """Refuse ``data``, the bytes of export file ``name``, when ``SHA256SUMS`` lists another digest
     for it: the file was damaged or changed after the export wrote it."""
     expected = digests.get(name)
-    if expected is not None and hashlib.sha256(data).hexdigest() != expected:
+    if expected is not None and hashlib.sha256(data).hexdigest() != expected.lower():
         raise DatasetError(
             f"{name} does not match its digest in {CHECKSUMS}: it was damaged or changed after the export was "
             f"written; export it again, or remove {CHECKSUMS} to use the files as they are"

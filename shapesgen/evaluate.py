@@ -234,7 +234,8 @@ def _read_json(path: Path) -> Any:
         except OSError as exc:
             raise DatasetError(f"{path}: cannot be read ({exc.strerror})") from None
     try:
-        check_listed_digest(path.name, data, export_digests(path.parent))
+        real = path.resolve()  # the SHA256SUMS beside the file itself, as training reads an export
+        check_listed_digest(real.name, data, export_digests(real.parent))
     except DatasetError as exc:
         raise DatasetError(f"{path.parent}: {exc}") from None
     try:

@@ -66,6 +66,7 @@ from shapesgen.storage.manifest import (
     check_shard_header,
     plan_shards,
     read_manifest,
+    storage_difference,
     write_virtual,
 )
 from shapesgen.storage.reader import CorruptDatasetError, not_ours, open_dataset
@@ -471,13 +472,9 @@ def _resolve_existing(
     for path in entries:
         stored_storage = _stored_storage(path) if path.suffix == ".h5" else None
         if stored_storage is not None and stored_storage != asked:
-            differ = ", ".join(
-                f"{key}: {stored_storage.get(key)!r} there vs {asked.get(key)!r} asked"
-                for key in sorted(set(asked) | set(stored_storage))
-                if stored_storage.get(key) != asked.get(key)
-            )
             raise ConfigError(
-                f"out={str(out)!r} holds an unfinished render with another storage ({differ}, in {path.name}): "
+                f"out={str(out)!r} holds an unfinished render with another storage "
+                f"({storage_difference(stored_storage, asked)}, in {path.name}): "
                 "rerun it with the storage it was started with (--compression), or choose another folder",
                 param="out",
             )

@@ -375,7 +375,7 @@ def naive_pixel_push(emb: np.ndarray, ids: np.ndarray, classes: np.ndarray, conf
 
 @pytest.mark.parametrize("hinge", ["squared", "linear"])
 @pytest.mark.parametrize(("scope", "cross"), [("class", 0.0), ("all", 0.0), ("class", 0.3)])
-def test_pixel_push_equals_the_per_pixel_reference_and_joins_the_total(hinge: str, scope: str, cross: float) -> None:
+def test_pixel_push_equals_the_per_pixel_reference(hinge: str, scope: str, cross: float) -> None:
     rng = np.random.default_rng(2)
     config = LossConfig(hinge=hinge, distance_scope=scope, cross_class_weight=cross, pixel_push_weight=0.5)
     emb = rng.normal(0, 1.0, (3, 2, 5, 5, 3)).astype(np.float32)
@@ -392,6 +392,19 @@ def test_pixel_push_equals_the_per_pixel_reference_and_joins_the_total(hinge: st
     assert float(off["pixel_push"]) == 0.0
     for key in ("variance", "distance", "regularisation"):
         assert float(off[key]) == pytest.approx(float(terms[key]))
+
+
+def test_the_pixel_push_enters_the_total_at_its_weight_and_its_flag_reaches_the_loss(tmp_path: Path) -> None:
+    outputs, targets = perfect_batch(spread=2.5)  # pixels spread far enough to reach the other instance
+    base = LossConfig()
+    without = total_loss(outputs, targets, base)
+    weighted = total_loss(outputs, targets, base.replace(pixel_push_weight=0.5))
+    assert float(weighted["pixel_push"]) > 0
+    added = float(weighted["loss"]) - float(without["loss"])  # float32 totals: compare to 1e-3
+    assert added == pytest.approx(0.5 * float(weighted["pixel_push"]), rel=1e-3)
+    args = ["train", "--train", "x.h5", "--out", str(tmp_path / "run"), "--pixel-push-weight", "-1"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and "--pixel-push-weight -1.0 is invalid" in result.stderr, result.output
 
 
 def test_pixel_push_is_zero_for_pixels_out_of_every_rivals_reach_and_pulls_a_stray_pixel_back() -> None:

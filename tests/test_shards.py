@@ -761,6 +761,14 @@ def test_an_unfinished_render_is_not_finished_with_another_storage(tmp_path: Pat
     with pytest.raises(ConfigError, match="another storage"):
         with open_sharded(folder) as ds:
             ds.shard(0)
+    for storage in (None, "x", {"compression_level": 99}):
+        if storage is None:
+            del manifest["storage"]
+        else:
+            manifest["storage"] = storage
+        (folder / "manifest.json").write_text(json.dumps(manifest))
+        with pytest.raises(DatasetError, match=r"manifest.json: damaged manifest \(.*(storage|compression_level)"):
+            validate_sharded(folder)
 
 
 def test_a_damaged_manifest_says_how_to_rebuild_it(tmp_path: Path, tiny_config: SceneConfig) -> None:

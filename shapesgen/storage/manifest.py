@@ -67,12 +67,18 @@ def check_shard_header(
             param="out",
         )
     if storage is not None and ds.storage != dict(storage):
-        differ = ", ".join(
-            f"{k}: {ds.storage.get(k)!r} there vs {storage.get(k)!r}"
-            for k in sorted(set(storage) | set(ds.storage))
-            if ds.storage.get(k) != storage.get(k)
+        raise ConfigError(
+            f"{ds.path} was written with another storage ({storage_difference(ds.storage, storage)})", param="out"
         )
-        raise ConfigError(f"{ds.path} was written with another storage ({differ})", param="out")
+
+
+def storage_difference(theirs: Mapping[str, Any], asked: Mapping[str, Any]) -> str:
+    """``key: <theirs> there vs <asked> asked`` for each storage setting that differs (JSON forms)."""
+    return ", ".join(
+        f"{key}: {theirs.get(key)!r} there vs {asked.get(key)!r} asked"
+        for key in sorted(set(asked) | set(theirs))
+        if theirs.get(key) != asked.get(key)
+    )
 
 
 def build_manifest(
@@ -183,6 +189,9 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
         raise DatasetError(f"{path}: manifest format_version {manifest.get('format_version')!r} is not readable")
     try:
         config = SceneConfig.from_dict(manifest["config"])
+        if not isinstance(manifest["storage"], dict):
+            raise TypeError(f"storage is {type(manifest['storage']).__name__}, not an object")
+        StorageConfig(**manifest["storage"])
         num, size, shards = int(manifest["num_scenes"]), int(manifest["shard_size"]), manifest["shards"]
         plan = plan_shards(num, size)
         ok = (
