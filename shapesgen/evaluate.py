@@ -107,8 +107,8 @@ def in_band(rate: float, band: str) -> bool:
 class GroundTruth:
     """Flat COCO ground truth at one resolution, with an occlusion rate per instance.
 
-    Optional annotation keys: ``depth`` (its depth order, smaller = nearer); ``visible_row``
-    (its row in the HDF5 file ``source``); and what invisible-mask AP needs, either
+    Optional annotation keys: ``depth`` (its depth order, smaller = nearer), and what
+    invisible-mask AP needs, either
     ``hidden_part`` (its amodal mask minus its visible mask, ``(RLE, area)``, or ``None``
     when empty: an HDF5 file's, made while its visible masks are read for their checksums)
     or ``visible_source`` (``(where, value)`` from a JSON file, checked only when read).
@@ -170,7 +170,6 @@ def ground_truth_from_hdf5(path: str | Path, keep_layers: bool = False, band_rat
                         "iscrowd": 0,
                         "occlusion_rate": float(row[rate_column]),
                         "depth": float(row["depth"]),
-                        "visible_row": rows.start + k,
                         "hidden_part": next(hidden_parts) if hides else None,
                     }
                 )

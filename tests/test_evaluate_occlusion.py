@@ -55,7 +55,7 @@ def as_results(truth: GroundTruth, **fields: bool) -> list[dict[str, Any]]:
     visible = None
     if fields.get("visible"):
         with open_dataset(truth.source) as ds:
-            visible = [ds.visible_masks[a["visible_row"]] for a in truth.annotations]
+            visible = [ds.visible_masks[a["id"] - 1] for a in truth.annotations]  # an HDF5 ground truth's id: row + 1
     out = []
     for k, a in enumerate(truth.annotations):
         d = {
