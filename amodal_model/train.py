@@ -49,15 +49,15 @@ from amodal_model.predict import (
 )
 from amodal_model.pretrained import make_reproducible
 from shapesgen import open_dataset
-from shapesgen.errors import ConfigError, DatasetError, ResourceError, ShapesgenError, ShapesgenNote, one_line, shown
+from shapesgen.errors import ConfigError, DatasetError, ShapesgenError, ShapesgenNote, one_line, shown
 from shapesgen.evaluate import GroundTruth, evaluate, load_ground_truth, paper_columns
 from shapesgen.files import (
-    USER_REFUSALS,
     check_output_path,
     contains,
     exclusive_lock,
     make_parents,
     partial_path,
+    refusal_kind,
     refuse_run_files,
     regular_input,
     remove_empty,
@@ -116,8 +116,8 @@ def learning_rate_schedule(
 @contextmanager
 def saving(out: Path) -> Iterator[None]:
     """Turn a failure to write into the run folder into one line: a place the user may not
-    write or a path that cannot be one (``files.USER_REFUSALS``) is bad input (DatasetError,
-    exit 2), anything else, a full disk above all, the system's (ResourceError, exit 1)."""
+    write or a path that cannot be one is bad input (DatasetError, exit 2), anything else, a
+    full disk above all, the system's (ResourceError, exit 1): ``files.refusal_kind``."""
     try:
         yield
     except ShapesgenError:
@@ -129,8 +129,7 @@ def saving(out: Path) -> Iterator[None]:
             reason = "no space left on device"
         else:
             reason = getattr(exc, "strerror", None) or one_line(text) or type(exc).__name__
-        kind = DatasetError if number in USER_REFUSALS else ResourceError
-        raise kind(f"out={str(out)!r}: cannot save the run ({reason})", param="out") from None
+        raise refusal_kind(number)(f"out={str(out)!r}: cannot save the run ({reason})", param="out") from None
 
 
 STEP_LOG_EVERY = 10

@@ -1257,9 +1257,9 @@ def invisible_ground_truth(gt: GroundTruth) -> GroundTruth | None:
     """
     if not _check_visible_sources(gt):
         return None
-    kept: list[tuple[int, dict[str, Any], int]] = []
-    made = [k for k, a in enumerate(gt.annotations) if "hidden_part" in a]
-    kept.extend((k, *gt.annotations[k]["hidden_part"]) for k in made if gt.annotations[k]["hidden_part"] is not None)
+    kept: list[tuple[int, dict[str, Any], int]] = [
+        (k, *a["hidden_part"]) for k, a in enumerate(gt.annotations) if a.get("hidden_part") is not None
+    ]
     to_read = [k for k, a in enumerate(gt.annotations) if "hidden_part" not in a]
     sizes = [gt.size_of(gt.annotations[k]["image_id"]) for k in to_read]
     for positions in _chunks(sizes):

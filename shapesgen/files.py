@@ -207,6 +207,12 @@ USER_REFUSALS = REFUSED_BY_PERMISSIONS | REFUSED_BY_THE_PATH
 """Errors of a write that the user's choice of place causes: bad input, exit 2."""
 
 
+def refusal_kind(number: int | None) -> type[DatasetError] | type[ResourceError]:
+    """The error class for a write refused with errno ``number`` (``None``: none known), as
+    :func:`write_refusal` classifies it."""
+    return DatasetError if number in USER_REFUSALS else ResourceError
+
+
 def write_refusal(message: str, exc: OSError, param: str) -> DatasetError | ResourceError:
     """The one-line error for a write (a file or a folder) the system refused, ``message`` plus
     its reason. A place the user may not write (permissions, an immutable folder, a read-only
@@ -214,8 +220,7 @@ def write_refusal(message: str, exc: OSError, param: str) -> DatasetError | Reso
     long, a link loop) is bad input (:class:`DatasetError`, exit 2), as a render's own check
     finds; anything else (a full disk, an I/O error) is the system's (:class:`ResourceError`,
     exit 1)."""
-    kind = DatasetError if exc.errno in USER_REFUSALS else ResourceError
-    return kind(f"{message} ({exc.strerror or exc})", param=param)
+    return refusal_kind(exc.errno)(f"{message} ({exc.strerror or exc})", param=param)
 
 
 @contextmanager
